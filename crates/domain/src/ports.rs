@@ -1,0 +1,297 @@
+//! The ports: what services need from the outside world. Each method's doc says what every
+//! implementation MUST do; `crate::testing` checks exactly those sentences.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::api_key::{ApiKey, KeyHash, PreviousSecret, ProjectAccess};
+use crate::audit::{AuditEntry, AuditOutcome, AuditRecord};
+use crate::command::{Command, CommandStatus, Completion, EnvMap, NewCommand, Priority, Termination};
+use crate::ids::{ApiKeyId, CommandId, WorkerId};
+use crate::output::{CapturedOutput, CommandEvent, CommandOutput, OutputStream};
+use crate::pagination::{Page, PageRequest};
+use crate::project::{Project, ProjectName};
+use crate::rate_limit::{RateDecision, RateLimitPolicy};
+use crate::{DomainResult, Timestamp};
+
+/// The current time. Services never read the system clock directly, so tests can move time.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// Now, in UTC.
+    fn now(&self) -> Timestamp;
+}
+
+/// Fresh ids. Production uses UUID v7 (time-ordered), so ids sort by creation.
+pub trait IdSource: Send + Sync + std::fmt::Debug {
+    /// A new unique id.
+    fn new_id(&self) -> Uuid;
+}
+
+/// Projects by name.
+#[async_trait]
+pub trait ProjectRepository: Send + Sync {
+    /// Stores a new project. MUST return `Conflict` when the name is taken.
+    async fn create(&self, project: &Project) -> DomainResult<()>;
+    /// MUST return `NotFound` when no project has this name.
+    async fn get(&self, name: &ProjectName) -> DomainResult<Project>;
+    /// Projects visible through `access`, ordered by id (creation order), paged by id.
+    async fn list(&self, access: &ProjectAccess, page: PageRequest) -> DomainResult<Page<Project>>;
+    /// Replaces a project's settings. MUST return `NotFound` when it does not exist.
+    async fn update(&self, project: &Project) -> DomainResult<()>;
+    /// Deletes a project and its finished commands. MUST return `NotFound` when it does not
+    /// exist and `Conflict` while any of its commands is queued or running.
+    async fn delete(&self, name: &ProjectName) -> DomainResult<()>;
+}
+
+/// API keys, found by the hash of their secret.
+#[async_trait]
+pub trait ApiKeyRepository: Send + Sync {
+    /// Stores a new key.
+    async fn create(&self, key: &ApiKey) -> DomainResult<()>;
+    /// MUST return `NotFound` for an unknown id.
+    async fn get(&self, id: ApiKeyId) -> DomainResult<ApiKey>;
+    /// The key whose current or previous (rotated) hash is `hash`, revoked or not; `None` if none.
+    async fn find_by_hash(&self, hash: &KeyHash) -> DomainResult<Option<ApiKey>>;
+    /// Keys ordered by id, paged by id.
+    async fn list(&self, page: PageRequest) -> DomainResult<Page<ApiKey>>;
+    /// Sets `revoked_at` (kept if already revoked) and returns the key. MUST return `NotFound`.
+    async fn revoke(&self, id: ApiKeyId, at: Timestamp) -> DomainResult<ApiKey>;
+    /// Replaces the secret's hash and prefix; `previous` keeps the old hash valid for a while.
+    /// MUST return `NotFound` for an unknown id and `Conflict` for a revoked key.
+    async fn rotate(
+        &self,
+        id: ApiKeyId,
+        hash: KeyHash,
+        prefix: &str,
+        previous: Option<PreviousSecret>,
+    ) -> DomainResult<ApiKey>;
+    /// Records a use. Unknown ids are ignored.
+    async fn touch(&self, id: ApiKeyId, at: Timestamp) -> DomainResult<()>;
+    /// How many keys exist (the bootstrap key is made only on an empty store).
+    async fn count(&self) -> DomainResult<u64>;
+}
+
+/// A stored enqueue: the command, and whether it is a replay of an earlier request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enqueued {
+    /// The command as stored.
+    pub command: Command,
+    /// True when an earlier request with the same idempotency key created it.
+    pub replayed: bool,
+}
+
+/// Which commands to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommandFilter {
+    /// Only this project's.
+    pub project: Option<ProjectName>,
+    /// Only in this status.
+    pub status: Option<CommandStatus>,
+}
+
+/// Queue depth and load.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Queued commands per priority, highest first.
+    pub depth: Vec<(Priority, u64)>,
+    /// Running commands.
+    pub running: u64,
+}
+
+/// Commands as clients see them.
+#[async_trait]
+pub trait CommandRepository: Send + Sync {
+    /// Stores a queued command with its first event (`Status(Queued)`, seq 1).
+    /// With an idempotency key already used by the same `created_by` within 24 h, MUST store
+    /// nothing and return the first command with `replayed: true` when the fingerprint matches,
+    /// or `Conflict` when it differs. MUST return `NotFound` when the project does not exist.
+    async fn enqueue(&self, command: NewCommand) -> DomainResult<Enqueued>;
+    /// MUST return `NotFound` for an unknown id.
+    async fn get(&self, id: CommandId) -> DomainResult<Command>;
+    /// Commands ordered by id (enqueue order), paged by id.
+    async fn list(&self, filter: &CommandFilter, page: PageRequest) -> DomainResult<Page<Command>>;
+    /// Cancels: a queued command becomes `Cancelled` at once (events `Status(Cancelled)`, `Exit`);
+    /// a running one gets `cancel_requested` for its worker to act on. Returns the command.
+    /// MUST return `NotFound` for an unknown id and `Conflict` when it already ended.
+    async fn request_cancel(&self, id: CommandId, at: Timestamp) -> DomainResult<Command>;
+    /// 1-based place in the dequeue order (priority, then enqueue order) while queued, else `None`.
+    /// MUST return `NotFound` for an unknown id.
+    async fn queue_position(&self, id: CommandId) -> DomainResult<Option<u64>>;
+    /// Depth per priority and the running count.
+    async fn stats(&self) -> DomainResult<QueueStats>;
+    /// Events with `seq > after`, in order, at most `limit`.
+    async fn events_after(&self, id: CommandId, after: i64, limit: u32) -> DomainResult<Vec<CommandEvent>>;
+    /// The captured output of a command (empty until it ends). MUST return `NotFound` for an unknown id.
+    async fn output(&self, id: CommandId) -> DomainResult<CommandOutput>;
+}
+
+/// A claimed command and the fence that proves the claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The command, now `Running`.
+    pub command: Command,
+    /// Rises on every claim in the store; writes with an older fence change nothing.
+    pub fence: i64,
+}
+
+/// What a lease renewal found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseStatus {
+    /// False when the lease was lost (reaped, or another fence): stop and write nothing.
+    pub held: bool,
+    /// A client asked to cancel the command.
+    pub cancel_requested: bool,
+}
+
+/// Workers registered recently, for `/v1/queue`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WorkerCapacity {
+    /// Live replicas.
+    pub replicas: u32,
+    /// Sum of their `CONCURRENT_COMMANDS`.
+    pub capacity: u32,
+}
+
+/// The queue as workers see it. Commands are never claimed twice and never re-run.
+#[async_trait]
+pub trait CommandQueue: Send + Sync {
+    /// Claims the queued command with the highest priority, then the earliest enqueue, among
+    /// projects running fewer than their `max_concurrent_commands`; marks it `Running` with
+    /// `started_at = now`, a lease until `now + lease`, a fresh fence and the event
+    /// `Status(Running)`. MUST return `None` when nothing is claimable, and MUST never hand the
+    /// same command out twice, even to concurrent callers.
+    async fn claim_next(&self, worker: &WorkerId, now: Timestamp, lease: Duration) -> DomainResult<Option<Claim>>;
+    /// Extends the lease to `until` if `fence` still holds it (`held: false` otherwise).
+    async fn renew_lease(&self, id: CommandId, fence: i64, until: Timestamp) -> DomainResult<LeaseStatus>;
+    /// Appends an output event if `fence` still holds the command; returns whether it did.
+    async fn append_output(
+        &self,
+        id: CommandId,
+        fence: i64,
+        stream: OutputStream,
+        data: &str,
+        at: Timestamp,
+    ) -> DomainResult<bool>;
+    /// Ends a running command: status, exit code, reason, error, output, `finished_at`, and the
+    /// events `Status(final)` then `Exit`. MUST change nothing and return `None` when `fence`
+    /// no longer holds it (a stale worker's late write).
+    async fn finish(
+        &self,
+        id: CommandId,
+        fence: i64,
+        completion: &Completion,
+        output: &CommandOutput,
+        at: Timestamp,
+    ) -> DomainResult<Option<Command>>;
+    /// Marks every running command whose lease ended before `now` as `Lost` (reason
+    /// `worker_lost`, events `Status(Lost)`, `Exit`) and returns them. Never re-queues.
+    async fn reap_expired(&self, now: Timestamp) -> DomainResult<Vec<Command>>;
+    /// Records that `worker` is alive with `capacity` slots.
+    async fn heartbeat(&self, worker: &WorkerId, capacity: u32, now: Timestamp) -> DomainResult<()>;
+    /// Workers whose last heartbeat is at or after `since`.
+    async fn live_workers(&self, since: Timestamp) -> DomainResult<WorkerCapacity>;
+}
+
+/// Which audit records to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Only this key's actions.
+    pub actor: Option<ApiKeyId>,
+    /// Only this action.
+    pub action: Option<String>,
+    /// Only this project's.
+    pub project: Option<String>,
+    /// At or after.
+    pub since: Option<Timestamp>,
+    /// Before.
+    pub until: Option<Timestamp>,
+    /// Only this outcome.
+    pub outcome: Option<AuditOutcome>,
+}
+
+/// The append-only, hash-chained audit log.
+#[async_trait]
+pub trait AuditLog: Send + Sync {
+    /// Appends a record chained to the last one (`seq` = last + 1, `prev_hash` = last hash),
+    /// atomically even under concurrent appends.
+    async fn append(&self, entry: AuditEntry) -> DomainResult<AuditRecord>;
+    /// Records matching `filter`, in sequence order, paged by `seq`.
+    async fn list(&self, filter: &AuditFilter, page: PageRequest) -> DomainResult<Page<AuditRecord>>;
+    /// Records with `seq > after`, in order, at most `limit` (for verification).
+    async fn scan(&self, after: i64, limit: u32) -> DomainResult<Vec<AuditRecord>>;
+}
+
+/// Sliding-window counters, shared by every replica that uses the same store.
+#[async_trait]
+pub trait RateLimitStore: Send + Sync {
+    /// Decides one request for `key` with `policy` at `now` (see `RateLimitPolicy::decide`) and
+    /// counts it when allowed, atomically.
+    async fn acquire(&self, key: &str, policy: RateLimitPolicy, now: Timestamp) -> DomainResult<RateDecision>;
+}
+
+/// Whether the store answers at all (readiness).
+#[async_trait]
+pub trait HealthCheck: Send + Sync {
+    /// `Unavailable` when the backend cannot serve.
+    async fn check(&self) -> DomainResult<()>;
+}
+
+/// What an executor runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecRequest {
+    /// The command (for logs and naming).
+    pub command_id: CommandId,
+    /// The project whose pod or workspace runs it.
+    pub project: ProjectName,
+    /// The project's workdir; relative `cwd`s are taken from here.
+    pub workdir: String,
+    /// Program and arguments.
+    pub argv: Vec<String>,
+    /// The complete environment of the command (project env merged with the command's).
+    pub env: EnvMap,
+    /// Working directory, absolute or relative to `workdir`.
+    pub cwd: Option<String>,
+    /// Bytes for stdin (stdin is closed after them, or at once when `None`).
+    pub stdin: Option<Vec<u8>>,
+    /// Kill the command after this long.
+    pub timeout: Duration,
+    /// Per-stream capture cap (head and tail kept).
+    pub max_output_bytes: usize,
+}
+
+/// How an execution ended and what it printed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecResult {
+    /// How it ended.
+    pub termination: Termination,
+    /// Captured stdout.
+    pub stdout: CapturedOutput,
+    /// Captured stderr.
+    pub stderr: CapturedOutput,
+}
+
+/// Receives output as the command produces it.
+#[async_trait]
+pub trait OutputSink: Send + Sync {
+    /// Called with each chunk, in order per stream.
+    async fn emit(&self, stream: OutputStream, data: &[u8]);
+}
+
+/// Runs commands somewhere (local processes, Kubernetes pods).
+#[async_trait]
+pub trait Executor: Send + Sync {
+    /// Runs `request` to the end. MUST stream output to `sink`; MUST kill the whole process tree
+    /// (not just the stream) at the timeout → `TimedOut`, or when `cancel` fires → `Cancelled`;
+    /// MUST report `StartFailed` when it cannot start (missing cwd, unknown program); MUST never
+    /// report an exit code that did not arrive.
+    async fn run(&self, request: ExecRequest, sink: &dyn OutputSink, cancel: CancellationToken) -> ExecResult;
+    /// `Unavailable` when the backend cannot run commands now.
+    async fn check(&self) -> DomainResult<()>;
+}
+
+/// The completion a queued command gets when it is cancelled before it ran.
+pub fn cancelled_before_start() -> Completion {
+    Termination::Cancelled.completion()
+}

@@ -1,0 +1,338 @@
+//! Contract suites for the command repository and the queue.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::TimeDelta;
+
+use super::contracts_store::heartbeat_of;
+use super::{now_micros, project_name, sample_command, sample_project, Store};
+use crate::command::{CommandStatus, Completion, Idempotency, Priority, Termination, TerminationReason};
+use crate::ids::{ApiKeyId, CommandId, WorkerId};
+use crate::output::{CommandOutput, EventKind, OutputStream};
+use crate::pagination::{Limit, PageRequest};
+use crate::ports::{CommandFilter, CommandQueue, CommandRepository, ProjectRepository};
+use crate::DomainError;
+
+const LEASE: Duration = Duration::from_secs(60);
+
+fn worker() -> WorkerId {
+    WorkerId::new("contract-worker")
+}
+
+fn kinds(events: &[crate::output::CommandEvent]) -> Vec<EventKind> {
+    events.iter().map(|e| e.kind.clone()).collect()
+}
+
+/// `CommandRepository`: enqueue, idempotency, listing, positions, stats, cancel, events.
+pub async fn command_repository<S: Store, F: Fn() -> Fut, Fut: Future<Output = S>>(fresh: F) {
+    let store = fresh().await;
+    let web = sample_project("web", 1);
+    let api = sample_project("api", 1);
+    for p in [&web, &api] {
+        ProjectRepository::create(&store, p).await.expect("create project");
+    }
+    let ghost = sample_project("ghost", 1);
+    assert!(
+        matches!(
+            CommandRepository::enqueue(&store, sample_command(&ghost, Priority::Normal, None)).await,
+            Err(DomainError::NotFound(_))
+        ),
+        "enqueue for a missing project MUST be NotFound"
+    );
+
+    let new = sample_command(&web, Priority::Normal, None);
+    let stored = CommandRepository::enqueue(&store, new.clone()).await.expect("enqueue");
+    assert!(!stored.replayed);
+    assert_eq!(stored.command, new.clone().into_command());
+    assert_eq!(CommandRepository::get(&store, new.id).await, Ok(new.clone().into_command()));
+    let events = CommandRepository::events_after(&store, new.id, 0, 100).await.expect("events");
+    assert_eq!(kinds(&events), vec![EventKind::Status(CommandStatus::Queued)]);
+    assert_eq!(events[0].seq, 1);
+    assert_eq!(CommandRepository::output(&store, new.id).await, Ok(CommandOutput::default()));
+    assert!(matches!(CommandRepository::get(&store, CommandId::generate()).await, Err(DomainError::NotFound(_))));
+    assert!(matches!(CommandRepository::output(&store, CommandId::generate()).await, Err(DomainError::NotFound(_))));
+
+    idempotency(&store, &web).await;
+
+    let high = CommandRepository::enqueue(&store, sample_command(&api, Priority::High, None)).await.expect("enqueue");
+    let low = CommandRepository::enqueue(&store, sample_command(&api, Priority::Low, None)).await.expect("enqueue");
+    assert_eq!(CommandRepository::queue_position(&store, high.command.id).await, Ok(Some(1)), "high goes first");
+    let last = CommandRepository::queue_position(&store, low.command.id).await.expect("position");
+    assert!(last.is_some_and(|p| p > 1), "low is behind the others");
+    assert!(matches!(
+        CommandRepository::queue_position(&store, CommandId::generate()).await,
+        Err(DomainError::NotFound(_))
+    ));
+    let stats = CommandRepository::stats(&store).await.expect("stats");
+    assert_eq!(
+        stats.depth.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+        Priority::ALL.to_vec(),
+        "depth lists every priority, highest first"
+    );
+    assert_eq!(stats.depth.iter().find(|(p, _)| *p == Priority::High).map(|(_, n)| *n), Some(1));
+    assert_eq!(stats.running, 0);
+
+    let api_only = CommandFilter { project: Some(api.name.clone()), status: None };
+    let listed = CommandRepository::list(&store, &api_only, PageRequest::default()).await.expect("list");
+    assert_eq!(
+        listed.items.iter().map(|c| c.id).collect::<Vec<_>>(),
+        vec![high.command.id, low.command.id],
+        "enqueue order"
+    );
+    let one = PageRequest { after: None, limit: Limit::new(1).expect("limit") };
+    let first = CommandRepository::list(&store, &api_only, one).await.expect("list");
+    let second =
+        CommandRepository::list(&store, &api_only, PageRequest { after: first.next, ..one }).await.expect("list");
+    assert_eq!(second.items.iter().map(|c| c.id).collect::<Vec<_>>(), vec![low.command.id]);
+
+    let at = now_micros();
+    let cancelled = CommandRepository::request_cancel(&store, low.command.id, at).await.expect("cancel");
+    assert_eq!(cancelled.status, CommandStatus::Cancelled, "a queued command is cancelled at once");
+    assert_eq!(cancelled.termination_reason, Some(TerminationReason::Cancelled));
+    assert_eq!(cancelled.finished_at, Some(at));
+    assert_eq!(CommandRepository::queue_position(&store, low.command.id).await, Ok(None));
+    let events = CommandRepository::events_after(&store, low.command.id, 1, 100).await.expect("events");
+    assert_eq!(kinds(&events), vec![EventKind::Status(CommandStatus::Cancelled), EventKind::Exit]);
+    assert!(
+        matches!(CommandRepository::request_cancel(&store, low.command.id, at).await, Err(DomainError::Conflict(_))),
+        "cancelling an ended command is a Conflict"
+    );
+    assert!(matches!(
+        CommandRepository::request_cancel(&store, CommandId::generate(), at).await,
+        Err(DomainError::NotFound(_))
+    ));
+    let by_status = CommandFilter { project: None, status: Some(CommandStatus::Cancelled) };
+    assert_eq!(CommandRepository::list(&store, &by_status, PageRequest::default()).await.map(|p| p.items.len()), Ok(1));
+}
+
+async fn idempotency<S: Store>(store: &S, project: &crate::project::Project) {
+    let client = Some(ApiKeyId::generate());
+    let mut first = sample_command(project, Priority::Normal, client);
+    first.idempotency = Some(Idempotency::new("retry-1", "fp-a".into()).expect("key"));
+    let original = CommandRepository::enqueue(store, first.clone()).await.expect("enqueue");
+    let mut again = sample_command(project, Priority::Normal, client);
+    again.idempotency = first.idempotency.clone();
+    let replay = CommandRepository::enqueue(store, again.clone()).await.expect("replay");
+    assert!(replay.replayed, "same key and fingerprint MUST replay");
+    assert_eq!(replay.command.id, original.command.id);
+    assert!(
+        matches!(CommandRepository::get(store, again.id).await, Err(DomainError::NotFound(_))),
+        "a replay stores nothing"
+    );
+
+    let mut other_body = sample_command(project, Priority::Normal, client);
+    other_body.idempotency = Some(Idempotency::new("retry-1", "fp-b".into()).expect("key"));
+    assert!(
+        matches!(CommandRepository::enqueue(store, other_body).await, Err(DomainError::Conflict(_))),
+        "same key, other request MUST be a Conflict"
+    );
+
+    let mut other_client = sample_command(project, Priority::Normal, Some(ApiKeyId::generate()));
+    other_client.idempotency = first.idempotency.clone();
+    assert!(!CommandRepository::enqueue(store, other_client).await.expect("enqueue").replayed, "keys are per client");
+
+    let mut next_day = sample_command(project, Priority::Normal, client);
+    next_day.idempotency = first.idempotency.clone();
+    next_day.queued_at += Idempotency::RETENTION + TimeDelta::minutes(1);
+    assert!(!CommandRepository::enqueue(store, next_day).await.expect("enqueue").replayed, "keys expire after 24 h");
+}
+
+/// `CommandQueue`: priority order under caps, fencing, leases, reaping, exactly-once claims.
+pub async fn command_queue<S: Store, F: Fn() -> Fut, Fut: Future<Output = S>>(fresh: F) {
+    priority_order_under_a_cap(fresh().await).await;
+    fencing_and_finishing(fresh().await).await;
+    expired_leases_are_lost(fresh().await).await;
+    concurrent_claims_are_exclusive(Arc::new(fresh().await)).await;
+    let store = fresh().await;
+    heartbeat_of(&store, &WorkerId::new("a"), 5).await;
+    heartbeat_of(&store, &WorkerId::new("b"), 3).await;
+    heartbeat_of(&store, &WorkerId::new("a"), 5).await;
+    let live = CommandQueue::live_workers(&store, now_micros() - TimeDelta::seconds(30)).await.expect("live");
+    assert_eq!((live.replicas, live.capacity), (2, 8));
+    let none = CommandQueue::live_workers(&store, now_micros() + TimeDelta::seconds(30)).await.expect("live");
+    assert_eq!(none.replicas, 0);
+}
+
+async fn priority_order_under_a_cap<S: Store>(store: S) {
+    let solo = sample_project("solo", 1);
+    ProjectRepository::create(&store, &solo).await.expect("project");
+    assert_eq!(CommandQueue::claim_next(&store, &worker(), now_micros(), LEASE).await, Ok(None), "empty queue");
+    let mut ids = Vec::new();
+    for p in [Priority::Low, Priority::Normal, Priority::Critical, Priority::High, Priority::Normal] {
+        ids.push(CommandRepository::enqueue(&store, sample_command(&solo, p, None)).await.expect("enqueue").command.id);
+    }
+    let expected = [ids[2], ids[3], ids[1], ids[4], ids[0]];
+    for want in expected {
+        let claim =
+            CommandQueue::claim_next(&store, &worker(), now_micros(), LEASE).await.expect("claim").expect("claimable");
+        assert_eq!(claim.command.id, want, "priority first, then age");
+        assert_eq!(claim.command.status, CommandStatus::Running);
+        assert!(claim.command.started_at.is_some());
+        assert_eq!(
+            CommandQueue::claim_next(&store, &worker(), now_micros(), LEASE).await,
+            Ok(None),
+            "project cap of 1 holds"
+        );
+        let done = Termination::Exited(0).completion();
+        CommandQueue::finish(&store, want, claim.fence, &done, &CommandOutput::default(), now_micros())
+            .await
+            .expect("finish")
+            .expect("fresh fence");
+    }
+}
+
+async fn fencing_and_finishing<S: Store>(store: S) {
+    let web = sample_project("web", 5);
+    ProjectRepository::create(&store, &web).await.expect("project");
+    let id = CommandRepository::enqueue(&store, sample_command(&web, Priority::Normal, None))
+        .await
+        .expect("enqueue")
+        .command
+        .id;
+    let claim = CommandQueue::claim_next(&store, &worker(), now_micros(), LEASE).await.expect("claim").expect("one");
+    let stale = claim.fence - 1;
+    assert_eq!(
+        CommandQueue::append_output(&store, id, claim.fence, OutputStream::Stdout, "hello\n", now_micros()).await,
+        Ok(true)
+    );
+    assert_eq!(
+        CommandQueue::append_output(&store, id, stale, OutputStream::Stderr, "late", now_micros()).await,
+        Ok(false),
+        "a stale fence writes nothing"
+    );
+    let until = now_micros() + TimeDelta::seconds(60);
+    assert_eq!(CommandQueue::renew_lease(&store, id, claim.fence, until).await.map(|l| l.held), Ok(true));
+    assert_eq!(CommandQueue::renew_lease(&store, id, stale, until).await.map(|l| l.held), Ok(false));
+    CommandRepository::request_cancel(&store, id, now_micros()).await.expect("cancel running");
+    let lease = CommandQueue::renew_lease(&store, id, claim.fence, until).await.expect("renew");
+    assert!(lease.held && lease.cancel_requested, "the worker learns of the cancel request");
+    assert_eq!(
+        CommandRepository::get(&store, id).await.map(|c| c.status),
+        Ok(CommandStatus::Running),
+        "a running command keeps running until its worker acts"
+    );
+
+    let failed = Completion {
+        status: CommandStatus::Failed,
+        exit_code: Some(3),
+        reason: TerminationReason::Exited,
+        error: None,
+    };
+    let output = CommandOutput {
+        stdout: "hello\n".into(),
+        stderr: "oops".into(),
+        stdout_truncated: false,
+        stderr_truncated: true,
+    };
+    assert_eq!(
+        CommandQueue::finish(&store, id, stale, &failed, &output, now_micros()).await,
+        Ok(None),
+        "a stale finish changes nothing"
+    );
+    let at = now_micros();
+    let done =
+        CommandQueue::finish(&store, id, claim.fence, &failed, &output, at).await.expect("finish").expect("held");
+    assert_eq!(
+        (done.status, done.exit_code, done.termination_reason, done.finished_at),
+        (CommandStatus::Failed, Some(3), Some(TerminationReason::Exited), Some(at))
+    );
+    assert_eq!(CommandRepository::output(&store, id).await, Ok(output));
+    let events = CommandRepository::events_after(&store, id, 0, 100).await.expect("events");
+    assert_eq!(
+        kinds(&events),
+        vec![
+            EventKind::Status(CommandStatus::Queued),
+            EventKind::Status(CommandStatus::Running),
+            EventKind::Output { stream: OutputStream::Stdout, data: "hello\n".into() },
+            EventKind::Status(CommandStatus::Failed),
+            EventKind::Exit,
+        ]
+    );
+    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5], "gap-free sequence");
+    assert_eq!(
+        CommandQueue::finish(&store, id, claim.fence, &failed, &CommandOutput::default(), now_micros()).await,
+        Ok(None),
+        "finishing twice changes nothing"
+    );
+}
+
+async fn expired_leases_are_lost<S: Store>(store: S) {
+    let web = sample_project("web", 5);
+    ProjectRepository::create(&store, &web).await.expect("project");
+    let id = CommandRepository::enqueue(&store, sample_command(&web, Priority::Normal, None))
+        .await
+        .expect("enqueue")
+        .command
+        .id;
+    let t0 = now_micros();
+    let claim =
+        CommandQueue::claim_next(&store, &worker(), t0, Duration::from_secs(1)).await.expect("claim").expect("one");
+    assert_eq!(CommandQueue::reap_expired(&store, t0).await, Ok(vec![]), "a live lease is not reaped");
+    let reaped = CommandQueue::reap_expired(&store, t0 + TimeDelta::seconds(2)).await.expect("reap");
+    assert_eq!(
+        reaped.iter().map(|c| (c.id, c.status, c.termination_reason, c.exit_code)).collect::<Vec<_>>(),
+        vec![(id, CommandStatus::Lost, Some(TerminationReason::WorkerLost), None)]
+    );
+    assert_eq!(
+        CommandQueue::renew_lease(&store, id, claim.fence, t0 + TimeDelta::seconds(90)).await.map(|l| l.held),
+        Ok(false)
+    );
+    let late = Termination::Exited(0).completion();
+    assert_eq!(
+        CommandQueue::finish(&store, id, claim.fence, &late, &CommandOutput::default(), now_micros()).await,
+        Ok(None),
+        "the lost worker's late result changes nothing"
+    );
+    assert_eq!(
+        CommandQueue::claim_next(&store, &worker(), now_micros(), LEASE).await,
+        Ok(None),
+        "a lost command is never re-run"
+    );
+    assert_eq!(CommandRepository::get(&store, id).await.map(|c| c.status), Ok(CommandStatus::Lost));
+}
+
+async fn concurrent_claims_are_exclusive<S: Store>(store: Arc<S>) {
+    let mut expected = HashSet::new();
+    for name in ["alpha", "beta"] {
+        let p = sample_project(name, 1000);
+        ProjectRepository::create(store.as_ref(), &p).await.expect("project");
+        for _ in 0..30 {
+            expected.insert(
+                CommandRepository::enqueue(store.as_ref(), sample_command(&p, Priority::Normal, None))
+                    .await
+                    .expect("enqueue")
+                    .command
+                    .id,
+            );
+        }
+    }
+    let claimers: Vec<_> = (0..6)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let me = WorkerId::new(format!("w{i}"));
+                let mut mine = Vec::new();
+                while let Some(c) =
+                    CommandQueue::claim_next(store.as_ref(), &me, now_micros(), LEASE).await.expect("claim")
+                {
+                    mine.push((c.command.id, c.fence));
+                }
+                mine
+            })
+        })
+        .collect();
+    let mut seen = HashSet::new();
+    let mut fences = HashSet::new();
+    for c in claimers {
+        for (id, fence) in c.await.expect("task") {
+            assert!(seen.insert(id), "command {id} was claimed twice");
+            assert!(fences.insert(fence), "fence {fence} was handed out twice");
+        }
+    }
+    assert_eq!(seen, expected, "every command claimed exactly once");
+    assert_eq!(CommandRepository::stats(store.as_ref()).await.map(|s| s.running), Ok(60));
+    let _ = project_name("alpha");
+}

@@ -1,0 +1,1 @@
+//! Executor contract suite (being written).
