@@ -295,3 +295,38 @@ pub trait Executor: Send + Sync {
 pub fn cancelled_before_start() -> Completion {
     Termination::Cancelled.completion()
 }
+
+/// Shared handles are repositories too, so decorators can wrap `Arc<dyn ApiKeyRepository>`.
+#[async_trait]
+impl<T: ApiKeyRepository + ?Sized> ApiKeyRepository for std::sync::Arc<T> {
+    async fn create(&self, key: &ApiKey) -> DomainResult<()> {
+        (**self).create(key).await
+    }
+    async fn get(&self, id: ApiKeyId) -> DomainResult<ApiKey> {
+        (**self).get(id).await
+    }
+    async fn find_by_hash(&self, hash: &KeyHash) -> DomainResult<Option<ApiKey>> {
+        (**self).find_by_hash(hash).await
+    }
+    async fn list(&self, page: PageRequest) -> DomainResult<Page<ApiKey>> {
+        (**self).list(page).await
+    }
+    async fn revoke(&self, id: ApiKeyId, at: Timestamp) -> DomainResult<ApiKey> {
+        (**self).revoke(id, at).await
+    }
+    async fn rotate(
+        &self,
+        id: ApiKeyId,
+        hash: KeyHash,
+        prefix: &str,
+        previous: Option<PreviousSecret>,
+    ) -> DomainResult<ApiKey> {
+        (**self).rotate(id, hash, prefix, previous).await
+    }
+    async fn touch(&self, id: ApiKeyId, at: Timestamp) -> DomainResult<()> {
+        (**self).touch(id, at).await
+    }
+    async fn count(&self) -> DomainResult<u64> {
+        (**self).count().await
+    }
+}

@@ -1,0 +1,177 @@
+//! Driving one started command to its end: stdin, both output streams and the clock at once.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use domain::command::Termination;
+use domain::output::{CapturedOutput, HeadTailBuffer, OutputStream};
+use domain::ports::{ExecRequest, ExecResult, OutputSink};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, ChildStdin};
+use tokio_util::sync::CancellationToken;
+
+use crate::group::{self, GroupGuard};
+use crate::spawn::{self, Spawned};
+
+/// How long output pipes may stay open after the command ended (exited or was killed). A
+/// grandchild that escaped the group, or a daemon left behind on purpose, can hold them forever;
+/// past this we stop reading, and it gets SIGPIPE on its next write.
+const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Bytes read from a pipe at once, so output reaches the sink in modest chunks.
+const READ_CHUNK_BYTES: usize = 8 * 1024;
+
+/// Runs `request` in `workspace` to the end; never panics, never hangs past kill and drain.
+pub(crate) async fn execute(
+    request: ExecRequest,
+    workspace: PathBuf,
+    kill_grace: Duration,
+    sink: &dyn OutputSink,
+    cancel: CancellationToken,
+) -> ExecResult {
+    let spawned = match spawn::start(&request, &workspace).await {
+        Ok(spawned) => spawned,
+        Err(e) => {
+            tracing::info!(error = %e, "command could not start");
+            return ExecResult {
+                termination: Termination::StartFailed(e.to_string()),
+                stdout: CapturedOutput::default(),
+                stderr: CapturedOutput::default(),
+            };
+        }
+    };
+    let Spawned { mut child, group, stdin, stdout, stderr } = spawned;
+    let mut guard = GroupGuard::new(group);
+    // Fires once the child has ended (and, after a kill, its group has been killed).
+    let ended = CancellationToken::new();
+    let (cap, timeout, stdin_bytes) = (request.max_output_bytes, request.timeout, request.stdin);
+    let supervise = async {
+        let termination = supervise(&mut child, group, timeout, kill_grace, &cancel).await;
+        ended.cancel();
+        termination
+    };
+    let (termination, (), out, err) = tokio::join!(
+        supervise,
+        feed_stdin(stdin, stdin_bytes, &ended),
+        pump(stdout, OutputStream::Stdout, sink, cap, &ended),
+        pump(stderr, OutputStream::Stderr, sink, cap, &ended),
+    );
+    guard.disarm();
+    tracing::debug!(?termination, "command ended");
+    ExecResult { termination, stdout: out.finish(), stderr: err.finish() }
+}
+
+/// Waits for the child, its timeout or a cancel, whichever comes first, and kills the group
+/// in the last two cases (and when waiting itself fails, so nothing runs unwatched).
+async fn supervise(
+    child: &mut Child,
+    group: Pid,
+    timeout: Duration,
+    kill_grace: Duration,
+    cancel: &CancellationToken,
+) -> Termination {
+    let outcome = tokio::select! {
+        // Biased so a command that ended just as the clock ran out keeps its real status.
+        biased;
+        status = child.wait() => match status {
+            Ok(status) => return termination_of(status),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot wait for the command");
+                Termination::Unknown(format!("lost track of the process: {e}"))
+            }
+        },
+        () = cancel.cancelled() => Termination::Cancelled,
+        () = tokio::time::sleep(timeout) => Termination::TimedOut,
+    };
+    tracing::info!(?outcome, "killing the command's process group");
+    group::terminate(child, group, kill_grace).await;
+    outcome
+}
+
+/// How a child that ended on its own ended.
+fn termination_of(status: ExitStatus) -> Termination {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => Termination::Exited(code),
+        (None, Some(signal)) => Termination::Signaled(signal),
+        (None, None) => Termination::Unknown(format!("unrecognised wait status {status:?}")),
+    }
+}
+
+/// Writes the request's stdin bytes, then closes the pipe (dropping it) so the child sees EOF.
+/// Gives up when the command ends: a child that never reads must not keep us writing.
+async fn feed_stdin(pipe: Option<ChildStdin>, bytes: Option<Vec<u8>>, ended: &CancellationToken) {
+    let (Some(mut pipe), Some(bytes)) = (pipe, bytes) else { return };
+    let write = async {
+        pipe.write_all(&bytes).await?;
+        pipe.shutdown().await
+    };
+    tokio::select! {
+        written = write => match written {
+            Ok(()) => {}
+            // The child exited or closed stdin without reading everything: its choice.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            Err(e) => tracing::warn!(error = %e, "cannot write the command's stdin"),
+        },
+        () = ended.cancelled() => {}
+    }
+}
+
+/// Reads one output stream to its end, sending every chunk to the sink and the capture; stops
+/// reading `OUTPUT_DRAIN_TIMEOUT` after the command ended even if the pipe is still open.
+async fn pump<R: AsyncRead + Unpin>(
+    pipe: Option<R>,
+    stream: OutputStream,
+    sink: &dyn OutputSink,
+    cap: usize,
+    ended: &CancellationToken,
+) -> HeadTailBuffer {
+    let mut capture = HeadTailBuffer::new(cap);
+    let Some(mut pipe) = pipe else { return capture };
+    // One deadline for the whole drain: a writer that never pauses must not push it back.
+    let drain_deadline = async {
+        ended.cancelled().await;
+        tokio::time::sleep(OUTPUT_DRAIN_TIMEOUT).await;
+    };
+    tokio::pin!(drain_deadline);
+    let mut buf = vec![0u8; READ_CHUNK_BYTES];
+    loop {
+        tokio::select! {
+            read = pipe.read(&mut buf) => match read {
+                Ok(0) => break,
+                Ok(n) => {
+                    let chunk = &buf[..n];
+                    sink.emit(stream, chunk).await;
+                    capture.push(chunk);
+                }
+                Err(e) => {
+                    tracing::warn!(stream = stream.as_str(), error = %e, "cannot read command output");
+                    break;
+                }
+            },
+            () = &mut drain_deadline => {
+                tracing::debug!(stream = stream.as_str(), "output still open after the command ended; not waiting");
+                break;
+            }
+        }
+    }
+    capture
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_map_to_exited() {
+        assert_eq!(termination_of(ExitStatus::from_raw(0)), Termination::Exited(0));
+        assert_eq!(termination_of(ExitStatus::from_raw(3 << 8)), Termination::Exited(3));
+    }
+
+    #[test]
+    fn signal_deaths_map_to_signaled() {
+        assert_eq!(termination_of(ExitStatus::from_raw(9)), Termination::Signaled(9));
+    }
+}

@@ -1,0 +1,351 @@
+//! `CommandRepository` on SQLite: the `commands` table as clients see it (enqueue, reads,
+//! cancel, queue positions), and the row mapping the queue shares.
+
+use async_trait::async_trait;
+use diesel::prelude::*;
+use diesel::SqliteConnection;
+
+use domain::api_key::ApiKeyId;
+use domain::command::{
+    Command, CommandSpec, CommandStatus, Completion, EnvMap, Idempotency, NewCommand, Priority, TerminationReason,
+    TimeoutSeconds,
+};
+use domain::ids::{CommandId, ProjectId};
+use domain::output::{CommandEvent, CommandOutput, EventKind};
+use domain::pagination::{Page, PageRequest};
+use domain::ports::{cancelled_before_start, CommandFilter, CommandRepository, Enqueued, QueueStats};
+use domain::project::ProjectName;
+use domain::{DomainError, DomainResult, Timestamp};
+
+use crate::codec::{self, micros};
+use crate::events;
+use crate::schema::{commands, projects};
+use crate::{SqliteStore, StoreResult};
+
+const QUEUED: &str = CommandStatus::Queued.as_str();
+const RUNNING: &str = CommandStatus::Running.as_str();
+
+/// The columns of `commands` that make a `Command` (output and queue bookkeeping stay behind).
+#[derive(Debug, Queryable, Selectable)]
+#[diesel(table_name = commands, check_for_backend(diesel::sqlite::Sqlite))]
+pub(crate) struct CommandRow {
+    id: String,
+    project_id: String,
+    project_name: String,
+    spec: String,
+    env: String,
+    cwd: Option<String>,
+    stdin: Option<String>,
+    timeout_seconds: i32,
+    priority: i16,
+    status: String,
+    exit_code: Option<i32>,
+    termination_reason: Option<String>,
+    error: Option<String>,
+    created_by: Option<String>,
+    cancel_requested: bool,
+    queued_at: i64,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+}
+
+impl CommandRow {
+    pub(crate) fn into_domain(self) -> DomainResult<Command> {
+        let timeout: u32 = codec::int("timeout_seconds", self.timeout_seconds)?;
+        let reason = self
+            .termination_reason
+            .map(|r| codec::stored("termination_reason", &r, r.parse::<TerminationReason>()))
+            .transpose()?;
+        Ok(Command {
+            id: CommandId::from_uuid(codec::uuid(&self.id)?),
+            project_id: ProjectId::from_uuid(codec::uuid(&self.project_id)?),
+            project: codec::stored("project name", &self.project_name, ProjectName::parse(&self.project_name))?,
+            spec: codec::from_json::<CommandSpec>("commands.spec", &self.spec)?,
+            env: codec::from_json::<EnvMap>("commands.env", &self.env)?,
+            cwd: self.cwd,
+            stdin: self.stdin,
+            timeout: codec::stored("timeout_seconds", &timeout.to_string(), TimeoutSeconds::new(timeout))?,
+            priority: Priority::from_rank(self.priority)?,
+            status: codec::stored("status", &self.status, self.status.parse::<CommandStatus>())?,
+            exit_code: self.exit_code,
+            termination_reason: reason,
+            error: self.error,
+            created_by: self.created_by.map(|k| codec::uuid(&k).map(ApiKeyId::from_uuid)).transpose()?,
+            cancel_requested: self.cancel_requested,
+            queued_at: codec::time(self.queued_at)?,
+            started_at: codec::time_opt(self.started_at)?,
+            finished_at: codec::time_opt(self.finished_at)?,
+        })
+    }
+}
+
+/// A new row of `commands`; the store assigns `seq`.
+#[derive(Debug, Insertable)]
+#[diesel(table_name = commands, check_for_backend(diesel::sqlite::Sqlite))]
+struct NewCommandRow {
+    id: String,
+    project_id: String,
+    project_name: String,
+    spec: String,
+    env: String,
+    cwd: Option<String>,
+    stdin: Option<String>,
+    timeout_seconds: i32,
+    priority: i16,
+    status: String,
+    created_by: Option<String>,
+    queued_at: i64,
+    idempotency_key: Option<String>,
+    idempotency_fingerprint: Option<String>,
+}
+
+impl NewCommandRow {
+    fn from_domain(c: &NewCommand) -> DomainResult<Self> {
+        Ok(Self {
+            id: c.id.to_string(),
+            project_id: c.project_id.to_string(),
+            project_name: c.project.as_str().to_owned(),
+            spec: codec::to_json(&c.spec)?,
+            env: codec::to_json(&c.env)?,
+            cwd: c.cwd.clone(),
+            stdin: c.stdin.clone(),
+            timeout_seconds: codec::column_int("timeout_seconds", c.timeout.get())?,
+            priority: c.priority.rank(),
+            status: QUEUED.to_owned(),
+            created_by: c.created_by.map(|k| k.to_string()),
+            queued_at: micros(c.queued_at),
+            idempotency_key: c.idempotency.as_ref().map(|i| i.key.clone()),
+            idempotency_fingerprint: c.idempotency.as_ref().map(|i| i.fingerprint.clone()),
+        })
+    }
+}
+
+pub(crate) fn not_found() -> DomainError {
+    DomainError::NotFound("command".into())
+}
+
+/// The command with `id`, or `NotFound`.
+pub(crate) fn load(conn: &mut SqliteConnection, id: &str) -> StoreResult<CommandRow> {
+    Ok(commands::table
+        .filter(commands::id.eq(id))
+        .select(CommandRow::as_select())
+        .first(conn)
+        .optional()?
+        .ok_or_else(not_found)?)
+}
+
+/// Whether a command with `id` exists.
+pub(crate) fn exists(conn: &mut SqliteConnection, id: &str) -> StoreResult<bool> {
+    Ok(commands::table.filter(commands::id.eq(id)).count().get_result::<i64>(conn)? > 0)
+}
+
+/// Writes a command's terminal state, drops its lease, and appends `Status(final)`, `Exit`.
+/// Callers have checked that the transition is legal, inside the same transaction.
+pub(crate) fn end(conn: &mut SqliteConnection, id: &str, c: &Completion, at: Timestamp) -> StoreResult<CommandRow> {
+    let row = diesel::update(commands::table.filter(commands::id.eq(id)))
+        .set((
+            commands::status.eq(c.status.as_str()),
+            commands::exit_code.eq(c.exit_code),
+            commands::termination_reason.eq(c.reason.as_str()),
+            commands::error.eq(c.error.as_deref()),
+            commands::finished_at.eq(micros(at)),
+            commands::lease_owner.eq(None::<String>),
+            commands::lease_expires_at.eq(None::<i64>),
+        ))
+        .returning(CommandRow::as_returning())
+        .get_result(conn)?;
+    events::append(conn, id, &events::ending(c), at)?;
+    Ok(row)
+}
+
+/// The earlier command of `row`'s client with the same idempotency key, if it still counts.
+/// One older than `Idempotency::RETENTION` stops counting: its key is cleared for the new one.
+fn earlier_use(conn: &mut SqliteConnection, row: &NewCommandRow) -> StoreResult<Option<(String, bool)>> {
+    let (Some(key), Some(fingerprint)) = (&row.idempotency_key, &row.idempotency_fingerprint) else {
+        return Ok(None);
+    };
+    let earlier: Option<(String, i64, Option<String>)> = commands::table
+        .filter(commands::created_by.is(&row.created_by))
+        .filter(commands::idempotency_key.eq(key))
+        .select((commands::id, commands::queued_at, commands::idempotency_fingerprint))
+        .first(conn)
+        .optional()?;
+    let Some((id, queued_at, stored)) = earlier else { return Ok(None) };
+    let retention = Idempotency::RETENTION.num_microseconds().unwrap_or(i64::MAX);
+    if queued_at > row.queued_at.saturating_sub(retention) {
+        return Ok(Some((id, stored.as_ref() == Some(fingerprint))));
+    }
+    diesel::update(commands::table.filter(commands::id.eq(&id)))
+        .set((commands::idempotency_key.eq(None::<String>), commands::idempotency_fingerprint.eq(None::<String>)))
+        .execute(conn)?;
+    Ok(None)
+}
+
+#[async_trait]
+impl CommandRepository for SqliteStore {
+    #[tracing::instrument(level = "debug", skip_all, fields(command_id = %command.id, project = %command.project))]
+    async fn enqueue(&self, command: NewCommand) -> DomainResult<Enqueued> {
+        let row = NewCommandRow::from_domain(&command)?;
+        let at = command.queued_at;
+        let enqueued = self
+            .write("enqueue command", move |conn| {
+                let project = projects::table.find(&row.project_id).count().get_result::<i64>(conn)?;
+                if project == 0 {
+                    return Err(DomainError::NotFound("project".into()).into());
+                }
+                match earlier_use(conn, &row)? {
+                    Some((id, true)) => return Ok((load(conn, &id)?, true)),
+                    Some((_, false)) => {
+                        return Err(
+                            DomainError::Conflict("Idempotency-Key was used with a different request".into()).into()
+                        )
+                    }
+                    None => {}
+                }
+                let stored = diesel::insert_into(commands::table)
+                    .values(&row)
+                    .returning(CommandRow::as_returning())
+                    .get_result(conn)?;
+                events::append(conn, &row.id, &[EventKind::Status(CommandStatus::Queued)], at)?;
+                Ok((stored, false))
+            })
+            .await?;
+        let (row, replayed) = enqueued;
+        Ok(Enqueued { command: row.into_domain()?, replayed })
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(command_id = %id))]
+    async fn get(&self, id: CommandId) -> DomainResult<Command> {
+        let id = id.to_string();
+        self.read("get command", move |conn| load(conn, &id)).await?.into_domain()
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn list(&self, filter: &CommandFilter, page: PageRequest) -> DomainResult<Page<Command>> {
+        let project = filter.project.as_ref().map(|p| p.as_str().to_owned());
+        let status = filter.status.map(CommandStatus::as_str);
+        let after = page.after.map(codec::cursor_id);
+        let fetch = i64::from(page.limit.get()) + 1;
+        let rows = self
+            .read("list commands", move |conn| {
+                let mut query = commands::table.select(CommandRow::as_select()).order(commands::id.asc()).into_boxed();
+                if let Some(project) = project {
+                    query = query.filter(commands::project_name.eq(project));
+                }
+                if let Some(status) = status {
+                    query = query.filter(commands::status.eq(status));
+                }
+                if let Some(after) = after {
+                    query = query.filter(commands::id.gt(after));
+                }
+                Ok(query.limit(fetch).load(conn)?)
+            })
+            .await?;
+        let items = rows.into_iter().map(CommandRow::into_domain).collect::<DomainResult<Vec<_>>>()?;
+        Ok(Page::from_overfetch(items, page.limit, |c| c.id.as_uuid().as_u128()))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(command_id = %id))]
+    async fn request_cancel(&self, id: CommandId, at: Timestamp) -> DomainResult<Command> {
+        let id = id.to_string();
+        let row = self
+            .write("cancel command", move |conn| {
+                let current = load(conn, &id)?;
+                match current.status.as_str() {
+                    QUEUED => end(conn, &id, &cancelled_before_start(), at),
+                    // The worker learns of it at its next lease renewal and kills the process.
+                    RUNNING => Ok(diesel::update(commands::table.filter(commands::id.eq(&id)))
+                        .set(commands::cancel_requested.eq(true))
+                        .returning(CommandRow::as_returning())
+                        .get_result(conn)?),
+                    _ => Err(DomainError::Conflict("the command has already ended".into()).into()),
+                }
+            })
+            .await?;
+        row.into_domain()
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(command_id = %id))]
+    async fn queue_position(&self, id: CommandId) -> DomainResult<Option<u64>> {
+        let id = id.to_string();
+        let ahead = self
+            .read("queue position", move |conn| {
+                let (status, priority, seq): (String, i16, i64) = commands::table
+                    .filter(commands::id.eq(&id))
+                    .select((commands::status, commands::priority, commands::seq))
+                    .first(conn)
+                    .optional()?
+                    .ok_or_else(not_found)?;
+                if status != QUEUED {
+                    return Ok(None);
+                }
+                let ahead: i64 = commands::table
+                    .filter(commands::status.eq(QUEUED))
+                    .filter(
+                        commands::priority.gt(priority).or(commands::priority.eq(priority).and(commands::seq.lt(seq))),
+                    )
+                    .count()
+                    .get_result(conn)?;
+                Ok(Some(ahead))
+            })
+            .await?;
+        ahead.map(|n| codec::int::<i64, u64>("queue position", n).map(|n| n + 1)).transpose()
+    }
+
+    async fn stats(&self) -> DomainResult<QueueStats> {
+        let (depth, running) = self
+            .read("queue stats", |conn| {
+                let depth: Vec<(i16, i64)> = commands::table
+                    .filter(commands::status.eq(QUEUED))
+                    .group_by(commands::priority)
+                    .select((commands::priority, diesel::dsl::count_star()))
+                    .load(conn)?;
+                let running: i64 = commands::table.filter(commands::status.eq(RUNNING)).count().get_result(conn)?;
+                Ok((depth, running))
+            })
+            .await?;
+        let depth = Priority::ALL
+            .iter()
+            .map(|p| {
+                let n = depth.iter().find(|(rank, _)| *rank == p.rank()).map_or(0, |(_, n)| *n);
+                codec::int("queue depth", n).map(|n| (*p, n))
+            })
+            .collect::<DomainResult<_>>()?;
+        Ok(QueueStats { depth, running: codec::int("running count", running)? })
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(command_id = %id))]
+    async fn events_after(&self, id: CommandId, after: i64, limit: u32) -> DomainResult<Vec<CommandEvent>> {
+        let id = id.to_string();
+        let rows = self
+            .read("command events", move |conn| {
+                if !exists(conn, &id)? {
+                    return Err(not_found().into());
+                }
+                events::after(conn, &id, after, limit)
+            })
+            .await?;
+        rows.into_iter().map(events::EventRow::into_domain).collect()
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(command_id = %id))]
+    async fn output(&self, id: CommandId) -> DomainResult<CommandOutput> {
+        let id = id.to_string();
+        let (stdout, stderr, stdout_truncated, stderr_truncated) = self
+            .read("command output", move |conn| {
+                Ok(commands::table
+                    .filter(commands::id.eq(&id))
+                    .select((
+                        commands::stdout,
+                        commands::stderr,
+                        commands::stdout_truncated,
+                        commands::stderr_truncated,
+                    ))
+                    .first::<(String, String, bool, bool)>(conn)
+                    .optional()?
+                    .ok_or_else(not_found)?)
+            })
+            .await?;
+        Ok(CommandOutput { stdout, stderr, stdout_truncated, stderr_truncated })
+    }
+}

@@ -1,0 +1,245 @@
+//! rdev-api's embedded default store: every repository port of `domain::ports` on SQLite,
+//! through diesel with an r2d2 pool and the migrations in `migrations/sqlite` built in.
+//!
+//! Diesel is blocking, so every query runs on tokio's blocking pool. Writes that read before
+//! they write run in `BEGIN IMMEDIATE` transactions: SQLite then takes its single write lock up
+//! front, so concurrent callers (other tasks, other processes) serialize instead of failing
+//! with `SQLITE_BUSY` when a read transaction tries to upgrade.
+
+mod api_keys;
+mod audit;
+mod codec;
+mod commands;
+mod events;
+mod projects;
+mod queue;
+mod rate_limits;
+mod schema;
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use diesel::connection::SimpleConnection;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PoolError};
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::{RunQueryDsl, SqliteConnection};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use domain::ports::HealthCheck;
+use domain::{DomainError, DomainResult};
+
+/// The SQL migrations of this store, compiled into the binary.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/sqlite");
+
+/// Connections per pool: SQLite has one writer at a time, so more mostly adds waiting.
+const POOL_SIZE: u32 = 8;
+/// How long a caller waits for a free connection before the store counts as unavailable.
+const POOL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Settings every connection gets. `busy_timeout` comes first so that switching a fresh
+/// file to WAL waits for other connections instead of failing.
+const CONNECTION_PRAGMAS: &str = "PRAGMA busy_timeout = 5000; \
+     PRAGMA journal_mode = WAL; \
+     PRAGMA synchronous = NORMAL; \
+     PRAGMA foreign_keys = ON;";
+
+type SqlitePool = Pool<ConnectionManager<SqliteConnection>>;
+
+/// The SQLite store: a cheap-to-clone handle on a connection pool.
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.pool.state();
+        f.debug_struct("SqliteStore").field("connections", &state.connections).finish()
+    }
+}
+
+#[derive(Debug)]
+struct Pragmas;
+
+impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for Pragmas {
+    fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
+        conn.batch_execute(CONNECTION_PRAGMAS).map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `url`: `sqlite://path`, `sqlite:path` or a
+    /// plain path; `:memory:` gives a private in-memory database. Parent directories are created.
+    ///
+    /// # Errors
+    /// `Unavailable` when the file cannot be created or opened.
+    pub fn open(url: &str) -> DomainResult<SqliteStore> {
+        let path = database_path(url);
+        // Every connection to `:memory:` is its own database, so the pool must hold just one.
+        let in_memory = path == ":memory:";
+        if !in_memory {
+            create_parent_dirs(path)?;
+        }
+        let manager = ConnectionManager::<SqliteConnection>::new(path);
+        let mut builder = Pool::builder().max_size(POOL_SIZE).connection_timeout(POOL_TIMEOUT);
+        if in_memory {
+            // Closing the only connection would drop the database, so it is kept forever.
+            builder = builder.max_size(1).idle_timeout(None).max_lifetime(None);
+        }
+        let pool = builder
+            .connection_customizer(Box::new(Pragmas))
+            .build(manager)
+            .map_err(|e| DomainError::Unavailable(format!("cannot open SQLite database {path}: {e}")))?;
+        Ok(SqliteStore { pool })
+    }
+
+    /// Runs the migrations that have not run yet; running it again changes nothing.
+    ///
+    /// # Errors
+    /// `Unavailable` when the database is busy or unreachable, `Internal` when a migration fails.
+    pub fn migrate(&self) -> DomainResult<()> {
+        let mut conn = self.pool.get().map_err(pool_error)?;
+        let applied = conn.run_pending_migrations(MIGRATIONS).map_err(|e| {
+            let text = e.to_string();
+            if is_unavailable_message(&text) {
+                DomainError::Unavailable(format!("migrating the SQLite database: {text}"))
+            } else {
+                DomainError::Internal(format!("migrating the SQLite database: {text}"))
+            }
+        })?;
+        for version in applied {
+            tracing::info!(%version, "applied SQLite migration");
+        }
+        Ok(())
+    }
+
+    /// Runs `op` on a pooled connection on the blocking pool, in autocommit mode.
+    pub(crate) async fn read<T, F>(&self, what: &'static str, op: F) -> DomainResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut SqliteConnection) -> StoreResult<T> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = pool.get().map_err(StoreError::Pool)?;
+            op(&mut conn)
+        })
+        .await
+        .map_err(|e| DomainError::Internal(format!("{what}: blocking task failed: {e}")))?
+        .map_err(|e| e.into_domain(what))
+    }
+
+    /// Runs `op` in one `BEGIN IMMEDIATE` transaction: all of it or nothing, serialized with
+    /// every other writer. An `Err` from `op` rolls back.
+    pub(crate) async fn write<T, F>(&self, what: &'static str, op: F) -> DomainResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut SqliteConnection) -> StoreResult<T> + Send + 'static,
+    {
+        self.read(what, move |conn| conn.immediate_transaction(op)).await
+    }
+}
+
+/// The file path inside a `DATABASE_URL`.
+fn database_path(url: &str) -> &str {
+    url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url)
+}
+
+fn create_parent_dirs(path: &str) -> DomainResult<()> {
+    // `file:` URIs and query strings are SQLite's business; only plain paths get directories.
+    if path.starts_with("file:") {
+        return Ok(());
+    }
+    match Path::new(path).parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => std::fs::create_dir_all(dir)
+            .map_err(|e| DomainError::Unavailable(format!("cannot create directory {}: {e}", dir.display()))),
+        _ => Ok(()),
+    }
+}
+
+/// What can fail inside the store: the driver, the pool, or a domain rule found mid-transaction
+/// (returned as an error so that the transaction rolls back).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StoreError {
+    /// A query failed.
+    #[error(transparent)]
+    Db(#[from] DieselError),
+    /// No connection could be had.
+    #[error(transparent)]
+    Pool(PoolError),
+    /// A domain answer (`NotFound`, `Conflict`, a corrupt row as `Internal`).
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+}
+
+/// Result of the code that runs on a connection.
+pub(crate) type StoreResult<T> = Result<T, StoreError>;
+
+impl StoreError {
+    /// Translates into the domain's words; `what` names the operation for the logs.
+    fn into_domain(self, what: &str) -> DomainError {
+        match self {
+            StoreError::Domain(e) => e,
+            StoreError::Pool(e) => pool_error(e),
+            StoreError::Db(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info)) => {
+                DomainError::Conflict(format!("{what}: {}", info.message()))
+            }
+            StoreError::Db(DieselError::NotFound) => DomainError::NotFound(what.to_owned()),
+            StoreError::Db(e) => {
+                let text = e.to_string();
+                if is_unavailable_message(&text) {
+                    DomainError::Unavailable(format!("{what}: {text}"))
+                } else {
+                    DomainError::Internal(format!("{what}: {text}"))
+                }
+            }
+        }
+    }
+}
+
+fn pool_error(e: PoolError) -> DomainError {
+    DomainError::Unavailable(format!("no SQLite connection: {e}"))
+}
+
+/// SQLite reports busy, locked, unopenable and full databases only through its messages here.
+fn is_unavailable_message(text: &str) -> bool {
+    const TRANSIENT: [&str; 6] =
+        ["database is locked", "database table is locked", "busy", "unable to open", "disk I/O error", "disk is full"];
+    TRANSIENT.iter().any(|t| text.contains(t))
+}
+
+#[async_trait]
+impl HealthCheck for SqliteStore {
+    async fn check(&self) -> DomainResult<()> {
+        self.read("health check", |conn| {
+            diesel::sql_query("SELECT 1").execute(conn)?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| match e {
+            DomainError::Unavailable(m) | DomainError::Internal(m) => DomainError::Unavailable(m),
+            other => other,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_the_file() {
+        assert_eq!(database_path("sqlite://rdev.db"), "rdev.db");
+        assert_eq!(database_path("sqlite:///var/lib/rdev/rdev.db"), "/var/lib/rdev/rdev.db");
+        assert_eq!(database_path("sqlite:data/rdev.db"), "data/rdev.db");
+        assert_eq!(database_path("/tmp/x.db"), "/tmp/x.db");
+        assert_eq!(database_path(":memory:"), ":memory:");
+    }
+
+    #[test]
+    fn busy_and_locked_databases_are_unavailable() {
+        assert!(is_unavailable_message("database is locked"));
+        assert!(is_unavailable_message("unable to open database file"));
+        assert!(!is_unavailable_message("no such table: projects"));
+    }
+}

@@ -1,0 +1,232 @@
+//! `CommandQueue` on SQLite: claims, leases and fences over `commands`, and `workers`.
+//!
+//! Every state change runs in a `BEGIN IMMEDIATE` transaction, so two claimers never see the
+//! same queued row: the second one's transaction starts only after the first committed.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use diesel::prelude::*;
+use diesel::SqliteConnection;
+
+use domain::command::{Command, CommandStatus, Completion, TerminationReason};
+use domain::ids::{CommandId, WorkerId};
+use domain::output::{CommandOutput, EventKind, OutputStream};
+use domain::ports::{Claim, CommandQueue, LeaseStatus, WorkerCapacity};
+use domain::{DomainError, DomainResult, Timestamp};
+
+use crate::codec::{self, micros};
+use crate::commands::{self as rows, CommandRow};
+use crate::events;
+use crate::schema::{commands, counters, projects, workers};
+use crate::{SqliteStore, StoreResult};
+
+const QUEUED: &str = CommandStatus::Queued.as_str();
+const RUNNING: &str = CommandStatus::Running.as_str();
+const FENCE_COUNTER: &str = "fence";
+
+/// What a command whose worker vanished ends as.
+fn lost() -> Completion {
+    Completion {
+        status: CommandStatus::Lost,
+        exit_code: None,
+        reason: TerminationReason::WorkerLost,
+        error: Some("the worker running the command stopped renewing its lease".into()),
+    }
+}
+
+/// Projects already running as many commands as their `max_concurrent_commands` allows.
+fn full_projects(conn: &mut SqliteConnection) -> StoreResult<Vec<String>> {
+    let running: Vec<(String, i32, i64)> = commands::table
+        .inner_join(projects::table)
+        .filter(commands::status.eq(RUNNING))
+        .group_by(projects::id)
+        .select((projects::id, projects::max_concurrent_commands, diesel::dsl::count_star()))
+        .load(conn)?;
+    Ok(running.into_iter().filter(|(_, cap, n)| *n >= i64::from(*cap)).map(|(id, _, _)| id).collect())
+}
+
+/// The next value of the store-wide fence; it only ever rises.
+fn next_fence(conn: &mut SqliteConnection) -> StoreResult<i64> {
+    Ok(diesel::update(counters::table.find(FENCE_COUNTER))
+        .set(counters::value.eq(counters::value + 1))
+        .returning(counters::value)
+        .get_result(conn)?)
+}
+
+/// Claims the first queued command in dequeue order whose project has room.
+fn claim(conn: &mut SqliteConnection, worker: &str, now: Timestamp, lease_us: i64) -> StoreResult<Option<Claim>> {
+    let full = full_projects(conn)?;
+    let next: Option<String> = commands::table
+        .filter(commands::status.eq(QUEUED))
+        .filter(commands::project_id.ne_all(full))
+        .order((commands::priority.desc(), commands::seq.asc()))
+        .select(commands::id)
+        .first(conn)
+        .optional()?;
+    let Some(id) = next else { return Ok(None) };
+    let fence = next_fence(conn)?;
+    let row: CommandRow = diesel::update(commands::table.filter(commands::id.eq(&id)))
+        .set((
+            commands::status.eq(RUNNING),
+            commands::started_at.eq(micros(now)),
+            commands::lease_owner.eq(worker),
+            commands::lease_expires_at.eq(micros(now).saturating_add(lease_us)),
+            commands::fence.eq(fence),
+        ))
+        .returning(CommandRow::as_returning())
+        .get_result(conn)?;
+    events::append(conn, &id, &[EventKind::Status(CommandStatus::Running)], now)?;
+    Ok(Some(Claim { command: row.into_domain()?, fence }))
+}
+
+/// The `(status, fence, cancel_requested)` of a command, or `NotFound`.
+fn lease_state(conn: &mut SqliteConnection, id: &str) -> StoreResult<(String, i64, bool)> {
+    Ok(commands::table
+        .filter(commands::id.eq(id))
+        .select((commands::status, commands::fence, commands::cancel_requested))
+        .first(conn)
+        .optional()?
+        .ok_or_else(rows::not_found)?)
+}
+
+/// Whether `fence` still holds the command: it is running under that very claim.
+fn holds(conn: &mut SqliteConnection, id: &str, fence: i64) -> StoreResult<bool> {
+    let (status, current, _) = lease_state(conn, id)?;
+    Ok(status == RUNNING && current == fence)
+}
+
+/// Ends a running command held by `fence` with its output; `None` when the fence is stale.
+fn finish_held(
+    conn: &mut SqliteConnection,
+    id: &str,
+    fence: i64,
+    completion: &Completion,
+    output: &CommandOutput,
+    at: Timestamp,
+) -> StoreResult<Option<CommandRow>> {
+    if !holds(conn, id, fence)? {
+        return Ok(None);
+    }
+    diesel::update(commands::table.filter(commands::id.eq(id)))
+        .set((
+            commands::stdout.eq(&output.stdout),
+            commands::stderr.eq(&output.stderr),
+            commands::stdout_truncated.eq(output.stdout_truncated),
+            commands::stderr_truncated.eq(output.stderr_truncated),
+        ))
+        .execute(conn)?;
+    rows::end(conn, id, completion, at).map(Some)
+}
+
+fn lease_micros(lease: Duration) -> DomainResult<i64> {
+    i64::try_from(lease.as_micros()).map_err(|_| DomainError::Internal(format!("lease {lease:?} is too long")))
+}
+
+#[async_trait]
+impl CommandQueue for SqliteStore {
+    #[tracing::instrument(level = "debug", skip_all, fields(worker = %worker))]
+    async fn claim_next(&self, worker: &WorkerId, now: Timestamp, lease: Duration) -> DomainResult<Option<Claim>> {
+        let lease_us = lease_micros(lease)?;
+        let worker = worker.as_str().to_owned();
+        self.write("claim command", move |conn| claim(conn, &worker, now, lease_us)).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(command_id = %id, fence))]
+    async fn renew_lease(&self, id: CommandId, fence: i64, until: Timestamp) -> DomainResult<LeaseStatus> {
+        let id = id.to_string();
+        self.write("renew lease", move |conn| {
+            let (status, current, cancel_requested) = lease_state(conn, &id)?;
+            let held = status == RUNNING && current == fence;
+            if held {
+                diesel::update(commands::table.filter(commands::id.eq(&id)))
+                    .set(commands::lease_expires_at.eq(micros(until)))
+                    .execute(conn)?;
+            }
+            Ok(LeaseStatus { held, cancel_requested })
+        })
+        .await
+    }
+
+    #[tracing::instrument(level = "trace", skip_all, fields(command_id = %id, fence))]
+    async fn append_output(
+        &self,
+        id: CommandId,
+        fence: i64,
+        stream: OutputStream,
+        data: &str,
+        at: Timestamp,
+    ) -> DomainResult<bool> {
+        let id = id.to_string();
+        let event = EventKind::Output { stream, data: data.to_owned() };
+        self.write("append output", move |conn| {
+            if !holds(conn, &id, fence)? {
+                return Ok(false);
+            }
+            events::append(conn, &id, &[event], at)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(command_id = %id, fence, status = %completion.status))]
+    async fn finish(
+        &self,
+        id: CommandId,
+        fence: i64,
+        completion: &Completion,
+        output: &CommandOutput,
+        at: Timestamp,
+    ) -> DomainResult<Option<Command>> {
+        let id = id.to_string();
+        let (completion, output) = (completion.clone(), output.clone());
+        let row =
+            self.write("finish command", move |conn| finish_held(conn, &id, fence, &completion, &output, at)).await?;
+        row.map(CommandRow::into_domain).transpose()
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn reap_expired(&self, now: Timestamp) -> DomainResult<Vec<Command>> {
+        let rows = self
+            .write("reap expired leases", move |conn| {
+                let expired: Vec<String> = commands::table
+                    .filter(commands::status.eq(RUNNING))
+                    .filter(commands::lease_expires_at.lt(micros(now)))
+                    .order(commands::seq.asc())
+                    .select(commands::id)
+                    .load(conn)?;
+                let lost = lost();
+                expired.iter().map(|id| rows::end(conn, id, &lost, now)).collect::<StoreResult<Vec<_>>>()
+            })
+            .await?;
+        rows.into_iter().map(CommandRow::into_domain).collect()
+    }
+
+    #[tracing::instrument(level = "trace", skip_all, fields(worker = %worker))]
+    async fn heartbeat(&self, worker: &WorkerId, capacity: u32, now: Timestamp) -> DomainResult<()> {
+        let id = worker.as_str().to_owned();
+        let capacity: i32 = codec::column_int("capacity", capacity)?;
+        self.read("worker heartbeat", move |conn| {
+            diesel::insert_into(workers::table)
+                .values((workers::id.eq(&id), workers::capacity.eq(capacity), workers::last_seen.eq(micros(now))))
+                .on_conflict(workers::id)
+                .do_update()
+                .set((workers::capacity.eq(capacity), workers::last_seen.eq(micros(now))))
+                .execute(conn)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn live_workers(&self, since: Timestamp) -> DomainResult<WorkerCapacity> {
+        let capacities: Vec<i32> = self
+            .read("live workers", move |conn| {
+                Ok(workers::table.filter(workers::last_seen.ge(micros(since))).select(workers::capacity).load(conn)?)
+            })
+            .await?;
+        let replicas = codec::int("replicas", capacities.len())?;
+        let capacity =
+            capacities.into_iter().map(|c| codec::int::<i32, u32>("capacity", c)).sum::<DomainResult<u32>>()?;
+        Ok(WorkerCapacity { replicas, capacity })
+    }
+}

@@ -1,0 +1,109 @@
+//! The subcommands: serve, migrate, keys, audit.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use domain::api_key::{ProjectAccess, Scope, ScopeSet};
+use domain::ids::ApiKeyId;
+use domain::network::CidrList;
+use domain::project::ProjectName;
+use services::api_keys::NewKey;
+use services::audit::AuditService;
+use services::clock::SystemClock;
+use services::Principal;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{AuditCommand, DatabaseUrl, KeysCommand, ServeConfig};
+use crate::wiring::{self, StartupError};
+
+/// What a CLI run ends with: the process exit code.
+pub type ExitCode = i32;
+
+/// `rdev-api serve`: the HTTP API and the queue worker until SIGTERM/SIGINT.
+pub async fn serve(db: &DatabaseUrl, cfg: &ServeConfig) -> Result<ExitCode, StartupError> {
+    let store = wiring::open_store(db)?;
+    let service = wiring::build(store, cfg, crate::telemetry::metrics_handle())?;
+    if let Some(path) = &cfg.bootstrap_admin_key_file {
+        if wiring::bootstrap_admin_key(&service.state.keys, path).await? {
+            eprintln!("rdev-api: admin API key written to {} (mode 0600)", path.display());
+        }
+    }
+    let listener = TcpListener::bind(cfg.listen_addr)
+        .map_err(|source| StartupError::Io { path: cfg.listen_addr.to_string(), source })?;
+    let shutdown = CancellationToken::new();
+    let worker = tokio::spawn(Arc::clone(&service.worker).run(shutdown.clone()));
+    tracing::info!(listen_addr = %cfg.listen_addr, executor = ?cfg.executor, "rdev-api serving");
+    eprintln!("rdev-api: listening on http://{}", cfg.listen_addr);
+    let server = crate::server::server(service.state, listener, cfg.shutdown_grace_seconds)
+        .map_err(|source| StartupError::Io { path: cfg.listen_addr.to_string(), source })?;
+    // actix stops on SIGTERM/SIGINT after in-flight requests; then the worker drains.
+    let served = server.await;
+    shutdown.cancel();
+    if let Err(e) = worker.await {
+        tracing::error!(error = %e, "queue worker panicked");
+    }
+    served.map_err(|source| StartupError::Io { path: cfg.listen_addr.to_string(), source })?;
+    Ok(0)
+}
+
+/// `rdev-api migrate`.
+pub fn migrate(db: &DatabaseUrl) -> Result<ExitCode, StartupError> {
+    wiring::open_store(db)?;
+    eprintln!("rdev-api: migrations applied");
+    Ok(0)
+}
+
+/// `rdev-api keys create|revoke`.
+#[expect(clippy::print_stdout, reason = "the key (or its JSON) is the command's output")]
+pub async fn keys(db: &DatabaseUrl, cmd: KeysCommand) -> Result<ExitCode, StartupError> {
+    let store = wiring::open_store(db)?;
+    let keys = wiring::key_service(&store, std::time::Duration::from_millis(1), Arc::new(SystemClock));
+    match cmd {
+        KeysCommand::Create { name, scopes, projects, json } => {
+            let new = new_key(name, &scopes, &projects)?;
+            let (key, secret) = keys.create(&Principal::system(), new).await?;
+            if json {
+                println!("{}", serde_json::json!({"id": key.id.to_string(), "key": secret.expose()}));
+            } else {
+                println!("{}", secret.expose());
+                eprintln!("rdev-api: created key {} ({}); the secret above is shown only once", key.id, key.name);
+            }
+        }
+        KeysCommand::Revoke { id } => {
+            let id: ApiKeyId = id.parse()?;
+            keys.revoke(&Principal::system(), id).await?;
+            eprintln!("rdev-api: revoked key {id}");
+        }
+    }
+    Ok(0)
+}
+
+fn new_key(name: String, scopes: &[String], projects: &[String]) -> Result<NewKey, StartupError> {
+    let scopes = scopes.iter().map(|s| s.parse::<Scope>()).collect::<Result<Vec<_>, _>>()?;
+    let projects = if projects.is_empty() {
+        ProjectAccess::All
+    } else {
+        ProjectAccess::Only(projects.iter().map(|p| ProjectName::parse(p)).collect::<Result<_, _>>()?)
+    };
+    Ok(NewKey {
+        name,
+        scopes: ScopeSet::new(scopes)?,
+        projects,
+        allowed_ips: CidrList::default(),
+        rate_limit_rps: None,
+        expires_at: None,
+    })
+}
+
+/// `rdev-api audit verify`: prints the verdict as JSON; exit code 1 when the chain is broken.
+#[expect(clippy::print_stdout, reason = "the verdict is the command's output")]
+pub async fn audit(db: &DatabaseUrl, cmd: AuditCommand) -> Result<ExitCode, StartupError> {
+    let store = wiring::open_store(db)?;
+    match cmd {
+        AuditCommand::Verify => {
+            let report = AuditService::new(store).verify(&Principal::system()).await?;
+            println!("{}", serde_json::to_string(&report).unwrap_or_default());
+            Ok(if report.ok { 0 } else { 1 })
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! Configuration: one struct, built once from flags and the environment (DESIGN.md §4 names).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use domain::network::CidrList;
+
+/// `DATABASE_URL`, whose password never reaches a log.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// The URL, for the driver only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether it selects the SQLite store.
+    pub fn is_sqlite(&self) -> bool {
+        self.0.starts_with("sqlite:") || !self.0.contains("://")
+    }
+}
+
+impl std::str::FromStr for DatabaseUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.trim().is_empty() {
+            return Err("DATABASE_URL must not be empty".into());
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // postgres://user:secret@host/db → postgres://user:[redacted]@host/db
+        match (self.0.find("://"), self.0.rfind('@')) {
+            (Some(scheme), Some(at)) if self.0[scheme + 3..at].contains(':') => {
+                let colon = scheme + 3 + self.0[scheme + 3..at].find(':').unwrap_or(0);
+                write!(f, "{}:[redacted]{}", &self.0[..colon], &self.0[at..])
+            }
+            _ => f.write_str(&self.0),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable.
+    Pretty,
+}
+
+/// Where commands run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExecutorKind {
+    /// Local child processes in per-project directories.
+    Process,
+    /// Kubernetes pods.
+    Kube,
+}
+
+/// rdev-api: run shell commands for automation in per-project development pods.
+#[derive(Debug, Parser)]
+#[command(name = "rdev-api", version, about)]
+pub struct Cli {
+    /// Store: `sqlite://path` (default) or `postgres://…`.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://rdev.db", global = true)]
+    pub database_url: DatabaseUrl,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty", global = true)]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the HTTP API and run the queue worker.
+    Serve(ServeConfig),
+    /// Apply pending database migrations.
+    Migrate,
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Audit log tools.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// `keys` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key and print it (shown once).
+    Create {
+        /// Key name.
+        #[arg(long)]
+        name: String,
+        /// Scope (repeat for several).
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// Limit the key to this project (repeat for several; default all).
+        #[arg(long = "project")]
+        projects: Vec<String>,
+        /// Print one JSON object with `id` and `key`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key by id.
+    Revoke {
+        /// Key id.
+        id: String,
+    },
+}
+
+/// `audit` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain; exits 1 when a record was tampered with.
+    Verify,
+}
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+    pub listen_addr: SocketAddr,
+    /// Executor backend.
+    #[arg(long, env = "EXECUTOR", value_enum, default_value = "process")]
+    pub executor: ExecutorKind,
+    /// Namespace of project pods (kube executor).
+    #[arg(long, env = "KUBE_NAMESPACE", default_value = "rdev")]
+    pub kube_namespace: String,
+    /// Commands this replica runs at once.
+    #[arg(long, env = "CONCURRENT_COMMANDS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub concurrent_commands: u32,
+    /// Requests per second per key, averaged over the window.
+    #[arg(long, env = "RATE_LIMIT_RPS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub rate_limit_rps: u32,
+    /// Rate-limit window.
+    #[arg(long, env = "RATE_LIMIT_WINDOW_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub rate_limit_window_seconds: u32,
+    /// Captured output per stream (head and tail kept).
+    #[arg(long, env = "MAX_OUTPUT_BYTES", default_value_t = 1024 * 1024)]
+    pub max_output_bytes: usize,
+    /// Largest request body.
+    #[arg(long, env = "MAX_REQUEST_BYTES", default_value_t = 1024 * 1024)]
+    pub max_request_bytes: usize,
+    /// Allow webhooks to private, loopback and link-local targets.
+    #[arg(long, env = "WEBHOOK_ALLOW_PRIVATE_TARGETS", default_value_t = false)]
+    pub webhook_allow_private_targets: bool,
+    /// CIDRs whose `X-Forwarded-For` is believed (comma-separated).
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = "", value_parser = parse_cidrs)]
+    pub trusted_proxies: CidrList,
+    /// On an empty database, create an admin key and write it here (mode 0600).
+    #[arg(long, env = "BOOTSTRAP_ADMIN_KEY_FILE")]
+    pub bootstrap_admin_key_file: Option<PathBuf>,
+    /// Where the process executor keeps project workspaces.
+    #[arg(long, env = "WORKSPACES_DIR", default_value = "workspaces")]
+    pub workspaces_dir: PathBuf,
+    /// Seconds running commands get to finish on SIGTERM before they are handed back.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 25)]
+    pub shutdown_grace_seconds: u64,
+    /// TTL of the API key cache, in milliseconds (bounds cross-replica revocation delay).
+    #[arg(long, env = "KEY_CACHE_TTL_MS", default_value_t = 500)]
+    pub key_cache_ttl_ms: u64,
+}
+
+impl ServeConfig {
+    /// The serve settings from the environment alone (for a bare `rdev-api`).
+    pub fn try_parse_from_env() -> Result<ServeConfig, clap::Error> {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            serve: ServeConfig,
+        }
+        Only::try_parse_from(["rdev-api"]).map(|o| o.serve)
+    }
+}
+
+fn parse_cidrs(s: &str) -> Result<CidrList, String> {
+    let items: Vec<&str> = s.split(',').map(str::trim).filter(|i| !i.is_empty()).collect();
+    CidrList::parse(&items).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_passwords_are_redacted() {
+        let url: DatabaseUrl = "postgres://rdev:hunter2@db:5432/rdev".parse().expect("url");
+        let shown = format!("{url:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("db:5432"));
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let cli = Cli::try_parse_from(["rdev-api", "serve"]).expect("parse");
+        let Some(Command::Serve(c)) = cli.command else { panic!("serve expected") };
+        assert_eq!(c.listen_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!((c.concurrent_commands, c.rate_limit_rps, c.rate_limit_window_seconds), (5, 10, 10));
+        assert_eq!((c.max_output_bytes, c.max_request_bytes), (1 << 20, 1 << 20));
+        assert!(cli.database_url.is_sqlite());
+    }
+}

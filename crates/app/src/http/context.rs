@@ -1,0 +1,154 @@
+//! Per-request context: request id, trace id, client address; and the `Caller` extractor that
+//! authenticates and rate-limits.
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr};
+use std::pin::Pin;
+
+use actix_web::dev::Payload;
+use actix_web::http::header;
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
+use domain::api_key::ApiKey;
+use domain::rate_limit::RateDecision;
+use domain::DomainError;
+use services::Principal;
+
+use super::problem::ApiError;
+use crate::state::AppState;
+
+/// Ids and address of one request, set by the observing middleware.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    /// `X-Request-Id`, echoed or generated.
+    pub request_id: String,
+    /// W3C trace id from `traceparent`, when valid.
+    pub trace_id: Option<String>,
+    /// Client address after `TRUSTED_PROXIES`.
+    pub client_ip: IpAddr,
+}
+
+impl RequestContext {
+    /// The context of `req` (a default when the middleware did not run, as in unit tests).
+    pub fn of(req: &HttpRequest) -> RequestContext {
+        req.extensions().get::<RequestContext>().cloned().unwrap_or_else(|| RequestContext {
+            request_id: String::new(),
+            trace_id: None,
+            client_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        })
+    }
+}
+
+/// A client-sent request id is echoed only if it is short, printable ASCII.
+pub fn valid_request_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| (0x21..0x7f).contains(&b))
+}
+
+/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), if well-formed.
+pub fn trace_id_of(traceparent: &str) -> Option<String> {
+    let parts: Vec<&str> = traceparent.trim().split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+    let ok = parts.len() >= 4
+        && hex(parts[0], 2)
+        && parts[0] != "ff"
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && hex(parts[3], 2)
+        && parts[1].bytes().any(|b| b != b'0')
+        && parts[2].bytes().any(|b| b != b'0');
+    ok.then(|| parts[1].to_owned())
+}
+
+/// The authenticated key behind a request; extracting it authenticates and counts the request
+/// against the key's rate limit.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The key.
+    pub key: ApiKey,
+    /// Its rights.
+    pub principal: Principal,
+    /// Request ids and address.
+    pub context: RequestContext,
+}
+
+/// The project a request concerns when the path does not name it (creation): for the audit.
+#[derive(Debug, Clone)]
+pub struct AuditProject(pub String);
+
+/// Stored in request extensions so the middleware can audit and set headers.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthenticatedKey(pub domain::ids::ApiKeyId);
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move { authenticate(&req).await })
+    }
+}
+
+async fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
+    let state = req
+        .app_data::<web::Data<AppState>>()
+        .ok_or_else(|| ApiError::Domain(DomainError::Internal("application state missing".into())))?;
+    let context = RequestContext::of(req);
+    let presented = bearer(req)?;
+    let key = state.keys.authenticate(presented, context.client_ip).await.inspect_err(|e| {
+        let reason = match e {
+            DomainError::Forbidden(_) => "ip_not_allowed",
+            _ => "invalid_key",
+        };
+        metrics::counter!(services::metrics::AUTH_FAILURES_TOTAL, "reason" => reason).increment(1);
+    })?;
+    req.extensions_mut().insert(AuthenticatedKey(key.id));
+    let decision = state.limiter.check(&key).await?;
+    req.extensions_mut().insert(decision);
+    if !decision.allowed {
+        return Err(ApiError::RateLimited { retry_after: decision.retry_after_seconds.unwrap_or(1) });
+    }
+    Ok(Caller { principal: Principal::of(&key), key, context })
+}
+
+fn bearer(req: &HttpRequest) -> Result<&str, ApiError> {
+    let missing = || ApiError::Domain(DomainError::Unauthorized("send Authorization: Bearer <API key>".into()));
+    let value = req.headers().get(header::AUTHORIZATION).ok_or_else(missing)?.to_str().map_err(|_| missing())?;
+    let (scheme, token) = value.split_once(' ').ok_or_else(missing)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(missing());
+    }
+    Ok(token.trim())
+}
+
+/// The rate-limit decision of this request, if one was made.
+pub fn rate_decision(req: &HttpRequest) -> Option<RateDecision> {
+    req.extensions().get::<RateDecision>().copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_is_parsed_strictly() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(trace_id_of(good).as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        for bad in [
+            "",
+            "00-0000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "zz-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(trace_id_of(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn request_ids_are_bounded_printable_ascii() {
+        assert!(valid_request_id("abc-123"));
+        assert!(!valid_request_id(""));
+        assert!(!valid_request_id("a b"));
+        assert!(!valid_request_id(&"x".repeat(129)));
+    }
+}

@@ -1,0 +1,117 @@
+//! One observing middleware: request id and trace id, client address, metrics, RateLimit
+//! headers, and the audit record of every mutating or refused request.
+
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::{Method, StatusCode};
+use actix_web::middleware::Next;
+use actix_web::{web, HttpMessage};
+use domain::audit::{AuditEntry, AuditOutcome};
+use domain::network::client_ip;
+use domain::rate_limit::RateDecision;
+use tracing::Instrument;
+
+use super::context::{rate_decision, trace_id_of, valid_request_id, AuditProject, AuthenticatedKey, RequestContext};
+use crate::state::AppState;
+
+const REQUEST_ID: &str = "x-request-id";
+
+/// Wraps every request.
+pub async fn observe(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+    let context = context_of(&req, state.as_ref().map(|s| s.get_ref()));
+    req.extensions_mut().insert(context.clone());
+    let method = req.method().clone();
+    let span = tracing::info_span!("http", method = %method, path = %req.path(), request_id = %context.request_id, trace_id = context.trace_id.as_deref().unwrap_or(""));
+    let mut res = next.call(req).instrument(span).await?;
+
+    let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());
+    let status = res.status();
+    record_metrics(&method, &route, status, started);
+    set_header(&mut res, REQUEST_ID, &context.request_id);
+    if let Some(decision) = rate_decision(res.request()) {
+        set_rate_headers(&mut res, decision);
+    }
+    if let Some(state) = state {
+        if must_audit(&method, status) {
+            let entry = audit_entry(&res, &context, &method, &route, status);
+            state.audit.record(entry).await;
+        }
+    }
+    Ok(res)
+}
+
+fn context_of(req: &ServiceRequest, state: Option<&AppState>) -> RequestContext {
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let request_id = header(REQUEST_ID)
+        .filter(|id| valid_request_id(id))
+        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
+    let trace_id = header("traceparent").and_then(trace_id_of);
+    let peer = req.peer_addr().map_or(std::net::IpAddr::from([127, 0, 0, 1]), |a| a.ip());
+    let trusted = state.map(|s| &s.http.trusted_proxies);
+    let client_ip = trusted.map_or(peer, |t| client_ip(peer, header("x-forwarded-for"), t));
+    RequestContext { request_id, trace_id, client_ip }
+}
+
+fn record_metrics(method: &Method, route: &str, status: StatusCode, started: Instant) {
+    let (method, route) = (method.as_str().to_owned(), route.to_owned());
+    metrics::counter!(services::metrics::HTTP_REQUESTS_TOTAL, "method" => method.clone(), "route" => route.clone(), "status" => status.as_u16().to_string()).increment(1);
+    metrics::histogram!(services::metrics::HTTP_REQUEST_DURATION_SECONDS, "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+}
+
+fn set_header<B>(res: &mut ServiceResponse<B>, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        res.headers_mut().insert(HeaderName::from_static(name), v);
+    }
+}
+
+fn set_rate_headers<B>(res: &mut ServiceResponse<B>, d: RateDecision) {
+    set_header(res, "ratelimit-limit", &d.limit.to_string());
+    set_header(res, "ratelimit-remaining", &d.remaining.to_string());
+    set_header(res, "ratelimit-reset", &d.reset_seconds.to_string());
+}
+
+fn must_audit(method: &Method, status: StatusCode) -> bool {
+    let mutating = !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
+    let refused = matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::TOO_MANY_REQUESTS);
+    mutating || refused
+}
+
+fn audit_entry<B>(
+    res: &ServiceResponse<B>,
+    ctx: &RequestContext,
+    method: &Method,
+    route: &str,
+    status: StatusCode,
+) -> AuditEntry {
+    let req = res.request();
+    let outcome = match status.as_u16() {
+        401 | 403 | 429 => AuditOutcome::Denied,
+        s if s < 400 => AuditOutcome::Success,
+        _ => AuditOutcome::Failure,
+    };
+    AuditEntry {
+        at: domain::to_micros_precision(chrono::Utc::now()),
+        actor: req.extensions().get::<AuthenticatedKey>().map(|k| k.0),
+        client_ip: Some(ctx.client_ip.to_string()),
+        action: format!("{method} {route}"),
+        resource: req.path().to_owned(),
+        project: req
+            .match_info()
+            .get("name")
+            .map(str::to_owned)
+            .or_else(|| req.extensions().get::<AuditProject>().map(|p| p.0.clone())),
+        outcome,
+        detail: Some(status.as_u16().to_string()),
+        request_id: Some(ctx.request_id.clone()),
+        trace_id: ctx.trace_id.clone(),
+    }
+}

@@ -1,0 +1,174 @@
+//! The one place errors become HTTP: RFC 9457 problem documents.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use domain::{DomainError, FieldError};
+use serde::Serialize;
+
+/// Media type of problem documents.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Every error an HTTP handler can return.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A domain or port error.
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    /// The body is over `MAX_REQUEST_BYTES`.
+    #[error("request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    /// No route has this path.
+    #[error("no such route")]
+    RouteNotFound,
+    /// The route exists, the method does not.
+    #[error("method not allowed")]
+    MethodNotAllowed(&'static str),
+    /// Over the rate limit.
+    #[error("rate limit exceeded")]
+    RateLimited {
+        /// Seconds to wait.
+        retry_after: u64,
+    },
+    /// A route whose feature is not built yet (it says which issue brings it).
+    #[error("{0}")]
+    NotImplemented(&'static str),
+}
+
+/// The problem document (RFC 9457) with rdev-api's `code` and field errors.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// A URI naming the problem type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Short summary.
+    pub title: String,
+    /// HTTP status.
+    pub status: u16,
+    /// What happened, for this request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Machine-readable code: unauthorized, forbidden, not_found, validation_failed, conflict,
+    /// rate_limited, payload_too_large, unavailable, method_not_allowed, internal.
+    pub code: &'static str,
+    /// Field-level validation failures.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<FieldErrorSchema>)]
+    pub errors: Vec<FieldError>,
+}
+
+/// One invalid field.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct FieldErrorSchema {
+    /// The field.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ApiError {
+    /// A validation failure on one field.
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Self::Domain(DomainError::invalid(field, message))
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            Self::Domain(d) => match d {
+                DomainError::NotFound(_) => "not_found",
+                DomainError::Conflict(_) => "conflict",
+                DomainError::Invalid(_) => "validation_failed",
+                DomainError::Forbidden(_) => "forbidden",
+                DomainError::Unauthorized(_) => "unauthorized",
+                DomainError::Unavailable(_) => "unavailable",
+                DomainError::Internal(_) => "internal",
+            },
+            Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::RouteNotFound => "not_found",
+            Self::MethodNotAllowed(_) => "method_not_allowed",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::NotImplemented(_) => "unavailable",
+        }
+    }
+
+    fn detail(&self) -> Option<String> {
+        match self {
+            // 5xx bodies say nothing internal; the cause is logged once, below.
+            Self::Domain(DomainError::Internal(_)) => None,
+            Self::Domain(DomainError::Unavailable(_)) => Some("a dependency is unavailable; retry shortly".into()),
+            Self::Domain(DomainError::Invalid(errors)) => {
+                Some(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+            }
+            Self::Domain(DomainError::NotFound(what)) => Some(format!("{what} not found")),
+            Self::Domain(DomainError::Conflict(why) | DomainError::Forbidden(why) | DomainError::Unauthorized(why)) => {
+                Some(why.clone())
+            }
+            other => Some(other.to_string()),
+        }
+    }
+
+    /// The problem document for this error.
+    pub fn problem(&self) -> Problem {
+        let status = self.status_code();
+        let code = self.code();
+        Problem {
+            kind: format!("https://rdev.dev/problems/{}", code.replace('_', "-")),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            detail: self.detail(),
+            code,
+            errors: match self {
+                Self::Domain(DomainError::Invalid(errors)) => errors.clone(),
+                _ => Vec::new(),
+            },
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::Domain(d) => match d {
+                DomainError::NotFound(_) => StatusCode::NOT_FOUND,
+                DomainError::Conflict(_) => StatusCode::CONFLICT,
+                DomainError::Invalid(_) => StatusCode::BAD_REQUEST,
+                DomainError::Forbidden(_) => StatusCode::FORBIDDEN,
+                DomainError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+                DomainError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                DomainError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        let mut response = HttpResponse::build(status);
+        response.content_type(PROBLEM_JSON);
+        match self {
+            Self::MethodNotAllowed(allow) => {
+                response.insert_header((header::ALLOW, *allow));
+            }
+            Self::RateLimited { retry_after } => {
+                response.insert_header((header::RETRY_AFTER, retry_after.to_string()));
+            }
+            Self::Domain(DomainError::Unavailable(_)) => {
+                response.insert_header((header::RETRY_AFTER, "5"));
+            }
+            Self::Domain(DomainError::Unauthorized(_)) => {
+                response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            _ => {}
+        }
+        response.json(self.problem())
+    }
+}
+
+/// Result of every handler.
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,11 @@
+//! The rdev-api service: configuration, wiring, and the actix-web HTTP API.
+
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod openapi;
+pub mod routes;
+pub mod server;
+pub mod state;
+pub mod telemetry;
+pub mod wiring;

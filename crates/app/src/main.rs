@@ -1,0 +1,31 @@
+//! `rdev-api`: see `rdev-api --help`.
+
+use clap::Parser;
+
+use app::config::{Cli, Command, ServeConfig};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    app::telemetry::init_logs(cli.log_format);
+    let db = cli.database_url.clone();
+    let code = match cli.command {
+        None => {
+            let cfg = ServeConfig::try_parse_from_env()?;
+            app::cli::serve(&db, &cfg).await
+        }
+        Some(Command::Serve(cfg)) => app::cli::serve(&db, &cfg).await,
+        Some(Command::Migrate) => app::cli::migrate(&db),
+        Some(Command::Keys(cmd)) => app::cli::keys(&db, cmd).await,
+        Some(Command::Audit(cmd)) => app::cli::audit(&db, cmd).await,
+    };
+    match code {
+        Ok(0) => Ok(()),
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            tracing::error!(error = %e, "rdev-api failed");
+            eprintln!("rdev-api: {e}");
+            std::process::exit(2)
+        }
+    }
+}

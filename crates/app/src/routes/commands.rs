@@ -1,0 +1,300 @@
+//! `/v1/projects/{name}/commands`, `/v1/commands/{id}`, output, cancel and `/v1/queue`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::{DateTime, Utc};
+use domain::command::{CommandSpec, CommandStatus, EnvMap, Priority, TimeoutSeconds};
+use domain::ids::CommandId;
+use serde::{Deserialize, Serialize};
+use services::commands::{CommandView, Submission};
+use utoipa::ToSchema;
+use validator::Validate;
+
+use super::projects::project_in_path;
+use crate::http::problem::Problem;
+use crate::http::{parse_id, resource, ApiError, ApiResult, Caller, JsonBody, PageOf, PageQuery};
+use crate::state::AppState;
+
+/// `POST /v1/projects/{name}/commands` body: `command` (argv) or `script`.
+#[derive(Debug, Deserialize, Validate, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    /// Program and arguments, run without a shell.
+    pub command: Option<Vec<String>>,
+    /// Shell text, run with `sh -c`.
+    pub script: Option<String>,
+    /// Extra environment (over the project's).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory: absolute, or relative to the project's workdir.
+    pub cwd: Option<String>,
+    /// Text fed to stdin (at most 1 MiB).
+    pub stdin: Option<String>,
+    /// Timeout, 1..=86400 (default: the project's).
+    #[validate(range(min = 1, max = 86400, message = "must be between 1 and 86400"))]
+    pub timeout_seconds: Option<u32>,
+    /// `low`, `normal` (default), `high` or `critical`.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub priority: Priority,
+}
+
+impl SubmitRequest {
+    fn into_submission(self, idempotency_key: Option<String>) -> ApiResult<Submission> {
+        Ok(Submission {
+            spec: CommandSpec::parse(self.command, self.script)?,
+            env: EnvMap::parse(self.env)?,
+            cwd: self.cwd,
+            stdin: self.stdin,
+            timeout: self.timeout_seconds.map(TimeoutSeconds::new).transpose()?,
+            priority: self.priority,
+            idempotency_key,
+        })
+    }
+}
+
+/// A command on the wire.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CommandBody {
+    /// Id.
+    pub id: String,
+    /// Project name.
+    pub project: String,
+    /// `queued`, `running`, `succeeded`, `failed`, `timed_out`, `cancelled`, `lost`.
+    pub status: String,
+    /// Argv, when given as one.
+    pub command: Option<Vec<String>>,
+    /// Script, when given as one.
+    pub script: Option<String>,
+    /// Command environment.
+    pub env: BTreeMap<String, String>,
+    /// Working directory.
+    pub cwd: Option<String>,
+    /// Timeout.
+    pub timeout_seconds: u32,
+    /// Priority.
+    pub priority: String,
+    /// Exit code; null when none arrived.
+    pub exit_code: Option<i32>,
+    /// `exited`, `timeout`, `cancelled`, `signal`, `oom_killed`, `worker_lost`, `pod_gone`, `start_failed`.
+    pub termination_reason: Option<String>,
+    /// Failure detail that is not an exit code.
+    pub error: Option<String>,
+    /// Whether a cancel was requested while it ran.
+    pub cancel_requested: bool,
+    /// 1-based place in the dequeue order while queued.
+    pub queue_position: Option<u64>,
+    /// Enqueue time.
+    pub queued_at: DateTime<Utc>,
+    /// Start time.
+    pub started_at: Option<DateTime<Utc>>,
+    /// End time.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl From<CommandView> for CommandBody {
+    fn from(v: CommandView) -> Self {
+        let c = v.command;
+        let (command, script) = match c.spec {
+            CommandSpec::Argv(argv) => (Some(argv), None),
+            CommandSpec::Script(s) => (None, Some(s)),
+        };
+        Self {
+            id: c.id.to_string(),
+            project: c.project.into(),
+            status: c.status.as_str().into(),
+            command,
+            script,
+            env: c.env.into(),
+            cwd: c.cwd,
+            timeout_seconds: c.timeout.get(),
+            priority: c.priority.as_str().into(),
+            exit_code: c.exit_code,
+            termination_reason: c.termination_reason.map(|r| r.as_str().into()),
+            error: c.error,
+            cancel_requested: c.cancel_requested,
+            queue_position: v.queue_position,
+            queued_at: c.queued_at,
+            started_at: c.started_at,
+            finished_at: c.finished_at,
+        }
+    }
+}
+
+/// `?wait=S` of a submit.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct WaitQuery {
+    /// Seconds to wait for the command to end, 0..=60 (0: don't wait).
+    pub wait: Option<String>,
+}
+
+fn parse_wait(raw: Option<&str>) -> ApiResult<Duration> {
+    match raw {
+        None => Ok(Duration::ZERO),
+        Some(s) => s
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n <= 60)
+            .map(Duration::from_secs)
+            .ok_or_else(|| ApiError::invalid("wait", "must be an integer between 0 and 60")),
+    }
+}
+
+fn idempotency_key(req: &HttpRequest) -> ApiResult<Option<String>> {
+    match req.headers().get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(|s| Some(s.to_owned()))
+            .map_err(|_| ApiError::invalid("Idempotency-Key", "must be printable ASCII")),
+    }
+}
+
+/// Queues a command (`commands:write`).
+#[utoipa::path(post, path = "/v1/projects/{name}/commands", tag = "commands", params(("name" = String, Path, description = "Project name"), WaitQuery, ("Idempotency-Key" = Option<String>, Header, description = "Replays the first result for 24 h")), request_body = SubmitRequest, responses(
+    (status = 200, description = "Finished within `wait`", body = CommandBody), (status = 202, description = "Queued; `Location` names it", body = CommandBody),
+    (status = 400, description = "Invalid input", body = Problem), (status = 401, description = "Unauthenticated", body = Problem),
+    (status = 403, description = "Missing scope", body = Problem), (status = 404, description = "No such project", body = Problem),
+    (status = 409, description = "Idempotency-Key reused with another request", body = Problem), (status = 413, description = "Body too large", body = Problem),
+    (status = 429, description = "Rate limited", body = Problem)))]
+pub async fn submit(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    caller: Caller,
+    name: web::Path<String>,
+    q: web::Query<WaitQuery>,
+    JsonBody(body): JsonBody<SubmitRequest>,
+) -> ApiResult<HttpResponse> {
+    let wait = parse_wait(q.wait.as_deref())?;
+    let project = project_in_path(&name)?;
+    let submission = body.into_submission(idempotency_key(&req)?)?;
+    let enqueued = state.commands.submit(&caller.principal, &project, submission).await?;
+    let id = enqueued.command.id;
+    let view = state.commands.wait(&caller.principal, id, wait).await?;
+    let mut response = if view.command.status.is_terminal() && !wait.is_zero() {
+        HttpResponse::Ok()
+    } else {
+        HttpResponse::Accepted()
+    };
+    response.insert_header(("Location", format!("/v1/commands/{id}")));
+    if enqueued.replayed {
+        response.insert_header(("Idempotent-Replayed", "true"));
+    }
+    Ok(response.json(CommandBody::from(view)))
+}
+
+/// `?status=` of a list.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct StatusQuery {
+    /// Only commands in this status.
+    pub status: Option<String>,
+}
+
+/// A project's commands (`commands:read`).
+#[utoipa::path(get, path = "/v1/projects/{name}/commands", tag = "commands", params(("name" = String, Path, description = "Project name"), StatusQuery, PageQuery), responses(
+    (status = 200, description = "A page of commands", body = PageOf<CommandBody>), (status = 400, description = "Bad status, limit or cursor", body = Problem),
+    (status = 401, description = "Unauthenticated", body = Problem), (status = 403, description = "Missing scope", body = Problem),
+    (status = 404, description = "No such project", body = Problem), (status = 429, description = "Rate limited", body = Problem)))]
+pub async fn list(
+    state: web::Data<AppState>,
+    caller: Caller,
+    name: web::Path<String>,
+    status: web::Query<StatusQuery>,
+    q: web::Query<PageQuery>,
+) -> ApiResult<HttpResponse> {
+    let status = status.status.as_deref().map(str::parse::<CommandStatus>).transpose()?;
+    let page = state.commands.list(&caller.principal, &project_in_path(&name)?, status, q.page()?).await?;
+    Ok(HttpResponse::Ok()
+        .json(PageOf::from_page(page, |c| CommandBody::from(CommandView { command: c, queue_position: None }))))
+}
+
+/// One command (`commands:read`).
+#[utoipa::path(get, path = "/v1/commands/{id}", tag = "commands", params(("id" = String, Path, description = "Command id (UUID)")), responses(
+    (status = 200, description = "The command", body = CommandBody), (status = 400, description = "Not a UUID", body = Problem),
+    (status = 401, description = "Unauthenticated", body = Problem), (status = 403, description = "Missing scope", body = Problem),
+    (status = 404, description = "No such command (or not visible)", body = Problem), (status = 429, description = "Rate limited", body = Problem)))]
+pub async fn get(state: web::Data<AppState>, caller: Caller, id: web::Path<String>) -> ApiResult<HttpResponse> {
+    let view = state.commands.get(&caller.principal, parse_id::<CommandId>(&id)?).await?;
+    Ok(HttpResponse::Ok().json(CommandBody::from(view)))
+}
+
+/// Captured output on the wire.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OutputBody {
+    /// Stdout (head and tail when truncated).
+    pub stdout: String,
+    /// Stderr.
+    pub stderr: String,
+    /// Whether stdout lost its middle.
+    pub stdout_truncated: bool,
+    /// Whether stderr lost its middle.
+    pub stderr_truncated: bool,
+}
+
+/// A command's output (`commands:read`).
+#[utoipa::path(get, path = "/v1/commands/{id}/output", tag = "commands", params(("id" = String, Path, description = "Command id (UUID)")), responses(
+    (status = 200, description = "Captured output (empty until the command ends)", body = OutputBody), (status = 400, description = "Not a UUID", body = Problem),
+    (status = 401, description = "Unauthenticated", body = Problem), (status = 403, description = "Missing scope", body = Problem),
+    (status = 404, description = "No such command", body = Problem), (status = 429, description = "Rate limited", body = Problem)))]
+pub async fn output(state: web::Data<AppState>, caller: Caller, id: web::Path<String>) -> ApiResult<HttpResponse> {
+    let o = state.commands.output(&caller.principal, parse_id::<CommandId>(&id)?).await?;
+    Ok(HttpResponse::Ok().json(OutputBody {
+        stdout: o.stdout,
+        stderr: o.stderr,
+        stdout_truncated: o.stdout_truncated,
+        stderr_truncated: o.stderr_truncated,
+    }))
+}
+
+/// Cancels a command (`commands:write`).
+#[utoipa::path(post, path = "/v1/commands/{id}/cancel", tag = "commands", params(("id" = String, Path, description = "Command id (UUID)")), responses(
+    (status = 200, description = "Cancelled (queued) or being killed (running)", body = CommandBody), (status = 400, description = "Not a UUID", body = Problem),
+    (status = 401, description = "Unauthenticated", body = Problem), (status = 403, description = "Missing scope", body = Problem),
+    (status = 404, description = "No such command", body = Problem), (status = 409, description = "Already ended", body = Problem),
+    (status = 429, description = "Rate limited", body = Problem)))]
+pub async fn cancel(state: web::Data<AppState>, caller: Caller, id: web::Path<String>) -> ApiResult<HttpResponse> {
+    let command = state.commands.cancel(&caller.principal, parse_id::<CommandId>(&id)?).await?;
+    Ok(HttpResponse::Ok().json(CommandBody::from(CommandView { command, queue_position: None })))
+}
+
+/// `/v1/queue` body.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueueBody {
+    /// Queued commands by priority.
+    pub depth: BTreeMap<String, u64>,
+    /// Running commands.
+    pub running: u64,
+    /// Sum of `CONCURRENT_COMMANDS` over live replicas.
+    pub capacity: u32,
+    /// Live replicas.
+    pub replicas: u32,
+}
+
+/// Queue depth and capacity (`commands:read`).
+#[utoipa::path(get, path = "/v1/queue", tag = "commands", responses(
+    (status = 200, description = "Queue state", body = QueueBody), (status = 401, description = "Unauthenticated", body = Problem),
+    (status = 403, description = "Missing scope", body = Problem), (status = 429, description = "Rate limited", body = Problem)))]
+pub async fn queue(state: web::Data<AppState>, caller: Caller) -> ApiResult<HttpResponse> {
+    let view = state.commands.queue(&caller.principal, state.http.live_worker_window).await?;
+    let depth = view.stats.depth.iter().map(|(p, n)| (p.as_str().to_owned(), *n)).collect();
+    Ok(HttpResponse::Ok().json(QueueBody {
+        depth,
+        running: view.stats.running,
+        capacity: view.workers.capacity,
+        replicas: view.workers.replicas,
+    }))
+}
+
+/// Registers the routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        resource("/v1/projects/{name}/commands", "GET, POST").route(web::get().to(list)).route(web::post().to(submit)),
+    )
+    .service(resource("/v1/commands/{id}", "GET").route(web::get().to(get)))
+    .service(resource("/v1/commands/{id}/output", "GET").route(web::get().to(output)))
+    .service(resource("/v1/commands/{id}/events", "GET").route(web::get().to(super::events::events)))
+    .service(resource("/v1/commands/{id}/cancel", "POST").route(web::post().to(cancel)))
+    .service(resource("/v1/queue", "GET").route(web::get().to(queue)));
+}

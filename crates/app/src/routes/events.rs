@@ -1,0 +1,120 @@
+//! `GET /v1/commands/{id}/events`: Server-Sent Events from the stored event log, so any
+//! replica can serve them and `Last-Event-ID` resumes exactly after the last event seen.
+
+use std::time::Duration;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::Bytes;
+use domain::ids::CommandId;
+use domain::output::{CommandEvent, EventKind};
+use futures::stream;
+use services::Principal;
+
+use super::commands::CommandBody;
+use crate::http::problem::Problem;
+use crate::http::{parse_id, ApiError, ApiResult, Caller};
+use crate::state::AppState;
+
+/// Events read per store round trip.
+const BATCH: u32 = 200;
+/// Re-read the store this often when nothing local signals a change (other replicas).
+const POLL: Duration = Duration::from_millis(250);
+/// A comment line this often keeps proxies from closing an idle stream.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+
+struct Tail {
+    state: web::Data<AppState>,
+    principal: Principal,
+    id: CommandId,
+    after: i64,
+    changes: tokio::sync::watch::Receiver<u64>,
+    done: bool,
+}
+
+/// Streams a command's output, status changes and exit.
+#[utoipa::path(get, path = "/v1/commands/{id}/events", tag = "commands", params(("id" = String, Path, description = "Command id (UUID)"), ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id")), responses(
+    (status = 200, description = "text/event-stream of `output`, `status` and `exit` events", content_type = "text/event-stream", body = String),
+    (status = 400, description = "Not a UUID, or a bad Last-Event-ID", body = Problem), (status = 401, description = "Unauthenticated", body = Problem),
+    (status = 403, description = "Missing scope", body = Problem), (status = 404, description = "No such command", body = Problem),
+    (status = 429, description = "Rate limited", body = Problem)))]
+pub async fn events(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    caller: Caller,
+    id: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    let id = parse_id::<CommandId>(&id)?;
+    let after = last_event_id(&req)?;
+    // Check access (and existence) before the stream starts, so errors are plain problems.
+    state.commands.get(&caller.principal, id).await?;
+    let changes = state.commands.changes();
+    let tail = Tail { state, principal: caller.principal, id, after, changes, done: false };
+    let body = stream::unfold(tail, next_chunk);
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(body))
+}
+
+fn last_event_id(req: &HttpRequest) -> ApiResult<i64> {
+    match req.headers().get("last-event-id") {
+        None => Ok(0),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| ApiError::invalid("Last-Event-ID", "must be a non-negative integer event id")),
+    }
+}
+
+async fn next_chunk(mut tail: Tail) -> Option<(Result<Bytes, actix_web::Error>, Tail)> {
+    if tail.done {
+        return None;
+    }
+    let mut idle = Duration::ZERO;
+    loop {
+        let batch = match tail.state.commands.events_after(&tail.principal, tail.id, tail.after, BATCH).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(command_id = %tail.id, error = %e, "event stream ended early");
+                return None;
+            }
+        };
+        if !batch.is_empty() {
+            let text = render(&mut tail, &batch).await;
+            return Some((Ok(Bytes::from(text)), tail));
+        }
+        if idle >= KEEPALIVE {
+            return Some((Ok(Bytes::from_static(b": keepalive\n\n")), tail));
+        }
+        let _ = tokio::time::timeout(POLL, tail.changes.changed()).await;
+        idle += POLL;
+    }
+}
+
+async fn render(tail: &mut Tail, batch: &[CommandEvent]) -> String {
+    let mut out = String::new();
+    for event in batch {
+        tail.after = event.seq;
+        let (name, data) = match &event.kind {
+            EventKind::Output { stream, data } => {
+                ("output", serde_json::json!({"stream": stream.as_str(), "data": data}))
+            }
+            EventKind::Status(s) => ("status", serde_json::json!({"status": s.as_str()})),
+            EventKind::Exit => {
+                tail.done = true;
+                match tail.state.commands.get(&tail.principal, tail.id).await {
+                    Ok(view) => ("exit", serde_json::to_value(CommandBody::from(view)).unwrap_or_default()),
+                    Err(e) => ("exit", serde_json::json!({"error": e.to_string()})),
+                }
+            }
+        };
+        out.push_str(&format!("id: {}\nevent: {name}\ndata: {data}\n\n", event.seq));
+        if tail.done {
+            break;
+        }
+    }
+    out
+}

@@ -1,0 +1,44 @@
+//! Liveness, readiness, metrics.
+
+use actix_web::{web, HttpResponse};
+use serde::Serialize;
+
+use crate::state::AppState;
+
+/// `/readyz` body.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Readiness {
+    /// Whether this replica can serve.
+    pub ready: bool,
+    /// `ok` or why the database is not ready.
+    pub database: String,
+    /// `ok` or why the executor is not ready.
+    pub executor: String,
+}
+
+/// Liveness: answers without touching any dependency.
+#[utoipa::path(get, path = "/healthz", tag = "health", security(()), responses((status = 200, description = "The process is alive", body = Object)))]
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+/// Readiness: the database and the executor backend answer.
+#[utoipa::path(get, path = "/readyz", tag = "health", security(()), responses(
+    (status = 200, description = "Ready", body = Readiness),
+    (status = 503, description = "A dependency is not ready; the body says which", body = Readiness)))]
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let verdict = |r: domain::DomainResult<()>| r.map_or_else(|e| e.to_string(), |()| "ok".to_owned());
+    let (db, exec) = tokio::join!(state.store_health.check(), state.executor.check());
+    let body = Readiness { ready: db.is_ok() && exec.is_ok(), database: verdict(db), executor: verdict(exec) };
+    if body.ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().insert_header(("Retry-After", "5")).json(body)
+    }
+}
+
+/// Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "health", security(()), responses((status = 200, description = "Prometheus exposition format", content_type = "text/plain", body = String)))]
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.metrics.render())
+}

@@ -1,0 +1,47 @@
+//! What handlers share: the services and a few HTTP settings.
+
+use std::sync::Arc;
+
+use domain::network::CidrList;
+use domain::ports::{Executor, HealthCheck};
+use metrics_exporter_prometheus::PrometheusHandle;
+use services::api_keys::ApiKeyService;
+use services::audit::AuditService;
+use services::commands::CommandService;
+use services::projects::ProjectService;
+use services::rate_limit::RateLimiter;
+
+/// HTTP-level settings from the configuration.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: CidrList,
+    /// `MAX_REQUEST_BYTES`.
+    pub max_request_bytes: usize,
+    /// A worker counts as live for `/v1/queue` if seen this recently.
+    pub live_worker_window: chrono::TimeDelta,
+}
+
+/// Shared by every handler (cheap to clone).
+#[derive(Clone)]
+#[expect(missing_debug_implementations, reason = "holds trait objects and services without Debug")]
+pub struct AppState {
+    /// API keys.
+    pub keys: Arc<ApiKeyService>,
+    /// Projects.
+    pub projects: Arc<ProjectService>,
+    /// Commands.
+    pub commands: Arc<CommandService>,
+    /// Audit log.
+    pub audit: AuditService,
+    /// Rate limiter.
+    pub limiter: Arc<RateLimiter>,
+    /// Store readiness.
+    pub store_health: Arc<dyn HealthCheck>,
+    /// Executor readiness.
+    pub executor: Arc<dyn Executor>,
+    /// Prometheus rendering.
+    pub metrics: PrometheusHandle,
+    /// HTTP settings.
+    pub http: HttpSettings,
+}

@@ -1,0 +1,167 @@
+//! `spawn_app()`: the real service on a random loopback port with a fresh SQLite file and
+//! workspace directory, plus a client with helpers.
+
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+#![allow(clippy::expect_used, reason = "test harness: a failed expectation is a failed test")]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use app::config::{Cli, Command, ServeConfig};
+use clap::Parser;
+use reqwest::{Method, Response, StatusCode};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+/// A running service.
+pub struct TestApp {
+    pub base: String,
+    pub admin: String,
+    pub client: reqwest::Client,
+    pub dir: tempfile::TempDir,
+    shutdown: CancellationToken,
+    server: actix_web::dev::ServerHandle,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        let server = self.server.clone();
+        tokio::spawn(async move { server.stop(false).await });
+    }
+}
+
+/// The service with test defaults (a generous rate limit).
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+/// The service with extra `serve` flags, e.g. `&["--rate-limit-rps", "1"]`.
+pub async fn spawn_app_with(flags: &[&str]) -> TestApp {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite://{}/rdev.db", dir.path().display());
+    let workspaces = dir.path().join("workspaces").display().to_string();
+    let mut args = vec![
+        "rdev-api",
+        "--database-url",
+        &db,
+        "serve",
+        "--listen-addr",
+        "127.0.0.1:0",
+        "--workspaces-dir",
+        &workspaces,
+        "--rate-limit-rps",
+        "1000",
+        "--shutdown-grace-seconds",
+        "1",
+    ];
+    args.extend_from_slice(flags);
+    let cli = Cli::try_parse_from(args).expect("flags");
+    let Some(Command::Serve(cfg)) = cli.command else { panic!("serve") };
+    start(&cli.database_url, &cfg, dir).await
+}
+
+async fn start(db: &app::config::DatabaseUrl, cfg: &ServeConfig, dir: tempfile::TempDir) -> TestApp {
+    let store = app::wiring::open_store(db).expect("store");
+    let service = app::wiring::build(store, cfg, app::telemetry::metrics_handle()).expect("wiring");
+    let (_, admin) = service.state.keys.bootstrap_admin().await.expect("bootstrap").expect("empty store");
+    let listener = std::net::TcpListener::bind(cfg.listen_addr).expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(Arc::clone(&service.worker).run(shutdown.clone()));
+    let server = app::server::server(service.state, listener, 1).expect("server");
+    let handle = server.handle();
+    tokio::spawn(server);
+    TestApp {
+        base: format!("http://{addr}"),
+        admin: admin.expose().to_owned(),
+        client: reqwest::Client::builder().timeout(Duration::from_secs(90)).build().expect("client"),
+        dir,
+        shutdown,
+        server: handle,
+    }
+}
+
+impl TestApp {
+    /// Sends a request with `key`.
+    pub async fn call(&self, method: Method, path: &str, key: &str, body: Option<Value>) -> Response {
+        let mut req = self.client.request(method, format!("{}{path}", self.base)).bearer_auth(key);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        req.send().await.expect("request")
+    }
+
+    /// GET with the admin key.
+    pub async fn get(&self, path: &str) -> Response {
+        self.call(Method::GET, path, &self.admin, None).await
+    }
+
+    /// POST JSON with the admin key.
+    pub async fn post(&self, path: &str, body: Value) -> Response {
+        self.call(Method::POST, path, &self.admin, Some(body)).await
+    }
+
+    /// Creates a key and returns (id, secret).
+    pub async fn key(&self, body: Value) -> (String, String) {
+        let res = self.post("/v1/api-keys", body).await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let v: Value = res.json().await.expect("json");
+        (v["id"].as_str().expect("id").to_owned(), v["key"].as_str().expect("key").to_owned())
+    }
+
+    /// A key with `scopes` (and optionally limited to `projects`).
+    pub async fn key_with(&self, scopes: &[&str], projects: Option<&[&str]>) -> String {
+        self.key(json!({"name": "test", "scopes": scopes, "projects": projects})).await.1
+    }
+
+    /// Creates a project with a cap.
+    pub async fn project(&self, name: &str, cap: u32) {
+        let res = self
+            .post("/v1/projects", json!({"name": name, "image": "alpine:3.20", "max_concurrent_commands": cap}))
+            .await;
+        assert_eq!(res.status(), StatusCode::CREATED, "{:?}", res.text().await);
+    }
+
+    /// Submits a command body, returns the response JSON (asserting 2xx).
+    pub async fn submit(&self, project: &str, body: Value) -> Value {
+        let res = self.post(&format!("/v1/projects/{project}/commands"), body).await;
+        assert!(res.status().is_success(), "submit: {} {:?}", res.status(), res.text().await);
+        res.json().await.expect("json")
+    }
+
+    /// Waits until the command ends (or panics after `secs`).
+    pub async fn finished(&self, id: &str, secs: u64) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let v: Value = self.get(&format!("/v1/commands/{id}")).await.json().await.expect("json");
+            let status = v["status"].as_str().unwrap_or_default().to_owned();
+            if !matches!(status.as_str(), "queued" | "running") {
+                return v;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "command {id} still {status}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Runs a command to its end and returns (command, output).
+    pub async fn run(&self, project: &str, body: Value) -> (Value, Value) {
+        let v = self.submit(project, body).await;
+        let id = v["id"].as_str().expect("id").to_owned();
+        let done = self.finished(&id, 30).await;
+        let out: Value = self.get(&format!("/v1/commands/{id}/output")).await.json().await.expect("json");
+        (done, out)
+    }
+}
+
+/// Asserts a problem document with `status` and `code`, returns it.
+pub async fn problem(res: Response, status: u16, code: &str) -> Value {
+    assert_eq!(res.status().as_u16(), status, "status of {}", res.url());
+    let ct = res.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    assert!(ct.starts_with("application/problem+json"), "content-type {ct}");
+    let v: Value = res.json().await.expect("problem json");
+    assert_eq!(v["code"], code, "{v}");
+    assert_eq!(v["status"], status);
+    assert!(v["type"].is_string() && v["title"].is_string(), "{v}");
+    v
+}

@@ -1,0 +1,243 @@
+//! `CommandService`: submit, read, wait for and cancel commands.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use domain::api_key::Scope;
+use domain::command::{
+    validate_cwd, Command, CommandSpec, CommandStatus, EnvMap, Idempotency, NewCommand, Priority, TimeoutSeconds,
+    MAX_STDIN_BYTES,
+};
+use domain::ids::CommandId;
+use domain::output::{CommandEvent, CommandOutput};
+use domain::pagination::{Page, PageRequest};
+use domain::ports::{Clock, CommandFilter, CommandRepository, Enqueued, QueueStats, WorkerCapacity};
+use domain::project::ProjectName;
+use domain::{DomainError, DomainResult};
+use sha2::{Digest, Sha256};
+
+use crate::access::Principal;
+use crate::projects::ProjectService;
+use crate::queue_bus::QueueBus;
+
+/// Longest `?wait=`.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+/// How often waiters re-read the store when no local signal arrives (other replicas).
+const WAIT_POLL: Duration = Duration::from_millis(250);
+
+/// A command as a client asked for it, validated field by field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submission {
+    /// What to run.
+    pub spec: CommandSpec,
+    /// Extra environment.
+    pub env: EnvMap,
+    /// Working directory.
+    pub cwd: Option<String>,
+    /// Bytes for stdin.
+    pub stdin: Option<String>,
+    /// Timeout; the project's default when `None`.
+    pub timeout: Option<TimeoutSeconds>,
+    /// Priority.
+    pub priority: Priority,
+    /// `Idempotency-Key` header.
+    pub idempotency_key: Option<String>,
+}
+
+/// A command and, while it is queued, its place in line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandView {
+    /// The command.
+    pub command: Command,
+    /// 1-based position while queued.
+    pub queue_position: Option<u64>,
+}
+
+/// The queue as `/v1/queue` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueView {
+    /// Depth and running count.
+    pub stats: QueueStats,
+    /// Live replicas and their summed capacity.
+    pub workers: WorkerCapacity,
+}
+
+/// Submits, reads, waits for and cancels commands.
+pub struct CommandService {
+    projects: Arc<ProjectService>,
+    commands: Arc<dyn CommandRepository>,
+    queue: Arc<dyn domain::ports::CommandQueue>,
+    bus: Arc<QueueBus>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for CommandService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandService").finish_non_exhaustive()
+    }
+}
+
+impl CommandService {
+    /// A service over the command ports.
+    pub fn new(
+        projects: Arc<ProjectService>,
+        commands: Arc<dyn CommandRepository>,
+        queue: Arc<dyn domain::ports::CommandQueue>,
+        bus: Arc<QueueBus>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self { projects, commands, queue, bus, clock }
+    }
+
+    /// Queues a command (or replays an idempotent one). Needs `commands:write`.
+    pub async fn submit(&self, actor: &Principal, project: &ProjectName, s: Submission) -> DomainResult<Enqueued> {
+        actor.require(Scope::CommandsWrite)?;
+        if let Some(cwd) = &s.cwd {
+            validate_cwd(cwd)?;
+        }
+        if s.stdin.as_ref().is_some_and(|i| i.len() > MAX_STDIN_BYTES) {
+            return Err(DomainError::invalid("stdin", "at most 1 MiB"));
+        }
+        let project = self.projects.visible(actor, project).await?;
+        let idempotency = match &s.idempotency_key {
+            Some(key) => Some(Idempotency::new(key, fingerprint(&project.name, &s))?),
+            None => None,
+        };
+        let new = NewCommand {
+            id: CommandId::generate(),
+            project_id: project.id,
+            project: project.name.clone(),
+            spec: s.spec,
+            env: s.env,
+            cwd: s.cwd,
+            stdin: s.stdin,
+            timeout: s.timeout.unwrap_or(project.default_timeout_seconds),
+            priority: s.priority,
+            created_by: actor.key_id,
+            idempotency,
+            queued_at: self.clock.now(),
+        };
+        let enqueued = self.commands.enqueue(new).await?;
+        if !enqueued.replayed {
+            tracing::info!(command_id = %enqueued.command.id, project = %project.name, "command queued");
+            self.bus.wake_worker();
+            self.bus.command_changed();
+        }
+        Ok(enqueued)
+    }
+
+    /// A visible command and its queue position. Needs `commands:read`.
+    pub async fn get(&self, actor: &Principal, id: CommandId) -> DomainResult<CommandView> {
+        let command = self.visible(actor, id).await?;
+        self.view_of(command).await
+    }
+
+    async fn view_of(&self, command: Command) -> DomainResult<CommandView> {
+        let id = command.id;
+        let queue_position = match command.status {
+            CommandStatus::Queued => self.commands.queue_position(id).await?,
+            _ => None,
+        };
+        Ok(CommandView { command, queue_position })
+    }
+
+    async fn visible(&self, actor: &Principal, id: CommandId) -> DomainResult<Command> {
+        actor.require(Scope::CommandsRead)?;
+        let command = self.commands.get(id).await?;
+        actor.see(&command.project).map_err(|_| DomainError::NotFound("command".into()))?;
+        Ok(command)
+    }
+
+    /// A project's commands, optionally by status. Needs `commands:read`.
+    pub async fn list(
+        &self,
+        actor: &Principal,
+        project: &ProjectName,
+        status: Option<CommandStatus>,
+        page: PageRequest,
+    ) -> DomainResult<Page<Command>> {
+        actor.require(Scope::CommandsRead)?;
+        self.projects.visible(actor, project).await?;
+        self.commands.list(&CommandFilter { project: Some(project.clone()), status }, page).await
+    }
+
+    /// Cancels: a queued command at once, a running one is killed by whichever worker runs it.
+    /// Needs `commands:write`.
+    pub async fn cancel(&self, actor: &Principal, id: CommandId) -> DomainResult<Command> {
+        actor.require(Scope::CommandsWrite)?;
+        self.visible_for_write(actor, id).await?;
+        let command = self.commands.request_cancel(id, self.clock.now()).await?;
+        if command.status == CommandStatus::Running {
+            self.bus.cancel_local(id);
+        }
+        self.bus.command_changed();
+        Ok(command)
+    }
+
+    async fn visible_for_write(&self, actor: &Principal, id: CommandId) -> DomainResult<Command> {
+        let command = self.commands.get(id).await?;
+        actor.see(&command.project).map_err(|_| DomainError::NotFound("command".into()))?;
+        Ok(command)
+    }
+
+    /// Waits up to `wait` (zero: not at all) for the command to end; returns it as it is then.
+    /// Needs `commands:read` or `commands:write` (the submitter sees what it submitted).
+    pub async fn wait(&self, actor: &Principal, id: CommandId, wait: Duration) -> DomainResult<CommandView> {
+        actor.require(Scope::CommandsRead).or_else(|_| actor.require(Scope::CommandsWrite))?;
+        let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
+        let mut changes = self.bus.subscribe();
+        loop {
+            let view = self.view_of(self.visible_for_write(actor, id).await?).await?;
+            if view.command.status.is_terminal() || tokio::time::Instant::now() >= deadline {
+                return Ok(view);
+            }
+            let _ =
+                tokio::time::timeout_at(deadline.min(tokio::time::Instant::now() + WAIT_POLL), changes.changed()).await;
+        }
+    }
+
+    /// The captured output. Needs `commands:read`.
+    pub async fn output(&self, actor: &Principal, id: CommandId) -> DomainResult<CommandOutput> {
+        self.visible(actor, id).await?;
+        self.commands.output(id).await
+    }
+
+    /// Events after `after` (checks access each call). Needs `commands:read`.
+    pub async fn events_after(
+        &self,
+        actor: &Principal,
+        id: CommandId,
+        after: i64,
+        limit: u32,
+    ) -> DomainResult<Vec<CommandEvent>> {
+        self.visible(actor, id).await?;
+        self.commands.events_after(id, after, limit).await
+    }
+
+    /// A receiver that ticks whenever a command changes in this process.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.bus.subscribe()
+    }
+
+    /// Depth, running and capacity. Needs `commands:read`.
+    pub async fn queue(&self, actor: &Principal, live_since: chrono::TimeDelta) -> DomainResult<QueueView> {
+        actor.require(Scope::CommandsRead)?;
+        let stats = self.commands.stats().await?;
+        let workers = self.queue.live_workers(self.clock.now() - live_since).await?;
+        Ok(QueueView { stats, workers })
+    }
+}
+
+/// SHA-256 of everything that defines the request, so a replay with another body is detected.
+fn fingerprint(project: &ProjectName, s: &Submission) -> String {
+    let canonical = serde_json::json!({
+        "project": project.as_str(),
+        "spec": s.spec,
+        "env": s.env,
+        "cwd": s.cwd,
+        "stdin": s.stdin,
+        "timeout": s.timeout.map(u32::from),
+        "priority": s.priority,
+    });
+    hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+}

@@ -1,0 +1,17 @@
+//! rdev-api's use cases over the domain ports: keys, projects, commands, the queue worker and
+//! the audit log, plus the decorators that sit in front of ports (key cache).
+
+pub mod access;
+pub mod api_keys;
+pub mod audit;
+pub mod cache;
+pub mod clock;
+pub mod commands;
+pub mod metrics;
+pub mod projects;
+pub mod queue_bus;
+pub mod rate_limit;
+pub mod worker;
+mod worker_sink;
+
+pub use access::Principal;

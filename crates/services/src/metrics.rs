@@ -1,0 +1,26 @@
+//! Every metric name rdev-api exports, with units in the name. Runbooks and alerts use these.
+
+/// Counter: HTTP requests by `method`, `route`, `status`.
+pub const HTTP_REQUESTS_TOTAL: &str = "http_requests_total";
+/// Histogram: HTTP request latency by `method`, `route`.
+pub const HTTP_REQUEST_DURATION_SECONDS: &str = "http_request_duration_seconds";
+/// Gauge: commands running on this replica.
+pub const COMMANDS_ACTIVE: &str = "commands_active";
+/// Gauge: commands waiting in the queue (all replicas).
+pub const COMMANDS_QUEUED: &str = "commands_queued";
+/// Counter: finished commands by terminal `status`.
+pub const COMMANDS_TOTAL: &str = "commands_total";
+/// Histogram: time from enqueue to start.
+pub const COMMAND_QUEUE_WAIT_SECONDS: &str = "command_queue_wait_seconds";
+/// Histogram: time from start to end.
+pub const COMMAND_DURATION_SECONDS: &str = "command_duration_seconds";
+/// Counter: requests refused by the rate limiter.
+pub const RATE_LIMITED_TOTAL: &str = "rate_limited_total";
+/// Counter: authentication failures by `reason`.
+pub const AUTH_FAILURES_TOTAL: &str = "auth_failures_total";
+/// Counter: audit records that could not be written.
+pub const AUDIT_WRITE_FAILURES_TOTAL: &str = "audit_write_failures_total";
+/// Counter: commands marked lost after their lease ran out.
+pub const COMMANDS_LOST_TOTAL: &str = "commands_lost_total";
+/// Counter: errors talking to the store, by `operation`.
+pub const STORE_ERRORS_TOTAL: &str = "store_errors_total";

@@ -1,0 +1,365 @@
+//! `QueueWorker`: claims commands in priority order under the replica's cap, runs them on the
+//! executor while renewing their lease, and records how they ended. Never re-runs a command.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::TimeDelta;
+use domain::audit::{AuditEntry, AuditOutcome};
+use domain::command::{Command, CommandStatus, Completion, TerminationReason};
+use domain::ids::WorkerId;
+use domain::output::CommandOutput;
+use domain::ports::{Claim, Clock, CommandQueue, ExecRequest, Executor, ProjectRepository};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::AuditService;
+use crate::metrics as m;
+use crate::queue_bus::QueueBus;
+use crate::worker_sink::StoreSink;
+
+/// How the worker behaves; defaults follow DESIGN.md §3.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// This replica's worker id.
+    pub worker_id: WorkerId,
+    /// `CONCURRENT_COMMANDS`.
+    pub concurrency: usize,
+    /// Lease length (60 s).
+    pub lease: Duration,
+    /// How often a running command's lease is renewed and its cancel flag read.
+    pub renew_every: Duration,
+    /// Fallback poll when no wake-up arrives.
+    pub poll_every: Duration,
+    /// How often expired leases are reaped.
+    pub reap_every: Duration,
+    /// `MAX_OUTPUT_BYTES`.
+    pub max_output_bytes: usize,
+    /// On shutdown, how long running commands may take before they are handed back as lost.
+    pub shutdown_grace: Duration,
+}
+
+impl WorkerConfig {
+    /// Defaults for `worker_id` with `concurrency` slots.
+    pub fn new(worker_id: WorkerId, concurrency: usize) -> Self {
+        Self {
+            worker_id,
+            concurrency,
+            lease: Duration::from_secs(60),
+            renew_every: Duration::from_secs(1),
+            poll_every: Duration::from_secs(1),
+            reap_every: Duration::from_secs(15),
+            max_output_bytes: 1024 * 1024,
+            shutdown_grace: Duration::from_secs(25),
+        }
+    }
+}
+
+/// The ports a worker uses.
+#[derive(Clone)]
+#[expect(missing_debug_implementations, reason = "holds trait objects that have no Debug")]
+pub struct WorkerPorts {
+    /// The queue.
+    pub queue: Arc<dyn CommandQueue>,
+    /// Projects, for workdir and env.
+    pub projects: Arc<dyn ProjectRepository>,
+    /// Where commands run.
+    pub executor: Arc<dyn Executor>,
+    /// Where starts and ends are recorded.
+    pub audit: AuditService,
+    /// In-process signals.
+    pub bus: Arc<QueueBus>,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// Runs queued commands until shut down.
+pub struct QueueWorker {
+    ports: WorkerPorts,
+    config: WorkerConfig,
+    shutting_down: CancellationToken,
+}
+
+impl std::fmt::Debug for QueueWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueWorker").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl QueueWorker {
+    /// A worker over `ports`.
+    pub fn new(ports: WorkerPorts, config: WorkerConfig) -> Arc<Self> {
+        Arc::new(Self { ports, config, shutting_down: CancellationToken::new() })
+    }
+
+    /// Claims and runs commands until `shutdown` fires, then lets running commands finish for
+    /// `shutdown_grace` and hands the rest back as lost (they are never re-run).
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let slots = Arc::new(Semaphore::new(self.config.concurrency));
+        let mut running = JoinSet::new();
+        let mut last_reap = tokio::time::Instant::now() - self.config.reap_every;
+        tracing::info!(worker = %self.config.worker_id, concurrency = self.config.concurrency, "queue worker started");
+        while !shutdown.is_cancelled() {
+            self.heartbeat_and_reap(&mut last_reap).await;
+            self.fill_slots(&slots, &mut running).await;
+            while running.try_join_next().is_some() {}
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = self.ports.bus.work_arrived() => {}
+                () = tokio::time::sleep(self.config.poll_every) => {}
+            }
+        }
+        self.drain(running).await;
+    }
+
+    async fn heartbeat_and_reap(&self, last_reap: &mut tokio::time::Instant) {
+        let now = self.ports.clock.now();
+        if let Err(e) = self.ports.queue.heartbeat(&self.config.worker_id, self.config.concurrency as u32, now).await {
+            tracing::warn!(error = %e, "worker heartbeat failed");
+        }
+        if last_reap.elapsed() < self.config.reap_every {
+            return;
+        }
+        *last_reap = tokio::time::Instant::now();
+        match self.ports.queue.reap_expired(now).await {
+            Ok(lost) => {
+                for command in lost {
+                    metrics::counter!(m::COMMANDS_LOST_TOTAL).increment(1);
+                    metrics::counter!(m::COMMANDS_TOTAL, "status" => CommandStatus::Lost.as_str()).increment(1);
+                    tracing::warn!(command_id = %command.id, project = %command.project, "command lost: its worker stopped renewing the lease");
+                    self.audit_end(&command).await;
+                    self.ports.bus.command_changed();
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reaping expired leases failed"),
+        }
+    }
+
+    async fn fill_slots(self: &Arc<Self>, slots: &Arc<Semaphore>, running: &mut JoinSet<()>) {
+        while let Ok(permit) = Arc::clone(slots).try_acquire_owned() {
+            let claimed =
+                self.ports.queue.claim_next(&self.config.worker_id, self.ports.clock.now(), self.config.lease).await;
+            match claimed {
+                Ok(Some(claim)) => {
+                    let me = Arc::clone(self);
+                    running.spawn(async move { me.execute(claim, permit).await });
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    metrics::counter!(m::STORE_ERRORS_TOTAL, "operation" => "claim").increment(1);
+                    tracing::warn!(error = %e, "claiming a command failed");
+                    break;
+                }
+            }
+        }
+    }
+
+    async fn drain(&self, mut running: JoinSet<()>) {
+        self.shutting_down.cancel();
+        let grace = tokio::time::sleep(self.config.shutdown_grace);
+        tokio::pin!(grace);
+        loop {
+            tokio::select! {
+                next = running.join_next() => if next.is_none() { break },
+                () = &mut grace => {
+                    tracing::warn!(left = running.len(), "shutdown grace over: handing back running commands");
+                    self.ports.bus.running_tokens().iter().for_each(CancellationToken::cancel);
+                    while running.join_next().await.is_some() {}
+                    break;
+                }
+            }
+        }
+        tracing::info!("queue worker stopped");
+    }
+
+    async fn execute(self: Arc<Self>, claim: Claim, _slot: OwnedSemaphorePermit) {
+        let Claim { command, fence } = claim;
+        let cancel = CancellationToken::new();
+        self.ports.bus.register(command.id, cancel.clone());
+        self.ports.bus.command_changed();
+        metrics::gauge!(m::COMMANDS_ACTIVE).increment(1.0);
+        if let Some(started) = command.started_at {
+            let waited = (started - command.queued_at).to_std().unwrap_or_default();
+            metrics::histogram!(m::COMMAND_QUEUE_WAIT_SECONDS).record(waited.as_secs_f64());
+        }
+        self.audit_start(&command).await;
+
+        let lease_lost = CancellationToken::new();
+        let renewer =
+            tokio::spawn(Arc::clone(&self).keep_lease(command.clone(), fence, cancel.clone(), lease_lost.clone()));
+        let result = match self.request_for(&command).await {
+            Ok(request) => {
+                let sink = StoreSink::new(
+                    Arc::clone(&self.ports.queue),
+                    Arc::clone(&self.ports.clock),
+                    Arc::clone(&self.ports.bus),
+                    command.id,
+                    fence,
+                    self.config.max_output_bytes,
+                );
+                Some(self.ports.executor.run(request, &sink, cancel.clone()).await)
+            }
+            Err(e) => {
+                tracing::error!(command_id = %command.id, error = %e, "could not prepare command");
+                None
+            }
+        };
+        renewer.abort();
+        let (completion, output) = match result {
+            Some(r) => (self.completion_for(&r.termination, &cancel), output_of(r.stdout, r.stderr)),
+            None => (
+                domain::command::Termination::StartFailed("the project could not be read".into()).completion(),
+                CommandOutput::default(),
+            ),
+        };
+        if lease_lost.is_cancelled() {
+            tracing::warn!(command_id = %command.id, "lease lost while running: result discarded");
+        } else {
+            self.record_end(&command, fence, &completion, &output).await;
+        }
+        self.ports.bus.unregister(command.id);
+        metrics::gauge!(m::COMMANDS_ACTIVE).decrement(1.0);
+        self.ports.bus.command_changed();
+        self.ports.bus.wake_worker();
+    }
+
+    /// A cancel during shutdown is the replica handing the command back, not the client's.
+    fn completion_for(&self, t: &domain::command::Termination, cancel: &CancellationToken) -> Completion {
+        let completion = t.completion();
+        if completion.reason == TerminationReason::Cancelled
+            && cancel.is_cancelled()
+            && self.shutting_down.is_cancelled()
+        {
+            return Completion {
+                status: CommandStatus::Lost,
+                exit_code: None,
+                reason: TerminationReason::WorkerLost,
+                error: Some("the replica shut down before the command finished".into()),
+            };
+        }
+        completion
+    }
+
+    async fn request_for(&self, command: &Command) -> domain::DomainResult<ExecRequest> {
+        let project = self.ports.projects.get(&command.project).await?;
+        Ok(ExecRequest {
+            command_id: command.id,
+            project: command.project.clone(),
+            workdir: project.workdir.clone(),
+            argv: command.spec.to_argv(),
+            env: project.env.merged_with(&command.env),
+            cwd: command.cwd.clone(),
+            stdin: command.stdin.clone().map(String::into_bytes),
+            timeout: command.timeout.as_duration(),
+            max_output_bytes: self.config.max_output_bytes,
+        })
+    }
+
+    async fn keep_lease(
+        self: Arc<Self>,
+        command: Command,
+        fence: i64,
+        cancel: CancellationToken,
+        lost: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(self.config.renew_every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let until =
+                self.ports.clock.now() + TimeDelta::from_std(self.config.lease).unwrap_or(TimeDelta::seconds(60));
+            match self.ports.queue.renew_lease(command.id, fence, until).await {
+                Ok(status) if !status.held => {
+                    lost.cancel();
+                    cancel.cancel();
+                    return;
+                }
+                Ok(status) if status.cancel_requested => cancel.cancel(),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(command_id = %command.id, error = %e, "lease renewal failed"),
+            }
+        }
+    }
+
+    async fn record_end(&self, command: &Command, fence: i64, completion: &Completion, output: &CommandOutput) {
+        let mut attempt = 0;
+        loop {
+            match self.ports.queue.finish(command.id, fence, completion, output, self.ports.clock.now()).await {
+                Ok(Some(done)) => {
+                    metrics::counter!(m::COMMANDS_TOTAL, "status" => done.status.as_str()).increment(1);
+                    if let (Some(s), Some(f)) = (done.started_at, done.finished_at) {
+                        metrics::histogram!(m::COMMAND_DURATION_SECONDS)
+                            .record((f - s).to_std().unwrap_or_default().as_secs_f64());
+                    }
+                    tracing::info!(command_id = %done.id, status = %done.status, exit_code = ?done.exit_code, "command finished");
+                    self.audit_end(&done).await;
+                    return;
+                }
+                Ok(None) => {
+                    tracing::warn!(command_id = %command.id, "finish refused: the lease was lost meanwhile");
+                    return;
+                }
+                // The store may be briefly away; the lease still protects the row, so retry
+                // for a while rather than lose the result.
+                Err(e) if attempt < 20 => {
+                    attempt += 1;
+                    tracing::warn!(command_id = %command.id, error = %e, attempt, "recording the result failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(250 * attempt)).await;
+                }
+                Err(e) => {
+                    tracing::error!(command_id = %command.id, error = %e, "result lost: the store stayed unavailable");
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn audit_start(&self, c: &Command) {
+        self.ports
+            .audit
+            .record(system_entry(self.ports.clock.now(), "command.start", c, AuditOutcome::Success, None))
+            .await;
+    }
+
+    async fn audit_end(&self, c: &Command) {
+        let outcome = if c.status == CommandStatus::Succeeded { AuditOutcome::Success } else { AuditOutcome::Failure };
+        let detail = format!(
+            "status={} exit_code={:?} reason={:?}",
+            c.status,
+            c.exit_code,
+            c.termination_reason.map(|r| r.as_str())
+        );
+        self.ports.audit.record(system_entry(self.ports.clock.now(), "command.end", c, outcome, Some(detail))).await;
+    }
+}
+
+fn output_of(stdout: domain::output::CapturedOutput, stderr: domain::output::CapturedOutput) -> CommandOutput {
+    CommandOutput {
+        stdout: stdout.text(),
+        stderr: stderr.text(),
+        stdout_truncated: stdout.truncated,
+        stderr_truncated: stderr.truncated,
+    }
+}
+
+fn system_entry(
+    at: domain::Timestamp,
+    action: &str,
+    c: &Command,
+    outcome: AuditOutcome,
+    detail: Option<String>,
+) -> AuditEntry {
+    AuditEntry {
+        at,
+        actor: c.created_by,
+        client_ip: None,
+        action: action.into(),
+        resource: format!("command/{}", c.id),
+        project: Some(c.project.to_string()),
+        outcome,
+        detail,
+        request_id: None,
+        trace_id: None,
+    }
+}

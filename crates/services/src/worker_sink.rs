@@ -1,0 +1,113 @@
+//! The output sink a worker hands to the executor: turns chunks into stored output events,
+//! UTF-8 safe across chunk boundaries and bounded per stream.
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use domain::ids::CommandId;
+use domain::output::OutputStream;
+use domain::ports::{Clock, CommandQueue, OutputSink};
+
+use crate::queue_bus::QueueBus;
+
+#[derive(Debug, Default)]
+struct StreamState {
+    pending: Vec<u8>,
+    emitted: usize,
+    stopped: bool,
+}
+
+/// Stores output events for one claimed command.
+pub(crate) struct StoreSink {
+    pub(crate) queue: Arc<dyn CommandQueue>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) bus: Arc<QueueBus>,
+    pub(crate) id: CommandId,
+    pub(crate) fence: i64,
+    /// Event bytes per stream; past it, the stream's events stop (the final output keeps the tail).
+    pub(crate) budget: usize,
+    streams: Mutex<[StreamState; 2]>,
+}
+
+impl StoreSink {
+    pub(crate) fn new(
+        queue: Arc<dyn CommandQueue>,
+        clock: Arc<dyn Clock>,
+        bus: Arc<QueueBus>,
+        id: CommandId,
+        fence: i64,
+        budget: usize,
+    ) -> Self {
+        Self { queue, clock, bus, id, fence, budget, streams: Mutex::new(Default::default()) }
+    }
+
+    /// Takes the longest valid UTF-8 prefix of pending + data, keeping an incomplete trailing
+    /// sequence for the next chunk. Returns `None` once the stream's budget is spent.
+    fn take_text(&self, stream: OutputStream, data: &[u8]) -> Option<String> {
+        let mut streams = self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let state = &mut streams[stream as usize];
+        if state.stopped {
+            return None;
+        }
+        state.pending.extend_from_slice(data);
+        let valid_up_to = match std::str::from_utf8(&state.pending) {
+            Ok(_) => state.pending.len(),
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            // Invalid bytes (not merely incomplete): emit them replaced.
+            Err(_) => state.pending.len(),
+        };
+        let room = self.budget.saturating_sub(state.emitted);
+        let take = valid_up_to.min(room);
+        if take < valid_up_to {
+            state.stopped = true;
+        }
+        let bytes: Vec<u8> = state.pending.drain(..valid_up_to).take(take).collect();
+        state.emitted += bytes.len();
+        (!bytes.is_empty()).then(|| String::from_utf8_lossy(&bytes).into_owned())
+    }
+}
+
+#[async_trait]
+impl OutputSink for StoreSink {
+    async fn emit(&self, stream: OutputStream, data: &[u8]) {
+        let Some(text) = self.take_text(stream, data) else { return };
+        match self.queue.append_output(self.id, self.fence, stream, &text, self.clock.now()).await {
+            Ok(_) => self.bus.command_changed(),
+            Err(e) => tracing::warn!(command_id = %self.id, error = %e, "could not store output event"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain::testing::{ManualClock, MemoryStore};
+
+    fn sink(budget: usize) -> StoreSink {
+        StoreSink::new(
+            Arc::new(MemoryStore::new()),
+            Arc::new(ManualClock::at_fixed_start()),
+            Arc::new(QueueBus::default()),
+            CommandId::generate(),
+            1,
+            budget,
+        )
+    }
+
+    #[test]
+    fn a_character_split_across_chunks_is_kept_whole() {
+        let s = sink(100);
+        let euro = "€".as_bytes();
+        assert_eq!(s.take_text(OutputStream::Stdout, &euro[..1]), None);
+        assert_eq!(s.take_text(OutputStream::Stdout, &euro[1..]).as_deref(), Some("€"));
+    }
+
+    #[test]
+    fn events_stop_at_the_budget() {
+        let s = sink(5);
+        assert_eq!(s.take_text(OutputStream::Stderr, b"abc").as_deref(), Some("abc"));
+        assert_eq!(s.take_text(OutputStream::Stderr, b"defg").as_deref(), Some("de"));
+        assert_eq!(s.take_text(OutputStream::Stderr, b"h"), None);
+        assert_eq!(s.take_text(OutputStream::Stdout, b"x").as_deref(), Some("x"), "streams are independent");
+    }
+}

@@ -1,0 +1,11 @@
+DROP TABLE workers;
+DROP TABLE rate_limiting;
+DROP TRIGGER audit_log_no_delete;
+DROP TRIGGER audit_log_no_update;
+DROP TABLE audit_log;
+DROP TABLE counters;
+DROP TABLE command_events;
+DROP TABLE commands;
+DROP TABLE api_key_allowed_ips;
+DROP TABLE api_keys;
+DROP TABLE projects;
