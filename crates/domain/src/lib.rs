@@ -11,9 +11,11 @@ pub mod ids;
 pub mod network;
 pub mod output;
 pub mod pagination;
+pub mod pod;
 pub mod ports;
 pub mod project;
 pub mod rate_limit;
+pub mod signal;
 #[cfg(feature = "testing")]
 #[allow(clippy::expect_used, clippy::unwrap_used, reason = "test support: a failed expectation is a failed test")]
 pub mod testing;

@@ -13,8 +13,10 @@ use crate::command::{Command, CommandStatus, Completion, EnvMap, NewCommand, Pri
 use crate::ids::{ApiKeyId, CommandId, WorkerId};
 use crate::output::{CapturedOutput, CommandEvent, CommandOutput, OutputStream};
 use crate::pagination::{Page, PageRequest};
+use crate::pod::{PodSpec, PodStatus};
 use crate::project::{Project, ProjectName};
 use crate::rate_limit::{RateDecision, RateLimitPolicy};
+use crate::signal::Signal;
 use crate::{DomainResult, Timestamp};
 
 /// The current time. Services never read the system clock directly, so tests can move time.
@@ -289,6 +291,33 @@ pub trait Executor: Send + Sync {
     async fn run(&self, request: ExecRequest, sink: &dyn OutputSink, cancel: CancellationToken) -> ExecResult;
     /// `Unavailable` when the backend cannot run commands now.
     async fn check(&self) -> DomainResult<()>;
+}
+
+/// Signals between replicas that share a store (LISTEN/NOTIFY on Postgres, in-process otherwise).
+#[async_trait]
+pub trait SignalBus: Send + Sync {
+    /// Delivers `signal` to every subscription of every replica on the same store, this one
+    /// included. Best effort: the store stays the truth, so a lost signal only delays.
+    async fn publish(&self, signal: Signal) -> DomainResult<()>;
+    /// Every signal published after this call. MUST yield `Signal::Resync` instead of silently
+    /// dropping signals (lag, reconnect); the stream ends only when the bus is dropped.
+    fn subscribe(&self) -> futures::stream::BoxStream<'static, Signal>;
+}
+
+/// Development pods, one per project (Kubernetes pods, or local workspaces).
+#[async_trait]
+pub trait PodManager: Send + Sync {
+    /// The pod's current state; `PodStatus::stopped()` when there is none.
+    async fn status(&self, project: &ProjectName) -> DomainResult<PodStatus>;
+    /// Creates the pod from `spec` unless one exists (idempotent) and returns its state at once
+    /// (usually `pending`). `Unavailable` when the backend cannot be reached.
+    async fn start(&self, spec: &PodSpec) -> DomainResult<PodStatus>;
+    /// Waits until the pod is ready, `failed`, or `timeout` passed; returns the last state seen.
+    async fn wait_ready(&self, project: &ProjectName, timeout: Duration) -> DomainResult<PodStatus>;
+    /// Deletes the pod if there is one (idempotent); returns `stopping` or `stopped`.
+    async fn stop(&self, project: &ProjectName) -> DomainResult<PodStatus>;
+    /// The last `tail` lines of the pod's log (empty when there is no pod).
+    async fn logs(&self, project: &ProjectName, tail: u32) -> DomainResult<Vec<String>>;
 }
 
 /// The completion a queued command gets when it is cancelled before it ran.

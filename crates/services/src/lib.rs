@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod projects;
 pub mod queue_bus;
 pub mod rate_limit;
+pub mod signals;
 pub mod worker;
 mod worker_sink;
 

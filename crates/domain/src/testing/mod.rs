@@ -5,6 +5,8 @@ mod contracts_commands;
 mod contracts_store;
 pub mod executor;
 mod memory;
+pub mod pods;
+pub mod signals;
 
 use std::sync::Mutex;
 
