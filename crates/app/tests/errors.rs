@@ -134,6 +134,7 @@ async fn health_metrics_and_openapi_are_served() {
     let metrics =
         app.client.get(format!("{}/metrics", app.base)).send().await.expect("send").text().await.expect("text");
     assert!(metrics.contains("http_requests_total"), "{metrics}");
+    assert!(metrics.contains("commands_queued{priority=\"critical\"} 0"), "queue depth at scrape: {metrics}");
     let doc: Value =
         app.client.get(format!("{}/openapi.json", app.base)).send().await.expect("send").json().await.expect("json");
     assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.1")));

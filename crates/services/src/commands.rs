@@ -226,6 +226,17 @@ impl CommandService {
         let workers = self.queue.live_workers(self.clock.now() - live_since).await?;
         Ok(QueueView { stats, workers })
     }
+
+    /// Publishes queue depth (per priority) and running count as gauges; called at each scrape
+    /// so the figures cover every replica without a background task.
+    pub async fn record_queue_gauges(&self) -> DomainResult<()> {
+        let stats = self.commands.stats().await?;
+        for (priority, depth) in &stats.depth {
+            metrics::gauge!(crate::metrics::COMMANDS_QUEUED, "priority" => priority.as_str()).set(*depth as f64);
+        }
+        metrics::gauge!(crate::metrics::COMMANDS_RUNNING).set(stats.running as f64);
+        Ok(())
+    }
 }
 
 /// SHA-256 of everything that defines the request, so a replay with another body is detected.

@@ -6,8 +6,10 @@ pub const HTTP_REQUESTS_TOTAL: &str = "http_requests_total";
 pub const HTTP_REQUEST_DURATION_SECONDS: &str = "http_request_duration_seconds";
 /// Gauge: commands running on this replica.
 pub const COMMANDS_ACTIVE: &str = "commands_active";
-/// Gauge: commands waiting in the queue (all replicas).
+/// Gauge: commands waiting in the queue over all replicas, by `priority` (set at each scrape).
 pub const COMMANDS_QUEUED: &str = "commands_queued";
+/// Gauge: commands running over all replicas (set at each scrape).
+pub const COMMANDS_RUNNING: &str = "commands_running";
 /// Counter: finished commands by terminal `status`.
 pub const COMMANDS_TOTAL: &str = "commands_total";
 /// Histogram: time from enqueue to start.

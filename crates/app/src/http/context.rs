@@ -93,13 +93,12 @@ async fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
         .app_data::<web::Data<AppState>>()
         .ok_or_else(|| ApiError::Domain(DomainError::Internal("application state missing".into())))?;
     let context = RequestContext::of(req);
-    let presented = bearer(req)?;
-    let key = state.keys.authenticate(presented, context.client_ip).await.inspect_err(|e| {
-        let reason = match e {
-            DomainError::Forbidden(_) => "ip_not_allowed",
-            _ => "invalid_key",
-        };
-        metrics::counter!(services::metrics::AUTH_FAILURES_TOTAL, "reason" => reason).increment(1);
+    let presented = bearer(req).inspect_err(|_| count_auth_failure("missing_key"))?;
+    let key = state.keys.authenticate(presented, context.client_ip).await.inspect_err(|e| match e {
+        DomainError::Forbidden(_) => count_auth_failure("ip_not_allowed"),
+        DomainError::Unauthorized(_) => count_auth_failure("invalid_key"),
+        // A store outage is not the caller's failure; it shows as 503 and in store metrics.
+        _ => {}
     })?;
     req.extensions_mut().insert(AuthenticatedKey(key.id));
     let decision = state.limiter.check(&key).await?;
@@ -108,6 +107,10 @@ async fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
         return Err(ApiError::RateLimited { retry_after: decision.retry_after_seconds.unwrap_or(1) });
     }
     Ok(Caller { principal: Principal::of(&key), key, context })
+}
+
+fn count_auth_failure(reason: &'static str) {
+    metrics::counter!(services::metrics::AUTH_FAILURES_TOTAL, "reason" => reason).increment(1);
 }
 
 fn bearer(req: &HttpRequest) -> Result<&str, ApiError> {

@@ -40,5 +40,9 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 /// Prometheus text format.
 #[utoipa::path(get, path = "/metrics", tag = "health", security(()), responses((status = 200, description = "Prometheus exposition format", content_type = "text/plain", body = String)))]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    if let Err(e) = state.commands.record_queue_gauges().await {
+        // The scrape still answers: process metrics matter most when the store is down.
+        tracing::warn!(error = %e, "could not read queue depth for /metrics");
+    }
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.metrics.render())
 }
