@@ -17,9 +17,10 @@ run:
 	LISTEN_ADDR=$(LISTEN_ADDR) \
 	./target/release/rdev-api serve
 
-## Every test of the workspace (unit, property, contract, HTTP).
+## Every test of the workspace (unit, property, contract, HTTP), then the k8s manifests.
 test:
 	cargo test --workspace --all-features --no-fail-fast
+	scripts/validate-k8s.sh
 
 build:
 	cargo build --workspace --all-targets

@@ -13,9 +13,14 @@ KEY=$(cat "$KEY_FILE")
 # A dedicated key with a limit high enough that the limiter decides but never refuses.
 LOAD_KEY=$(curl -fsS -X POST "$BASE/v1/api-keys" -H "Authorization: Bearer $KEY" -H 'content-type: application/json' \
   -d '{"name":"load","scopes":["projects:read"],"rate_limit_rps":100000}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
-run() { wrk -t2 -c32 -d"${SECS}s" "$@" | awk '/Requests\/sec/ {print $2} /Latency/ {print "latency", $2, $3, $4}'; }
-echo "== baseline: GET /healthz (no auth, no store)"
-BASELINE=$(run "$BASE/healthz" | tee /dev/stderr | awk 'NR==2')
-echo "== GET /v1/me (auth through the key cache + rate-limit decision in SQLite)"
-AUTHED=$(run -H "Authorization: Bearer $LOAD_KEY" "$BASE/v1/me" | tee /dev/stderr | awk 'NR==2')
-python3 -c "print(f'ratio authenticated/baseline: {float($AUTHED)/float($BASELINE):.2f}')"
+run() {
+  local out
+  out=$(wrk -t2 -c32 -d"${SECS}s" --latency "$@")
+  echo "$out" | grep -E "Latency|50%|99%|Requests/sec" >&2
+  echo "$out" | awk '/Requests\/sec/ {print $2}'
+}
+echo "== baseline: GET /healthz (no auth, no store)" >&2
+BASELINE=$(run "$BASE/healthz")
+echo "== GET /v1/me (auth through the key cache + rate-limit decision in the store)" >&2
+AUTHED=$(run -H "Authorization: Bearer $LOAD_KEY" "$BASE/v1/me")
+python3 -c "print(f'baseline {float($BASELINE):.0f} req/s, authenticated {float($AUTHED):.0f} req/s, ratio {float($AUTHED)/float($BASELINE):.2f}')"

@@ -5,6 +5,7 @@
 //! a timeout or cancel kills the whole process group (SIGTERM, a grace period, then SIGKILL).
 
 mod group;
+mod pods;
 mod run;
 mod spawn;
 
@@ -18,6 +19,7 @@ use domain::{DomainError, DomainResult};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+pub use pods::LocalPods;
 pub use spawn::DEFAULT_PATH;
 
 /// Where workspaces live and how kills are paced.

@@ -4,7 +4,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{api_keys, audit, commands, events, health, me, projects};
+use crate::routes::{api_keys, audit, commands, events, health, me, pods, projects};
 
 struct BearerAuth;
 
@@ -40,6 +40,7 @@ impl Modify for PublicEndpoints {
         health::healthz, health::readyz, health::metrics, serve, me::me,
         api_keys::create, api_keys::list, api_keys::get, api_keys::revoke, api_keys::rotate,
         projects::create, projects::list, projects::get, projects::update, projects::delete,
+        pods::status, pods::start, pods::stop, pods::logs,
         commands::submit, commands::list, commands::get, commands::output, commands::cancel, commands::queue,
         events::events, audit::list, audit::verify,
     ),

@@ -8,6 +8,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use services::api_keys::ApiKeyService;
 use services::audit::AuditService;
 use services::commands::CommandService;
+use services::pods::PodService;
 use services::projects::ProjectService;
 use services::rate_limit::RateLimiter;
 
@@ -32,6 +33,8 @@ pub struct AppState {
     pub projects: Arc<ProjectService>,
     /// Commands.
     pub commands: Arc<CommandService>,
+    /// Projects' pods.
+    pub pods: PodService,
     /// Audit log.
     pub audit: AuditService,
     /// Rate limiter.

@@ -5,10 +5,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use adapters_process::{ProcessConfig, ProcessExecutor};
+use adapters_process::{LocalPods, ProcessConfig, ProcessExecutor};
 use adapters_sqlite::SqliteStore;
 use domain::ids::WorkerId;
-use domain::ports::{ApiKeyRepository, Clock, Executor};
+use domain::ports::{ApiKeyRepository, Clock, Executor, PodManager};
 use domain::rate_limit::RateLimitPolicy;
 use domain::DomainError;
 use services::api_keys::ApiKeyService;
@@ -16,6 +16,7 @@ use services::audit::AuditService;
 use services::cache::{CacheConfig, CachedRepository};
 use services::clock::SystemClock;
 use services::commands::CommandService;
+use services::pods::PodService;
 use services::projects::ProjectService;
 use services::queue_bus::QueueBus;
 use services::rate_limit::RateLimiter;
@@ -64,12 +65,23 @@ pub struct Service {
     pub worker: Arc<QueueWorker>,
 }
 
-fn executor(cfg: &ServeConfig) -> Result<Arc<dyn Executor>, StartupError> {
+/// Where commands run and the pods they run in.
+struct Backend {
+    executor: Arc<dyn Executor>,
+    pods: Arc<dyn PodManager>,
+    breaker: Option<Arc<services::breaker::CircuitBreaker>>,
+}
+
+fn backend(cfg: &ServeConfig) -> Result<Backend, StartupError> {
     match cfg.executor {
-        ExecutorKind::Process => Ok(Arc::new(ProcessExecutor::new(ProcessConfig {
-            workspaces_root: cfg.workspaces_dir.clone(),
-            kill_grace: Duration::from_secs(2),
-        }))),
+        ExecutorKind::Process => Ok(Backend {
+            executor: Arc::new(ProcessExecutor::new(ProcessConfig {
+                workspaces_root: cfg.workspaces_dir.clone(),
+                kill_grace: Duration::from_secs(2),
+            })),
+            pods: Arc::new(LocalPods::new(cfg.workspaces_dir.clone())),
+            breaker: None,
+        }),
         ExecutorKind::Kube => {
             Err(StartupError::Config("EXECUTOR=kube is not available in this build yet; use EXECUTOR=process".into()))
         }
@@ -90,7 +102,7 @@ pub fn build(
     metrics: metrics_exporter_prometheus::PrometheusHandle,
 ) -> Result<Service, StartupError> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let executor = executor(cfg)?;
+    let Backend { executor, pods, breaker } = backend(cfg)?;
     let bus = Arc::new(QueueBus::default());
     let audit = AuditService::new(store.clone());
     let projects = Arc::new(ProjectService::new(store.clone(), clock.clone()));
@@ -106,12 +118,15 @@ pub fn build(
         queue: store.clone(),
         projects: store.clone(),
         executor: executor.clone(),
+        pods: pods.clone(),
+        breaker,
         audit: audit.clone(),
         bus,
         clock: clock.clone(),
     };
     let state = AppState {
         keys: key_service(&store, Duration::from_millis(cfg.key_cache_ttl_ms), clock.clone()),
+        pods: PodService::new(projects.clone(), pods),
         projects,
         commands,
         audit,

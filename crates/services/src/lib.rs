@@ -4,10 +4,12 @@
 pub mod access;
 pub mod api_keys;
 pub mod audit;
+pub mod breaker;
 pub mod cache;
 pub mod clock;
 pub mod commands;
 pub mod metrics;
+pub mod pods;
 pub mod projects;
 pub mod queue_bus;
 pub mod rate_limit;

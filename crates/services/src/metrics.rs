@@ -26,3 +26,9 @@ pub const AUDIT_WRITE_FAILURES_TOTAL: &str = "audit_write_failures_total";
 pub const COMMANDS_LOST_TOTAL: &str = "commands_lost_total";
 /// Counter: errors talking to the store, by `operation`.
 pub const STORE_ERRORS_TOTAL: &str = "store_errors_total";
+/// Gauge: circuit breaker state by `breaker` (0 closed, 1 half-open, 2 open).
+pub const CIRCUIT_BREAKER_STATE: &str = "circuit_breaker_state";
+/// Counter: circuit breaker transitions by `breaker` and `to` state.
+pub const CIRCUIT_BREAKER_TRANSITIONS_TOTAL: &str = "circuit_breaker_transitions_total";
+/// Gauge: 1 when a dependency (`database`, `executor`) answered the last readiness check, else 0.
+pub const DEPENDENCY_UP: &str = "dependency_up";

@@ -6,15 +6,18 @@ use std::time::Duration;
 
 use chrono::TimeDelta;
 use domain::audit::{AuditEntry, AuditOutcome};
+use domain::command::Termination;
 use domain::command::{Command, CommandStatus, Completion, TerminationReason};
 use domain::ids::WorkerId;
 use domain::output::CommandOutput;
-use domain::ports::{Claim, Clock, CommandQueue, ExecRequest, Executor, ProjectRepository};
+use domain::pod::PodSpec;
+use domain::ports::{Claim, Clock, CommandQueue, ExecRequest, Executor, PodManager, ProjectRepository};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::AuditService;
+use crate::breaker::CircuitBreaker;
 use crate::metrics as m;
 use crate::queue_bus::QueueBus;
 use crate::worker_sink::StoreSink;
@@ -38,6 +41,8 @@ pub struct WorkerConfig {
     pub max_output_bytes: usize,
     /// On shutdown, how long running commands may take before they are handed back as lost.
     pub shutdown_grace: Duration,
+    /// How long a command waits for its project's pod to become ready before it fails.
+    pub pod_ready_timeout: Duration,
 }
 
 impl WorkerConfig {
@@ -52,6 +57,7 @@ impl WorkerConfig {
             reap_every: Duration::from_secs(15),
             max_output_bytes: 1024 * 1024,
             shutdown_grace: Duration::from_secs(25),
+            pod_ready_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -66,6 +72,10 @@ pub struct WorkerPorts {
     pub projects: Arc<dyn ProjectRepository>,
     /// Where commands run.
     pub executor: Arc<dyn Executor>,
+    /// The projects' pods; a command's pod is started first when it is not ready.
+    pub pods: Arc<dyn PodManager>,
+    /// While this breaker is open nothing is claimed, so commands wait in the queue.
+    pub breaker: Option<Arc<CircuitBreaker>>,
     /// Where starts and ends are recorded.
     pub audit: AuditService,
     /// In-process signals.
@@ -137,6 +147,9 @@ impl QueueWorker {
     }
 
     async fn fill_slots(self: &Arc<Self>, slots: &Arc<Semaphore>, running: &mut JoinSet<()>) {
+        if self.ports.breaker.as_ref().is_some_and(|b| !b.admits_work()) {
+            return;
+        }
         while let Ok(permit) = Arc::clone(slots).try_acquire_owned() {
             let claimed =
                 self.ports.queue.claim_next(&self.config.worker_id, self.ports.clock.now(), self.config.lease).await;
@@ -188,7 +201,7 @@ impl QueueWorker {
         let lease_lost = CancellationToken::new();
         let renewer =
             tokio::spawn(Arc::clone(&self).keep_lease(command.clone(), fence, cancel.clone(), lease_lost.clone()));
-        let result = match self.request_for(&command).await {
+        let (completion, output) = match self.prepare(&command, &cancel).await {
             Ok(request) => {
                 let sink = StoreSink::new(
                     Arc::clone(&self.ports.queue),
@@ -198,21 +211,12 @@ impl QueueWorker {
                     fence,
                     self.config.max_output_bytes,
                 );
-                Some(self.ports.executor.run(request, &sink, cancel.clone()).await)
+                let r = self.ports.executor.run(request, &sink, cancel.clone()).await;
+                (self.completion_for(&r.termination, &cancel), output_of(r.stdout, r.stderr))
             }
-            Err(e) => {
-                tracing::error!(command_id = %command.id, error = %e, "could not prepare command");
-                None
-            }
+            Err(termination) => (self.completion_for(&termination, &cancel), CommandOutput::default()),
         };
         renewer.abort();
-        let (completion, output) = match result {
-            Some(r) => (self.completion_for(&r.termination, &cancel), output_of(r.stdout, r.stderr)),
-            None => (
-                domain::command::Termination::StartFailed("the project could not be read".into()).completion(),
-                CommandOutput::default(),
-            ),
-        };
         if lease_lost.is_cancelled() {
             tracing::warn!(command_id = %command.id, "lease lost while running: result discarded");
         } else {
@@ -225,7 +229,7 @@ impl QueueWorker {
     }
 
     /// A cancel during shutdown is the replica handing the command back, not the client's.
-    fn completion_for(&self, t: &domain::command::Termination, cancel: &CancellationToken) -> Completion {
+    fn completion_for(&self, t: &Termination, cancel: &CancellationToken) -> Completion {
         let completion = t.completion();
         if completion.reason == TerminationReason::Cancelled
             && cancel.is_cancelled()
@@ -241,9 +245,43 @@ impl QueueWorker {
         completion
     }
 
-    async fn request_for(&self, command: &Command) -> domain::DomainResult<ExecRequest> {
-        let project = self.ports.projects.get(&command.project).await?;
-        Ok(ExecRequest {
+    /// Reads the project, makes sure its pod is ready, and builds the request; the termination
+    /// says why the command cannot start.
+    async fn prepare(&self, command: &Command, cancel: &CancellationToken) -> Result<ExecRequest, Termination> {
+        let project = self.ports.projects.get(&command.project).await.map_err(|e| {
+            tracing::error!(command_id = %command.id, error = %e, "could not read the command's project");
+            Termination::StartFailed(format!("the project could not be read: {e}"))
+        })?;
+        let spec = PodSpec::from(&project);
+        tokio::select! {
+            ready = self.ensure_pod(&spec) => ready.map_err(|reason| {
+                tracing::warn!(command_id = %command.id, %reason, "pod not ready");
+                Termination::StartFailed(format!("the project's pod is not ready: {reason}"))
+            })?,
+            () = cancel.cancelled() => return Err(Termination::Cancelled),
+        }
+        Ok(Self::request_for(command, &project, self.config.max_output_bytes))
+    }
+
+    /// Starts the project's pod when it is not ready and waits for it.
+    async fn ensure_pod(&self, spec: &PodSpec) -> Result<(), String> {
+        let pods = &self.ports.pods;
+        let status = pods.status(&spec.project).await.map_err(|e| e.to_string())?;
+        if status.ready {
+            return Ok(());
+        }
+        tracing::info!(project = %spec.project, phase = status.phase.as_str(), "starting the project's pod");
+        pods.start(spec).await.map_err(|e| e.to_string())?;
+        let status = pods.wait_ready(&spec.project, self.config.pod_ready_timeout).await.map_err(|e| e.to_string())?;
+        if status.ready {
+            Ok(())
+        } else {
+            Err(status.reason.unwrap_or_else(|| format!("pod is {}", status.phase.as_str())))
+        }
+    }
+
+    fn request_for(command: &Command, project: &domain::project::Project, max_output_bytes: usize) -> ExecRequest {
+        ExecRequest {
             command_id: command.id,
             project: command.project.clone(),
             workdir: project.workdir.clone(),
@@ -252,8 +290,8 @@ impl QueueWorker {
             cwd: command.cwd.clone(),
             stdin: command.stdin.clone().map(String::into_bytes),
             timeout: command.timeout.as_duration(),
-            max_output_bytes: self.config.max_output_bytes,
-        })
+            max_output_bytes,
+        }
     }
 
     async fn keep_lease(

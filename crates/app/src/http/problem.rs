@@ -94,6 +94,9 @@ impl ApiError {
         match self {
             // 5xx bodies say nothing internal; the cause is logged once, below.
             Self::Domain(DomainError::Internal(_)) => None,
+            // A breaker's refusal names no internals and tells when to retry; other outages
+            // (database errors may name hosts) stay generic.
+            Self::Domain(DomainError::Unavailable(m)) if breaker_retry_after(m).is_some() => Some(m.clone()),
             Self::Domain(DomainError::Unavailable(_)) => Some("a dependency is unavailable; retry shortly".into()),
             Self::Domain(DomainError::Invalid(errors)) => {
                 Some(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
@@ -158,8 +161,9 @@ impl ResponseError for ApiError {
             Self::RateLimited { retry_after } => {
                 response.insert_header((header::RETRY_AFTER, retry_after.to_string()));
             }
-            Self::Domain(DomainError::Unavailable(_)) => {
-                response.insert_header((header::RETRY_AFTER, "5"));
+            Self::Domain(DomainError::Unavailable(m)) => {
+                let seconds = breaker_retry_after(m).unwrap_or(5);
+                response.insert_header((header::RETRY_AFTER, seconds.to_string()));
             }
             Self::Domain(DomainError::Unauthorized(_)) => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
@@ -168,6 +172,13 @@ impl ResponseError for ApiError {
         }
         response.json(self.problem())
     }
+}
+
+/// The wait a circuit breaker's refusal names (`services::breaker` writes "… retry in N s").
+fn breaker_retry_after(message: &str) -> Option<u64> {
+    let rest = message.strip_prefix("circuit breaker ")?;
+    let (_, wait) = rest.split_once("retry in ")?;
+    wait.strip_suffix(" s")?.parse().ok()
 }
 
 /// Result of every handler.

@@ -29,6 +29,11 @@ pub async fn healthz() -> HttpResponse {
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let verdict = |r: domain::DomainResult<()>| r.map_or_else(|e| e.to_string(), |()| "ok".to_owned());
     let (db, exec) = tokio::join!(state.store_health.check(), state.executor.check());
+    // Probes call this every few seconds, so the gauge doubles as the outage signal alerts use.
+    for (dependency, result) in [("database", &db), ("executor", &exec)] {
+        let up = if result.is_ok() { 1.0 } else { 0.0 };
+        metrics::gauge!(services::metrics::DEPENDENCY_UP, "dependency" => dependency).set(up);
+    }
     let body = Readiness { ready: db.is_ok() && exec.is_ok(), database: verdict(db), executor: verdict(exec) };
     if body.ready {
         HttpResponse::Ok().json(body)

@@ -7,6 +7,7 @@ pub mod events;
 pub mod health;
 pub mod me;
 pub mod pending;
+pub mod pods;
 pub mod projects;
 
 use actix_web::web;
@@ -22,6 +23,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(me::configure)
         .configure(api_keys::configure)
         .configure(projects::configure)
+        .configure(pods::configure)
         .configure(commands::configure)
         .configure(audit::configure)
         .service(

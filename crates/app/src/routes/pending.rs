@@ -5,11 +5,6 @@ use actix_web::HttpResponse;
 
 use crate::http::{ApiError, ApiResult, Caller};
 
-/// Pod management arrives with the Kubernetes issue.
-pub async fn pods(_caller: Caller) -> ApiResult<HttpResponse> {
-    Err(ApiError::NotImplemented("pod management is not available yet (it comes with the Kubernetes executor)"))
-}
-
 /// Webhooks arrive with the webhooks issue.
 pub async fn webhooks(_caller: Caller) -> ApiResult<HttpResponse> {
     Err(ApiError::NotImplemented("webhooks are not available yet"))

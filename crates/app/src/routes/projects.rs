@@ -233,7 +233,7 @@ pub async fn delete(state: web::Data<AppState>, caller: Caller, name: web::Path<
     Ok(HttpResponse::NoContent().finish())
 }
 
-/// Registers the routes (pod routes answer 501 until the Kubernetes issue).
+/// Registers the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/v1/projects", "GET, POST").route(web::get().to(list)).route(web::post().to(create)))
         .service(
@@ -241,9 +241,5 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(get))
                 .route(web::patch().to(update))
                 .route(web::delete().to(delete)),
-        )
-        .service(resource("/v1/projects/{name}/pod", "GET").route(web::get().to(super::pending::pods)))
-        .service(resource("/v1/projects/{name}/pod/start", "POST").route(web::post().to(super::pending::pods)))
-        .service(resource("/v1/projects/{name}/pod/stop", "POST").route(web::post().to(super::pending::pods)))
-        .service(resource("/v1/projects/{name}/pod/logs", "GET").route(web::get().to(super::pending::pods)));
+        );
 }
