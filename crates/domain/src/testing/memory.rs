@@ -18,6 +18,8 @@ use crate::project::{Project, ProjectName};
 use crate::rate_limit::{RateDecision, RateLimitPolicy};
 use crate::{DomainError, DomainResult, Timestamp};
 
+use super::memory_webhooks::WebhookTables;
+
 #[derive(Debug, Clone)]
 struct Row {
     command: Command,
@@ -57,6 +59,7 @@ struct State {
     audit: Vec<AuditRecord>,
     windows: HashMap<(String, i64), u64>,
     workers: HashMap<String, (u32, Timestamp)>,
+    webhooks: WebhookTables,
 }
 
 /// Every store port in memory. Cheap to create; one per test.
@@ -75,6 +78,11 @@ impl MemoryStore {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Runs `f` on the webhook tables under the store's lock.
+    pub(super) fn with_webhooks<T>(&self, f: impl FnOnce(&mut WebhookTables) -> T) -> T {
+        f(&mut self.lock().webhooks)
+    }
+
     /// Overwrites an audit record behind the log's back, as an attacker with database access
     /// could; for tests of `verify`.
     pub fn tamper_audit(&self, seq: i64, action: &str) {
@@ -88,7 +96,11 @@ fn not_found(what: &str) -> DomainError {
     DomainError::NotFound(what.to_owned())
 }
 
-fn page_after<T: Clone>(items: impl Iterator<Item = T>, page: PageRequest, key: impl Fn(&T) -> u128) -> Page<T> {
+pub(super) fn page_after<T: Clone>(
+    items: impl Iterator<Item = T>,
+    page: PageRequest,
+    key: impl Fn(&T) -> u128,
+) -> Page<T> {
     let after = page.after.map(|c| c.key());
     let fetched: Vec<T> =
         items.filter(|i| after.is_none_or(|a| key(i) > a)).take(page.limit.get() as usize + 1).collect();
@@ -240,6 +252,7 @@ impl CommandRepository for MemoryStore {
         row.push_event(EventKind::Status(CommandStatus::Queued), at);
         let command = row.command.clone();
         s.commands.insert(command.id, row);
+        s.webhooks.record_command(&command, at);
         Ok(Enqueued { command, replayed: false })
     }
 
@@ -256,10 +269,14 @@ impl CommandRepository for MemoryStore {
     }
 
     async fn request_cancel(&self, id: CommandId, at: Timestamp) -> DomainResult<Command> {
-        let mut s = self.lock();
+        let mut guard = self.lock();
+        let s = &mut *guard;
         let row = s.commands.get_mut(&id).ok_or_else(|| not_found("command"))?;
         match row.command.status {
-            CommandStatus::Queued => row.end(&cancelled_before_start(), at),
+            CommandStatus::Queued => {
+                row.end(&cancelled_before_start(), at);
+                s.webhooks.record_command(&row.command, at);
+            }
             CommandStatus::Running => row.command.cancel_requested = true,
             _ => return Err(DomainError::Conflict("the command has already ended".into())),
         }
@@ -324,7 +341,9 @@ impl CommandQueue for MemoryStore {
         row.fence = fence;
         row.lease_until = Some(now + lease);
         row.push_event(EventKind::Status(CommandStatus::Running), now);
-        Ok(Some(Claim { command: row.command.clone(), fence }))
+        let command = row.command.clone();
+        s.webhooks.record_command(&command, now);
+        Ok(Some(Claim { command, fence }))
     }
 
     async fn renew_lease(&self, id: CommandId, fence: i64, until: Timestamp) -> DomainResult<LeaseStatus> {
@@ -369,7 +388,9 @@ impl CommandQueue for MemoryStore {
         }
         row.output = output.clone();
         row.end(completion, at);
-        Ok(Some(row.command.clone()))
+        let command = row.command.clone();
+        s.webhooks.record_command(&command, at);
+        Ok(Some(command))
     }
 
     async fn reap_expired(&self, now: Timestamp) -> DomainResult<Vec<Command>> {
@@ -386,6 +407,9 @@ impl CommandQueue for MemoryStore {
                 row.end(&lost, now);
                 reaped.push(row.command.clone());
             }
+        }
+        for command in &reaped {
+            s.webhooks.record_command(command, now);
         }
         Ok(reaped)
     }

@@ -5,8 +5,10 @@ mod contracts_commands;
 mod contracts_store;
 pub mod executor;
 mod memory;
+mod memory_webhooks;
 pub mod pods;
 pub mod signals;
+pub mod webhooks;
 
 use std::sync::Mutex;
 
