@@ -20,13 +20,13 @@ use domain::{DomainError, DomainResult, Timestamp};
 use crate::codec::{self, micros};
 use crate::events;
 use crate::schema::{commands, projects};
-use crate::{SqliteStore, StoreResult};
+use crate::{webhooks, SqliteStore, StoreResult};
 
 const QUEUED: &str = CommandStatus::Queued.as_str();
 const RUNNING: &str = CommandStatus::Running.as_str();
 
 /// The columns of `commands` that make a `Command` (output and queue bookkeeping stay behind).
-#[derive(Debug, Queryable, Selectable)]
+#[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = commands, check_for_backend(diesel::sqlite::Sqlite))]
 pub(crate) struct CommandRow {
     id: String,
@@ -139,8 +139,9 @@ pub(crate) fn exists(conn: &mut SqliteConnection, id: &str) -> StoreResult<bool>
     Ok(commands::table.filter(commands::id.eq(id)).count().get_result::<i64>(conn)? > 0)
 }
 
-/// Writes a command's terminal state, drops its lease, and appends `Status(final)`, `Exit`.
-/// Callers have checked that the transition is legal, inside the same transaction.
+/// Writes a command's terminal state, drops its lease, and appends `Status(final)`, `Exit` and
+/// the webhook event of the final status. Callers have checked that the transition is legal,
+/// inside the same transaction.
 pub(crate) fn end(conn: &mut SqliteConnection, id: &str, c: &Completion, at: Timestamp) -> StoreResult<CommandRow> {
     let row = diesel::update(commands::table.filter(commands::id.eq(id)))
         .set((
@@ -155,6 +156,7 @@ pub(crate) fn end(conn: &mut SqliteConnection, id: &str, c: &Completion, at: Tim
         .returning(CommandRow::as_returning())
         .get_result(conn)?;
     events::append(conn, id, &events::ending(c), at)?;
+    webhooks::record_command_event(conn, &row.clone().into_domain()?, at)?;
     Ok(row)
 }
 
@@ -207,6 +209,7 @@ impl CommandRepository for SqliteStore {
                     .returning(CommandRow::as_returning())
                     .get_result(conn)?;
                 events::append(conn, &row.id, &[EventKind::Status(CommandStatus::Queued)], at)?;
+                webhooks::record_command_event(conn, &stored.clone().into_domain()?, at)?;
                 Ok((stored, false))
             })
             .await?;

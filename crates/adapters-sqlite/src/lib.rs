@@ -15,6 +15,8 @@ mod projects;
 mod queue;
 mod rate_limits;
 mod schema;
+mod webhook_deliveries;
+mod webhooks;
 
 use std::path::Path;
 use std::time::Duration;

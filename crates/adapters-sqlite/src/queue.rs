@@ -19,7 +19,7 @@ use crate::codec::{self, micros};
 use crate::commands::{self as rows, CommandRow};
 use crate::events;
 use crate::schema::{commands, counters, projects, workers};
-use crate::{SqliteStore, StoreResult};
+use crate::{webhooks, SqliteStore, StoreResult};
 
 const QUEUED: &str = CommandStatus::Queued.as_str();
 const RUNNING: &str = CommandStatus::Running.as_str();
@@ -77,7 +77,9 @@ fn claim(conn: &mut SqliteConnection, worker: &str, now: Timestamp, lease_us: i6
         .returning(CommandRow::as_returning())
         .get_result(conn)?;
     events::append(conn, &id, &[EventKind::Status(CommandStatus::Running)], now)?;
-    Ok(Some(Claim { command: row.into_domain()?, fence }))
+    let command = row.into_domain()?;
+    webhooks::record_command_event(conn, &command, now)?;
+    Ok(Some(Claim { command, fence }))
 }
 
 /// The `(status, fence, cancel_requested)` of a command, or `NotFound`.
