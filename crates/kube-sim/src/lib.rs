@@ -1,0 +1,155 @@
+//! kube-sim: a small Kubernetes API server for tests and local runs.
+//!
+//! It speaks the wire formats that kube-rs and `kubectl` expect (see `shared/kube-protocol.md`)
+//! for what rdev-api uses: discovery, namespaces (get, list), pods (create, get, list and watch
+//! with label and field selectors, delete), `pods/log` and `pods/exec` over WebSocket
+//! (`v5.channel.k8s.io`, `v4.channel.k8s.io`). Plain HTTP on loopback; optional bearer token.
+//!
+//! # How the simulated cluster behaves
+//!
+//! - **Namespaces** exist implicitly: any valid name can be read and used; the list shows the
+//!   usual system namespaces plus every namespace seen so far.
+//! - **Pods** are stored as created, with the apiserver's defaults filled in, and go
+//!   Pending → scheduled (`spec.nodeName`, `PodScheduled`) → kubelet status (`ContainerCreating`)
+//!   → Running after [`SimConfig::ready_delay`]; every change is a new `resourceVersion` and a
+//!   MODIFIED watch event. No image is pulled and no main process runs: the "container" is the
+//!   pod's directory.
+//! - **Deletion** with a grace period sets `deletionTimestamp`, then after `min(grace, 1 s)` kills
+//!   every exec process of the pod and removes it (DELETED). Grace 0, an unscheduled pod or a
+//!   finished pod is removed at once. The pod's directory is removed with the pod.
+//! - **Exec** runs `command` as a local process, not in a container: cwd is the pod's directory
+//!   ([`KubeSim::pod_dir`], `pods_root/<namespace>/<pod>`), the environment is `PATH` (a minimal
+//!   default), `HOME` (the pod's directory), `HOSTNAME` (the pod name), the container's literal
+//!   `env` entries and the marker `KUBE_SIM_POD_UID`. Absolute paths are host paths; the
+//!   container's `workingDir` is not applied. Each exec leads its own process group.
+//!   As on a real kubelet, a client that disconnects only closes the process's stdin: the process
+//!   runs on and its output and exit code go nowhere.
+//! - **A pod that dies under its execs** (deletion, OOM kill) SIGKILLs their process groups (and
+//!   any process that still carries the pod's marker): a connected client gets what a real
+//!   cluster sends when the container's processes are killed, `NonZeroExitCode` with exit code
+//!   137. It can tell a deleted pod from its own kill by reading the pod (gone, or carrying a
+//!   `deletionTimestamp`) and an OOM kill by the container's `OOMKilled` state.
+//! - **Logs**: the container log is a file per container under `pods_root/.logs/<ns>/<pod>/`,
+//!   to which the sim appends lifecycle lines (`kube-sim: container main started`, OOM kills,
+//!   restarts); tests may append lines with `POST /_sim/pods/{ns}/{name}/log`. What execs print
+//!   is not part of the container log, as on a real cluster.
+//!
+//! # Control endpoint (`/_sim/`, same listener, never subject to faults or auth)
+//!
+//! - `POST /_sim/faults` with [`Faults`] as JSON replaces the current faults; `DELETE` clears
+//!   them; `GET` shows them.
+//! - `POST /_sim/pods/{ns}/{name}/oom` OOM-kills the pod's container.
+//! - `GET /_sim/pods/{ns}/{name}/processes` lists the running exec processes.
+//! - `POST /_sim/pods/{ns}/{name}/log` appends the request body to the container log.
+
+mod api;
+mod exec;
+mod faults;
+mod kubeconfig;
+mod kubelet;
+mod pod;
+mod processes;
+mod query;
+mod selector;
+mod server;
+mod state;
+mod status;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use faults::Faults;
+
+/// How a [`KubeSim`] listens and behaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimConfig {
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// How long a created pod stays Pending before it is Running.
+    pub ready_delay: Duration,
+    /// Parent of every pod's directory (`<pods_root>/<namespace>/<pod>`); created on start.
+    pub pods_root: PathBuf,
+    /// Bearer token every Kubernetes API request must carry; `None` accepts anonymous requests.
+    pub token: Option<String>,
+}
+
+impl SimConfig {
+    /// Loopback on a free port, pods ready after 200 ms, no token.
+    pub fn for_tests(pods_root: PathBuf) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ready_delay: Duration::from_millis(200),
+            pods_root,
+            token: None,
+        }
+    }
+}
+
+/// A running simulator; dropping it without [`KubeSim::shutdown`] leaves its tasks running until
+/// the runtime stops.
+#[derive(Debug)]
+pub struct KubeSim {
+    sim: Arc<state::Sim>,
+    server: server::ServerHandle,
+}
+
+impl KubeSim {
+    /// Binds the listener, creates `pods_root` and starts serving.
+    ///
+    /// # Errors
+    /// When the address cannot be bound or `pods_root` cannot be created.
+    pub async fn start(config: SimConfig) -> std::io::Result<KubeSim> {
+        tokio::fs::create_dir_all(&config.pods_root).await?;
+        let listener = tokio::net::TcpListener::bind(config.listen).await?;
+        let local = listener.local_addr()?;
+        let sim = Arc::new(state::Sim::new(config, local));
+        let server = server::serve(listener, Arc::clone(&sim));
+        tracing::info!(url = %sim.base_url, "kube-sim listening");
+        Ok(KubeSim { sim, server })
+    }
+
+    /// The server URL, e.g. `http://127.0.0.1:40123`.
+    pub fn base_url(&self) -> String {
+        self.sim.base_url.clone()
+    }
+
+    /// A kubeconfig (YAML) that kube-rs and kubectl accept, with `namespace` as the default.
+    pub fn kubeconfig_yaml(&self, namespace: &str) -> String {
+        kubeconfig::render(&self.sim.base_url, namespace, self.sim.config.token.as_deref())
+    }
+
+    /// Writes [`KubeSim::kubeconfig_yaml`] to `path` (parent directories are created).
+    ///
+    /// # Errors
+    /// When the file cannot be written.
+    pub fn write_kubeconfig(&self, path: &Path, namespace: &str) -> std::io::Result<()> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(path, self.kubeconfig_yaml(namespace))
+    }
+
+    /// The pod's "container filesystem": the directory its exec processes run in.
+    pub fn pod_dir(&self, namespace: &str, pod: &str) -> PathBuf {
+        self.sim.pod_dir(namespace, pod)
+    }
+
+    /// Replaces the injected faults (same as `POST /_sim/faults`).
+    pub fn set_faults(&self, faults: Faults) {
+        self.sim.faults.set(faults);
+    }
+
+    /// Clears the injected faults (same as `DELETE /_sim/faults`).
+    pub fn clear_faults(&self) {
+        self.sim.faults.set(Faults::default());
+    }
+
+    /// Stops listening, closes every connection and kills every exec process.
+    pub async fn shutdown(self) {
+        self.sim.shutdown.cancel();
+        self.server.stop().await;
+        self.sim.kill_all_processes();
+    }
+}
