@@ -30,19 +30,20 @@ pub(crate) async fn apis() -> Response {
     json_response(StatusCode::OK, &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}))
 }
 
-/// `GET /api/v1`: the resources the simulator serves.
+/// `GET /api/v1`: the resources the simulator serves, with the verbs a real server lists (the
+/// ones kube-sim lacks answer 405).
 pub(crate) async fn api_v1() -> Response {
     json_response(
         StatusCode::OK,
         &json!({"kind": "APIResourceList", "groupVersion": "v1", "resources": [
             {"name": "namespaces", "singularName": "namespace", "namespaced": false, "kind": "Namespace",
-             "verbs": ["get", "list"], "shortNames": ["ns"]},
+             "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"], "shortNames": ["ns"]},
             {"name": "pods", "singularName": "pod", "namespaced": true, "kind": "Pod",
-             "verbs": ["create", "delete", "deletecollection", "get", "list", "watch"],
+             "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
              "shortNames": ["po"], "categories": ["all"]},
             {"name": "pods/exec", "singularName": "", "namespaced": true, "kind": "PodExecOptions", "verbs": ["create", "get"]},
             {"name": "pods/log", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"]},
-            {"name": "pods/status", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"]},
+            {"name": "pods/status", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get", "patch", "update"]},
         ]}),
     )
 }
