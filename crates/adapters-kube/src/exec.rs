@@ -1,0 +1,253 @@
+//! Running one command in its project's pod: check the pod, open the exec stream, move the
+//! bytes, watch the clock and the cancel token, and decide how it ended.
+
+use std::future::Future;
+use std::time::Duration;
+
+use domain::command::Termination;
+use domain::output::{CapturedOutput, OutputStream};
+use domain::ports::{ExecRequest, ExecResult, OutputSink};
+use domain::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
+use kube::api::{AttachParams, AttachedProcess};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{bounded, KubeError};
+use crate::exit::{stream_end, StreamEnd};
+use crate::manifest::pod_name;
+use crate::output::{deliver, feed_stdin, pump, ControlSplitter};
+use crate::status::{is_going_away, oom_killed_since, pod_status, restart_count, working_dir};
+use crate::wrapper::{control_tag, run_argv, Control};
+use crate::KubeBackend;
+
+/// How long the command's own stream may take to end after the kill script finished, so output
+/// printed before the kill is kept.
+const STREAM_END_AFTER_KILL: Duration = Duration::from_secs(2);
+
+/// Exit codes of a process killed by SIGKILL or SIGTERM: worth asking the pod whether it was
+/// deleted or OOM-killed underneath the command.
+const SIGNAL_EXIT_CODES: [i32; 2] = [137, 143];
+
+/// Exit codes `sh` uses for "cannot execute" and "not found".
+const SHELL_START_EXIT_CODES: [i32; 2] = [126, 127];
+
+/// What the pod looked like when the command started, to compare with after it ended.
+#[derive(Debug)]
+struct PodBefore {
+    name: String,
+    uid: Option<String>,
+    restarts: i32,
+    started_at: Timestamp,
+}
+
+/// How supervision ended.
+#[derive(Debug)]
+enum Ending {
+    /// The stream ended by itself, this way.
+    Stream(StreamEnd),
+    /// rdev-api killed the command (timeout or cancel); `Err` when the kill could not be done.
+    Killed(Termination, Result<(), KubeError>),
+}
+
+fn without_output(termination: Termination) -> ExecResult {
+    ExecResult { termination, stdout: CapturedOutput::default(), stderr: CapturedOutput::default() }
+}
+
+/// Runs `request` to the end; never panics, never hangs past its timeout plus the kill.
+pub(crate) async fn execute(
+    backend: &KubeBackend,
+    request: ExecRequest,
+    sink: &dyn OutputSink,
+    cancel: CancellationToken,
+) -> ExecResult {
+    let deadline = Instant::now() + request.timeout;
+    if request.argv.is_empty() {
+        return without_output(Termination::StartFailed("the command is empty".into()));
+    }
+    let (before, enter_workdir) = match ready_pod(backend, &request).await {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::info!(error = %e, "command not started");
+            return without_output(Termination::StartFailed(e.to_string()));
+        }
+    };
+    if cancel.is_cancelled() {
+        return without_output(Termination::Cancelled);
+    }
+    let config = backend.config();
+    let argv = run_argv(&request, &config.state_dir, enter_workdir);
+    let params = AttachParams::default()
+        .container(&config.container_name)
+        .stdin(request.stdin.is_some())
+        .stdout(true)
+        .stderr(true);
+    let connect = bounded("exec", config.api_timeout, backend.pods.exec(&before.name, argv, &params));
+    let interrupted = tokio::select! {
+        biased;
+        connected = connect => match connected {
+            Ok(process) => return supervise(backend, &before, &request, process, sink, &cancel, deadline).await,
+            Err(KubeError::NotFound(_)) => {
+                return without_output(Termination::PodGone(format!("pod {} disappeared before the command started", before.name)));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open the exec stream");
+                return without_output(Termination::StartFailed(e.to_string()));
+            }
+        },
+        () = cancel.cancelled() => Termination::Cancelled,
+        () = tokio::time::sleep_until(deadline) => Termination::TimedOut,
+    };
+    // The exec may have reached the pod already: the kill raises the flag that stops a late start.
+    let killed = backend.kill_in_pod(&before.name, &request).await;
+    without_output(after_kill(interrupted, killed))
+}
+
+/// Checks that the pod is ready and notes what to compare with later. Also decides whether the
+/// wrapper must enter the workdir: an exec starts in the container's `workingDir`, which is the
+/// project's workdir unless the project changed since the pod was created.
+async fn ready_pod(backend: &KubeBackend, request: &ExecRequest) -> Result<(PodBefore, bool), KubeError> {
+    let name = pod_name(&request.project);
+    let container = &backend.config().container_name;
+    let started_at = chrono::Utc::now();
+    let Some(pod) = backend.get_pod(&name).await? else {
+        return Err(KubeError::NotReady { pod: name, reason: "there is no pod; start it first".into() });
+    };
+    let status = pod_status(&pod, container);
+    if !status.ready {
+        let reason = match status.reason {
+            Some(reason) => format!("{} ({reason})", status.phase.as_str()),
+            None => status.phase.as_str().to_owned(),
+        };
+        return Err(KubeError::NotReady { pod: name, reason });
+    }
+    let enter_workdir = working_dir(&pod, container) != Some(request.workdir.as_str());
+    let before =
+        PodBefore { name, uid: pod.metadata.uid.clone(), restarts: restart_count(&pod, container), started_at };
+    Ok((before, enter_workdir))
+}
+
+/// Drives an open exec stream to its end: stdin, both outputs, and the clock, at once.
+async fn supervise(
+    backend: &KubeBackend,
+    before: &PodBefore,
+    request: &ExecRequest,
+    mut process: AttachedProcess,
+    sink: &dyn OutputSink,
+    cancel: &CancellationToken,
+    deadline: Instant,
+) -> ExecResult {
+    let (stdin, stdout, stderr) = (process.stdin(), process.stdout(), process.stderr());
+    let status = process.take_status();
+    let status = async move {
+        match status {
+            Some(status) => status.await,
+            None => None,
+        }
+    };
+    let ended = CancellationToken::new();
+    let mut splitter = ControlSplitter::new(control_tag(request), request);
+    let cap = request.max_output_bytes;
+    let watch = async {
+        let ending = watch_clock(backend, before, request, status, cancel, deadline).await;
+        ended.cancel();
+        ending
+    };
+    let (ending, (), out, mut err) = tokio::join!(
+        watch,
+        feed_stdin(stdin, request.stdin.as_deref(), &ended),
+        pump(stdout, OutputStream::Stdout, sink, cap, &ended, None),
+        pump(stderr, OutputStream::Stderr, sink, cap, &ended, Some(&mut splitter)),
+    );
+    // Dropping the process aborts kube-rs's stream task; the command itself has ended or been killed.
+    drop(process);
+    let (control, held) = splitter.finish();
+    deliver(&held, OutputStream::Stderr, sink, &mut err).await;
+    let termination = match ending {
+        Ending::Killed(outcome, killed) => after_kill(outcome, killed),
+        Ending::Stream(end) => after_stream(backend, before, control, end).await,
+    };
+    tracing::info!(?termination, "command ended");
+    ExecResult { termination, stdout: out.finish(), stderr: err.finish() }
+}
+
+/// Waits for the stream's status, the deadline or a cancel; on the last two, kills the command
+/// in the pod and gives its stream a moment to deliver what it printed before.
+async fn watch_clock(
+    backend: &KubeBackend,
+    before: &PodBefore,
+    request: &ExecRequest,
+    status: impl Future<Output = Option<Status>>,
+    cancel: &CancellationToken,
+    deadline: Instant,
+) -> Ending {
+    tokio::pin!(status);
+    let outcome = tokio::select! {
+        // Biased so a command that ended just as the clock ran out keeps its real status.
+        biased;
+        status = &mut status => return Ending::Stream(stream_end(status)),
+        () = cancel.cancelled() => Termination::Cancelled,
+        () = tokio::time::sleep_until(deadline) => Termination::TimedOut,
+    };
+    tracing::info!(?outcome, "killing the command's process group in the pod");
+    let killed = backend.kill_in_pod(&before.name, request).await;
+    if tokio::time::timeout(STREAM_END_AFTER_KILL, &mut status).await.is_err() {
+        tracing::debug!("the killed command's stream did not end in time; dropping it");
+    }
+    Ending::Killed(outcome, killed)
+}
+
+/// A command rdev-api killed ends as it was asked to, unless the kill itself failed: then it may
+/// still run, and the result must not pretend otherwise.
+fn after_kill(outcome: Termination, killed: Result<(), KubeError>) -> Termination {
+    match killed {
+        Ok(()) => outcome,
+        Err(e) => {
+            tracing::error!(?outcome, error = %e, "the command may still run in its pod");
+            let why = if outcome == Termination::Cancelled { "cancelled" } else { "timed out" };
+            Termination::Unknown(format!("{why}, but killing it in the pod failed: {e}"))
+        }
+    }
+}
+
+/// How a command whose stream ended by itself ended. Plain exit codes are taken as they are;
+/// signal deaths, runtime failures and a missing status send us to the pod for the reason.
+async fn after_stream(
+    backend: &KubeBackend,
+    before: &PodBefore,
+    control: Option<Control>,
+    end: StreamEnd,
+) -> Termination {
+    if let Some(Control::Failed(why)) = control {
+        return Termination::StartFailed(why);
+    }
+    let wrapper_ran = control.is_some();
+    match end {
+        StreamEnd::Exited(code) if !wrapper_ran && SHELL_START_EXIT_CODES.contains(&code) => {
+            return Termination::StartFailed(format!(
+                "the command wrapper could not run in the pod (exit {code}); the image needs sh"
+            ));
+        }
+        StreamEnd::Exited(code) if !SIGNAL_EXIT_CODES.contains(&code) => return Termination::Exited(code),
+        _ => {}
+    }
+    let container = &backend.config().container_name;
+    let note = match backend.get_pod(&before.name).await {
+        Ok(None) => return Termination::PodGone(format!("pod {} was deleted while the command ran", before.name)),
+        Ok(Some(pod)) if is_going_away(&pod, before.uid.as_deref()) => {
+            let how = if pod.metadata.deletion_timestamp.is_some() { "is being deleted" } else { "was replaced" };
+            return Termination::PodGone(format!("pod {} {how}", before.name));
+        }
+        Ok(Some(pod)) if oom_killed_since(&pod, container, before.started_at, before.restarts) => {
+            return Termination::OomKilled;
+        }
+        Ok(Some(_)) => String::new(),
+        Err(e) => format!(" (the pod could not be read: {e})"),
+    };
+    match end {
+        StreamEnd::Exited(code) => Termination::Exited(code),
+        StreamEnd::Failure(why) if !wrapper_ran => Termination::StartFailed(format!("{why}{note}")),
+        StreamEnd::Failure(why) => Termination::Unknown(format!("{why}{note}")),
+        StreamEnd::NoStatus => Termination::Unknown(format!("the exec stream ended without an exit status{note}")),
+    }
+}

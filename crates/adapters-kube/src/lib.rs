@@ -1,0 +1,162 @@
+//! rdev-api's Kubernetes backend: one development pod per project, and commands run in it
+//! through `pods/exec` (kube-rs, WebSocket `v5.channel.k8s.io` with `v4` fallback).
+//!
+//! [`KubeBackend`] implements both [`PodManager`] and [`Executor`].
+//!
+//! - **Pods** are named `rdev-<project>`, labelled `app.kubernetes.io/managed-by=rdev-api` and
+//!   `rdev.dev/project=<project>`, built from the project's image, workdir (`workingDir`), env and
+//!   resources (requests = limits), with a main process that only keeps the container alive.
+//! - **Commands** need a ready pod: [`Executor::run`] never creates one. It answers
+//!   `StartFailed` ("pod … is not ready") when the pod is missing or not ready, so the caller
+//!   (the queue worker) runs [`PodManager::start`] and [`PodManager::wait_ready`] first.
+//! - The exec API has no cwd, env or timeout, and closing its stream kills nothing, so each
+//!   command runs under a small `sh` wrapper (see `wrapper.rs`): it enters the working
+//!   directory, exports the request's env on top of the container's, reports a failed start on
+//!   a control line, and starts the program in its own session and process group, recording the
+//!   group id under [`KubeConfig::state_dir`]. A timeout or cancel opens a second exec that sends
+//!   SIGTERM to that group, waits [`KubeConfig::kill_grace`], then SIGKILL.
+//! - The exit code comes from the status channel. A stream that ends without one is never exit 0:
+//!   the pod is read to tell `pod_gone` (deleted, replaced) and `oom_killed` from `Unknown`.
+//!
+//! The pod image needs a POSIX `sh` with `mkdir`, `rm`, `cat` and `kill`, and `setsid` for
+//! process-group kills (busybox and every distribution image have them); without `setsid`
+//! only the command's main process is killed.
+
+mod config;
+mod error;
+mod exec;
+mod exit;
+mod kill;
+mod manifest;
+mod output;
+mod pods;
+mod status;
+mod wrapper;
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use domain::pod::{PodSpec, PodStatus};
+use domain::ports::{ExecRequest, ExecResult, Executor, OutputSink, PodManager};
+use domain::project::ProjectName;
+use domain::DomainResult;
+use k8s_openapi::api::core::v1::Pod;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+pub use config::KubeConfig;
+pub use error::KubeError;
+pub use manifest::{pod_manifest, pod_name, MANAGED_BY, MANAGED_BY_LABEL, PROJECT_LABEL};
+pub use status::pod_status;
+
+/// Pods and commands on a Kubernetes cluster (the `kube` executor).
+#[derive(Clone)]
+pub struct KubeBackend {
+    client: Client,
+    pods: Api<Pod>,
+    config: KubeConfig,
+}
+
+impl std::fmt::Debug for KubeBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeBackend").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl KubeBackend {
+    /// A backend over an existing client; nothing is contacted until the first call.
+    pub fn new(client: Client, config: KubeConfig) -> Self {
+        let pods = Api::namespaced(client.clone(), &config.namespace);
+        Self { client, pods, config }
+    }
+
+    /// A backend from the kubeconfig file at `path`, or, without one, from the environment
+    /// (`KUBECONFIG`, `~/.kube/config`, then the in-cluster service account).
+    ///
+    /// # Errors
+    /// `Config` when no usable configuration is found or the client cannot be built.
+    pub async fn from_kubeconfig(path: Option<&Path>, config: KubeConfig) -> Result<Self, KubeError> {
+        let kube_config = match path {
+            Some(path) => {
+                let file = Kubeconfig::read_from(path)
+                    .map_err(|e| KubeError::Config(format!("cannot read {}: {e}", path.display())))?;
+                kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+                    .await
+                    .map_err(|e| KubeError::Config(format!("{}: {e}", path.display())))?
+            }
+            None => kube::Config::infer().await.map_err(|e| KubeError::Config(e.to_string()))?,
+        };
+        let client = Client::try_from(kube_config).map_err(|e| KubeError::Config(e.to_string()))?;
+        Ok(Self::new(client, config))
+    }
+
+    /// The configuration this backend runs with.
+    pub fn config(&self) -> &KubeConfig {
+        &self.config
+    }
+
+    /// The underlying client (for health checks or tools that need more than the ports).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Whether the API answers a cheap, RBAC-permitted call (list one managed pod).
+    ///
+    /// # Errors
+    /// `ApiUnavailable` when it does not answer in time or answers 5xx; `Forbidden` on 401/403.
+    pub async fn ping(&self) -> Result<(), KubeError> {
+        let params = kube::api::ListParams::default().labels(&manifest::managed_selector()).limit(1);
+        error::bounded("list pods", self.config.api_timeout, self.pods.list(&params)).await.map(|_| ())
+    }
+
+    /// Runs `request` and reports how it ended; see the crate docs for what it needs first.
+    pub async fn run(&self, request: ExecRequest, sink: &dyn OutputSink, cancel: CancellationToken) -> ExecResult {
+        let span = tracing::info_span!(
+            "kube_exec",
+            project = %request.project,
+            command_id = %request.command_id,
+            pod = %pod_name(&request.project),
+        );
+        exec::execute(self, request, sink, cancel).instrument(span).await
+    }
+}
+
+#[async_trait]
+impl Executor for KubeBackend {
+    async fn run(&self, request: ExecRequest, sink: &dyn OutputSink, cancel: CancellationToken) -> ExecResult {
+        KubeBackend::run(self, request, sink, cancel).await
+    }
+
+    async fn check(&self) -> DomainResult<()> {
+        self.ping().await.map_err(|e| {
+            tracing::warn!(error = %e, "kubernetes API check failed");
+            e.into()
+        })
+    }
+}
+
+#[async_trait]
+impl PodManager for KubeBackend {
+    async fn status(&self, project: &ProjectName) -> DomainResult<PodStatus> {
+        Ok(self.pod_status(project).await?)
+    }
+
+    async fn start(&self, spec: &PodSpec) -> DomainResult<PodStatus> {
+        Ok(self.start_pod(spec).await?)
+    }
+
+    async fn wait_ready(&self, project: &ProjectName, timeout: Duration) -> DomainResult<PodStatus> {
+        Ok(self.wait_pod_ready(project, timeout).await?)
+    }
+
+    async fn stop(&self, project: &ProjectName) -> DomainResult<PodStatus> {
+        Ok(self.stop_pod(project).await?)
+    }
+
+    async fn logs(&self, project: &ProjectName, tail: u32) -> DomainResult<Vec<String>> {
+        Ok(self.pod_logs(project, tail).await?)
+    }
+}
