@@ -1,0 +1,176 @@
+//! `AuditLog` on PostgreSQL: the append-only, hash-chained `audit_log` table. Triggers refuse
+//! UPDATE, DELETE and TRUNCATE; appends from every replica take one advisory lock in turn, so
+//! the chain never forks. (An advisory lock needs no privilege beyond connecting, so the
+//! service's role may be limited to INSERT and SELECT on the table.)
+
+use async_trait::async_trait;
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use uuid::Uuid;
+
+use domain::audit::{seal, AuditEntry, AuditOutcome, AuditRecord, GENESIS_HASH};
+use domain::ids::{ApiKeyId, AuditId};
+use domain::pagination::{Page, PageRequest};
+use domain::ports::{AuditFilter, AuditLog};
+use domain::{DomainResult, Timestamp};
+
+use crate::codec;
+use crate::connection::db_error;
+use crate::schema::audit_log;
+use crate::{PgStore, StoreError, StoreResult};
+
+/// Taken for the rest of the transaction by every append: "rdevaudt".
+const APPEND_LOCK: &str = "SELECT pg_advisory_xact_lock(8242824777110479988)";
+
+/// One row of `audit_log`.
+#[derive(Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = audit_log, check_for_backend(diesel::pg::Pg))]
+struct AuditRow {
+    seq: i64,
+    id: Uuid,
+    at: Timestamp,
+    actor: Option<Uuid>,
+    client_ip: Option<String>,
+    action: String,
+    resource: String,
+    project: Option<String>,
+    outcome: String,
+    detail: Option<String>,
+    request_id: Option<String>,
+    trace_id: Option<String>,
+    prev_hash: Vec<u8>,
+    hash: Vec<u8>,
+}
+
+impl AuditRow {
+    fn from_domain(r: &AuditRecord) -> Self {
+        let e = &r.entry;
+        Self {
+            seq: r.seq,
+            id: r.id.as_uuid(),
+            at: e.at,
+            actor: e.actor.map(|a| a.as_uuid()),
+            client_ip: e.client_ip.clone(),
+            action: e.action.clone(),
+            resource: e.resource.clone(),
+            project: e.project.clone(),
+            outcome: e.outcome.as_str().to_owned(),
+            detail: e.detail.clone(),
+            request_id: e.request_id.clone(),
+            trace_id: e.trace_id.clone(),
+            prev_hash: r.prev_hash.to_vec(),
+            hash: r.hash.to_vec(),
+        }
+    }
+
+    fn into_domain(self) -> DomainResult<AuditRecord> {
+        let entry = AuditEntry {
+            at: self.at,
+            actor: self.actor.map(ApiKeyId::from_uuid),
+            client_ip: self.client_ip,
+            action: self.action,
+            resource: self.resource,
+            project: self.project,
+            outcome: AuditOutcome::parse(&self.outcome).ok_or_else(|| codec::corrupt("outcome", &self.outcome))?,
+            detail: self.detail,
+            request_id: self.request_id,
+            trace_id: self.trace_id,
+        };
+        Ok(AuditRecord {
+            id: AuditId::from_uuid(self.id),
+            seq: self.seq,
+            entry,
+            prev_hash: hash32("prev_hash", self.prev_hash)?,
+            hash: hash32("hash", self.hash)?,
+        })
+    }
+}
+
+fn hash32(column: &str, bytes: Vec<u8>) -> DomainResult<[u8; 32]> {
+    <[u8; 32]>::try_from(bytes).map_err(|b| codec::corrupt(column, &format!("{} bytes", b.len())))
+}
+
+/// Seals `entry` after the last record and stores it, holding the append lock.
+async fn append_sealed(conn: &mut AsyncPgConnection, entry: AuditEntry) -> StoreResult<AuditRecord> {
+    conn.batch_execute(APPEND_LOCK).await?;
+    // A new statement, so its snapshot includes the append that held the lock before us.
+    let last: Option<(i64, Vec<u8>)> = audit_log::table
+        .order(audit_log::seq.desc())
+        .select((audit_log::seq, audit_log::hash))
+        .first(conn)
+        .await
+        .optional()?;
+    let (seq, prev) = match last {
+        Some((seq, hash)) => (seq, hash32("hash", hash)?),
+        None => (0, GENESIS_HASH),
+    };
+    // The chain hashes microsecond time; storing the entry as sealed keeps `verify` exact.
+    let entry = AuditEntry { at: domain::to_micros_precision(entry.at), ..entry };
+    let record = seal(AuditId::generate(), seq + 1, entry, prev);
+    diesel::insert_into(audit_log::table).values(AuditRow::from_domain(&record)).execute(conn).await?;
+    Ok(record)
+}
+
+#[async_trait]
+impl AuditLog for PgStore {
+    #[tracing::instrument(level = "debug", skip_all, fields(action = %entry.action))]
+    async fn append(&self, entry: AuditEntry) -> DomainResult<AuditRecord> {
+        let mut conn = self.conn().await?;
+        conn.transaction::<_, StoreError, _>(async |conn| append_sealed(conn, entry).await)
+            .await
+            .map_err(|e| e.into_domain("append audit record"))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn list(&self, filter: &AuditFilter, page: PageRequest) -> DomainResult<Page<AuditRecord>> {
+        let mut query = audit_log::table.select(AuditRow::as_select()).order(audit_log::seq.asc()).into_boxed();
+        if let Some(actor) = filter.actor {
+            query = query.filter(audit_log::actor.eq(actor.as_uuid()));
+        }
+        if let Some(action) = filter.action.clone() {
+            query = query.filter(audit_log::action.eq(action));
+        }
+        if let Some(project) = filter.project.clone() {
+            query = query.filter(audit_log::project.eq(project));
+        }
+        if let Some(since) = filter.since {
+            query = query.filter(audit_log::at.ge(since));
+        }
+        if let Some(until) = filter.until {
+            query = query.filter(audit_log::at.lt(until));
+        }
+        if let Some(outcome) = filter.outcome {
+            query = query.filter(audit_log::outcome.eq(outcome.as_str()));
+        }
+        if let Some(after) = page.after.map(codec::cursor_seq) {
+            query = query.filter(audit_log::seq.gt(after));
+        }
+        let mut conn = self.conn().await?;
+        let rows = query
+            .limit(i64::from(page.limit.get()) + 1)
+            .load(&mut conn)
+            .await
+            .map_err(|e| db_error(e, "list audit records"))?;
+        let items = rows.into_iter().map(AuditRow::into_domain).collect::<DomainResult<Vec<_>>>()?;
+        Ok(Page::from_overfetch(items, page.limit, |r| seq_key(r.seq)))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(after, limit))]
+    async fn scan(&self, after: i64, limit: u32) -> DomainResult<Vec<AuditRecord>> {
+        let mut conn = self.conn().await?;
+        let rows = audit_log::table
+            .filter(audit_log::seq.gt(after))
+            .order(audit_log::seq.asc())
+            .limit(i64::from(limit))
+            .select(AuditRow::as_select())
+            .load(&mut conn)
+            .await
+            .map_err(|e| db_error(e, "scan audit records"))?;
+        rows.into_iter().map(AuditRow::into_domain).collect()
+    }
+}
+
+/// The cursor key of a sequence number (sequences start at 1, so they are never negative).
+fn seq_key(seq: i64) -> u128 {
+    u128::try_from(seq).unwrap_or_default()
+}

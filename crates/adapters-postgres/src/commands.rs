@@ -1,0 +1,395 @@
+//! `CommandRepository` on PostgreSQL: the `commands` table as clients see it (enqueue, reads,
+//! cancel, queue positions), and the row mapping the queue shares.
+
+use async_trait::async_trait;
+use diesel::prelude::*;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use domain::api_key::ApiKeyId;
+use domain::command::{
+    Command, CommandSpec, CommandStatus, Completion, EnvMap, Idempotency, NewCommand, Priority, TerminationReason,
+    TimeoutSeconds,
+};
+use domain::ids::{CommandId, ProjectId};
+use domain::output::{CommandEvent, CommandOutput, EventKind};
+use domain::pagination::{Page, PageRequest};
+use domain::ports::{cancelled_before_start, CommandFilter, CommandRepository, Enqueued, QueueStats};
+use domain::project::ProjectName;
+use domain::{DomainError, DomainResult, Timestamp};
+
+use crate::codec;
+use crate::connection::db_error;
+use crate::events;
+use crate::schema::commands;
+use crate::{PgStore, StoreError, StoreResult};
+
+pub(crate) const QUEUED: &str = CommandStatus::Queued.as_str();
+pub(crate) const RUNNING: &str = CommandStatus::Running.as_str();
+
+/// The unique index that keeps one live use of an idempotency key per client.
+const IDEMPOTENCY_INDEX: &str = "commands_idempotency";
+
+/// The columns of `commands` that make a `Command` (output and queue bookkeeping stay behind).
+#[derive(Debug, Queryable, Selectable, QueryableByName)]
+#[diesel(table_name = commands, check_for_backend(diesel::pg::Pg))]
+pub(crate) struct CommandRow {
+    id: Uuid,
+    project_id: Uuid,
+    project_name: String,
+    spec: serde_json::Value,
+    env: serde_json::Value,
+    cwd: Option<String>,
+    stdin: Option<Vec<u8>>,
+    timeout_seconds: i32,
+    priority: i16,
+    status: String,
+    exit_code: Option<i32>,
+    termination_reason: Option<String>,
+    error: Option<String>,
+    created_by: Option<Uuid>,
+    cancel_requested: bool,
+    queued_at: Timestamp,
+    started_at: Option<Timestamp>,
+    finished_at: Option<Timestamp>,
+}
+
+impl CommandRow {
+    /// The command's id.
+    pub(crate) fn id(&self) -> Uuid {
+        self.id
+    }
+
+    pub(crate) fn into_domain(self) -> DomainResult<Command> {
+        let timeout: u32 = codec::int("timeout_seconds", self.timeout_seconds)?;
+        let reason = self
+            .termination_reason
+            .map(|r| codec::stored("termination_reason", &r, r.parse::<TerminationReason>()))
+            .transpose()?;
+        Ok(Command {
+            id: CommandId::from_uuid(self.id),
+            project_id: ProjectId::from_uuid(self.project_id),
+            project: codec::stored("project name", &self.project_name, ProjectName::parse(&self.project_name))?,
+            spec: codec::from_json::<CommandSpec>("commands.spec", self.spec)?,
+            env: codec::from_json::<EnvMap>("commands.env", self.env)?,
+            cwd: self.cwd,
+            stdin: self.stdin.map(|s| codec::text("commands.stdin", s)).transpose()?,
+            timeout: codec::stored("timeout_seconds", &timeout.to_string(), TimeoutSeconds::new(timeout))?,
+            priority: Priority::from_rank(self.priority)?,
+            status: codec::stored("status", &self.status, self.status.parse::<CommandStatus>())?,
+            exit_code: self.exit_code,
+            termination_reason: reason,
+            error: self.error,
+            created_by: self.created_by.map(ApiKeyId::from_uuid),
+            cancel_requested: self.cancel_requested,
+            queued_at: self.queued_at,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+        })
+    }
+}
+
+/// A new row of `commands`; the store assigns `seq`. Its first event is numbered 1.
+#[derive(Debug, Insertable)]
+#[diesel(table_name = commands, check_for_backend(diesel::pg::Pg))]
+struct NewCommandRow {
+    id: Uuid,
+    project_id: Uuid,
+    project_name: String,
+    spec: serde_json::Value,
+    env: serde_json::Value,
+    cwd: Option<String>,
+    stdin: Option<Vec<u8>>,
+    timeout_seconds: i32,
+    priority: i16,
+    status: &'static str,
+    created_by: Option<Uuid>,
+    queued_at: Timestamp,
+    event_seq: i64,
+    idempotency_key: Option<String>,
+    idempotency_fingerprint: Option<String>,
+}
+
+impl NewCommandRow {
+    fn from_domain(c: &NewCommand) -> DomainResult<Self> {
+        Ok(Self {
+            id: c.id.as_uuid(),
+            project_id: c.project_id.as_uuid(),
+            project_name: c.project.as_str().to_owned(),
+            spec: codec::to_json(&c.spec)?,
+            env: codec::to_json(&c.env)?,
+            cwd: c.cwd.clone(),
+            stdin: c.stdin.as_ref().map(|s| s.as_bytes().to_vec()),
+            timeout_seconds: codec::column_int("timeout_seconds", c.timeout.get())?,
+            priority: c.priority.rank(),
+            status: QUEUED,
+            created_by: c.created_by.map(|k| k.as_uuid()),
+            queued_at: c.queued_at,
+            event_seq: 1,
+            idempotency_key: c.idempotency.as_ref().map(|i| i.key.clone()),
+            idempotency_fingerprint: c.idempotency.as_ref().map(|i| i.fingerprint.clone()),
+        })
+    }
+}
+
+pub(crate) fn not_found() -> DomainError {
+    DomainError::NotFound("command".into())
+}
+
+/// The command with `id`, or `NotFound`.
+pub(crate) async fn load(conn: &mut AsyncPgConnection, id: Uuid) -> StoreResult<CommandRow> {
+    Ok(commands::table.find(id).select(CommandRow::as_select()).first(conn).await.optional()?.ok_or_else(not_found)?)
+}
+
+/// Whether a command with `id` exists.
+pub(crate) async fn exists(conn: &mut AsyncPgConnection, id: Uuid) -> StoreResult<bool> {
+    Ok(diesel::select(diesel::dsl::exists(commands::table.find(id))).get_result(conn).await?)
+}
+
+/// Writes a command's terminal state, drops its lease, and appends `Status(final)`, `Exit`.
+/// Callers hold the command's row lock and have checked that the transition is legal.
+pub(crate) async fn end(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    c: &Completion,
+    at: Timestamp,
+) -> StoreResult<CommandRow> {
+    let (row, last): (CommandRow, i64) = diesel::update(commands::table.find(id))
+        .set((
+            commands::status.eq(c.status.as_str()),
+            commands::exit_code.eq(c.exit_code),
+            commands::termination_reason.eq(c.reason.as_str()),
+            commands::error.eq(c.error.as_deref()),
+            commands::finished_at.eq(at),
+            commands::lease_owner.eq(None::<String>),
+            commands::lease_expires_at.eq(None::<Timestamp>),
+            commands::event_seq.eq(commands::event_seq + events::ENDING_EVENTS),
+        ))
+        .returning((CommandRow::as_returning(), commands::event_seq))
+        .get_result(conn)
+        .await?;
+    events::insert(conn, id, last, &events::ending(c), at).await?;
+    Ok(row)
+}
+
+/// The earlier command of `row`'s client with the same idempotency key, if it still counts.
+/// One older than `Idempotency::RETENTION` stops counting: its key is cleared for the new one.
+async fn earlier_use(conn: &mut AsyncPgConnection, row: &NewCommandRow) -> StoreResult<Option<(Uuid, bool)>> {
+    let (Some(key), Some(fingerprint)) = (&row.idempotency_key, &row.idempotency_fingerprint) else {
+        return Ok(None);
+    };
+    let earlier: Option<(Uuid, Timestamp, Option<String>)> = commands::table
+        .filter(commands::created_by.is_not_distinct_from(row.created_by))
+        .filter(commands::idempotency_key.eq(key))
+        .select((commands::id, commands::queued_at, commands::idempotency_fingerprint))
+        .first(conn)
+        .await
+        .optional()?;
+    let Some((id, queued_at, stored)) = earlier else { return Ok(None) };
+    let cutoff =
+        row.queued_at.checked_sub_signed(Idempotency::RETENTION).unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+    if queued_at > cutoff {
+        return Ok(Some((id, stored.as_ref() == Some(fingerprint))));
+    }
+    diesel::update(commands::table.find(id))
+        .set((commands::idempotency_key.eq(None::<String>), commands::idempotency_fingerprint.eq(None::<String>)))
+        .execute(conn)
+        .await?;
+    Ok(None)
+}
+
+/// Stores `row` unless its idempotency key was used already (then replays or conflicts).
+async fn insert_new(conn: &mut AsyncPgConnection, row: &NewCommandRow) -> StoreResult<(CommandRow, bool)> {
+    conn.transaction::<_, StoreError, _>(async |conn| {
+        match earlier_use(conn, row).await? {
+            Some((id, true)) => return Ok((load(conn, id).await?, true)),
+            Some((_, false)) => {
+                return Err(DomainError::Conflict("Idempotency-Key was used with a different request".into()).into())
+            }
+            None => {}
+        }
+        let stored = diesel::insert_into(commands::table)
+            .values(row)
+            .returning(CommandRow::as_returning())
+            .get_result(conn)
+            .await
+            .map_err(|e| match e {
+                DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => {
+                    StoreError::Domain(DomainError::NotFound("project".into()))
+                }
+                other => other.into(),
+            })?;
+        events::insert(conn, row.id, row.event_seq, &[EventKind::Status(CommandStatus::Queued)], row.queued_at).await?;
+        Ok((stored, false))
+    })
+    .await
+}
+
+/// Whether `e` is a concurrent enqueue taking the same idempotency key first.
+fn lost_idempotency_race(e: &StoreError) -> bool {
+    matches!(e, StoreError::Db(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info))
+        if info.constraint_name() == Some(IDEMPOTENCY_INDEX))
+}
+
+#[async_trait]
+impl CommandRepository for PgStore {
+    #[tracing::instrument(level = "debug", skip_all, fields(command_id = %command.id, project = %command.project))]
+    async fn enqueue(&self, command: NewCommand) -> DomainResult<Enqueued> {
+        let row = NewCommandRow::from_domain(&command)?;
+        let mut conn = self.conn().await?;
+        let mut stored = insert_new(&mut conn, &row).await;
+        if stored.as_ref().is_err_and(lost_idempotency_race) {
+            // The other request committed its command; this one now finds and replays it.
+            stored = insert_new(&mut conn, &row).await;
+        }
+        let (row, replayed) = stored.map_err(|e| e.into_domain("enqueue command"))?;
+        Ok(Enqueued { command: row.into_domain()?, replayed })
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(command_id = %id))]
+    async fn get(&self, id: CommandId) -> DomainResult<Command> {
+        let mut conn = self.conn().await?;
+        load(&mut conn, id.as_uuid()).await.map_err(|e| e.into_domain("get command"))?.into_domain()
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn list(&self, filter: &CommandFilter, page: PageRequest) -> DomainResult<Page<Command>> {
+        let mut query = commands::table.select(CommandRow::as_select()).order(commands::id.asc()).into_boxed();
+        if let Some(project) = &filter.project {
+            query = query.filter(commands::project_name.eq(project.as_str().to_owned()));
+        }
+        if let Some(status) = filter.status {
+            query = query.filter(commands::status.eq(status.as_str()));
+        }
+        if let Some(after) = page.after.map(codec::cursor_id) {
+            query = query.filter(commands::id.gt(after));
+        }
+        let mut conn = self.conn().await?;
+        let rows = query
+            .limit(i64::from(page.limit.get()) + 1)
+            .load(&mut conn)
+            .await
+            .map_err(|e| db_error(e, "list commands"))?;
+        let items = rows.into_iter().map(CommandRow::into_domain).collect::<DomainResult<Vec<_>>>()?;
+        Ok(Page::from_overfetch(items, page.limit, |c| c.id.as_uuid().as_u128()))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(command_id = %id))]
+    async fn request_cancel(&self, id: CommandId, at: Timestamp) -> DomainResult<Command> {
+        let id = id.as_uuid();
+        let mut conn = self.conn().await?;
+        let row = conn
+            .transaction::<_, StoreError, _>(async |conn| {
+                let status: String = commands::table
+                    .find(id)
+                    .select(commands::status)
+                    .for_update()
+                    .first(conn)
+                    .await
+                    .optional()?
+                    .ok_or_else(not_found)?;
+                match status.as_str() {
+                    QUEUED => end(conn, id, &cancelled_before_start(), at).await,
+                    // The worker learns of it at its next lease renewal and kills the process.
+                    RUNNING => Ok(diesel::update(commands::table.find(id))
+                        .set(commands::cancel_requested.eq(true))
+                        .returning(CommandRow::as_returning())
+                        .get_result(conn)
+                        .await?),
+                    _ => Err(DomainError::Conflict("the command has already ended".into()).into()),
+                }
+            })
+            .await
+            .map_err(|e| e.into_domain("cancel command"))?;
+        row.into_domain()
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(command_id = %id))]
+    async fn queue_position(&self, id: CommandId) -> DomainResult<Option<u64>> {
+        let id = id.as_uuid();
+        let mut conn = self.conn().await?;
+        let ahead: StoreResult<Option<i64>> = async {
+            let (status, priority, seq): (String, i16, i64) = commands::table
+                .find(id)
+                .select((commands::status, commands::priority, commands::seq))
+                .first(&mut conn)
+                .await
+                .optional()?
+                .ok_or_else(not_found)?;
+            if status != QUEUED {
+                return Ok(None);
+            }
+            let ahead: i64 = commands::table
+                .filter(commands::status.eq(QUEUED))
+                .filter(commands::priority.gt(priority).or(commands::priority.eq(priority).and(commands::seq.lt(seq))))
+                .count()
+                .get_result(&mut conn)
+                .await?;
+            Ok(Some(ahead))
+        }
+        .await;
+        let ahead = ahead.map_err(|e| e.into_domain("queue position"))?;
+        ahead.map(|n| codec::int::<i64, u64>("queue position", n).map(|n| n + 1)).transpose()
+    }
+
+    async fn stats(&self) -> DomainResult<QueueStats> {
+        let mut conn = self.conn().await?;
+        let depth: Vec<(i16, i64)> = commands::table
+            .filter(commands::status.eq(QUEUED))
+            .group_by(commands::priority)
+            .select((commands::priority, diesel::dsl::count_star()))
+            .load(&mut conn)
+            .await
+            .map_err(|e| db_error(e, "queue stats"))?;
+        let running: i64 = commands::table
+            .filter(commands::status.eq(RUNNING))
+            .count()
+            .get_result(&mut conn)
+            .await
+            .map_err(|e| db_error(e, "queue stats"))?;
+        let depth = Priority::ALL
+            .iter()
+            .map(|p| {
+                let n = depth.iter().find(|(rank, _)| *rank == p.rank()).map_or(0, |(_, n)| *n);
+                codec::int("queue depth", n).map(|n| (*p, n))
+            })
+            .collect::<DomainResult<_>>()?;
+        Ok(QueueStats { depth, running: codec::int("running count", running)? })
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(command_id = %id))]
+    async fn events_after(&self, id: CommandId, after: i64, limit: u32) -> DomainResult<Vec<CommandEvent>> {
+        let id = id.as_uuid();
+        let mut conn = self.conn().await?;
+        let rows: StoreResult<_> = async {
+            let rows = events::after(&mut conn, id, after, limit).await?;
+            // Every command has an event, so only an empty answer needs telling apart.
+            if rows.is_empty() && !exists(&mut conn, id).await? {
+                return Err(not_found().into());
+            }
+            Ok(rows)
+        }
+        .await;
+        rows.map_err(|e| e.into_domain("command events"))?.into_iter().map(events::EventRow::into_domain).collect()
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(command_id = %id))]
+    async fn output(&self, id: CommandId) -> DomainResult<CommandOutput> {
+        let mut conn = self.conn().await?;
+        let (stdout, stderr, stdout_truncated, stderr_truncated) = commands::table
+            .find(id.as_uuid())
+            .select((commands::stdout, commands::stderr, commands::stdout_truncated, commands::stderr_truncated))
+            .first::<(Vec<u8>, Vec<u8>, bool, bool)>(&mut conn)
+            .await
+            .optional()
+            .map_err(|e| db_error(e, "command output"))?
+            .ok_or_else(not_found)?;
+        Ok(CommandOutput {
+            stdout: codec::text("commands.stdout", stdout)?,
+            stderr: codec::text("commands.stderr", stderr)?,
+            stdout_truncated,
+            stderr_truncated,
+        })
+    }
+}

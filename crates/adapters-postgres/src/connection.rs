@@ -1,0 +1,233 @@
+//! Connections: how one is opened (timeouts, keepalives), the bounded pool that hands them
+//! out, and how driver and pool failures become `DomainError`s.
+//!
+//! A server that goes away is noticed per connection (its socket closes, or keepalives time out);
+//! broken connections are dropped at check-out or return and the pool opens new ones on demand,
+//! so the store recovers by itself once the server is back. Meanwhile check-outs fail within
+//! `CHECKOUT_TIMEOUT` as `Unavailable`.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use diesel::result::{ConnectionError, DatabaseErrorKind, Error as DieselError};
+use diesel::ConnectionResult;
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, PoolError, PoolableConnection, RecyclingMethod,
+};
+use diesel_async::AsyncPgConnection;
+use domain::DomainError;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+
+/// How long opening one connection may take (TCP connect plus start-up).
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a caller waits for a pooled connection before the store counts as unavailable.
+pub(crate) const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Idle time after which TCP keepalives probe the server, so a vanished host is noticed
+/// (idle + interval × retries ≈ 40 s) even when nothing is sent.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_RETRIES: u32 = 5;
+
+/// The pool of diesel-async connections.
+pub(crate) type Pool = bb8::Pool<AsyncDieselConnectionManager<AsyncPgConnection>>;
+/// A connection checked out of the pool.
+pub(crate) type Pooled<'a> = bb8::PooledConnection<'a, AsyncDieselConnectionManager<AsyncPgConnection>>;
+
+/// Opens one connection to `url` with the store's timeouts and keepalives.
+pub(crate) fn establish(url: &str) -> BoxFuture<'_, ConnectionResult<AsyncPgConnection>> {
+    async move {
+        let config = client_config(url).map_err(|e| ConnectionError::InvalidConnectionUrl(e.to_string()))?;
+        let (client, connection) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| ConnectionError::BadConnection(describe_postgres_error(&e)))?;
+        AsyncPgConnection::try_from_client_and_connection(client, connection).await
+    }
+    .boxed()
+}
+
+/// The tokio-postgres settings for `url`: the URL's own, plus our timeout and keepalives
+/// where the URL says nothing.
+pub(crate) fn client_config(url: &str) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
+    let mut config: tokio_postgres::Config = url.parse()?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("rdev-api");
+    }
+    config
+        .keepalives(true)
+        .keepalives_idle(KEEPALIVE_IDLE)
+        .keepalives_interval(KEEPALIVE_INTERVAL)
+        .keepalives_retries(KEEPALIVE_RETRIES);
+    Ok(config)
+}
+
+/// A tokio-postgres error with its cause: its own `Display` often says only "db error".
+pub(crate) fn describe_postgres_error(e: &tokio_postgres::Error) -> String {
+    match (e.as_db_error(), std::error::Error::source(e)) {
+        (Some(db), _) => format!("{}: {}", db.code().code(), db.message()),
+        (None, Some(cause)) => format!("{e}: {cause}"),
+        (None, None) => e.to_string(),
+    }
+}
+
+/// The last connection failure the pool saw, to explain a check-out that timed out.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LastError(Arc<Mutex<Option<String>>>);
+
+impl LastError {
+    fn set(&self, text: String) {
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(text);
+    }
+
+    fn get(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+}
+
+impl bb8::ErrorSink<PoolError> for LastError {
+    fn sink(&self, error: PoolError) {
+        tracing::warn!(%error, "PostgreSQL connection failed");
+        self.set(error.to_string());
+    }
+
+    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<PoolError>> {
+        Box::new(self.clone())
+    }
+}
+
+/// A bounded pool on `url` that opens connections lazily; `pool_size` of at least 1.
+pub(crate) fn pool(url: &str, pool_size: u32, errors: LastError) -> Pool {
+    let mut config = ManagerConfig::default();
+    config.custom_setup = Box::new(establish);
+    // A check-out only looks at the socket (no round trip): a connection whose server went away
+    // is closed by then and replaced; the rare half-open one fails its query as `Unavailable`.
+    config.recycling_method = RecyclingMethod::CustomFunction(Box::new(|conn: &mut AsyncPgConnection| {
+        let broken = conn.is_broken();
+        async move {
+            if broken {
+                Err(DieselError::DatabaseError(
+                    DatabaseErrorKind::ClosedConnection,
+                    Box::new("connection closed".to_owned()),
+                ))
+            } else {
+                Ok(())
+            }
+        }
+        .boxed()
+    }));
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
+    bb8::Pool::builder()
+        .max_size(pool_size.max(1))
+        .min_idle(None)
+        .connection_timeout(CHECKOUT_TIMEOUT)
+        .error_sink(Box::new(errors))
+        .build_unchecked(manager)
+}
+
+/// A check-out that failed: the server is down or every connection is busy.
+pub(crate) fn checkout_error(e: bb8::RunError<PoolError>, last: &LastError) -> DomainError {
+    match e {
+        bb8::RunError::User(e) => DomainError::Unavailable(format!("no PostgreSQL connection: {e}")),
+        bb8::RunError::TimedOut => {
+            let cause = last.get().map(|c| format!(" (last failure: {c})")).unwrap_or_default();
+            DomainError::Unavailable(format!("no PostgreSQL connection within {CHECKOUT_TIMEOUT:?}{cause}"))
+        }
+    }
+}
+
+/// What can fail inside the store: a query, or a domain rule found mid-transaction (returned
+/// as an error so that the transaction rolls back).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StoreError {
+    /// A query failed.
+    #[error(transparent)]
+    Db(#[from] DieselError),
+    /// A domain answer (`NotFound`, `Conflict`, a corrupt row as `Internal`).
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+}
+
+/// Result of the code that runs on a connection.
+pub(crate) type StoreResult<T> = Result<T, StoreError>;
+
+impl StoreError {
+    /// Translates into the domain's words; `what` names the operation for the logs.
+    pub(crate) fn into_domain(self, what: &str) -> DomainError {
+        match self {
+            StoreError::Domain(e) => e,
+            StoreError::Db(e) => db_error(e, what),
+        }
+    }
+}
+
+/// Translates a diesel error; `what` names the operation.
+pub(crate) fn db_error(e: DieselError, what: &str) -> DomainError {
+    match e {
+        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
+            DomainError::Conflict(format!("{what}: {}", info.message()))
+        }
+        DieselError::NotFound => DomainError::NotFound(what.to_owned()),
+        DieselError::DatabaseError(kind, info) if is_unavailable(&kind, info.message()) => {
+            DomainError::Unavailable(format!("{what}: {}", info.message()))
+        }
+        DieselError::BrokenTransactionManager => {
+            DomainError::Unavailable(format!("{what}: the connection broke inside a transaction"))
+        }
+        other => DomainError::Internal(format!("{what}: {other}")),
+    }
+}
+
+/// Whether a database error means "try again later" rather than a bug: the connection is
+/// gone, the server is shutting down or starting, or a retryable conflict between transactions.
+fn is_unavailable(kind: &DatabaseErrorKind, message: &str) -> bool {
+    // diesel-async keeps only the message of server errors, not their SQLSTATE.
+    const TRANSIENT: [&str; 8] = [
+        "terminating connection",
+        "the database system is",
+        "too many clients",
+        "connection",
+        "deadlock detected",
+        "could not serialize",
+        "canceling statement due to",
+        "server closed",
+    ];
+    matches!(
+        kind,
+        DatabaseErrorKind::ClosedConnection
+            | DatabaseErrorKind::UnableToSendCommand
+            | DatabaseErrorKind::SerializationFailure
+    ) || TRANSIENT.iter().any(|t| message.contains(t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lost_connections_and_shutdowns_are_unavailable() {
+        let closed = DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, Box::new("gone".to_owned()));
+        assert!(matches!(db_error(closed, "q"), DomainError::Unavailable(_)));
+        let shutdown = DieselError::DatabaseError(
+            DatabaseErrorKind::Unknown,
+            Box::new("terminating connection due to administrator command".to_owned()),
+        );
+        assert!(matches!(db_error(shutdown, "q"), DomainError::Unavailable(_)));
+        let syntax = DieselError::DatabaseError(DatabaseErrorKind::Unknown, Box::new("syntax error".to_owned()));
+        assert!(matches!(db_error(syntax, "q"), DomainError::Internal(_)));
+        let taken = DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, Box::new("dup".to_owned()));
+        assert!(matches!(db_error(taken, "q"), DomainError::Conflict(_)));
+    }
+
+    #[test]
+    fn urls_get_a_connect_timeout_unless_they_set_one() {
+        let config = client_config("postgres://rdev@127.0.0.1:5432/rdev").expect("url");
+        assert_eq!(config.get_connect_timeout(), Some(&CONNECT_TIMEOUT));
+        let own = client_config("postgres://rdev@127.0.0.1/rdev?connect_timeout=9").expect("url");
+        assert_eq!(own.get_connect_timeout(), Some(&Duration::from_secs(9)));
+        assert!(client_config("mysql://nope").is_err());
+    }
+}

@@ -1,0 +1,136 @@
+//! rdev-api's production store: every repository port of `domain::ports` on PostgreSQL through
+//! diesel-async with a bounded bb8 pool, the migrations in `migrations/postgres` built in, and
+//! a `SignalBus` over LISTEN/NOTIFY.
+//!
+//! Several replicas share one database. What must hold across them is decided by PostgreSQL:
+//! the queue claims with `FOR UPDATE SKIP LOCKED` and serializes claims per project on the
+//! project's row (so caps hold), fences come from a sequence, rate-limit decisions are one
+//! atomic statement, and audit appends lock the table against each other so the chain never forks.
+
+mod api_keys;
+mod audit;
+mod codec;
+mod commands;
+mod connection;
+mod events;
+mod projects;
+mod queue;
+mod rate_limits;
+mod schema;
+mod signals;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+use async_trait::async_trait;
+use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use domain::ports::HealthCheck;
+use domain::{DomainError, DomainResult};
+
+use crate::connection::{LastError, Pool, Pooled};
+pub(crate) use crate::connection::{StoreError, StoreResult};
+pub use crate::signals::PgSignalBus;
+
+/// The SQL migrations of this store, compiled into the binary.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/postgres");
+
+/// Held while migrating, so replicas starting together migrate one after the other.
+const MIGRATION_LOCK: i64 = 0x7264_6576_6d69_6772; // "rdevmigr"
+
+/// The PostgreSQL store: a cheap-to-clone handle on a bounded connection pool.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+    url: String,
+    errors: LastError,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.pool.state();
+        f.debug_struct("PgStore")
+            .field("connections", &state.connections)
+            .field("idle", &state.idle_connections)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://user:password@host:port/db`) with a pool of at most
+    /// `pool_size` connections, opened on demand. One connection is opened now, so a wrong URL
+    /// or an unreachable server is reported at once; later outages are survived (requests fail
+    /// as `Unavailable` meanwhile, and the pool reconnects when the server is back).
+    ///
+    /// # Errors
+    /// `Unavailable` when the server cannot be reached, `Invalid` for a malformed URL.
+    pub async fn connect(url: &str, pool_size: u32) -> DomainResult<PgStore> {
+        connection::client_config(url).map_err(|e| DomainError::invalid("DATABASE_URL", e.to_string()))?;
+        let first = open(url).await?;
+        let errors = LastError::default();
+        let pool = connection::pool(url, pool_size, errors.clone());
+        // Only a full pool refuses a connection, and this one is empty.
+        if pool.add(first).is_err() {
+            tracing::debug!("the new pool refused its first connection");
+        }
+        Ok(PgStore { pool, url: url.to_owned(), errors })
+    }
+
+    /// Runs the migrations that have not run yet; running it again changes nothing. Replicas
+    /// that migrate at the same time wait for each other.
+    ///
+    /// # Errors
+    /// `Unavailable` when the server cannot be reached, `Internal` when a migration fails.
+    pub async fn migrate(&self) -> DomainResult<()> {
+        migrate_url(&self.url).await
+    }
+
+    /// A pooled connection, or `Unavailable`.
+    pub(crate) async fn conn(&self) -> DomainResult<Pooled<'_>> {
+        self.pool.get().await.map_err(|e| connection::checkout_error(e, &self.errors))
+    }
+}
+
+/// Runs the pending migrations on the database at `url` (what `rdev-api migrate` does).
+///
+/// # Errors
+/// `Unavailable` when the server cannot be reached, `Internal` when a migration fails.
+pub async fn migrate_url(url: &str) -> DomainResult<()> {
+    let mut conn = open(url).await?;
+    let lock = format!("SELECT pg_advisory_lock({MIGRATION_LOCK})");
+    conn.batch_execute(&lock).await.map_err(|e| connection::db_error(e, "migration lock"))?;
+    // Diesel's migration harness is synchronous; it drives the async connection from a
+    // blocking thread, and the lock goes away with the connection.
+    let applied = tokio::task::spawn_blocking(move || {
+        let mut sync = AsyncConnectionWrapper::<AsyncPgConnection>::from(conn);
+        sync.run_pending_migrations(MIGRATIONS)
+            .map(|versions| versions.into_iter().map(|v| v.to_string()).collect::<Vec<_>>())
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| DomainError::Internal(format!("migrating: blocking task failed: {e}")))?
+    .map_err(|e| DomainError::Internal(format!("migrating the PostgreSQL database: {e}")))?;
+    for version in applied {
+        tracing::info!(%version, "applied PostgreSQL migration");
+    }
+    Ok(())
+}
+
+/// Opens one connection outside the pool.
+async fn open(url: &str) -> DomainResult<AsyncPgConnection> {
+    connection::establish(url).await.map_err(|e| match e {
+        diesel::ConnectionError::InvalidConnectionUrl(m) => DomainError::invalid("DATABASE_URL", m),
+        other => DomainError::Unavailable(format!("cannot connect to PostgreSQL: {other}")),
+    })
+}
+
+#[async_trait]
+impl HealthCheck for PgStore {
+    async fn check(&self) -> DomainResult<()> {
+        let mut conn = self.conn().await?;
+        conn.batch_execute("SELECT 1").await.map_err(|e| match connection::db_error(e, "health check") {
+            DomainError::Internal(m) => DomainError::Unavailable(m),
+            other => other,
+        })
+    }
+}

@@ -1,0 +1,387 @@
+//! `CommandQueue` on PostgreSQL: claims, leases and fences over `commands`, and `workers`.
+//!
+//! A claim takes the head of the queue with `FOR UPDATE SKIP LOCKED`, so concurrent claimers
+//! on any replica never wait for each other's rows nor take the same one. Per-project caps
+//! hold across replicas because a claim locks its project's row before counting the project's
+//! running commands: claims for one project take turns, claims for different ones do not.
+//! Workers' writes name their fence in the `WHERE` clause, so a stale worker changes nothing.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::TimeDelta;
+use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Bytea, Text, Timestamptz, Uuid as SqlUuid};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use domain::command::{Command, CommandStatus, Completion, TerminationReason};
+use domain::ids::{CommandId, WorkerId};
+use domain::output::{CommandOutput, OutputStream};
+use domain::ports::{Claim, CommandQueue, LeaseStatus, WorkerCapacity};
+use domain::{DomainError, DomainResult, Timestamp};
+
+use crate::codec;
+use crate::commands::{self as rows, CommandRow, RUNNING};
+use crate::connection::db_error;
+use crate::events;
+use crate::schema::{commands, projects, workers};
+use crate::{PgStore, StoreError, StoreResult};
+
+/// The next queued command in dequeue order whose project is not known to be full, locked.
+/// `$1`: projects found full during this claim (their running count is re-checked under lock).
+const NEXT_CANDIDATE: &str = "\
+SELECT c.id, c.project_id FROM commands c \
+WHERE c.status = 'queued' \
+  AND NOT (c.project_id = ANY($1)) \
+  AND c.project_id NOT IN ( \
+      SELECT r.project_id FROM commands r JOIN projects p ON p.id = r.project_id \
+      WHERE r.status = 'running' \
+      GROUP BY r.project_id, p.max_concurrent_commands \
+      HAVING count(*) >= p.max_concurrent_commands) \
+ORDER BY c.priority DESC, c.seq \
+LIMIT 1 \
+FOR UPDATE OF c SKIP LOCKED";
+
+/// Starts the locked candidate `$1` if its project `$5` (whose row this transaction locked)
+/// runs fewer than `$6` commands, with a fresh fence and the event `Status(Running)`.
+/// The count runs after the project lock was taken, so it sees every earlier claim.
+const START_IF_ROOM: &str = "\
+WITH claimed AS ( \
+    UPDATE commands SET status = 'running', started_at = $2, lease_owner = $3, lease_expires_at = $4, \
+        fence = nextval('command_fence'), event_seq = event_seq + 1 \
+    WHERE id = $1 \
+      AND (SELECT count(*) FROM commands r WHERE r.project_id = $5 AND r.status = 'running') < $6 \
+    RETURNING * \
+), started AS ( \
+    INSERT INTO command_events (command_id, seq, kind, stream, data, at) \
+    SELECT id, event_seq, 'status', NULL, convert_to('running', 'UTF8'), $2 FROM claimed \
+) \
+SELECT * FROM claimed";
+
+/// Appends output `$3`/`$4` to command `$1` if fence `$2` still holds it.
+const APPEND_OUTPUT: &str = "\
+WITH held AS ( \
+    UPDATE commands SET event_seq = event_seq + 1 \
+    WHERE id = $1 AND status = 'running' AND fence = $2 \
+    RETURNING id, event_seq \
+) \
+INSERT INTO command_events (command_id, seq, kind, stream, data, at) \
+SELECT id, event_seq, 'output', $3, $4, $5 FROM held";
+
+/// Claim attempts that may find their candidate's project full before reporting nothing claimable.
+const MAX_FULL_PROJECTS: usize = 32;
+
+#[derive(Debug, QueryableByName)]
+struct Candidate {
+    #[diesel(sql_type = SqlUuid)]
+    id: Uuid,
+    #[diesel(sql_type = SqlUuid)]
+    project_id: Uuid,
+}
+
+#[derive(Debug, QueryableByName)]
+struct Started {
+    #[diesel(embed)]
+    command: CommandRow,
+    #[diesel(sql_type = BigInt)]
+    fence: i64,
+}
+
+/// What a command whose worker vanished ends as.
+fn lost() -> Completion {
+    Completion {
+        status: CommandStatus::Lost,
+        exit_code: None,
+        reason: TerminationReason::WorkerLost,
+        error: Some("the worker running the command stopped renewing its lease".into()),
+    }
+}
+
+/// What one claim transaction found.
+enum Attempt {
+    /// Nothing is claimable.
+    Empty,
+    /// This command started.
+    Started(Box<Started>),
+    /// The candidate's project filled up since the candidate was chosen; try without it.
+    Full(Uuid),
+}
+
+/// Claims the first queued command in dequeue order whose project has room, skipping the
+/// projects in `full`. Holds at most one project lock, so claims cannot deadlock each other.
+async fn claim_once(
+    conn: &mut AsyncPgConnection,
+    full: &[Uuid],
+    worker: &str,
+    now: Timestamp,
+    until: Timestamp,
+) -> StoreResult<Attempt> {
+    let candidate: Option<Candidate> =
+        diesel::sql_query(NEXT_CANDIDATE).bind::<Array<SqlUuid>, _>(full).get_result(conn).await.optional()?;
+    let Some(candidate) = candidate else { return Ok(Attempt::Empty) };
+    // NO KEY UPDATE: claims of this project take turns, enqueues (whose foreign key check
+    // takes KEY SHARE) go on.
+    let cap: i32 = projects::table
+        .find(candidate.project_id)
+        .select(projects::max_concurrent_commands)
+        .for_no_key_update()
+        .first(conn)
+        .await?;
+    let started: Option<Started> = diesel::sql_query(START_IF_ROOM)
+        .bind::<SqlUuid, _>(candidate.id)
+        .bind::<Timestamptz, _>(now)
+        .bind::<Text, _>(worker)
+        .bind::<Timestamptz, _>(until)
+        .bind::<SqlUuid, _>(candidate.project_id)
+        .bind::<BigInt, _>(i64::from(cap))
+        .get_result(conn)
+        .await
+        .optional()?;
+    Ok(started.map_or(Attempt::Full(candidate.project_id), |s| Attempt::Started(Box::new(s))))
+}
+
+/// Whether a command with `id` exists; `NotFound` otherwise (what a stale write to an unknown
+/// command answers).
+async fn must_exist(conn: &mut AsyncPgConnection, id: Uuid) -> StoreResult<()> {
+    if rows::exists(conn, id).await? {
+        Ok(())
+    } else {
+        Err(rows::not_found().into())
+    }
+}
+
+/// Ends a running command held by `fence` with its output; `None` when the fence is stale.
+async fn finish_held(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    fence: i64,
+    c: &Completion,
+    output: &CommandOutput,
+    at: Timestamp,
+) -> StoreResult<Option<CommandRow>> {
+    let held = commands::table.find(id).filter(commands::status.eq(RUNNING)).filter(commands::fence.eq(fence));
+    let ended: Option<(CommandRow, i64)> = diesel::update(held)
+        .set((
+            commands::status.eq(c.status.as_str()),
+            commands::exit_code.eq(c.exit_code),
+            commands::termination_reason.eq(c.reason.as_str()),
+            commands::error.eq(c.error.as_deref()),
+            commands::finished_at.eq(at),
+            commands::lease_owner.eq(None::<String>),
+            commands::lease_expires_at.eq(None::<Timestamp>),
+            commands::event_seq.eq(commands::event_seq + events::ENDING_EVENTS),
+            commands::stdout.eq(output.stdout.as_bytes()),
+            commands::stderr.eq(output.stderr.as_bytes()),
+            commands::stdout_truncated.eq(output.stdout_truncated),
+            commands::stderr_truncated.eq(output.stderr_truncated),
+        ))
+        .returning((CommandRow::as_returning(), commands::event_seq))
+        .get_result(conn)
+        .await
+        .optional()?;
+    let Some((row, last)) = ended else {
+        must_exist(conn, id).await?;
+        return Ok(None);
+    };
+    events::insert(conn, id, last, &events::ending(c), at).await?;
+    Ok(Some(row))
+}
+
+/// Marks every running command whose lease ended before `now` as lost.
+async fn reap(conn: &mut AsyncPgConnection, now: Timestamp) -> StoreResult<Vec<CommandRow>> {
+    let c = lost();
+    // Rows another reaper (or the late worker's own finish) holds are theirs to settle.
+    let expired: Vec<Uuid> = commands::table
+        .filter(commands::status.eq(RUNNING))
+        .filter(commands::lease_expires_at.lt(now))
+        .select(commands::id)
+        .for_update()
+        .skip_locked()
+        .load(conn)
+        .await?;
+    if expired.is_empty() {
+        return Ok(Vec::new());
+    }
+    let expired = commands::table.filter(commands::id.eq_any(expired));
+    let mut ended: Vec<(CommandRow, i64, i64)> = diesel::update(expired)
+        .set((
+            commands::status.eq(c.status.as_str()),
+            commands::exit_code.eq(c.exit_code),
+            commands::termination_reason.eq(c.reason.as_str()),
+            commands::error.eq(c.error.as_deref()),
+            commands::finished_at.eq(now),
+            commands::lease_owner.eq(None::<String>),
+            commands::lease_expires_at.eq(None::<Timestamp>),
+            commands::event_seq.eq(commands::event_seq + events::ENDING_EVENTS),
+        ))
+        .returning((CommandRow::as_returning(), commands::event_seq, commands::seq))
+        .get_results(conn)
+        .await?;
+    ended.sort_by_key(|(_, _, seq)| *seq);
+    let mut rows = Vec::with_capacity(ended.len());
+    for (row, last, _) in ended {
+        events::insert(conn, row.id(), last, &events::ending(&c), now).await?;
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+fn lease_end(now: Timestamp, lease: Duration) -> DomainResult<Timestamp> {
+    TimeDelta::from_std(lease)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .ok_or_else(|| DomainError::Internal(format!("lease {lease:?} is too long")))
+}
+
+#[async_trait]
+impl CommandQueue for PgStore {
+    #[tracing::instrument(level = "debug", skip_all, fields(worker = %worker))]
+    async fn claim_next(&self, worker: &WorkerId, now: Timestamp, lease: Duration) -> DomainResult<Option<Claim>> {
+        let until = lease_end(now, lease)?;
+        let mut conn = self.conn().await?;
+        let mut full: Vec<Uuid> = Vec::new();
+        // Each attempt is its own transaction: a full project's lock is released before the
+        // next candidate's project is locked, so claimers never wait on each other in a cycle.
+        while full.len() < MAX_FULL_PROJECTS {
+            let attempt = conn
+                .transaction::<_, StoreError, _>(async |conn| {
+                    claim_once(conn, &full, worker.as_str(), now, until).await
+                })
+                .await
+                .map_err(|e| e.into_domain("claim command"))?;
+            match attempt {
+                Attempt::Empty => return Ok(None),
+                Attempt::Started(s) => return Ok(Some(Claim { command: s.command.into_domain()?, fence: s.fence })),
+                Attempt::Full(project) => full.push(project),
+            }
+        }
+        Ok(None)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(command_id = %id, fence))]
+    async fn renew_lease(&self, id: CommandId, fence: i64, until: Timestamp) -> DomainResult<LeaseStatus> {
+        let id = id.as_uuid();
+        let mut conn = self.conn().await?;
+        let renewed: StoreResult<LeaseStatus> = async {
+            let held = commands::table.find(id).filter(commands::status.eq(RUNNING)).filter(commands::fence.eq(fence));
+            let cancel: Option<bool> = diesel::update(held)
+                .set(commands::lease_expires_at.eq(until))
+                .returning(commands::cancel_requested)
+                .get_result(&mut conn)
+                .await
+                .optional()?;
+            if let Some(cancel_requested) = cancel {
+                return Ok(LeaseStatus { held: true, cancel_requested });
+            }
+            let cancel_requested: bool = commands::table
+                .find(id)
+                .select(commands::cancel_requested)
+                .first(&mut conn)
+                .await
+                .optional()?
+                .ok_or_else(rows::not_found)?;
+            Ok(LeaseStatus { held: false, cancel_requested })
+        }
+        .await;
+        renewed.map_err(|e| e.into_domain("renew lease"))
+    }
+
+    #[tracing::instrument(level = "trace", skip_all, fields(command_id = %id, fence))]
+    async fn append_output(
+        &self,
+        id: CommandId,
+        fence: i64,
+        stream: OutputStream,
+        data: &str,
+        at: Timestamp,
+    ) -> DomainResult<bool> {
+        let id = id.as_uuid();
+        let mut conn = self.conn().await?;
+        let appended: StoreResult<bool> = async {
+            let inserted = diesel::sql_query(APPEND_OUTPUT)
+                .bind::<SqlUuid, _>(id)
+                .bind::<BigInt, _>(fence)
+                .bind::<Text, _>(stream.as_str())
+                .bind::<Bytea, _>(data.as_bytes())
+                .bind::<Timestamptz, _>(at)
+                .execute(&mut conn)
+                .await?;
+            if inserted == 0 {
+                must_exist(&mut conn, id).await?;
+            }
+            Ok(inserted > 0)
+        }
+        .await;
+        appended.map_err(|e| e.into_domain("append output"))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(command_id = %id, fence, status = %completion.status))]
+    async fn finish(
+        &self,
+        id: CommandId,
+        fence: i64,
+        completion: &Completion,
+        output: &CommandOutput,
+        at: Timestamp,
+    ) -> DomainResult<Option<Command>> {
+        let id = id.as_uuid();
+        let mut conn = self.conn().await?;
+        let row = conn
+            .transaction::<_, StoreError, _>(async |conn| finish_held(conn, id, fence, completion, output, at).await)
+            .await
+            .map_err(|e| e.into_domain("finish command"))?;
+        row.map(CommandRow::into_domain).transpose()
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn reap_expired(&self, now: Timestamp) -> DomainResult<Vec<Command>> {
+        let mut conn = self.conn().await?;
+        let rows = conn
+            .transaction::<_, StoreError, _>(async |conn| reap(conn, now).await)
+            .await
+            .map_err(|e| e.into_domain("reap expired leases"))?;
+        rows.into_iter().map(CommandRow::into_domain).collect()
+    }
+
+    #[tracing::instrument(level = "trace", skip_all, fields(worker = %worker))]
+    async fn heartbeat(&self, worker: &WorkerId, capacity: u32, now: Timestamp) -> DomainResult<()> {
+        let capacity: i32 = codec::column_int("capacity", capacity)?;
+        let mut conn = self.conn().await?;
+        diesel::insert_into(workers::table)
+            .values((workers::id.eq(worker.as_str()), workers::capacity.eq(capacity), workers::last_seen.eq(now)))
+            .on_conflict(workers::id)
+            .do_update()
+            .set((workers::capacity.eq(capacity), workers::last_seen.eq(now)))
+            .execute(&mut conn)
+            .await
+            .map_err(|e| db_error(e, "worker heartbeat"))?;
+        Ok(())
+    }
+
+    async fn live_workers(&self, since: Timestamp) -> DomainResult<WorkerCapacity> {
+        let mut conn = self.conn().await?;
+        let capacities: Vec<i32> = workers::table
+            .filter(workers::last_seen.ge(since))
+            .select(workers::capacity)
+            .load(&mut conn)
+            .await
+            .map_err(|e| db_error(e, "live workers"))?;
+        let replicas = codec::int("replicas", capacities.len())?;
+        let capacity =
+            capacities.into_iter().map(|c| codec::int::<i32, u32>("capacity", c)).sum::<DomainResult<u32>>()?;
+        Ok(WorkerCapacity { replicas, capacity })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leases_end_after_their_length_and_absurd_ones_are_refused() {
+        let now = domain::to_micros_precision(chrono::Utc::now());
+        assert_eq!(lease_end(now, Duration::from_secs(60)), Ok(now + TimeDelta::seconds(60)));
+        assert!(lease_end(now, Duration::MAX).is_err());
+    }
+}

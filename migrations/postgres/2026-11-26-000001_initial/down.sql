@@ -1,0 +1,11 @@
+DROP TABLE workers;
+DROP FUNCTION rate_limit_acquire(TEXT, BIGINT, BIGINT, DOUBLE PRECISION, BIGINT);
+DROP TABLE rate_limiting;
+DROP TABLE audit_log;
+DROP FUNCTION audit_log_append_only();
+DROP TABLE command_events;
+DROP SEQUENCE command_fence;
+DROP TABLE commands;
+DROP TABLE api_key_allowed_ips;
+DROP TABLE api_keys;
+DROP TABLE projects;
