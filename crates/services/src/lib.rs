@@ -14,6 +14,7 @@ pub mod projects;
 pub mod queue_bus;
 pub mod rate_limit;
 pub mod signals;
+pub mod webhooks;
 pub mod worker;
 mod worker_sink;
 

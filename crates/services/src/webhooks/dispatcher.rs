@@ -1,0 +1,348 @@
+//! `WebhookDispatcher`: turns outbox events into deliveries, leases the due ones, sends them
+//! with bounded concurrency, records every attempt, schedules retries, and disables endpoints
+//! that answer `410 Gone` or fail for days. Safe with several replicas: leases are fenced.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::TimeDelta;
+use domain::audit::{AuditEntry, AuditOutcome};
+use domain::ports::Clock;
+use domain::webhook::{
+    classify, AttemptClass, AttemptReport, BreakerConfig, DeliveryQueue, LeaseRequest, LeasedDelivery, NextStep,
+    RetryPolicy, SendOutcome, WebhookRepository, WebhookRequest, WebhookSender,
+};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::breakers::Breakers;
+use super::{
+    DispatchWake, WEBHOOK_DELIVERIES_TOTAL, WEBHOOK_DELIVERY_DURATION_SECONDS, WEBHOOK_ENDPOINTS_DISABLED_TOTAL,
+};
+use crate::audit::AuditService;
+
+/// Most rounds of fan-out per loop turn, so a flood of events cannot starve sending.
+const FAN_OUT_ROUNDS: u32 = 10;
+
+/// How the dispatcher behaves; `new` gives the production defaults.
+#[derive(Debug, Clone)]
+pub struct DispatcherConfig {
+    /// This replica's name in leases.
+    pub owner: String,
+    /// Sends in flight at once.
+    pub concurrency: usize,
+    /// Deliveries leased per round at most.
+    pub batch: u32,
+    /// Events fanned out per round at most.
+    pub fan_out_batch: u32,
+    /// Lease length; longer than a send can take (the sender's timeout), or a delivery could
+    /// be sent twice.
+    pub lease: Duration,
+    /// Fallback poll when nothing wakes the dispatcher (retries come due this way).
+    pub poll_every: Duration,
+    /// Retry schedule, jitter, slow-down floor, disable threshold.
+    pub retry: RetryPolicy,
+    /// Per-endpoint breakers.
+    pub breaker: BreakerConfig,
+    /// How long finished deliveries are kept.
+    pub retention: Duration,
+    /// How often old deliveries are purged.
+    pub purge_every: Duration,
+    /// On shutdown, how long sends in flight may take before they are abandoned (their leases
+    /// run out and another replica, or the next start, sends them again with the same id).
+    pub shutdown_grace: Duration,
+}
+
+impl DispatcherConfig {
+    /// Defaults for the replica `owner`: 16 concurrent sends, 60 s leases (four times the 15 s
+    /// send timeout), the schedule of DESIGN.md §3, finished deliveries kept 30 days.
+    pub fn new(owner: impl Into<String>) -> Self {
+        Self {
+            owner: owner.into(),
+            concurrency: 16,
+            batch: 64,
+            fan_out_batch: 500,
+            lease: Duration::from_secs(60),
+            poll_every: Duration::from_secs(1),
+            retry: RetryPolicy::default(),
+            breaker: BreakerConfig::default(),
+            retention: Duration::from_secs(30 * 24 * 3600),
+            purge_every: Duration::from_secs(3600),
+            shutdown_grace: Duration::from_secs(15),
+        }
+    }
+}
+
+/// The ports the dispatcher uses.
+#[derive(Clone)]
+#[expect(missing_debug_implementations, reason = "holds trait objects that have no Debug")]
+pub struct DispatcherPorts {
+    /// Subscriptions (to disable dead endpoints).
+    pub webhooks: Arc<dyn WebhookRepository>,
+    /// The outbox and the deliveries.
+    pub deliveries: Arc<dyn DeliveryQueue>,
+    /// HTTP.
+    pub sender: Arc<dyn WebhookSender>,
+    /// Where disabled endpoints are recorded.
+    pub audit: AuditService,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+    /// Wake-ups from `WebhookService` (pings, redeliveries).
+    pub wake: Arc<DispatchWake>,
+    /// Command changes in this process (e.g. `QueueBus::subscribe`), so command events go out
+    /// at once instead of at the next poll.
+    pub changes: Option<watch::Receiver<u64>>,
+}
+
+/// Delivers webhooks until shut down.
+pub struct WebhookDispatcher {
+    ports: DispatcherPorts,
+    config: DispatcherConfig,
+    breakers: Breakers,
+    slots: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for WebhookDispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookDispatcher").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl WebhookDispatcher {
+    /// A dispatcher over `ports`.
+    pub fn new(ports: DispatcherPorts, config: DispatcherConfig) -> Arc<Self> {
+        let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
+        let breakers = Breakers::new(config.breaker.clone());
+        Arc::new(Self { ports, config, breakers, slots })
+    }
+
+    /// Delivers until `shutdown` fires, then lets sends in flight finish for `shutdown_grace`.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut sending = JoinSet::new();
+        let mut changes = self.ports.changes.clone();
+        let mut last_purge: Option<tokio::time::Instant> = None;
+        tracing::info!(owner = %self.config.owner, concurrency = self.config.concurrency, "webhook dispatcher started");
+        while !shutdown.is_cancelled() {
+            self.purge_if_due(&mut last_purge).await;
+            self.fan_out().await;
+            let full = self.start_sends(&mut sending).await;
+            while sending.try_join_next().is_some() {}
+            if full && self.slots.available_permits() > 0 {
+                continue;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = self.ports.wake.woken() => {}
+                () = changed(&mut changes) => {}
+                Some(_) = sending.join_next(), if !sending.is_empty() => {}
+                () = tokio::time::sleep(self.config.poll_every) => {}
+            }
+        }
+        self.drain(sending).await;
+    }
+
+    /// One round without the loop: fan out, lease what is due, send it all and wait. Returns
+    /// how many deliveries were leased. For tests and benchmarks.
+    pub async fn run_once(self: &Arc<Self>) -> usize {
+        self.fan_out().await;
+        let mut sending = JoinSet::new();
+        let mut leased = 0;
+        loop {
+            let before = sending.len();
+            let full = self.start_sends(&mut sending).await;
+            leased += sending.len() - before;
+            if !full {
+                break;
+            }
+            // Wait for room rather than leasing deliveries that would sit in their lease.
+            sending.join_next().await;
+        }
+        while sending.join_next().await.is_some() {}
+        leased
+    }
+
+    async fn purge_if_due(&self, last: &mut Option<tokio::time::Instant>) {
+        if last.is_some_and(|t| t.elapsed() < self.config.purge_every) {
+            return;
+        }
+        *last = Some(tokio::time::Instant::now());
+        let before = self.ports.clock.now() - TimeDelta::from_std(self.config.retention).unwrap_or(TimeDelta::MAX);
+        match self.ports.deliveries.purge(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, "purged old webhook deliveries"),
+            Err(e) => tracing::warn!(error = %e, "purging old webhook deliveries failed"),
+        }
+    }
+
+    async fn fan_out(&self) {
+        for _ in 0..FAN_OUT_ROUNDS {
+            match self.ports.deliveries.fan_out(self.ports.clock.now(), self.config.fan_out_batch).await {
+                Ok(done) if done.events < self.config.fan_out_batch => return,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "fanning out webhook events failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Leases as many due deliveries as there are free slots and starts sending them; returns
+    /// whether the lease came back full (more may be due).
+    async fn start_sends(self: &Arc<Self>, sending: &mut JoinSet<()>) -> bool {
+        let free = u32::try_from(self.slots.available_permits()).unwrap_or(u32::MAX).min(self.config.batch);
+        if free == 0 {
+            return true;
+        }
+        let now = self.ports.clock.now();
+        let request = LeaseRequest {
+            owner: self.config.owner.clone(),
+            now,
+            lease: self.config.lease,
+            limit: free,
+            exclude: self.breakers.open_at(now),
+        };
+        let leased = match self.ports.deliveries.lease_due(&request).await {
+            Ok(leased) => leased,
+            Err(e) => {
+                tracing::warn!(error = %e, "leasing webhook deliveries failed");
+                return false;
+            }
+        };
+        let full = leased.len() == free as usize;
+        for delivery in leased {
+            let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() else { break };
+            let me = Arc::clone(self);
+            sending.spawn(async move { me.deliver(delivery, permit).await });
+        }
+        full
+    }
+
+    async fn drain(&self, mut sending: JoinSet<()>) {
+        let grace = tokio::time::sleep(self.config.shutdown_grace);
+        tokio::pin!(grace);
+        loop {
+            tokio::select! {
+                next = sending.join_next() => if next.is_none() { break },
+                () = &mut grace => {
+                    tracing::warn!(left = sending.len(), "shutdown grace over: abandoning webhook sends (their leases will run out)");
+                    sending.shutdown().await;
+                    break;
+                }
+            }
+        }
+        tracing::info!("webhook dispatcher stopped");
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(delivery_id = %leased.delivery.id, webhook_id = %leased.webhook.id, attempt = leased.delivery.attempts + 1))]
+    async fn deliver(self: Arc<Self>, leased: LeasedDelivery, _slot: OwnedSemaphorePermit) {
+        let LeasedDelivery { delivery, webhook, event, fence, .. } = leased;
+        let now = self.ports.clock.now();
+        if let Err(retry_at) = self.breakers.acquire(webhook.id, now) {
+            if let Err(e) = self.ports.deliveries.release(delivery.id, fence, retry_at).await {
+                tracing::warn!(error = %e, "handing back a delivery held by the breaker failed");
+            }
+            metrics::counter!(WEBHOOK_DELIVERIES_TOTAL, "outcome" => "deferred").increment(1);
+            return;
+        }
+        let request = WebhookRequest {
+            url: webhook.url.clone(),
+            message_id: delivery.id.to_string(),
+            timestamp: now,
+            payload: event.payload.as_str().to_owned(),
+            secrets: webhook.signing_secrets(now),
+            traceparent: None,
+        };
+        let outcome = self.ports.sender.send(&request).await;
+        metrics::histogram!(WEBHOOK_DELIVERY_DURATION_SECONDS).record(outcome.latency.as_secs_f64());
+        let class = classify(&outcome);
+        let done_at = self.ports.clock.now();
+        self.breakers.record(webhook.id, done_at, class.is_success());
+        let next =
+            self.config.retry.next_step(class, delivery.attempts + 1, outcome.retry_after, done_at, rand::random());
+        let recorded = self.ports.deliveries.record_attempt(delivery.id, fence, &report(now, &outcome), next).await;
+        let label = match recorded {
+            Ok(Some(_)) => outcome_label(next),
+            Ok(None) => {
+                tracing::warn!("the delivery's lease was lost before its attempt could be recorded");
+                "stale"
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "recording a webhook attempt failed");
+                "stale"
+            }
+        };
+        metrics::counter!(WEBHOOK_DELIVERIES_TOTAL, "outcome" => label).increment(1);
+        if class == AttemptClass::Gone {
+            self.disable(webhook.id, "gone", "the endpoint answered 410 Gone".into()).await;
+        } else if !class.is_success() {
+            let since = webhook.failing_since.unwrap_or(now);
+            if self.config.retry.should_disable(Some(since), done_at) {
+                let reason = format!("every attempt failed since {}", since.to_rfc3339());
+                self.disable(webhook.id, "failing", reason).await;
+            }
+        }
+    }
+
+    async fn disable(&self, id: domain::webhook::WebhookId, label: &'static str, reason: String) {
+        self.breakers.forget(id);
+        let now = self.ports.clock.now();
+        match self.ports.webhooks.disable(id, &reason, now).await {
+            Ok(done) if done.was_enabled => {
+                metrics::counter!(WEBHOOK_ENDPOINTS_DISABLED_TOTAL, "reason" => label).increment(1);
+                tracing::warn!(webhook_id = %id, %reason, "webhook endpoint disabled");
+                self.ports
+                    .audit
+                    .record(AuditEntry {
+                        at: now,
+                        actor: None,
+                        client_ip: None,
+                        action: "webhooks.disable".into(),
+                        resource: format!("webhook/{id}"),
+                        project: None,
+                        outcome: AuditOutcome::Success,
+                        detail: Some(reason),
+                        request_id: None,
+                        trace_id: None,
+                    })
+                    .await;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(webhook_id = %id, error = %e, "disabling a webhook endpoint failed"),
+        }
+    }
+}
+
+/// Resolves when the watched value changes; never when there is nothing to watch (or the
+/// sender is gone), so it never busy-loops the `select!`.
+async fn changed(changes: &mut Option<watch::Receiver<u64>>) {
+    match changes {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                *changes = None;
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+fn report(at: domain::Timestamp, outcome: &SendOutcome) -> AttemptReport {
+    AttemptReport {
+        at,
+        status_code: outcome.status,
+        latency_ms: u32::try_from(outcome.latency.as_millis()).unwrap_or(u32::MAX),
+        response_snippet: outcome.snippet.clone(),
+        error: outcome.error.as_ref().map(|e| format!("{}: {}", e.kind.as_str(), e.message)),
+    }
+}
+
+fn outcome_label(next: NextStep) -> &'static str {
+    match next {
+        NextStep::Succeeded => "succeeded",
+        NextStep::Retry { .. } => "retrying",
+        NextStep::Failed => "failed",
+        NextStep::Dead => "dead",
+    }
+}
