@@ -82,16 +82,26 @@ pub(crate) async fn execute(
         .stdin(request.stdin.is_some())
         .stdout(true)
         .stderr(true);
+    let mut guard = AbandonGuard::new(backend, &before.name, &request);
     let connect = bounded("exec", config.api_timeout, backend.pods.exec(&before.name, argv, &params));
     let interrupted = tokio::select! {
         biased;
         connected = connect => match connected {
-            Ok(process) => return supervise(backend, &before, &request, process, sink, &cancel, deadline).await,
+            Ok(process) => {
+                let result = supervise(backend, &before, &request, process, sink, &cancel, deadline).await;
+                guard.disarm();
+                return result;
+            }
             Err(KubeError::NotFound(_)) => {
+                guard.disarm();
                 return without_output(Termination::PodGone(format!("pod {} disappeared before the command started", before.name)));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot open the exec stream");
+                // A refused upgrade started nothing; a timed-out one may have (see the kill flag).
+                if !matches!(e, KubeError::ApiUnavailable(_)) {
+                    guard.disarm();
+                }
                 return without_output(Termination::StartFailed(e.to_string()));
             }
         },
@@ -100,7 +110,43 @@ pub(crate) async fn execute(
     };
     // The exec may have reached the pod already: the kill raises the flag that stops a late start.
     let killed = backend.kill_in_pod(&before.name, &request).await;
+    guard.disarm();
     without_output(after_kill(interrupted, killed))
+}
+
+/// Kills the command in its pod when dropped while armed: if the run is abandoned (its future
+/// dropped at shutdown), the command must not keep running there unsupervised. Best effort: the
+/// kill runs on a spawned task, which needs a live runtime.
+struct AbandonGuard {
+    armed: Option<(KubeBackend, String, ExecRequest)>,
+}
+
+impl AbandonGuard {
+    fn new(backend: &KubeBackend, pod: &str, request: &ExecRequest) -> Self {
+        Self { armed: Some((backend.clone(), pod.to_owned(), request.clone())) }
+    }
+
+    /// The run ended its own way (exit or kill); leave the command alone.
+    fn disarm(&mut self) {
+        self.armed = None;
+    }
+}
+
+impl Drop for AbandonGuard {
+    fn drop(&mut self) {
+        let Some((backend, pod, request)) = self.armed.take() else { return };
+        tracing::warn!(pod = %pod, command_id = %request.command_id, "run abandoned; killing its command in the pod");
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    if let Err(e) = backend.kill_in_pod(&pod, &request).await {
+                        tracing::error!(pod = %pod, error = %e, "the abandoned command may still run in its pod");
+                    }
+                });
+            }
+            Err(_) => tracing::error!(pod = %pod, "no runtime to kill the abandoned command; it may still run"),
+        }
+    }
 }
 
 /// Checks that the pod is ready and notes what to compare with later. Also decides whether the

@@ -191,3 +191,15 @@ async fn commands_need_a_ready_pod_and_never_create_one() {
     );
     assert_eq!(h.backend.status(&project_name("podless")).await.unwrap().pod_name, None, "run created no pod");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_abandoned_run_kills_its_command_in_the_pod() {
+    let h = Harness::start().await;
+    h.ready_pod("dropped").await;
+    let sink = domain::testing::executor::RecordingSink::new();
+    let run = h.backend.run(script("dropped", &marker_script("abandoned-marker")), &sink, CancellationToken::new());
+    assert!(tokio::time::timeout(Duration::from_millis(500), run).await.is_err(), "still running when dropped");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!h.pod_dir("dropped").join("abandoned-marker").exists(), "the command outlived its abandoned run");
+    assert!(h.processes("dropped").await.is_empty(), "nothing left running in the pod");
+}
