@@ -13,16 +13,17 @@ use services::clock::SystemClock;
 use services::Principal;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AuditCommand, DatabaseUrl, KeysCommand, ServeConfig};
+use crate::config::{AuditCommand, Database, KeysCommand, ServeConfig};
+use crate::stores::{self, OpenOptions};
 use crate::wiring::{self, StartupError};
 
 /// What a CLI run ends with: the process exit code.
 pub type ExitCode = i32;
 
 /// `rdev-api serve`: the HTTP API and the queue worker until SIGTERM/SIGINT.
-pub async fn serve(db: &DatabaseUrl, cfg: &ServeConfig) -> Result<ExitCode, StartupError> {
-    let store = wiring::open_store(db)?;
-    let service = wiring::build(store, cfg, crate::telemetry::metrics_handle())?;
+pub async fn serve(db: &Database, cfg: &ServeConfig) -> Result<ExitCode, StartupError> {
+    let stores = stores::open(&db.url, OpenOptions { migrate: cfg.migrate_on_start, pool_size: db.pool_size }).await?;
+    let service = wiring::build(stores, cfg, crate::telemetry::metrics_handle())?;
     if let Some(path) = &cfg.bootstrap_admin_key_file {
         if wiring::bootstrap_admin_key(&service.state.keys, path).await? {
             eprintln!("rdev-api: admin API key written to {} (mode 0600)", path.display());
@@ -32,6 +33,9 @@ pub async fn serve(db: &DatabaseUrl, cfg: &ServeConfig) -> Result<ExitCode, Star
         .map_err(|source| StartupError::Io { path: cfg.listen_addr.to_string(), source })?;
     let shutdown = CancellationToken::new();
     let worker = tokio::spawn(Arc::clone(&service.worker).run(shutdown.clone()));
+    if let Some(pump) = service.pump {
+        tokio::spawn(pump.run(shutdown.clone()));
+    }
     tracing::info!(listen_addr = %cfg.listen_addr, executor = ?cfg.executor, "rdev-api serving");
     eprintln!("rdev-api: listening on http://{}", cfg.listen_addr);
     let server = crate::server::server(service.state, listener, cfg.shutdown_grace_seconds)
@@ -46,18 +50,23 @@ pub async fn serve(db: &DatabaseUrl, cfg: &ServeConfig) -> Result<ExitCode, Star
     Ok(0)
 }
 
+/// A store for one-shot commands, migrated (they may be the first thing run on a database).
+async fn open_for_cli(db: &Database) -> Result<stores::Stores, StartupError> {
+    stores::open(&db.url, OpenOptions { migrate: true, pool_size: db.pool_size.min(2) }).await
+}
+
 /// `rdev-api migrate`.
-pub fn migrate(db: &DatabaseUrl) -> Result<ExitCode, StartupError> {
-    wiring::open_store(db)?;
+pub async fn migrate(db: &Database) -> Result<ExitCode, StartupError> {
+    open_for_cli(db).await?;
     eprintln!("rdev-api: migrations applied");
     Ok(0)
 }
 
 /// `rdev-api keys create|revoke`.
 #[expect(clippy::print_stdout, reason = "the key (or its JSON) is the command's output")]
-pub async fn keys(db: &DatabaseUrl, cmd: KeysCommand) -> Result<ExitCode, StartupError> {
-    let store = wiring::open_store(db)?;
-    let keys = wiring::key_service(&store, std::time::Duration::from_millis(1), Arc::new(SystemClock));
+pub async fn keys(db: &Database, cmd: KeysCommand) -> Result<ExitCode, StartupError> {
+    let stores = open_for_cli(db).await?;
+    let (keys, _) = wiring::key_service(&stores, std::time::Duration::from_millis(1), Arc::new(SystemClock));
     match cmd {
         KeysCommand::Create { name, scopes, projects, json } => {
             let new = new_key(name, &scopes, &projects)?;
@@ -97,11 +106,11 @@ fn new_key(name: String, scopes: &[String], projects: &[String]) -> Result<NewKe
 
 /// `rdev-api audit verify`: prints the verdict as JSON; exit code 1 when the chain is broken.
 #[expect(clippy::print_stdout, reason = "the verdict is the command's output")]
-pub async fn audit(db: &DatabaseUrl, cmd: AuditCommand) -> Result<ExitCode, StartupError> {
-    let store = wiring::open_store(db)?;
+pub async fn audit(db: &Database, cmd: AuditCommand) -> Result<ExitCode, StartupError> {
+    let stores = open_for_cli(db).await?;
     match cmd {
         AuditCommand::Verify => {
-            let report = AuditService::new(store).verify(&Principal::system()).await?;
+            let report = AuditService::new(stores.audit).verify(&Principal::system()).await?;
             println!("{}", serde_json::to_string(&report).unwrap_or_default());
             Ok(if report.ok { 0 } else { 1 })
         }

@@ -21,6 +21,11 @@ impl DatabaseUrl {
     pub fn is_sqlite(&self) -> bool {
         self.0.starts_with("sqlite:") || !self.0.contains("://")
     }
+
+    /// True for `postgres://` and `postgresql://`.
+    pub fn is_postgres(&self) -> bool {
+        self.0.starts_with("postgres://") || self.0.starts_with("postgresql://")
+    }
 }
 
 impl std::str::FromStr for DatabaseUrl {
@@ -71,12 +76,31 @@ pub struct Cli {
     /// Store: `sqlite://path` (default) or `postgres://…`.
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://rdev.db", global = true)]
     pub database_url: DatabaseUrl,
+    /// Connections per replica to Postgres (ignored for SQLite).
+    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16, global = true)]
+    pub database_pool_size: u32,
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty", global = true)]
     pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// Which database, and how many connections to it.
+#[derive(Debug, Clone)]
+pub struct Database {
+    /// `DATABASE_URL`.
+    pub url: DatabaseUrl,
+    /// `DATABASE_POOL_SIZE` (Postgres only).
+    pub pool_size: u32,
+}
+
+impl Cli {
+    /// The database settings shared by every subcommand.
+    pub fn database(&self) -> Database {
+        Database { url: self.database_url.clone(), pool_size: self.database_pool_size }
+    }
 }
 
 /// Subcommands.
@@ -138,8 +162,8 @@ pub struct ServeConfig {
     /// Namespace of project pods (kube executor).
     #[arg(long, env = "KUBE_NAMESPACE", default_value = "rdev")]
     pub kube_namespace: String,
-    /// Commands this replica runs at once.
-    #[arg(long, env = "CONCURRENT_COMMANDS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    /// Commands this replica runs at once (0: serve the API and reap expired leases, run nothing).
+    #[arg(long, env = "CONCURRENT_COMMANDS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=1000))]
     pub concurrent_commands: u32,
     /// Requests per second per key, averaged over the window.
     #[arg(long, env = "RATE_LIMIT_RPS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -171,6 +195,14 @@ pub struct ServeConfig {
     /// TTL of the API key cache, in milliseconds (bounds cross-replica revocation delay).
     #[arg(long, env = "KEY_CACHE_TTL_MS", default_value_t = 500)]
     pub key_cache_ttl_ms: u64,
+    /// Lease of a running command: renewed every quarter of it; a replica silent for longer
+    /// loses its commands (`lost`), found by any replica's reaper within another quarter.
+    #[arg(long, env = "LEASE_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    pub lease_seconds: u64,
+    /// Apply pending migrations when `serve` starts (SQLite always does). With Postgres,
+    /// replicas serialize on an advisory lock, so several may start at once.
+    #[arg(long, env = "MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]
+    pub migrate_on_start: bool,
 }
 
 impl ServeConfig {

@@ -7,5 +7,6 @@ pub mod openapi;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod stores;
 pub mod telemetry;
 pub mod wiring;

@@ -8,14 +8,14 @@ use app::config::{Cli, Command, ServeConfig};
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     app::telemetry::init_logs(cli.log_format);
-    let db = cli.database_url.clone();
+    let db = cli.database();
     let code = match cli.command {
         None => {
             let cfg = ServeConfig::try_parse_from_env()?;
             app::cli::serve(&db, &cfg).await
         }
         Some(Command::Serve(cfg)) => app::cli::serve(&db, &cfg).await,
-        Some(Command::Migrate) => app::cli::migrate(&db),
+        Some(Command::Migrate) => app::cli::migrate(&db).await,
         Some(Command::Keys(cmd)) => app::cli::keys(&db, cmd).await,
         Some(Command::Audit(cmd)) => app::cli::audit(&db, cmd).await,
     };

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use adapters_process::{LocalPods, ProcessConfig, ProcessExecutor};
-use adapters_sqlite::SqliteStore;
 use domain::ids::WorkerId;
 use domain::ports::{ApiKeyRepository, Clock, Executor, PodManager};
 use domain::rate_limit::RateLimitPolicy;
@@ -22,8 +21,13 @@ use services::queue_bus::QueueBus;
 use services::rate_limit::RateLimiter;
 use services::worker::{QueueWorker, WorkerConfig, WorkerPorts};
 
-use crate::config::{DatabaseUrl, ExecutorKind, ServeConfig};
+use domain::signal::Signal;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ExecutorKind, ServeConfig};
 use crate::state::{AppState, HttpSettings};
+use crate::stores::Stores;
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -44,18 +48,6 @@ pub enum StartupError {
     },
 }
 
-/// Opens (and migrates) the store selected by `DATABASE_URL`.
-pub fn open_store(url: &DatabaseUrl) -> Result<Arc<SqliteStore>, StartupError> {
-    if !url.is_sqlite() {
-        return Err(StartupError::Config(format!(
-            "DATABASE_URL {url:?} selects a store this build does not have yet; use sqlite://PATH"
-        )));
-    }
-    let store = SqliteStore::open(url.expose())?;
-    store.migrate()?;
-    Ok(Arc::new(store))
-}
-
 /// The pieces `serve` runs.
 #[expect(missing_debug_implementations, reason = "holds the app state, which has trait objects")]
 pub struct Service {
@@ -63,6 +55,8 @@ pub struct Service {
     pub state: AppState,
     /// The queue worker.
     pub worker: Arc<QueueWorker>,
+    /// Signals from other replicas (Postgres only).
+    pub pump: Option<SignalPump>,
 }
 
 /// Where commands run and the pods they run in.
@@ -88,35 +82,86 @@ fn backend(cfg: &ServeConfig) -> Result<Backend, StartupError> {
     }
 }
 
-/// The key service over a cached view of the store's keys.
-pub fn key_service(store: &Arc<SqliteStore>, ttl: Duration, clock: Arc<dyn Clock>) -> Arc<ApiKeyService> {
-    let inner: Arc<dyn ApiKeyRepository> = store.clone();
-    let cached = CachedRepository::new(inner, CacheConfig { ttl, ..CacheConfig::default() });
-    Arc::new(ApiKeyService::new(Arc::new(cached), clock))
+/// The key service over a cached view of the store's keys, announcing revocations to other
+/// replicas; also returns the cache so signals from them can clear it.
+pub fn key_service(
+    stores: &Stores,
+    ttl: Duration,
+    clock: Arc<dyn Clock>,
+) -> (Arc<ApiKeyService>, Arc<CachedRepository<Arc<dyn ApiKeyRepository>>>) {
+    let cached = Arc::new(CachedRepository::new(stores.keys.clone(), CacheConfig { ttl, ..CacheConfig::default() }));
+    let mut service = ApiKeyService::new(cached.clone(), clock);
+    if let Some(signals) = &stores.signals {
+        service = service.with_signals(signals.clone());
+    }
+    (Arc::new(service), cached)
+}
+
+/// Applies signals from other replicas: wakes the worker, tells waiters and the replica running
+/// a command about changes, and clears the key cache when a key was revoked or rotated.
+pub struct SignalPump {
+    signals: futures::stream::BoxStream<'static, Signal>,
+    bus: Arc<QueueBus>,
+    key_cache: Arc<CachedRepository<Arc<dyn ApiKeyRepository>>>,
+}
+
+impl std::fmt::Debug for SignalPump {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignalPump").finish_non_exhaustive()
+    }
+}
+
+impl SignalPump {
+    /// Runs until `shutdown` fires or the signal bus goes away.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        loop {
+            let next = tokio::select! {
+                () = shutdown.cancelled() => return,
+                next = self.signals.next() => next,
+            };
+            let Some(signal) = next else { return };
+            self.bus.on_signal(signal);
+            if matches!(signal, Signal::KeyChanged(_) | Signal::Resync) {
+                self.key_cache.invalidate_all();
+            }
+        }
+    }
 }
 
 /// Wires every service for `serve`.
 pub fn build(
-    store: Arc<SqliteStore>,
+    stores: Stores,
     cfg: &ServeConfig,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
 ) -> Result<Service, StartupError> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let Backend { executor, pods, breaker } = backend(cfg)?;
-    let bus = Arc::new(QueueBus::default());
-    let audit = AuditService::new(store.clone());
-    let projects = Arc::new(ProjectService::new(store.clone(), clock.clone()));
-    let commands =
-        Arc::new(CommandService::new(projects.clone(), store.clone(), store.clone(), bus.clone(), clock.clone()));
+    let bus = Arc::new(stores.signals.clone().map_or_else(QueueBus::default, QueueBus::with_signals));
+    let audit = AuditService::new(stores.audit.clone());
+    let projects = Arc::new(ProjectService::new(stores.projects.clone(), clock.clone()));
+    let commands = Arc::new(CommandService::new(
+        projects.clone(),
+        stores.commands.clone(),
+        stores.queue.clone(),
+        bus.clone(),
+        clock.clone(),
+    ));
     let policy = RateLimitPolicy { rps: cfg.rate_limit_rps, window_seconds: cfg.rate_limit_window_seconds };
     let mut worker_config = WorkerConfig::new(worker_id(), cfg.concurrent_commands as usize);
     worker_config.max_output_bytes = cfg.max_output_bytes;
     worker_config.shutdown_grace = Duration::from_secs(cfg.shutdown_grace_seconds);
+    worker_config.lease = Duration::from_secs(cfg.lease_seconds);
+    // DESIGN: a 60 s lease renewed every 15 s, expired leases found within 2 minutes of a death.
+    worker_config.renew_every = worker_config.lease / 4;
+    worker_config.reap_every = worker_config.lease / 4;
     let live_worker_window =
         chrono::TimeDelta::from_std(worker_config.poll_every * 10).unwrap_or(chrono::TimeDelta::seconds(10));
+    let (keys, key_cache) = key_service(&stores, Duration::from_millis(cfg.key_cache_ttl_ms), clock.clone());
+    let pump =
+        stores.signals.as_ref().map(|signals| SignalPump { signals: signals.subscribe(), bus: bus.clone(), key_cache });
     let ports = WorkerPorts {
-        queue: store.clone(),
-        projects: store.clone(),
+        queue: stores.queue.clone(),
+        projects: stores.projects.clone(),
         executor: executor.clone(),
         pods: pods.clone(),
         breaker,
@@ -125,13 +170,13 @@ pub fn build(
         clock: clock.clone(),
     };
     let state = AppState {
-        keys: key_service(&store, Duration::from_millis(cfg.key_cache_ttl_ms), clock.clone()),
+        keys,
         pods: PodService::new(projects.clone(), pods),
         projects,
         commands,
         audit,
-        limiter: Arc::new(RateLimiter::new(store.clone(), clock, policy)),
-        store_health: store,
+        limiter: Arc::new(RateLimiter::new(stores.rate_limits.clone(), clock, policy)),
+        store_health: stores.health.clone(),
         executor,
         metrics,
         http: HttpSettings {
@@ -140,7 +185,7 @@ pub fn build(
             live_worker_window,
         },
     };
-    Ok(Service { state, worker: QueueWorker::new(ports, worker_config) })
+    Ok(Service { state, worker: QueueWorker::new(ports, worker_config), pump })
 }
 
 fn worker_id() -> WorkerId {

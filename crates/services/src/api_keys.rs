@@ -8,7 +8,8 @@ use domain::api_key::{ApiKey, ApiKeySecret, KeyRejection, PreviousSecret, Projec
 use domain::ids::ApiKeyId;
 use domain::network::CidrList;
 use domain::pagination::{Page, PageRequest};
-use domain::ports::{ApiKeyRepository, Clock};
+use domain::ports::{ApiKeyRepository, Clock, SignalBus};
+use domain::signal::Signal;
 use domain::{DomainError, DomainResult, Timestamp};
 use moka::future::Cache;
 use rand::RngCore;
@@ -43,6 +44,7 @@ pub struct ApiKeyService {
     repo: Arc<dyn ApiKeyRepository>,
     clock: Arc<dyn Clock>,
     recently_touched: Cache<ApiKeyId, ()>,
+    signals: Option<Arc<dyn SignalBus>>,
 }
 
 impl std::fmt::Debug for ApiKeyService {
@@ -61,7 +63,21 @@ impl ApiKeyService {
     /// A service over `repo` (typically a `CachedRepository`).
     pub fn new(repo: Arc<dyn ApiKeyRepository>, clock: Arc<dyn Clock>) -> Self {
         let recently_touched = Cache::builder().max_capacity(100_000).time_to_live(TOUCH_EVERY).build();
-        Self { repo, clock, recently_touched }
+        Self { repo, clock, recently_touched, signals: None }
+    }
+
+    /// Announces revocations and rotations on `signals`, so every replica drops the key from
+    /// its cache at once instead of at the TTL.
+    pub fn with_signals(mut self, signals: Arc<dyn SignalBus>) -> Self {
+        self.signals = Some(signals);
+        self
+    }
+
+    async fn announce(&self, id: ApiKeyId) {
+        let Some(signals) = &self.signals else { return };
+        if let Err(e) = signals.publish(Signal::KeyChanged(id)).await {
+            tracing::warn!(api_key_id = %id, error = %e, "could not announce a key change; other replicas see it at the cache TTL");
+        }
     }
 
     /// Creates a key and returns it with its secret (shown once). Needs `admin`.
@@ -152,6 +168,7 @@ impl ApiKeyService {
         actor.require(Scope::Admin)?;
         let key = self.repo.revoke(id, self.clock.now()).await?;
         tracing::info!(api_key_id = %id, "API key revoked");
+        self.announce(id).await;
         Ok(key)
     }
 
@@ -174,6 +191,7 @@ impl ApiKeyService {
         });
         let key = self.repo.rotate(id, secret.hash(), &secret.display_prefix(), previous).await?;
         tracing::info!(api_key_id = %id, grace_seconds, "API key rotated");
+        self.announce(id).await;
         Ok((key, secret))
     }
 }

@@ -170,7 +170,7 @@ impl CommandService {
         if command.status == CommandStatus::Running {
             self.bus.cancel_local(id);
         }
-        self.bus.command_changed();
+        self.bus.command_state_changed(id);
         Ok(command)
     }
 

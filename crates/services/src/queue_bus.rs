@@ -1,32 +1,61 @@
-//! In-process signals between the HTTP side and the queue worker: new work, "something
-//! changed" for waiters and event streams, and the cancel tokens of running commands.
-//! Across replicas the store is the source of truth; these only make one replica fast.
+//! Signals between the HTTP side and the queue worker: new work, "something changed" for
+//! waiters and event streams, and the cancel tokens of running commands. With a `SignalBus`
+//! (Postgres NOTIFY) the signals also reach every other replica; the store stays the source of
+//! truth, so a lost signal only delays something until the next poll.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use domain::ids::CommandId;
+use domain::ports::SignalBus;
+use domain::signal::Signal;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-/// Signals shared by `CommandService` and `QueueWorker` in one process.
+/// A command running in this process.
 #[derive(Debug)]
+struct Running {
+    cancel: CancellationToken,
+    /// Tells the command's lease keeper to look at the store now (e.g. a cancel request).
+    poke: Arc<Notify>,
+}
+
+/// Signals shared by `CommandService` and `QueueWorker`, and across replicas when built with
+/// `with_signals`.
 pub struct QueueBus {
     new_work: Notify,
     changed: watch::Sender<u64>,
-    running: Mutex<HashMap<CommandId, CancellationToken>>,
+    running: Mutex<HashMap<CommandId, Running>>,
+    remote: Option<Arc<dyn SignalBus>>,
+}
+
+impl std::fmt::Debug for QueueBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueBus").field("cross_replica", &self.remote.is_some()).finish_non_exhaustive()
+    }
 }
 
 impl Default for QueueBus {
     fn default() -> Self {
-        Self { new_work: Notify::new(), changed: watch::channel(0).0, running: Mutex::new(HashMap::new()) }
+        Self {
+            new_work: Notify::new(),
+            changed: watch::channel(0).0,
+            running: Mutex::new(HashMap::new()),
+            remote: None,
+        }
     }
 }
 
 impl QueueBus {
-    /// Wakes the worker: a command was queued or a slot freed.
+    /// A bus that also publishes to, and (through `on_signal`) hears from, other replicas.
+    pub fn with_signals(remote: Arc<dyn SignalBus>) -> Self {
+        Self { remote: Some(remote), ..Self::default() }
+    }
+
+    /// Wakes the workers of every replica: a command was queued or a slot freed.
     pub fn wake_worker(&self) {
         self.new_work.notify_one();
+        self.publish(Signal::WorkQueued);
     }
 
     /// Waits for `wake_worker`.
@@ -34,9 +63,16 @@ impl QueueBus {
         self.new_work.notified().await;
     }
 
-    /// Tells waiters and event streams that some command changed.
+    /// Tells local waiters and event streams that some command changed (output, for example).
     pub fn command_changed(&self) {
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A command's state changed (queued, started, ended, cancel requested): every replica's
+    /// waiters re-read it, and the replica running it checks for a cancel request.
+    pub fn command_state_changed(&self, id: CommandId) {
+        self.command_changed();
+        self.publish(Signal::CommandChanged(id));
     }
 
     /// A receiver that sees every `command_changed`.
@@ -44,9 +80,31 @@ impl QueueBus {
         self.changed.subscribe()
     }
 
-    /// Registers the cancel token of a command running here.
-    pub fn register(&self, id: CommandId, token: CancellationToken) {
-        self.lock().insert(id, token);
+    /// Applies a signal from another replica (or this one, echoed by the signal bus).
+    pub fn on_signal(&self, signal: Signal) {
+        match signal {
+            Signal::WorkQueued => self.new_work.notify_one(),
+            Signal::CommandChanged(id) => {
+                self.command_changed();
+                if let Some(running) = self.lock().get(&id) {
+                    running.poke.notify_one();
+                }
+            }
+            Signal::Resync => {
+                self.command_changed();
+                self.new_work.notify_one();
+                self.lock().values().for_each(|r| r.poke.notify_one());
+            }
+            Signal::KeyChanged(_) => {}
+        }
+    }
+
+    /// Registers the cancel token of a command running here; the returned `Notify` fires when
+    /// the store should be checked for a cancel request at once.
+    pub fn register(&self, id: CommandId, token: CancellationToken) -> Arc<Notify> {
+        let poke = Arc::new(Notify::new());
+        self.lock().insert(id, Running { cancel: token, poke: Arc::clone(&poke) });
+        poke
     }
 
     /// Forgets a command that ended.
@@ -56,15 +114,53 @@ impl QueueBus {
 
     /// Cancels a command if it runs in this process; returns whether it did.
     pub fn cancel_local(&self, id: CommandId) -> bool {
-        self.lock().get(&id).map(CancellationToken::cancel).is_some()
+        self.lock().get(&id).map(|r| r.cancel.cancel()).is_some()
     }
 
     /// Tokens of every command running here (for shutdown).
     pub fn running_tokens(&self) -> Vec<CancellationToken> {
-        self.lock().values().cloned().collect()
+        self.lock().values().map(|r| r.cancel.clone()).collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CommandId, CancellationToken>> {
+    fn publish(&self, signal: Signal) {
+        let Some(remote) = self.remote.clone() else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        // Fire and forget: the caller's work is done and stored; a lost signal only delays.
+        runtime.spawn(async move {
+            if let Err(e) = remote.publish(signal).await {
+                tracing::debug!(error = %e, ?signal, "could not publish a signal; other replicas will poll");
+            }
+        });
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CommandId, Running>> {
         self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used)]
+mod tests {
+    use std::time::Duration;
+
+    use futures::StreamExt;
+
+    use super::*;
+    use crate::signals::LocalSignalBus;
+
+    #[tokio::test]
+    async fn state_changes_are_published_and_pokes_reach_the_running_command() {
+        let remote = Arc::new(LocalSignalBus::default());
+        let mut heard = remote.subscribe();
+        let bus = QueueBus::with_signals(remote.clone());
+        let id = CommandId::generate();
+        let poke = bus.register(id, CancellationToken::new());
+        bus.command_state_changed(id);
+        let signal = tokio::time::timeout(Duration::from_secs(1), heard.next()).await.expect("published");
+        assert_eq!(signal, Some(Signal::CommandChanged(id)));
+        bus.on_signal(Signal::CommandChanged(id));
+        tokio::time::timeout(Duration::from_secs(1), poke.notified()).await.expect("poked");
+        bus.on_signal(Signal::WorkQueued);
+        tokio::time::timeout(Duration::from_secs(1), bus.work_arrived()).await.expect("woken");
     }
 }

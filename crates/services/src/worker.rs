@@ -31,7 +31,8 @@ pub struct WorkerConfig {
     pub concurrency: usize,
     /// Lease length (60 s).
     pub lease: Duration,
-    /// How often a running command's lease is renewed and its cancel flag read.
+    /// How often a running command's lease is renewed and its cancel flag read (a cancel
+    /// request signalled by any replica is read at once).
     pub renew_every: Duration,
     /// Fallback poll when no wake-up arrives.
     pub poll_every: Duration,
@@ -52,7 +53,7 @@ impl WorkerConfig {
             worker_id,
             concurrency,
             lease: Duration::from_secs(60),
-            renew_every: Duration::from_secs(1),
+            renew_every: Duration::from_secs(15),
             poll_every: Duration::from_secs(1),
             reap_every: Duration::from_secs(15),
             max_output_bytes: 1024 * 1024,
@@ -139,7 +140,7 @@ impl QueueWorker {
                     metrics::counter!(m::COMMANDS_TOTAL, "status" => CommandStatus::Lost.as_str()).increment(1);
                     tracing::warn!(command_id = %command.id, project = %command.project, "command lost: its worker stopped renewing the lease");
                     self.audit_end(&command).await;
-                    self.ports.bus.command_changed();
+                    self.ports.bus.command_state_changed(command.id);
                 }
             }
             Err(e) => tracing::warn!(error = %e, "reaping expired leases failed"),
@@ -189,8 +190,8 @@ impl QueueWorker {
     async fn execute(self: Arc<Self>, claim: Claim, _slot: OwnedSemaphorePermit) {
         let Claim { command, fence } = claim;
         let cancel = CancellationToken::new();
-        self.ports.bus.register(command.id, cancel.clone());
-        self.ports.bus.command_changed();
+        let poke = self.ports.bus.register(command.id, cancel.clone());
+        self.ports.bus.command_state_changed(command.id);
         metrics::gauge!(m::COMMANDS_ACTIVE).increment(1.0);
         if let Some(started) = command.started_at {
             let waited = (started - command.queued_at).to_std().unwrap_or_default();
@@ -199,8 +200,13 @@ impl QueueWorker {
         self.audit_start(&command).await;
 
         let lease_lost = CancellationToken::new();
-        let renewer =
-            tokio::spawn(Arc::clone(&self).keep_lease(command.clone(), fence, cancel.clone(), lease_lost.clone()));
+        let renewer = tokio::spawn(Arc::clone(&self).keep_lease(
+            command.clone(),
+            fence,
+            poke,
+            cancel.clone(),
+            lease_lost.clone(),
+        ));
         let (completion, output) = match self.prepare(&command, &cancel).await {
             Ok(request) => {
                 let sink = StoreSink::new(
@@ -224,7 +230,7 @@ impl QueueWorker {
         }
         self.ports.bus.unregister(command.id);
         metrics::gauge!(m::COMMANDS_ACTIVE).decrement(1.0);
-        self.ports.bus.command_changed();
+        self.ports.bus.command_state_changed(command.id);
         self.ports.bus.wake_worker();
     }
 
@@ -298,13 +304,19 @@ impl QueueWorker {
         self: Arc<Self>,
         command: Command,
         fence: i64,
+        poke: Arc<tokio::sync::Notify>,
         cancel: CancellationToken,
         lost: CancellationToken,
     ) {
         let mut tick = tokio::time::interval(self.config.renew_every);
         tick.tick().await;
         loop {
-            tick.tick().await;
+            // A poke (a cancel request seen by any replica) renews at once, which also reads the
+            // cancel flag; otherwise the lease is renewed on the tick.
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = poke.notified() => {}
+            }
             let until =
                 self.ports.clock.now() + TimeDelta::from_std(self.config.lease).unwrap_or(TimeDelta::seconds(60));
             match self.ports.queue.renew_lease(command.id, fence, until).await {

@@ -40,11 +40,19 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(flags: &[&str]) -> TestApp {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = format!("sqlite://{}/rdev.db", dir.path().display());
+    spawn_replica(&db, None, flags, dir).await
+}
+
+/// A replica on the database `url`; `admin` is the admin key when another replica already
+/// bootstrapped it (otherwise the store must be empty and one is created).
+pub async fn spawn_replica(url: &str, admin: Option<&str>, flags: &[&str], dir: tempfile::TempDir) -> TestApp {
     let workspaces = dir.path().join("workspaces").display().to_string();
     let mut args = vec![
         "rdev-api",
         "--database-url",
-        &db,
+        url,
+        "--database-pool-size",
+        "16",
         "serve",
         "--listen-addr",
         "127.0.0.1:0",
@@ -57,24 +65,42 @@ pub async fn spawn_app_with(flags: &[&str]) -> TestApp {
     ];
     args.extend_from_slice(flags);
     let cli = Cli::try_parse_from(args).expect("flags");
+    let db = cli.database();
     let Some(Command::Serve(cfg)) = cli.command else { panic!("serve") };
-    start(&cli.database_url, &cfg, dir).await
+    start(&db, &cfg, dir, admin).await
 }
 
-async fn start(db: &app::config::DatabaseUrl, cfg: &ServeConfig, dir: tempfile::TempDir) -> TestApp {
-    let store = app::wiring::open_store(db).expect("store");
-    let service = app::wiring::build(store, cfg, app::telemetry::metrics_handle()).expect("wiring");
-    let (_, admin) = service.state.keys.bootstrap_admin().await.expect("bootstrap").expect("empty store");
+/// Logs go to the test's captured output, filtered by `RUST_LOG` (default: errors only).
+fn init_test_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "error".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+}
+
+async fn start(db: &app::config::Database, cfg: &ServeConfig, dir: tempfile::TempDir, admin: Option<&str>) -> TestApp {
+    init_test_logs();
+    let options = app::stores::OpenOptions { migrate: true, pool_size: db.pool_size };
+    let stores = app::stores::open(&db.url, options).await.expect("store");
+    let service = app::wiring::build(stores, cfg, app::telemetry::metrics_handle()).expect("wiring");
+    let admin = match admin {
+        Some(key) => key.to_owned(),
+        None => {
+            let (_, admin) = service.state.keys.bootstrap_admin().await.expect("bootstrap").expect("empty store");
+            admin.expose().to_owned()
+        }
+    };
     let listener = std::net::TcpListener::bind(cfg.listen_addr).expect("bind");
     let addr = listener.local_addr().expect("addr");
     let shutdown = CancellationToken::new();
     tokio::spawn(Arc::clone(&service.worker).run(shutdown.clone()));
+    if let Some(pump) = service.pump {
+        tokio::spawn(pump.run(shutdown.clone()));
+    }
     let server = app::server::server(service.state, listener, 1).expect("server");
     let handle = server.handle();
     tokio::spawn(server);
     TestApp {
         base: format!("http://{addr}"),
-        admin: admin.expose().to_owned(),
+        admin,
         client: reqwest::Client::builder().timeout(Duration::from_secs(90)).build().expect("client"),
         dir,
         shutdown,

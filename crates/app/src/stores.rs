@@ -1,0 +1,89 @@
+//! The store selected by `DATABASE_URL`, seen as the ports services need: SQLite (embedded,
+//! one replica) or Postgres (several replicas, signals over LISTEN/NOTIFY).
+
+use std::sync::Arc;
+
+use adapters_postgres::{PgSignalBus, PgStore};
+use adapters_sqlite::SqliteStore;
+use domain::ports::{
+    ApiKeyRepository, AuditLog, CommandQueue, CommandRepository, HealthCheck, ProjectRepository, RateLimitStore,
+    SignalBus,
+};
+
+use crate::config::DatabaseUrl;
+use crate::wiring::StartupError;
+
+/// Every store port, from one backend.
+#[derive(Clone)]
+#[expect(missing_debug_implementations, reason = "trait objects without Debug")]
+pub struct Stores {
+    /// Projects.
+    pub projects: Arc<dyn ProjectRepository>,
+    /// API keys (uncached).
+    pub keys: Arc<dyn ApiKeyRepository>,
+    /// Commands as clients see them.
+    pub commands: Arc<dyn CommandRepository>,
+    /// The queue as workers see it.
+    pub queue: Arc<dyn CommandQueue>,
+    /// The audit log.
+    pub audit: Arc<dyn AuditLog>,
+    /// Rate-limit windows.
+    pub rate_limits: Arc<dyn RateLimitStore>,
+    /// Readiness.
+    pub health: Arc<dyn HealthCheck>,
+    /// Signals to and from the other replicas on the same store (`None`: this is the only one).
+    pub signals: Option<Arc<dyn SignalBus>>,
+}
+
+impl Stores {
+    /// Views one store through every port.
+    fn of<S>(store: Arc<S>, signals: Option<Arc<dyn SignalBus>>) -> Self
+    where
+        S: ProjectRepository
+            + ApiKeyRepository
+            + CommandRepository
+            + CommandQueue
+            + AuditLog
+            + RateLimitStore
+            + HealthCheck
+            + 'static,
+    {
+        Self {
+            projects: store.clone(),
+            keys: store.clone(),
+            commands: store.clone(),
+            queue: store.clone(),
+            audit: store.clone(),
+            rate_limits: store.clone(),
+            health: store,
+            signals,
+        }
+    }
+}
+
+/// How to open the store.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenOptions {
+    /// Apply pending migrations (SQLite always does: it is embedded and single-replica).
+    pub migrate: bool,
+    /// Postgres connections.
+    pub pool_size: u32,
+}
+
+/// Opens the store `url` selects.
+pub async fn open(url: &DatabaseUrl, options: OpenOptions) -> Result<Stores, StartupError> {
+    if url.is_sqlite() {
+        let store = SqliteStore::open(url.expose())?;
+        store.migrate()?;
+        return Ok(Stores::of(Arc::new(store), None));
+    }
+    if !url.is_postgres() {
+        return Err(StartupError::Config(format!("DATABASE_URL {url:?}: use sqlite://PATH or postgres://…")));
+    }
+    let store = PgStore::connect(url.expose(), options.pool_size).await?;
+    if options.migrate {
+        store.migrate().await?;
+    }
+    let signals: Arc<dyn SignalBus> = Arc::new(PgSignalBus::connect(url.expose()).await?);
+    Ok(Stores::of(Arc::new(store), Some(signals)))
+}

@@ -1,0 +1,224 @@
+//! Several replicas on one PostgreSQL database, through real HTTP: the queue runs each command
+//! exactly once, a dead replica's command ends `lost` and is never re-run, revocation and rate
+//! limits are shared, the audit chain catches tampering, and an outage answers 503 and heals.
+//!
+//! The server is a throwaway cluster started by `adapters_postgres::testing` (or
+//! `DATABASE_URL`); each test gets its own database.
+#![allow(clippy::expect_used, reason = "test set-up: a failed expectation is a failed test")]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use adapters_postgres::testing::{TestCluster, TestDatabase};
+use common::{problem, spawn_replica, TestApp};
+use futures::StreamExt;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+async fn replicas(db: &TestDatabase, flags: &[&str]) -> (TestApp, TestApp) {
+    let a = spawn_replica(db.url(), None, flags, tempdir()).await;
+    let b = spawn_replica(db.url(), Some(&a.admin), flags, tempdir()).await;
+    (a, b)
+}
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("dir")
+}
+
+fn ledger_lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_owned).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_run_each_of_2000_commands_exactly_once() {
+    let db = TestDatabase::create().await;
+    let (a, b) = replicas(&db, &["--concurrent-commands", "8"]).await;
+    a.project("ledger", 16).await;
+    let ledger = a.dir.path().join("ledger.txt");
+    let total = 2000;
+    let mut ids = Vec::with_capacity(total);
+    // 16 clients at a time, alternating replicas, like a fleet of CI jobs.
+    let submissions: Vec<Value> = futures::stream::iter((0..total).map(|n| {
+        let (app, ledger) = (if n % 2 == 0 { &a } else { &b }, ledger.display().to_string());
+        async move { app.submit("ledger", json!({"command": ["sh", "-c", format!("echo {n} >> {ledger}")]})).await }
+    }))
+    .buffer_unordered(16)
+    .collect()
+    .await;
+    for v in submissions {
+        ids.push(v["id"].as_str().expect("id").to_owned());
+    }
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let queue: Value = a.get("/v1/queue").await.json().await.expect("queue");
+        let depth: u64 = queue["depth"].as_object().expect("depth").values().filter_map(Value::as_u64).sum();
+        if depth == 0 && queue["running"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "queue did not drain: {queue}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(a.get("/v1/queue").await.json::<Value>().await.expect("queue")["replicas"], 2);
+    let mut counts: BTreeMap<u32, u32> = BTreeMap::new();
+    for line in ledger_lines(&ledger) {
+        *counts.entry(line.parse().expect("ledger line")).or_default() += 1;
+    }
+    let twice: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(twice.is_empty(), "ran more than once: {twice:?}");
+    assert_eq!(counts.len(), total, "every command ran");
+    for id in ids.iter().step_by(97) {
+        let v: Value = b.get(&format!("/v1/commands/{id}")).await.json().await.expect("json");
+        assert_eq!(v["status"], "succeeded", "{v}");
+    }
+}
+
+#[tokio::test]
+async fn a_command_on_a_killed_replica_ends_lost_and_never_runs_again() {
+    let db = TestDatabase::create().await;
+    let dir = tempdir();
+    let admin = {
+        let seed = spawn_replica(db.url(), None, &["--concurrent-commands", "0"], tempdir()).await;
+        seed.project("doomed", 1).await;
+        seed.admin.clone()
+    };
+    // Replica A is a real process, so it can be killed with SIGKILL like a crashed pod.
+    let mut replica_a = std::process::Command::new(env!("CARGO_BIN_EXE_rdev-api"))
+        .args(["serve", "--listen-addr", "127.0.0.1:0", "--lease-seconds", "2", "--concurrent-commands", "1"])
+        .env("DATABASE_URL", db.url())
+        .env("WORKSPACES_DIR", dir.path().join("a"))
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn replica A");
+    let b =
+        spawn_replica(db.url(), Some(&admin), &["--concurrent-commands", "0", "--lease-seconds", "2"], tempdir()).await;
+    let ledger = dir.path().join("starts.txt");
+    let script = format!("echo started >> {0}; sleep 5; echo finished >> {0}", ledger.display());
+    let cmd = b.submit("doomed", json!({"script": script})).await;
+    let id = cmd["id"].as_str().expect("id").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ledger_lines(&ledger).is_empty() {
+        assert!(Instant::now() < deadline, "replica A never started the command");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    replica_a.kill().expect("SIGKILL replica A");
+    replica_a.wait().expect("reap replica A");
+    // B only reaps (0 slots): the lease runs out and the command is marked lost, not re-run.
+    let lost = b.finished(&id, 20).await;
+    assert_eq!(lost["status"], "lost", "{lost}");
+    assert_eq!(lost["termination_reason"], "worker_lost");
+    assert_eq!(lost["exit_code"], Value::Null);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let starts = ledger_lines(&ledger).iter().filter(|l| *l == "started").count();
+    assert_eq!(starts, 1, "started exactly once: {:?}", ledger_lines(&ledger));
+    let again: Value = b.get(&format!("/v1/commands/{id}")).await.json().await.expect("json");
+    assert_eq!(again["status"], "lost", "stays lost");
+}
+
+#[tokio::test]
+async fn revocation_on_one_replica_reaches_the_other_within_a_second() {
+    let db = TestDatabase::create().await;
+    // A long cache TTL on both: only the NOTIFY can make B forget the key in time.
+    let (a, b) = replicas(&db, &["--key-cache-ttl-ms", "600000"]).await;
+    let (id, key) = a.key(json!({"name": "shared", "scopes": ["projects:read"]})).await;
+    assert_eq!(b.call(Method::GET, "/v1/me", &key, None).await.status(), StatusCode::OK, "B caches the key");
+    let revoked = a.call(Method::DELETE, &format!("/v1/api-keys/{id}"), &a.admin, None).await;
+    assert!(revoked.status().is_success());
+    let started = Instant::now();
+    loop {
+        let status = b.call(Method::GET, "/v1/me", &key, None).await.status();
+        if status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(1), "B still accepts the revoked key: {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_rate_limit_consumed_through_one_replica_is_seen_by_the_other() {
+    let db = TestDatabase::create().await;
+    let (a, b) = replicas(&db, &[]).await;
+    // 1 request/s over the default 10 s window: 10 requests in any 10 s.
+    let (_, key) = a.key(json!({"name": "slow", "scopes": ["projects:read"], "rate_limit_rps": 1})).await;
+    for n in 0..10 {
+        let res = a.call(Method::GET, "/v1/me", &key, None).await;
+        assert_eq!(res.status(), StatusCode::OK, "request {n} on A");
+    }
+    let refused = b.call(Method::GET, "/v1/me", &key, None).await;
+    assert!(refused.headers().get("retry-after").is_some());
+    problem(refused, 429, "rate_limited").await;
+}
+
+#[tokio::test]
+async fn audit_verify_finds_a_record_changed_behind_the_services_back() {
+    let db = TestDatabase::create().await;
+    let a = spawn_replica(db.url(), None, &[], tempdir()).await;
+    a.project("audited", 1).await;
+    a.key(json!({"name": "x", "scopes": ["audit:read"]})).await;
+    let verify = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_rdev-api"))
+            .args(["audit", "verify"])
+            .env("DATABASE_URL", db.url())
+            .output()
+            .expect("run audit verify")
+    };
+    let good = verify();
+    assert!(good.status.success(), "{}", String::from_utf8_lossy(&good.stdout));
+    let (client, connection) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    let refused = client.execute("UPDATE audit_log SET action = 'nothing happened' WHERE seq = 1", &[]).await;
+    assert!(refused.is_err(), "the trigger refuses UPDATE");
+    assert!(client.execute("DELETE FROM audit_log WHERE seq = 1", &[]).await.is_err(), "and DELETE");
+    client
+        .batch_execute(
+            "ALTER TABLE audit_log DISABLE TRIGGER USER; \
+             UPDATE audit_log SET action = 'nothing happened' WHERE seq = 2; \
+             ALTER TABLE audit_log ENABLE TRIGGER USER;",
+        )
+        .await
+        .expect("tamper with the trigger disabled");
+    let bad = verify();
+    assert_eq!(bad.status.code(), Some(1), "verify fails");
+    let report: Value = serde_json::from_slice(&bad.stdout).expect("json report");
+    assert_eq!(report["ok"], false);
+    let over_http: Value = a.get("/v1/audit-log/verify").await.json().await.expect("json");
+    assert_eq!(over_http["ok"], false);
+    assert_eq!(over_http["first_bad_id"], report["first_bad_id"]);
+    assert!(report["first_bad_id"].is_string());
+}
+
+#[tokio::test]
+async fn a_database_outage_gives_503_and_the_service_recovers_by_itself() {
+    let cluster = TestCluster::start_dedicated();
+    let db = TestDatabase::create_on(&cluster).await;
+    let a = spawn_replica(db.url(), None, &[], tempdir()).await;
+    a.project("steady", 1).await;
+    assert_eq!(a.get("/readyz").await.status(), StatusCode::OK);
+    cluster.stop();
+    let started = Instant::now();
+    let ready = a.client.get(format!("{}/readyz", a.base)).send().await.expect("readyz");
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = ready.json().await.expect("json");
+    assert_ne!(body["database"], "ok", "{body}");
+    // The key is cached, so these reach the store and must fail cleanly, not hang or panic.
+    problem(a.get("/v1/projects/steady").await, 503, "unavailable").await;
+    problem(a.post("/v1/projects/steady/commands", json!({"command": ["true"]})).await, 503, "unavailable").await;
+    assert!(started.elapsed() < Duration::from_secs(20), "answers came in {:?}", started.elapsed());
+    cluster.start();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ok = a.get("/readyz").await.status() == StatusCode::OK
+            && a.get("/v1/projects/steady").await.status() == StatusCode::OK;
+        if ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the service did not recover");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (done, _) = a.run("steady", json!({"command": ["true"]})).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+}
