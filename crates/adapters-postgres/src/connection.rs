@@ -15,7 +15,7 @@ use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, PoolError, PoolableConnection, RecyclingMethod,
 };
 use diesel_async::AsyncPgConnection;
-use domain::DomainError;
+use domain::{DomainError, DomainResult};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
@@ -30,7 +30,7 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 const KEEPALIVE_RETRIES: u32 = 5;
 
 /// The pool of diesel-async connections.
-pub(crate) type Pool = bb8::Pool<AsyncDieselConnectionManager<AsyncPgConnection>>;
+type Pool = bb8::Pool<AsyncDieselConnectionManager<AsyncPgConnection>>;
 /// A connection checked out of the pool.
 pub(crate) type Pooled<'a> = bb8::PooledConnection<'a, AsyncDieselConnectionManager<AsyncPgConnection>>;
 
@@ -74,68 +74,136 @@ pub(crate) fn describe_postgres_error(e: &tokio_postgres::Error) -> String {
     }
 }
 
-/// The last connection failure the pool saw, to explain a check-out that timed out.
+/// Whether connecting works right now, as the last attempt found it. A check-out gives up as
+/// soon as an attempt fails, and while attempts fail it waits only `FAILING_CHECKOUT_TIMEOUT`:
+/// an outage answers at once instead of after a full check-out timeout per request, and each
+/// check-out still lets the pool try again.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct LastError(Arc<Mutex<Option<String>>>);
+pub(crate) struct Health(Arc<HealthState>);
 
-impl LastError {
-    fn set(&self, text: String) {
-        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(text);
+#[derive(Debug, Default)]
+struct HealthState {
+    failure: Mutex<Option<String>>,
+    failed: tokio::sync::Notify,
+}
+
+impl Health {
+    fn record(&self, failure: Option<String>) {
+        let failed = failure.is_some();
+        *self.0.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = failure;
+        if failed {
+            self.0.failed.notify_waiters();
+        }
     }
 
-    fn get(&self) -> Option<String> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    /// The last connection attempt's failure, if it failed.
+    fn failure(&self) -> Option<String> {
+        self.0.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 }
 
-impl bb8::ErrorSink<PoolError> for LastError {
+/// How long a check-out waits while the last connection attempt failed.
+const FAILING_CHECKOUT_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// A bounded pool and what it knows about the server's reachability.
+#[derive(Clone)]
+pub(crate) struct Connections {
+    pool: Pool,
+    health: Health,
+}
+
+impl std::fmt::Debug for Connections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.pool.state();
+        f.debug_struct("Connections")
+            .field("connections", &state.connections)
+            .field("idle", &state.idle_connections)
+            .field("failing", &self.health.failure().is_some())
+            .finish()
+    }
+}
+
+impl Connections {
+    /// A bounded pool on `url` that opens connections lazily (`pool_size` of at least 1),
+    /// starting with `first` when given.
+    pub(crate) fn new(url: &str, pool_size: u32, first: Option<AsyncPgConnection>) -> Connections {
+        let health = Health::default();
+        let mut config = ManagerConfig::default();
+        let recorder = health.clone();
+        config.custom_setup = Box::new(move |url| {
+            let health = recorder.clone();
+            async move {
+                let opened = establish(url).await;
+                health.record(opened.as_ref().err().map(ToString::to_string));
+                opened
+            }
+            .boxed()
+        });
+        // A check-out only looks at the socket (no round trip): a connection whose server went
+        // away is closed by then and replaced; a rare half-open one fails its query as `Unavailable`.
+        config.recycling_method = RecyclingMethod::CustomFunction(Box::new(|conn: &mut AsyncPgConnection| {
+            let broken = conn.is_broken();
+            async move {
+                if broken {
+                    let closed = Box::new("connection closed".to_owned());
+                    Err(DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, closed))
+                } else {
+                    Ok(())
+                }
+            }
+            .boxed()
+        }));
+        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
+        let pool = bb8::Pool::builder()
+            .max_size(pool_size.max(1))
+            .min_idle(None)
+            .connection_timeout(CHECKOUT_TIMEOUT)
+            .error_sink(Box::new(LogErrors))
+            .build_unchecked(manager);
+        if let Some(conn) = first {
+            // Only a full pool refuses a connection, and this one is empty.
+            if pool.add(conn).is_err() {
+                tracing::debug!("a new pool refused its first connection");
+            }
+        }
+        Connections { pool, health }
+    }
+
+    /// A pooled connection, or `Unavailable`.
+    pub(crate) async fn get(&self) -> DomainResult<Pooled<'_>> {
+        let failing = self.health.failure();
+        let wait = if failing.is_some() { FAILING_CHECKOUT_TIMEOUT } else { CHECKOUT_TIMEOUT };
+        let attempt_failed = self.health.0.failed.notified();
+        tokio::pin!(attempt_failed);
+        attempt_failed.as_mut().enable();
+        let unavailable = |cause: Option<String>| {
+            let cause = cause.map(|c| format!(": {c}")).unwrap_or_default();
+            DomainError::Unavailable(format!("no PostgreSQL connection{cause}"))
+        };
+        tokio::select! {
+            got = tokio::time::timeout(wait, self.pool.get()) => match got {
+                Ok(Ok(conn)) => Ok(conn),
+                Ok(Err(bb8::RunError::User(e))) => Err(unavailable(Some(e.to_string()))),
+                Ok(Err(bb8::RunError::TimedOut)) | Err(_) => {
+                    Err(unavailable(Some(self.health.failure().or(failing).unwrap_or_else(|| format!("none free within {wait:?}")))))
+                }
+            },
+            () = &mut attempt_failed => Err(unavailable(self.health.failure())),
+        }
+    }
+}
+
+/// Logs the connection failures the pool meets in the background.
+#[derive(Debug, Clone, Copy)]
+struct LogErrors;
+
+impl bb8::ErrorSink<PoolError> for LogErrors {
     fn sink(&self, error: PoolError) {
         tracing::warn!(%error, "PostgreSQL connection failed");
-        self.set(error.to_string());
     }
 
     fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<PoolError>> {
-        Box::new(self.clone())
-    }
-}
-
-/// A bounded pool on `url` that opens connections lazily; `pool_size` of at least 1.
-pub(crate) fn pool(url: &str, pool_size: u32, errors: LastError) -> Pool {
-    let mut config = ManagerConfig::default();
-    config.custom_setup = Box::new(establish);
-    // A check-out only looks at the socket (no round trip): a connection whose server went away
-    // is closed by then and replaced; the rare half-open one fails its query as `Unavailable`.
-    config.recycling_method = RecyclingMethod::CustomFunction(Box::new(|conn: &mut AsyncPgConnection| {
-        let broken = conn.is_broken();
-        async move {
-            if broken {
-                Err(DieselError::DatabaseError(
-                    DatabaseErrorKind::ClosedConnection,
-                    Box::new("connection closed".to_owned()),
-                ))
-            } else {
-                Ok(())
-            }
-        }
-        .boxed()
-    }));
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
-    bb8::Pool::builder()
-        .max_size(pool_size.max(1))
-        .min_idle(None)
-        .connection_timeout(CHECKOUT_TIMEOUT)
-        .error_sink(Box::new(errors))
-        .build_unchecked(manager)
-}
-
-/// A check-out that failed: the server is down or every connection is busy.
-pub(crate) fn checkout_error(e: bb8::RunError<PoolError>, last: &LastError) -> DomainError {
-    match e {
-        bb8::RunError::User(e) => DomainError::Unavailable(format!("no PostgreSQL connection: {e}")),
-        bb8::RunError::TimedOut => {
-            let cause = last.get().map(|c| format!(" (last failure: {c})")).unwrap_or_default();
-            DomainError::Unavailable(format!("no PostgreSQL connection within {CHECKOUT_TIMEOUT:?}{cause}"))
-        }
+        Box::new(*self)
     }
 }
 

@@ -28,7 +28,7 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use domain::ports::HealthCheck;
 use domain::{DomainError, DomainResult};
 
-use crate::connection::{LastError, Pool, Pooled};
+use crate::connection::{Connections, Pooled};
 pub(crate) use crate::connection::{StoreError, StoreResult};
 pub use crate::signals::PgSignalBus;
 
@@ -39,21 +39,10 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/p
 const MIGRATION_LOCK: i64 = 0x7264_6576_6d69_6772; // "rdevmigr"
 
 /// The PostgreSQL store: a cheap-to-clone handle on a bounded connection pool.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct PgStore {
-    pool: Pool,
+    connections: Connections,
     url: String,
-    errors: LastError,
-}
-
-impl std::fmt::Debug for PgStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = self.pool.state();
-        f.debug_struct("PgStore")
-            .field("connections", &state.connections)
-            .field("idle", &state.idle_connections)
-            .finish_non_exhaustive()
-    }
 }
 
 impl PgStore {
@@ -67,13 +56,7 @@ impl PgStore {
     pub async fn connect(url: &str, pool_size: u32) -> DomainResult<PgStore> {
         connection::client_config(url).map_err(|e| DomainError::invalid("DATABASE_URL", e.to_string()))?;
         let first = open(url).await?;
-        let errors = LastError::default();
-        let pool = connection::pool(url, pool_size, errors.clone());
-        // Only a full pool refuses a connection, and this one is empty.
-        if pool.add(first).is_err() {
-            tracing::debug!("the new pool refused its first connection");
-        }
-        Ok(PgStore { pool, url: url.to_owned(), errors })
+        Ok(PgStore { connections: Connections::new(url, pool_size, Some(first)), url: url.to_owned() })
     }
 
     /// Runs the migrations that have not run yet; running it again changes nothing. Replicas
@@ -87,7 +70,7 @@ impl PgStore {
 
     /// A pooled connection, or `Unavailable`.
     pub(crate) async fn conn(&self) -> DomainResult<Pooled<'_>> {
-        self.pool.get().await.map_err(|e| connection::checkout_error(e, &self.errors))
+        self.connections.get().await
     }
 }
 

@@ -21,7 +21,7 @@ use domain::ports::SignalBus;
 use domain::signal::Signal;
 use domain::{DomainError, DomainResult};
 
-use crate::connection::{self, LastError, Pool};
+use crate::connection::{self, Connections};
 
 /// The NOTIFY channel every replica listens on.
 pub const CHANNEL: &str = "rdev_signals";
@@ -39,8 +39,7 @@ type Messages = BoxStream<'static, Result<AsyncMessage, tokio_postgres::Error>>;
 /// Signals shared by every replica connected to the same database.
 pub struct PgSignalBus {
     sender: broadcast::Sender<Signal>,
-    publisher: Pool,
-    errors: LastError,
+    publisher: Connections,
     /// Stops the listener when the bus is dropped; its sender goes with it, ending streams.
     _listener: DropGuard,
 }
@@ -65,9 +64,8 @@ impl PgSignalBus {
             .map_err(|e| DomainError::Unavailable(format!("cannot LISTEN on PostgreSQL: {e}")))?;
         let cancel = CancellationToken::new();
         tokio::spawn(run_listener(config, sender.clone(), cancel.clone(), session));
-        let errors = LastError::default();
-        let publisher = connection::pool(url, PUBLISH_POOL_SIZE, errors.clone());
-        Ok(PgSignalBus { sender, publisher, errors, _listener: cancel.drop_guard() })
+        let publisher = Connections::new(url, PUBLISH_POOL_SIZE, None);
+        Ok(PgSignalBus { sender, publisher, _listener: cancel.drop_guard() })
     }
 }
 
@@ -76,7 +74,7 @@ impl SignalBus for PgSignalBus {
     async fn publish(&self, signal: Signal) -> DomainResult<()> {
         let payload = serde_json::to_string(&signal)
             .map_err(|e| DomainError::Internal(format!("encoding signal {signal:?}: {e}")))?;
-        let mut conn = self.publisher.get().await.map_err(|e| connection::checkout_error(e, &self.errors))?;
+        let mut conn = self.publisher.get().await?;
         diesel::sql_query("SELECT pg_notify($1, $2)")
             .bind::<Text, _>(CHANNEL)
             .bind::<Text, _>(payload)

@@ -398,9 +398,14 @@ async fn the_store_recovers_by_itself_after_the_server_restarts() {
     let started = Instant::now();
     let health = HealthCheck::check(&store).await;
     assert!(matches!(health, Err(DomainError::Unavailable(_))), "{health:?}");
-    let write = ProjectRepository::create(&store, &sample_project("during", 1)).await;
-    assert!(matches!(write, Err(DomainError::Unavailable(_))), "{write:?}");
-    assert!(started.elapsed() < Duration::from_secs(8), "outage answers took {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(4), "the first outage answer took {:?}", started.elapsed());
+    // Once a connection attempt failed, answers come at once.
+    for _ in 0..3 {
+        let started = Instant::now();
+        let write = ProjectRepository::create(&store, &sample_project("during", 1)).await;
+        assert!(matches!(write, Err(DomainError::Unavailable(_))), "{write:?}");
+        assert!(started.elapsed() < Duration::from_secs(1), "an outage answer took {:?}", started.elapsed());
+    }
     assert!(matches!(bus.publish(Signal::WorkQueued).await, Err(DomainError::Unavailable(_))));
 
     cluster.start();
