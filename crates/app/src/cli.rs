@@ -23,7 +23,7 @@ pub type ExitCode = i32;
 /// `rdev-api serve`: the HTTP API and the queue worker until SIGTERM/SIGINT.
 pub async fn serve(db: &Database, cfg: &ServeConfig) -> Result<ExitCode, StartupError> {
     let stores = stores::open(&db.url, OpenOptions { migrate: cfg.migrate_on_start, pool_size: db.pool_size }).await?;
-    let service = wiring::build(stores, cfg, crate::telemetry::metrics_handle())?;
+    let service = wiring::build(stores, cfg, crate::telemetry::metrics_handle()).await?;
     if let Some(path) = &cfg.bootstrap_admin_key_file {
         if wiring::bootstrap_admin_key(&service.state.keys, path).await? {
             eprintln!("rdev-api: admin API key written to {} (mode 0600)", path.display());

@@ -160,8 +160,15 @@ pub struct ServeConfig {
     #[arg(long, env = "EXECUTOR", value_enum, default_value = "process")]
     pub executor: ExecutorKind,
     /// Namespace of project pods (kube executor).
-    #[arg(long, env = "KUBE_NAMESPACE", default_value = "rdev")]
+    #[arg(long, env = "KUBE_NAMESPACE", default_value = "rdev-projects")]
     pub kube_namespace: String,
+    /// How long the Kubernetes circuit breaker stays open before it lets probe calls through.
+    #[arg(long, env = "KUBE_BREAKER_OPEN_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub kube_breaker_open_seconds: u64,
+    /// Kubeconfig file for the kube executor; without it the standard inference applies
+    /// (`KUBECONFIG`, `~/.kube/config`, then the in-cluster service account).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
     /// Commands this replica runs at once (0: serve the API and reap expired leases, run nothing).
     #[arg(long, env = "CONCURRENT_COMMANDS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=1000))]
     pub concurrent_commands: u32,

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use adapters_kube::{KubeBackend, KubeConfig};
 use adapters_process::{LocalPods, ProcessConfig, ProcessExecutor};
 use domain::ids::WorkerId;
 use domain::ports::{ApiKeyRepository, Clock, Executor, PodManager};
@@ -12,6 +13,7 @@ use domain::rate_limit::RateLimitPolicy;
 use domain::DomainError;
 use services::api_keys::ApiKeyService;
 use services::audit::AuditService;
+use services::breaker::{BreakerConfig, BreakerExecutor, BreakerPods, CircuitBreaker};
 use services::cache::{CacheConfig, CachedRepository};
 use services::clock::SystemClock;
 use services::commands::CommandService;
@@ -63,10 +65,10 @@ pub struct Service {
 struct Backend {
     executor: Arc<dyn Executor>,
     pods: Arc<dyn PodManager>,
-    breaker: Option<Arc<services::breaker::CircuitBreaker>>,
+    breaker: Option<Arc<CircuitBreaker>>,
 }
 
-fn backend(cfg: &ServeConfig) -> Result<Backend, StartupError> {
+async fn backend(cfg: &ServeConfig) -> Result<Backend, StartupError> {
     match cfg.executor {
         ExecutorKind::Process => Ok(Backend {
             executor: Arc::new(ProcessExecutor::new(ProcessConfig {
@@ -77,7 +79,16 @@ fn backend(cfg: &ServeConfig) -> Result<Backend, StartupError> {
             breaker: None,
         }),
         ExecutorKind::Kube => {
-            Err(StartupError::Config("EXECUTOR=kube is not available in this build yet; use EXECUTOR=process".into()))
+            let kube = KubeBackend::from_kubeconfig(cfg.kubeconfig.as_deref(), KubeConfig::new(&cfg.kube_namespace))
+                .await
+                .map_err(|e| StartupError::Config(format!("EXECUTOR=kube: {e}")))?;
+            let open_for = Duration::from_secs(cfg.kube_breaker_open_seconds);
+            let breaker = CircuitBreaker::new("kubernetes", BreakerConfig { open_for, ..BreakerConfig::default() });
+            Ok(Backend {
+                executor: Arc::new(BreakerExecutor::new(kube.clone(), breaker.clone())),
+                pods: Arc::new(BreakerPods::new(kube, breaker.clone())),
+                breaker: Some(breaker),
+            })
         }
     }
 }
@@ -129,13 +140,13 @@ impl SignalPump {
 }
 
 /// Wires every service for `serve`.
-pub fn build(
+pub async fn build(
     stores: Stores,
     cfg: &ServeConfig,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
 ) -> Result<Service, StartupError> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let Backend { executor, pods, breaker } = backend(cfg)?;
+    let Backend { executor, pods, breaker } = backend(cfg).await?;
     let bus = Arc::new(stores.signals.clone().map_or_else(QueueBus::default, QueueBus::with_signals));
     let audit = AuditService::new(stores.audit.clone());
     let projects = Arc::new(ProjectService::new(stores.projects.clone(), clock.clone()));

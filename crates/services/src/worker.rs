@@ -148,8 +148,14 @@ impl QueueWorker {
     }
 
     async fn fill_slots(self: &Arc<Self>, slots: &Arc<Semaphore>, running: &mut JoinSet<()>) {
-        if self.ports.breaker.as_ref().is_some_and(|b| !b.admits_work()) {
-            return;
+        if let Some(breaker) = &self.ports.breaker {
+            // Ask the backend before claiming (through the breaker, so this is also the
+            // half-open probe): while it is down, commands wait in the queue rather than being
+            // claimed and failed. Only an outage in the instant between this check and the pod
+            // start can still fail a command (`start_failed`).
+            if slots.available_permits() == 0 || !breaker.admits_work() || self.ports.executor.check().await.is_err() {
+                return;
+            }
         }
         while let Ok(permit) = Arc::clone(slots).try_acquire_owned() {
             let claimed =

@@ -80,7 +80,7 @@ async fn start(db: &app::config::Database, cfg: &ServeConfig, dir: tempfile::Tem
     init_test_logs();
     let options = app::stores::OpenOptions { migrate: true, pool_size: db.pool_size };
     let stores = app::stores::open(&db.url, options).await.expect("store");
-    let service = app::wiring::build(stores, cfg, app::telemetry::metrics_handle()).expect("wiring");
+    let service = app::wiring::build(stores, cfg, app::telemetry::metrics_handle()).await.expect("wiring");
     let admin = match admin {
         Some(key) => key.to_owned(),
         None => {

@@ -1,0 +1,97 @@
+//! `EXECUTOR=kube` against kube-sim over real HTTP and WebSocket: commands run in the project's
+//! pod (started on demand), and the circuit breaker keeps commands queued while the Kubernetes
+//! API fails, answers pod calls with 503 + Retry-After, shows in /readyz and /metrics, and
+//! closes again by itself.
+#![allow(clippy::expect_used, reason = "test set-up: a failed expectation is a failed test")]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{problem, spawn_app_with, TestApp};
+use kube_sim::{Faults, KubeSim, SimConfig};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const NAMESPACE: &str = "rdev-projects";
+
+async fn app_on_sim() -> (TestApp, KubeSim, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("dir");
+    let sim = KubeSim::start(SimConfig::for_tests(dir.path().join("pods"))).await.expect("kube-sim");
+    let kubeconfig = dir.path().join("kubeconfig");
+    sim.write_kubeconfig(&kubeconfig, NAMESPACE).expect("kubeconfig");
+    let kubeconfig = kubeconfig.display().to_string();
+    let flags = [
+        "--executor",
+        "kube",
+        "--kubeconfig",
+        &kubeconfig,
+        "--kube-namespace",
+        NAMESPACE,
+        "--kube-breaker-open-seconds",
+        "1",
+    ];
+    (spawn_app_with(&flags).await, sim, dir)
+}
+
+#[tokio::test]
+async fn a_command_runs_in_the_projects_pod_started_on_demand() {
+    let (app, _sim, _dir) = app_on_sim().await;
+    app.project("kproj", 1).await;
+    let pod: Value = app.get("/v1/projects/kproj/pod").await.json().await.expect("json");
+    assert_eq!(pod["phase"], "stopped", "{pod}");
+    let (done, out) = app.run("kproj", json!({"script": "echo in-pod; echo err >&2; exit 3", "env": {"X": "1"}})).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["exit_code"], 3);
+    assert_eq!(out["stdout"], "in-pod\n");
+    assert_eq!(out["stderr"], "err\n");
+    let pod: Value = app.get("/v1/projects/kproj/pod").await.json().await.expect("json");
+    assert_eq!((pod["phase"].as_str(), pod["ready"].as_bool()), (Some("running"), Some(true)), "{pod}");
+    assert_eq!(pod["pod_name"], "rdev-kproj");
+    let stopped: Value = app.post("/v1/projects/kproj/pod/stop", json!({})).await.json().await.expect("json");
+    assert!(matches!(stopped["phase"].as_str(), Some("stopping" | "stopped")), "{stopped}");
+}
+
+#[tokio::test]
+async fn the_breaker_keeps_commands_queued_while_the_api_fails_and_closes_again() {
+    let (app, sim, _dir) = app_on_sim().await;
+    app.project("flaky", 1).await;
+    sim.set_faults(Faults { refuse_connections: Some(true), ..Faults::default() });
+    // Failing pod reads open the breaker (5 calls, half of them failed).
+    for _ in 0..5 {
+        let res = app.get("/v1/projects/flaky/pod").await;
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let refused = app.get("/v1/projects/flaky/pod").await;
+    let retry_after: u64 = refused
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("retry-after");
+    assert!((1..=1).contains(&retry_after), "{retry_after}");
+    let body = problem(refused, 503, "unavailable").await;
+    assert!(body["detail"].as_str().unwrap_or_default().contains("circuit breaker kubernetes is open"), "{body}");
+    let ready = app.client.get(format!("{}/readyz", app.base)).send().await.expect("readyz");
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let ready: Value = ready.json().await.expect("json");
+    assert!(ready["executor"].as_str().unwrap_or_default().contains("circuit breaker"), "{ready}");
+    let metrics =
+        app.client.get(format!("{}/metrics", app.base)).send().await.expect("metrics").text().await.expect("text");
+    assert!(metrics.contains("circuit_breaker_transitions_total{breaker=\"kubernetes\",to=\"open\"}"), "{metrics}");
+
+    // While the API keeps failing, a submitted command waits in the queue instead of failing.
+    let queued = app.submit("flaky", json!({"command": ["echo", "later"]})).await;
+    let id = queued["id"].as_str().expect("id").to_owned();
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let v: Value = app.get(&format!("/v1/commands/{id}")).await.json().await.expect("json");
+        assert_eq!(v["status"], "queued", "no command fails because of the breaker: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    sim.clear_faults();
+    let done = app.finished(&id, 30).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(app.get("/v1/projects/flaky/pod").await.status(), StatusCode::OK);
+}
