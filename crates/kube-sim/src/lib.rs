@@ -27,8 +27,16 @@
 //! - **A pod that dies under its execs** (deletion, OOM kill) SIGKILLs their process groups (and
 //!   any process that still carries the pod's marker): a connected client gets what a real
 //!   cluster sends when the container's processes are killed, `NonZeroExitCode` with exit code
-//!   137. It can tell a deleted pod from its own kill by reading the pod (gone, or carrying a
-//!   `deletionTimestamp`) and an OOM kill by the container's `OOMKilled` state.
+//!   137. On deletion the pod object is removed *before* the kill, so a client that sees 137
+//!   and reads the pod gets a 404 (pod gone); on an OOM kill the container's `OOMKilled` state is
+//!   written before the kill. A client that sees 137 otherwise killed the process itself.
+//! - **Exec details**: `stdin`, `stdout`, `stderr` are pipes (`tty` is accepted and ignored;
+//!   resize frames are ignored). After the process exits, output is still read for 250 ms (a
+//!   background child may hold the pipes), then the status is sent. Pids are host pids.
+//!   A command that cannot start yields containerd's `InternalError`
+//!   (`… exec: "x": executable file not found in $PATH: unknown`); a container that is not
+//!   running yields `InternalError` `unable to upgrade connection: container not found ("c")`,
+//!   both on channel 3 after the upgrade, as through a real apiserver.
 //! - **Logs**: the container log is a file per container under `pods_root/.logs/<ns>/<pod>/`,
 //!   to which the sim appends lifecycle lines (`kube-sim: container main started`, OOM kills,
 //!   restarts); tests may append lines with `POST /_sim/pods/{ns}/{name}/log`. What execs print
@@ -37,10 +45,27 @@
 //! # Control endpoint (`/_sim/`, same listener, never subject to faults or auth)
 //!
 //! - `POST /_sim/faults` with [`Faults`] as JSON replaces the current faults; `DELETE` clears
-//!   them; `GET` shows them.
-//! - `POST /_sim/pods/{ns}/{name}/oom` OOM-kills the pod's container.
-//! - `GET /_sim/pods/{ns}/{name}/processes` lists the running exec processes.
-//! - `POST /_sim/pods/{ns}/{name}/log` appends the request body to the container log.
+//!   them; `GET` shows them. Faults touch only the Kubernetes API routes, in this order:
+//!   `refuse_connections` closes the connection without an answer (every request, at once);
+//!   `latency_ms` delays the request; `error_status` answers that status with a matching
+//!   `Status` body (`Retry-After: 1` on 429/503) and `drop_connections` closes the connection
+//!   without an answer, each for the `error_rate` share of requests (all when unset);
+//!   `omit_exec_status` ends exec streams with Close 1000 but no channel-3 status.
+//! - `POST /_sim/pods/{ns}/{name}/oom[?container=c]` OOM-kills the container (Never: pod
+//!   Failed; Always/OnFailure: `lastState.terminated.reason=OOMKilled`, `restartCount`+1) and
+//!   SIGKILLs its execs (137). Answers the Pod.
+//! - `GET /_sim/pods/{ns}/{name}/processes` lists the running exec processes:
+//!   `{"pids":[…],"processes":[{"pid":…,"container":"main","command":[…]}]}`.
+//! - `POST /_sim/pods/{ns}/{name}/log[?container=c]` appends the request body to the container log.
+//!
+//! # Not simulated
+//!
+//! PATCH/PUT of pods, `pods/attach`, port-forward, SPDY (kubectl falls back to it only after a
+//! failed WebSocket upgrade, and then gets the same error `Status`), the OpenAPI documents
+//! (`kubectl create -f` needs `--validate=false`), streaming lists (`sendInitialEvents` gets the
+//! 422 that makes clients fall back to list + watch), list pagination (`limit` is ignored, no
+//! `continue`), Table output for watches, log `timestamps`/`sinceSeconds`/`previous`, init
+//! containers, probes, resource enforcement, and real isolation: execs run on the host.
 
 mod api;
 mod exec;
@@ -87,12 +112,19 @@ impl SimConfig {
     }
 }
 
-/// A running simulator; dropping it without [`KubeSim::shutdown`] leaves its tasks running until
-/// the runtime stops.
+/// A running simulator. Dropping it without [`KubeSim::shutdown`] still kills every exec
+/// process and stops its tasks, but does not wait for them.
 #[derive(Debug)]
 pub struct KubeSim {
     sim: Arc<state::Sim>,
     server: server::ServerHandle,
+}
+
+impl Drop for KubeSim {
+    fn drop(&mut self) {
+        self.sim.kill_all_processes();
+        self.sim.shutdown.cancel();
+    }
 }
 
 impl KubeSim {
@@ -146,10 +178,10 @@ impl KubeSim {
         self.sim.faults.set(Faults::default());
     }
 
-    /// Stops listening, closes every connection and kills every exec process.
-    pub async fn shutdown(self) {
+    /// Kills every exec process, stops listening and closes every connection.
+    pub async fn shutdown(mut self) {
+        self.sim.kill_all_processes();
         self.sim.shutdown.cancel();
         self.server.stop().await;
-        self.sim.kill_all_processes();
     }
 }

@@ -33,8 +33,8 @@ pub(crate) struct ServerHandle {
 impl ServerHandle {
     /// Waits until the listener is closed and every connection is gone (the shutdown token
     /// must be cancelled first).
-    pub(crate) async fn stop(self) {
-        if let Err(e) = self.task.await {
+    pub(crate) async fn stop(&mut self) {
+        if let Err(e) = (&mut self.task).await {
             tracing::warn!(error = %e, "kube-sim accept loop ended abnormally");
         }
     }
