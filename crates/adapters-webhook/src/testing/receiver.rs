@@ -168,17 +168,33 @@ impl Receiver {
         lock(&self.shared.received).clone()
     }
 
-    /// Waits until at least `n` requests arrived or `timeout` passed; returns them all.
-    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
+    /// How many requests arrived so far.
+    pub fn count(&self) -> usize {
+        lock(&self.shared.received).len()
+    }
+
+    /// Forgets the requests recorded so far.
+    pub fn clear(&self) {
+        lock(&self.shared.received).clear();
+    }
+
+    /// Waits until at least `n` requests arrived or `timeout` passed; returns the count.
+    pub async fn wait_for_count(&self, n: usize, timeout: Duration) -> usize {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let arrived = self.shared.arrived.notified();
-            let got = self.received();
-            if got.len() >= n || tokio::time::Instant::now() >= deadline {
-                return got;
+            let count = self.count();
+            if count >= n || tokio::time::Instant::now() >= deadline {
+                return count;
             }
             let _ = tokio::time::timeout_at(deadline, arrived).await;
         }
+    }
+
+    /// Waits until at least `n` requests arrived or `timeout` passed; returns them all.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        self.wait_for_count(n, timeout).await;
+        self.received()
     }
 
     /// Stops listening and drops open connections: the port refuses connections.
