@@ -17,6 +17,7 @@ use domain::{DomainError, DomainResult, Timestamp};
 
 use crate::codec;
 use crate::connection::db_error;
+use crate::prepared::CachedExt;
 use crate::schema::{api_key_allowed_ips, api_keys};
 use crate::{PgStore, StoreError, StoreResult};
 
@@ -101,6 +102,7 @@ async fn with_networks(conn: &mut AsyncPgConnection, rows: Vec<KeyRow>) -> Store
         .filter(api_key_allowed_ips::api_key_id.eq_any(&ids))
         .order((api_key_allowed_ips::api_key_id, api_key_allowed_ips::position))
         .select((api_key_allowed_ips::api_key_id, api_key_allowed_ips::cidr))
+        .cached()
         .load(conn)
         .await?;
     let mut by_key: HashMap<Uuid, Vec<String>> = HashMap::new();
@@ -255,6 +257,7 @@ impl ApiKeyRepository for PgStore {
         let mut conn = self.conn().await?;
         diesel::update(api_keys::table.find(id.as_uuid()))
             .set(api_keys::last_used_at.eq(at))
+            .cached()
             .execute(&mut conn)
             .await
             .map_err(|e| db_error(e, "touch API key"))?;

@@ -16,6 +16,7 @@ use domain::{DomainResult, Timestamp};
 
 use crate::codec;
 use crate::connection::db_error;
+use crate::prepared::CachedExt;
 use crate::schema::audit_log;
 use crate::{PgStore, StoreError, StoreResult};
 
@@ -107,7 +108,7 @@ async fn append_sealed(conn: &mut AsyncPgConnection, entry: AuditEntry) -> Store
     // The chain hashes microsecond time; storing the entry as sealed keeps `verify` exact.
     let entry = AuditEntry { at: domain::to_micros_precision(entry.at), ..entry };
     let record = seal(AuditId::generate(), seq + 1, entry, prev);
-    diesel::insert_into(audit_log::table).values(AuditRow::from_domain(&record)).execute(conn).await?;
+    diesel::insert_into(audit_log::table).values(AuditRow::from_domain(&record)).cached().execute(conn).await?;
     Ok(record)
 }
 

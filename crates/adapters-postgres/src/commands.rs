@@ -4,6 +4,7 @@
 use async_trait::async_trait;
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::sql_types::{Bytea, Integer, Jsonb, Nullable, SmallInt, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
@@ -13,7 +14,7 @@ use domain::command::{
     TimeoutSeconds,
 };
 use domain::ids::{CommandId, ProjectId};
-use domain::output::{CommandEvent, CommandOutput, EventKind};
+use domain::output::{CommandEvent, CommandOutput};
 use domain::pagination::{Page, PageRequest};
 use domain::ports::{cancelled_before_start, CommandFilter, CommandRepository, Enqueued, QueueStats};
 use domain::project::ProjectName;
@@ -22,17 +23,31 @@ use domain::{DomainError, DomainResult, Timestamp};
 use crate::codec;
 use crate::connection::db_error;
 use crate::events;
+use crate::prepared::CachedExt;
 use crate::schema::commands;
-use crate::{PgStore, StoreError, StoreResult};
+use crate::{webhooks, PgStore, StoreError, StoreResult};
 
 pub(crate) const QUEUED: &str = CommandStatus::Queued.as_str();
 pub(crate) const RUNNING: &str = CommandStatus::Running.as_str();
+
+/// Stores a queued command (`$1`…`$13`) and its first event, numbered 1, in one statement.
+const ENQUEUE: &str = "\
+WITH queued AS ( \
+    INSERT INTO commands (id, project_id, project_name, spec, env, cwd, stdin, timeout_seconds, priority, \
+        status, created_by, queued_at, event_seq, idempotency_key, idempotency_fingerprint) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'queued', $10, $11, 1, $12, $13) \
+    RETURNING * \
+), first_event AS ( \
+    INSERT INTO command_events (command_id, seq, kind, stream, data, at) \
+    SELECT id, 1, 'status', NULL, convert_to('queued', 'UTF8'), queued_at FROM queued \
+) \
+SELECT * FROM queued";
 
 /// The unique index that keeps one live use of an idempotency key per client.
 const IDEMPOTENCY_INDEX: &str = "commands_idempotency";
 
 /// The columns of `commands` that make a `Command` (output and queue bookkeeping stay behind).
-#[derive(Debug, Queryable, Selectable, QueryableByName)]
+#[derive(Debug, Clone, Queryable, Selectable, QueryableByName)]
 #[diesel(table_name = commands, check_for_backend(diesel::pg::Pg))]
 pub(crate) struct CommandRow {
     id: Uuid,
@@ -90,9 +105,8 @@ impl CommandRow {
     }
 }
 
-/// A new row of `commands`; the store assigns `seq`. Its first event is numbered 1.
-#[derive(Debug, Insertable)]
-#[diesel(table_name = commands, check_for_backend(diesel::pg::Pg))]
+/// A new row of `commands`; the store assigns `seq`.
+#[derive(Debug)]
 struct NewCommandRow {
     id: Uuid,
     project_id: Uuid,
@@ -103,10 +117,8 @@ struct NewCommandRow {
     stdin: Option<Vec<u8>>,
     timeout_seconds: i32,
     priority: i16,
-    status: &'static str,
     created_by: Option<Uuid>,
     queued_at: Timestamp,
-    event_seq: i64,
     idempotency_key: Option<String>,
     idempotency_fingerprint: Option<String>,
 }
@@ -123,10 +135,8 @@ impl NewCommandRow {
             stdin: c.stdin.as_ref().map(|s| s.as_bytes().to_vec()),
             timeout_seconds: codec::column_int("timeout_seconds", c.timeout.get())?,
             priority: c.priority.rank(),
-            status: QUEUED,
             created_by: c.created_by.map(|k| k.as_uuid()),
             queued_at: c.queued_at,
-            event_seq: 1,
             idempotency_key: c.idempotency.as_ref().map(|i| i.key.clone()),
             idempotency_fingerprint: c.idempotency.as_ref().map(|i| i.fingerprint.clone()),
         })
@@ -147,8 +157,8 @@ pub(crate) async fn exists(conn: &mut AsyncPgConnection, id: Uuid) -> StoreResul
     Ok(diesel::select(diesel::dsl::exists(commands::table.find(id))).get_result(conn).await?)
 }
 
-/// Writes a command's terminal state, drops its lease, and appends `Status(final)`, `Exit`.
-/// Callers hold the command's row lock and have checked that the transition is legal.
+/// Writes a command's terminal state, drops its lease, and appends `Status(final)`, `Exit` and
+/// the webhook event of the final status. Callers hold the command's row lock and have checked that the transition is legal.
 pub(crate) async fn end(
     conn: &mut AsyncPgConnection,
     id: Uuid,
@@ -170,6 +180,7 @@ pub(crate) async fn end(
         .get_result(conn)
         .await?;
     events::insert(conn, id, last, &events::ending(c), at).await?;
+    webhooks::record_command_event(conn, &row.clone().into_domain()?, at).await?;
     Ok(row)
 }
 
@@ -201,6 +212,10 @@ async fn earlier_use(conn: &mut AsyncPgConnection, row: &NewCommandRow) -> Store
 
 /// Stores `row` unless its idempotency key was used already (then replays or conflicts).
 async fn insert_new(conn: &mut AsyncPgConnection, row: &NewCommandRow) -> StoreResult<(CommandRow, bool)> {
+    if row.idempotency_key.is_none() {
+        let stored = conn.transaction::<_, StoreError, _>(async |conn| insert_queued(conn, row).await).await?;
+        return Ok((stored, false));
+    }
     conn.transaction::<_, StoreError, _>(async |conn| {
         match earlier_use(conn, row).await? {
             Some((id, true)) => return Ok((load(conn, id).await?, true)),
@@ -209,21 +224,44 @@ async fn insert_new(conn: &mut AsyncPgConnection, row: &NewCommandRow) -> StoreR
             }
             None => {}
         }
-        let stored = diesel::insert_into(commands::table)
-            .values(row)
-            .returning(CommandRow::as_returning())
-            .get_result(conn)
-            .await
-            .map_err(|e| match e {
-                DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => {
-                    StoreError::Domain(DomainError::NotFound("project".into()))
-                }
-                other => other.into(),
-            })?;
-        events::insert(conn, row.id, row.event_seq, &[EventKind::Status(CommandStatus::Queued)], row.queued_at).await?;
-        Ok((stored, false))
+        Ok((insert_queued(conn, row).await?, false))
     })
     .await
+}
+
+/// Stores a new command with its first event and its `command.queued` webhook event; callers
+/// run it in a transaction, so a replayed enqueue (which never gets here) writes no event.
+async fn insert_queued(conn: &mut AsyncPgConnection, row: &NewCommandRow) -> StoreResult<CommandRow> {
+    let stored = insert_with_event(conn, row).await?;
+    webhooks::record_command_event(conn, &stored.clone().into_domain()?, row.queued_at).await?;
+    Ok(stored)
+}
+
+/// Inserts the command and its first event, `Status(Queued)`, in one statement.
+async fn insert_with_event(conn: &mut AsyncPgConnection, row: &NewCommandRow) -> StoreResult<CommandRow> {
+    diesel::sql_query(ENQUEUE)
+        .bind::<SqlUuid, _>(row.id)
+        .bind::<SqlUuid, _>(row.project_id)
+        .bind::<Text, _>(&row.project_name)
+        .bind::<Jsonb, _>(&row.spec)
+        .bind::<Jsonb, _>(&row.env)
+        .bind::<Nullable<Text>, _>(row.cwd.as_deref())
+        .bind::<Nullable<Bytea>, _>(row.stdin.as_deref())
+        .bind::<Integer, _>(row.timeout_seconds)
+        .bind::<SmallInt, _>(row.priority)
+        .bind::<Nullable<SqlUuid>, _>(row.created_by)
+        .bind::<Timestamptz, _>(row.queued_at)
+        .bind::<Nullable<Text>, _>(row.idempotency_key.as_deref())
+        .bind::<Nullable<Text>, _>(row.idempotency_fingerprint.as_deref())
+        .cached()
+        .get_result(conn)
+        .await
+        .map_err(|e| match e {
+            DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => {
+                StoreError::Domain(DomainError::NotFound("project".into()))
+            }
+            other => other.into(),
+        })
 }
 
 /// Whether `e` is a concurrent enqueue taking the same idempotency key first.

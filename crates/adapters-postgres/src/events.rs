@@ -12,6 +12,7 @@ use domain::output::{CommandEvent, EventKind, OutputStream};
 use domain::{DomainResult, Timestamp};
 
 use crate::codec;
+use crate::prepared::CachedExt;
 use crate::schema::command_events;
 use crate::StoreResult;
 
@@ -71,7 +72,7 @@ pub(crate) async fn insert(
     let first = last - count + 1;
     let rows: Vec<EventRow> =
         kinds.iter().zip(first..).map(|(kind, seq)| EventRow::new(command_id, seq, kind, at)).collect();
-    diesel::insert_into(command_events::table).values(&rows).execute(conn).await?;
+    diesel::insert_into(command_events::table).values(&rows).cached().execute(conn).await?;
     Ok(())
 }
 
@@ -96,6 +97,7 @@ pub(crate) async fn after(
         .order(command_events::seq.asc())
         .limit(i64::from(limit))
         .select(EventRow::as_select())
+        .cached()
         .load(conn)
         .await?)
 }

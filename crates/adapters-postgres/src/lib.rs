@@ -13,6 +13,7 @@ mod codec;
 mod commands;
 mod connection;
 mod events;
+mod prepared;
 mod projects;
 mod queue;
 mod rate_limits;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::TimeDelta;
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Bytea, Text, Timestamptz, Uuid as SqlUuid};
+use diesel::sql_types::{Array, BigInt, Bool, Bytea, Integer, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
@@ -25,23 +25,27 @@ use crate::codec;
 use crate::commands::{self as rows, CommandRow, RUNNING};
 use crate::connection::db_error;
 use crate::events;
-use crate::schema::{commands, projects, workers};
-use crate::{PgStore, StoreError, StoreResult};
+use crate::prepared::CachedExt;
+use crate::schema::{commands, workers};
+use crate::{webhooks, PgStore, StoreError, StoreResult};
 
-/// The next queued command in dequeue order whose project is not known to be full, locked.
+/// The next queued command in dequeue order whose project is not known to be full, locked,
+/// with its project's row locked too (waiting for a claim of the same project in flight).
 /// `$1`: projects found full during this claim (their running count is re-checked under lock).
 const NEXT_CANDIDATE: &str = "\
-SELECT c.id, c.project_id FROM commands c \
+SELECT c.id, c.project_id, p.max_concurrent_commands AS cap \
+FROM commands c JOIN projects p ON p.id = c.project_id \
 WHERE c.status = 'queued' \
   AND NOT (c.project_id = ANY($1)) \
   AND c.project_id NOT IN ( \
-      SELECT r.project_id FROM commands r JOIN projects p ON p.id = r.project_id \
+      SELECT r.project_id FROM commands r JOIN projects f ON f.id = r.project_id \
       WHERE r.status = 'running' \
-      GROUP BY r.project_id, p.max_concurrent_commands \
-      HAVING count(*) >= p.max_concurrent_commands) \
+      GROUP BY r.project_id, f.max_concurrent_commands \
+      HAVING count(*) >= f.max_concurrent_commands) \
 ORDER BY c.priority DESC, c.seq \
 LIMIT 1 \
-FOR UPDATE OF c SKIP LOCKED";
+FOR UPDATE OF c SKIP LOCKED \
+FOR NO KEY UPDATE OF p";
 
 /// Starts the locked candidate `$1` if its project `$5` (whose row this transaction locked)
 /// runs fewer than `$6` commands, with a fresh fence and the event `Status(Running)`.
@@ -69,6 +73,23 @@ WITH held AS ( \
 INSERT INTO command_events (command_id, seq, kind, stream, data, at) \
 SELECT id, event_seq, 'output', $3, $4, $5 FROM held";
 
+/// Ends command `$1` if fence `$2` still holds it, with its output, and appends the events
+/// `Status(final)` then `Exit` (what `events::ending` makes), all in one statement.
+const FINISH: &str = "\
+WITH done AS ( \
+    UPDATE commands SET status = $3, exit_code = $4, termination_reason = $5, error = $6, finished_at = $7, \
+        lease_owner = NULL, lease_expires_at = NULL, event_seq = event_seq + 2, \
+        stdout = $8, stderr = $9, stdout_truncated = $10, stderr_truncated = $11 \
+    WHERE id = $1 AND status = 'running' AND fence = $2 \
+    RETURNING * \
+), ended AS ( \
+    INSERT INTO command_events (command_id, seq, kind, stream, data, at) \
+    SELECT id, event_seq - 1, 'status', NULL, convert_to(status, 'UTF8'), finished_at FROM done \
+    UNION ALL \
+    SELECT id, event_seq, 'exit', NULL, NULL, finished_at FROM done \
+) \
+SELECT * FROM done";
+
 /// Claim attempts that may find their candidate's project full before reporting nothing claimable.
 const MAX_FULL_PROJECTS: usize = 32;
 
@@ -78,6 +99,8 @@ struct Candidate {
     id: Uuid,
     #[diesel(sql_type = SqlUuid)]
     project_id: Uuid,
+    #[diesel(sql_type = Integer)]
+    cap: i32,
 }
 
 #[derive(Debug, QueryableByName)]
@@ -118,27 +141,22 @@ async fn claim_once(
     until: Timestamp,
 ) -> StoreResult<Attempt> {
     let candidate: Option<Candidate> =
-        diesel::sql_query(NEXT_CANDIDATE).bind::<Array<SqlUuid>, _>(full).get_result(conn).await.optional()?;
+        diesel::sql_query(NEXT_CANDIDATE).bind::<Array<SqlUuid>, _>(full).cached().get_result(conn).await.optional()?;
     let Some(candidate) = candidate else { return Ok(Attempt::Empty) };
-    // NO KEY UPDATE: claims of this project take turns, enqueues (whose foreign key check
-    // takes KEY SHARE) go on.
-    let cap: i32 = projects::table
-        .find(candidate.project_id)
-        .select(projects::max_concurrent_commands)
-        .for_no_key_update()
-        .first(conn)
-        .await?;
     let started: Option<Started> = diesel::sql_query(START_IF_ROOM)
         .bind::<SqlUuid, _>(candidate.id)
         .bind::<Timestamptz, _>(now)
         .bind::<Text, _>(worker)
         .bind::<Timestamptz, _>(until)
         .bind::<SqlUuid, _>(candidate.project_id)
-        .bind::<BigInt, _>(i64::from(cap))
+        .bind::<BigInt, _>(i64::from(candidate.cap))
+        .cached()
         .get_result(conn)
         .await
         .optional()?;
-    Ok(started.map_or(Attempt::Full(candidate.project_id), |s| Attempt::Started(Box::new(s))))
+    let Some(started) = started else { return Ok(Attempt::Full(candidate.project_id)) };
+    webhooks::record_command_event(conn, &started.command.clone().into_domain()?, now).await?;
+    Ok(Attempt::Started(Box::new(started)))
 }
 
 /// Whether a command with `id` exists; `NotFound` otherwise (what a stale write to an unknown
@@ -151,7 +169,8 @@ async fn must_exist(conn: &mut AsyncPgConnection, id: Uuid) -> StoreResult<()> {
     }
 }
 
-/// Ends a running command held by `fence` with its output; `None` when the fence is stale.
+/// Ends a running command held by `fence` with its output and writes its webhook event, in the
+/// caller's transaction; `None` (and no event) when the fence is stale.
 async fn finish_held(
     conn: &mut AsyncPgConnection,
     id: Uuid,
@@ -160,32 +179,28 @@ async fn finish_held(
     output: &CommandOutput,
     at: Timestamp,
 ) -> StoreResult<Option<CommandRow>> {
-    let held = commands::table.find(id).filter(commands::status.eq(RUNNING)).filter(commands::fence.eq(fence));
-    let ended: Option<(CommandRow, i64)> = diesel::update(held)
-        .set((
-            commands::status.eq(c.status.as_str()),
-            commands::exit_code.eq(c.exit_code),
-            commands::termination_reason.eq(c.reason.as_str()),
-            commands::error.eq(c.error.as_deref()),
-            commands::finished_at.eq(at),
-            commands::lease_owner.eq(None::<String>),
-            commands::lease_expires_at.eq(None::<Timestamp>),
-            commands::event_seq.eq(commands::event_seq + events::ENDING_EVENTS),
-            commands::stdout.eq(output.stdout.as_bytes()),
-            commands::stderr.eq(output.stderr.as_bytes()),
-            commands::stdout_truncated.eq(output.stdout_truncated),
-            commands::stderr_truncated.eq(output.stderr_truncated),
-        ))
-        .returning((CommandRow::as_returning(), commands::event_seq))
+    let ended: Option<CommandRow> = diesel::sql_query(FINISH)
+        .bind::<SqlUuid, _>(id)
+        .bind::<BigInt, _>(fence)
+        .bind::<Text, _>(c.status.as_str())
+        .bind::<Nullable<Integer>, _>(c.exit_code)
+        .bind::<Text, _>(c.reason.as_str())
+        .bind::<Nullable<Text>, _>(c.error.as_deref())
+        .bind::<Timestamptz, _>(at)
+        .bind::<Bytea, _>(output.stdout.as_bytes())
+        .bind::<Bytea, _>(output.stderr.as_bytes())
+        .bind::<Bool, _>(output.stdout_truncated)
+        .bind::<Bool, _>(output.stderr_truncated)
+        .cached()
         .get_result(conn)
         .await
         .optional()?;
-    let Some((row, last)) = ended else {
-        must_exist(conn, id).await?;
-        return Ok(None);
-    };
-    events::insert(conn, id, last, &events::ending(c), at).await?;
-    Ok(Some(row))
+    match &ended {
+        // Only a finish that happened announces itself: a stale fence writes no event.
+        Some(row) => webhooks::record_command_event(conn, &row.clone().into_domain()?, at).await?,
+        None => must_exist(conn, id).await?,
+    }
+    Ok(ended)
 }
 
 /// Marks every running command whose lease ended before `now` as lost.
@@ -222,6 +237,7 @@ async fn reap(conn: &mut AsyncPgConnection, now: Timestamp) -> StoreResult<Vec<C
     let mut rows = Vec::with_capacity(ended.len());
     for (row, last, _) in ended {
         events::insert(conn, row.id(), last, &events::ending(&c), now).await?;
+        webhooks::record_command_event(conn, &row.clone().into_domain()?, now).await?;
         rows.push(row);
     }
     Ok(rows)
@@ -268,6 +284,7 @@ impl CommandQueue for PgStore {
             let cancel: Option<bool> = diesel::update(held)
                 .set(commands::lease_expires_at.eq(until))
                 .returning(commands::cancel_requested)
+                .cached()
                 .get_result(&mut conn)
                 .await
                 .optional()?;
@@ -305,6 +322,7 @@ impl CommandQueue for PgStore {
                 .bind::<Text, _>(stream.as_str())
                 .bind::<Bytea, _>(data.as_bytes())
                 .bind::<Timestamptz, _>(at)
+                .cached()
                 .execute(&mut conn)
                 .await?;
             if inserted == 0 {
@@ -327,6 +345,7 @@ impl CommandQueue for PgStore {
     ) -> DomainResult<Option<Command>> {
         let id = id.as_uuid();
         let mut conn = self.conn().await?;
+        // The ending and its webhook event commit together.
         let row = conn
             .transaction::<_, StoreError, _>(async |conn| finish_held(conn, id, fence, completion, output, at).await)
             .await
@@ -353,6 +372,7 @@ impl CommandQueue for PgStore {
             .on_conflict(workers::id)
             .do_update()
             .set((workers::capacity.eq(capacity), workers::last_seen.eq(now)))
+            .cached()
             .execute(&mut conn)
             .await
             .map_err(|e| db_error(e, "worker heartbeat"))?;

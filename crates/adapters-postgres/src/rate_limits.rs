@@ -13,6 +13,7 @@ use domain::{DomainResult, Timestamp};
 
 use crate::codec;
 use crate::connection::db_error;
+use crate::prepared::CachedExt;
 use crate::PgStore;
 
 const ACQUIRE: &str = "SELECT previous, current, allowed FROM rate_limit_acquire($1, $2, $3, $4, $5)";
@@ -48,6 +49,7 @@ impl RateLimitStore for PgStore {
             .bind::<BigInt, _>(pos.previous_start)
             .bind::<Double, _>(overlap(policy, pos))
             .bind::<BigInt, _>(limit)
+            .cached()
             .get_result(&mut conn)
             .await
             .map_err(|e| db_error(e, "rate limit"))?;

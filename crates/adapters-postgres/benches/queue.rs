@@ -1,0 +1,239 @@
+#![allow(clippy::expect_used, clippy::unwrap_used, reason = "benchmark setup: a failure aborts the run")]
+#![allow(clippy::print_stdout, reason = "the comparison with the baseline is the report")]
+
+//! Queue throughput of `PgStore` on a throwaway cluster (or `DATABASE_URL`), beside a baseline
+//! measured in the same run: pgbench driving the same claim/finish statements as plain SQL
+//! (`benches/pgbench-queue.sql`), so the ratio is what the adapter (Rust, diesel-async, pool)
+//! costs on top of the database work itself.
+//!
+//! - `queue/enqueue`: N commands enqueued by `CLAIMERS` concurrent tasks;
+//! - `queue/claim+finish`: N queued commands drained by `CLAIMERS` concurrent claimers, each
+//!   claiming and finishing one command at a time (a no-op executor).
+//!
+//! Run: `cargo bench -p adapters-postgres --features testing --bench queue`
+
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use adapters_postgres::testing::TestDatabase;
+use adapters_postgres::PgStore;
+use criterion::{Criterion, Throughput};
+use domain::command::{Priority, Termination};
+use domain::ids::WorkerId;
+use domain::output::CommandOutput;
+use domain::ports::{CommandQueue, CommandRepository, ProjectRepository};
+use domain::project::Project;
+use domain::testing::{now_micros, sample_command, sample_project};
+use tokio::runtime::Runtime;
+
+/// Commands per measured batch.
+const COMMANDS: usize = 2000;
+/// Concurrent claimers (and pgbench clients).
+const CLAIMERS: usize = 4;
+/// pgbench worker threads (the machine has 2 cores).
+const PGBENCH_THREADS: usize = 2;
+/// Projects the commands spread over; their caps never bind here.
+const PROJECTS: usize = 4;
+const LEASE: Duration = Duration::from_secs(60);
+
+struct Bench {
+    rt: Runtime,
+    db: TestDatabase,
+    store: PgStore,
+    projects: Vec<Project>,
+}
+
+impl Bench {
+    fn new() -> Bench {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let db = rt.block_on(TestDatabase::create());
+        let store = rt.block_on(db.store());
+        let projects: Vec<Project> = (0..PROJECTS).map(|i| sample_project(&format!("bench-{i}"), 1000)).collect();
+        for p in &projects {
+            rt.block_on(ProjectRepository::create(&store, p)).expect("project");
+        }
+        Bench { rt, db, store, projects }
+    }
+
+    /// Enqueues `n` commands with `CLAIMERS` concurrent tasks; returns how long it took.
+    fn enqueue(&self, n: usize) -> Duration {
+        let started = Instant::now();
+        self.rt.block_on(async {
+            let tasks: Vec<_> = (0..CLAIMERS)
+                .map(|t| {
+                    let store = self.store.clone();
+                    let projects = self.projects.clone();
+                    tokio::spawn(async move {
+                        for i in (t..n).step_by(CLAIMERS) {
+                            let priority = Priority::ALL[i % Priority::ALL.len()];
+                            let command = sample_command(&projects[i % projects.len()], priority, None);
+                            CommandRepository::enqueue(&store, command).await.expect("enqueue");
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.expect("enqueuer");
+            }
+        });
+        started.elapsed()
+    }
+
+    /// Claims and finishes everything queued with `CLAIMERS` concurrent claimers.
+    fn drain(&self) -> (Duration, usize) {
+        let started = Instant::now();
+        let done = Arc::new(AtomicUsize::new(0));
+        self.rt.block_on(async {
+            let tasks: Vec<_> = (0..CLAIMERS)
+                .map(|t| {
+                    let store = self.store.clone();
+                    let done = Arc::clone(&done);
+                    tokio::spawn(async move {
+                        let me = WorkerId::new(format!("bench-{t}"));
+                        let ok = Termination::Exited(0).completion();
+                        let output = CommandOutput::default();
+                        while let Some(claim) =
+                            CommandQueue::claim_next(&store, &me, now_micros(), LEASE).await.expect("claim")
+                        {
+                            let at = now_micros();
+                            let finished =
+                                CommandQueue::finish(&store, claim.command.id, claim.fence, &ok, &output, at);
+                            finished.await.expect("finish").expect("held");
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.expect("claimer");
+            }
+        });
+        (started.elapsed(), done.load(Ordering::Relaxed))
+    }
+
+    /// Empties the tables between batches, so every batch sees the same database.
+    fn reset(&self) {
+        self.sql("TRUNCATE commands CASCADE; VACUUM ANALYZE commands; VACUUM ANALYZE command_events;");
+    }
+
+    fn sql(&self, sql: &str) {
+        self.rt.block_on(async {
+            let (client, connection) =
+                tokio_postgres::connect(self.db.url(), tokio_postgres::NoTls).await.expect("connect");
+            tokio::spawn(connection);
+            // One at a time: VACUUM refuses the implicit transaction of a multi-statement query.
+            for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                client.batch_execute(statement).await.unwrap_or_else(|e| panic!("{statement}: {e}"));
+            }
+        });
+    }
+}
+
+/// The pgbench baseline: `CLAIMERS` clients each running `per_client` claim/finish cycles over
+/// as many queued commands; returns commands per second (pgbench's tps, one command per transaction).
+fn pgbench(bench: &Bench, per_client: usize) -> f64 {
+    bench.reset();
+    let total = per_client * CLAIMERS;
+    bench.sql(&format!(
+        "INSERT INTO commands (id, project_id, project_name, spec, env, timeout_seconds, priority, status, queued_at, event_seq) \
+         SELECT gen_random_uuid(), p.id, p.name, '{{\"argv\":[\"true\"]}}', '{{}}', 30, (g % 4)::smallint, 'queued', now(), 1 \
+         FROM generate_series(1, {total}) g \
+         JOIN (SELECT id, name, row_number() OVER (ORDER BY name) - 1 AS k FROM projects) p ON p.k = g % {PROJECTS}; \
+         INSERT INTO command_events (command_id, seq, kind, stream, data, at) \
+         SELECT id, 1, 'status', NULL, convert_to('queued', 'UTF8'), queued_at FROM commands; \
+         VACUUM ANALYZE commands;"
+    ));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/pgbench-queue.sql");
+    let output = Command::new(pgbench_binary())
+        .args(["-n", "-M", "prepared", "-f", script])
+        .args(["-c", &CLAIMERS.to_string(), "-j", &PGBENCH_THREADS.to_string(), "-t", &per_client.to_string()])
+        .arg(bench.db.url())
+        .output()
+        .expect("run pgbench (apt-get install -y postgresql-contrib or postgresql-client)");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "pgbench failed:\n{text}\n{}", String::from_utf8_lossy(&output.stderr));
+    let failed = text.lines().find(|l| l.contains("number of failed transactions")).unwrap_or_default().to_owned();
+    assert!(failed.is_empty() || failed.contains(": 0 "), "pgbench had failures: {failed}");
+    text.lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|tps| tps.parse().ok())
+        .unwrap_or_else(|| panic!("no tps in pgbench output:\n{text}"))
+}
+
+fn pgbench_binary() -> String {
+    let packaged = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|dirs| dirs.flatten().map(|d| d.path().join("bin/pgbench")).find(|p| p.is_file()))
+        .ok()
+        .flatten();
+    let on_path = Command::new("pgbench").arg("--version").output().is_ok_and(|o| o.status.success());
+    match (on_path, packaged) {
+        (true, _) => "pgbench".to_owned(),
+        (false, Some(path)) => path.display().to_string(),
+        (false, None) => panic!("pgbench not found: apt-get install -y postgresql-contrib"),
+    }
+}
+
+fn criterion_benches(c: &mut Criterion, bench: &Bench) {
+    let mut group = c.benchmark_group("queue");
+    group.throughput(Throughput::Elements(COMMANDS as u64));
+    group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(15));
+    group.bench_function("enqueue", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    bench.reset();
+                    bench.enqueue(COMMANDS)
+                })
+                .sum()
+        })
+    });
+    group.bench_function("claim+finish", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    bench.reset();
+                    bench.enqueue(COMMANDS);
+                    let (took, done) = bench.drain();
+                    assert_eq!(done, COMMANDS, "every command claimed and finished once");
+                    took
+                })
+                .sum()
+        })
+    });
+    group.finish();
+}
+
+/// Median of a few runs of `f`.
+fn median(mut runs: Vec<f64>) -> f64 {
+    runs.sort_by(f64::total_cmp);
+    runs[runs.len() / 2]
+}
+
+fn main() {
+    let bench = Bench::new();
+    let mut c = Criterion::default().configure_from_args();
+    criterion_benches(&mut c, &bench);
+    c.final_summary();
+
+    // The comparison itself: the same number of cycles, the same concurrency, alternating.
+    let mut ours = Vec::new();
+    let mut baseline = Vec::new();
+    for _ in 0..3 {
+        bench.reset();
+        bench.enqueue(COMMANDS);
+        let (took, done) = bench.drain();
+        ours.push(done as f64 / took.as_secs_f64());
+        baseline.push(pgbench(&bench, COMMANDS / CLAIMERS));
+    }
+    let (ours, baseline) = (median(ours), median(baseline));
+    println!(
+        "\nqueue throughput, {CLAIMERS} concurrent claimers, {COMMANDS} commands (median of 3):\n  \
+         PgStore claim+finish: {ours:>8.0} commands/s\n  \
+         pgbench same SQL:     {baseline:>8.0} commands/s\n  \
+         ratio:                {:>8.2}",
+        ours / baseline
+    );
+}
