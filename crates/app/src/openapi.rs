@@ -4,7 +4,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{api_keys, audit, commands, events, health, me, pods, projects};
+use crate::routes::{api_keys, audit, commands, events, health, me, pods, projects, webhooks};
 
 struct BearerAuth;
 
@@ -43,6 +43,8 @@ impl Modify for PublicEndpoints {
         pods::status, pods::start, pods::stop, pods::logs,
         commands::submit, commands::list, commands::get, commands::output, commands::cancel, commands::queue,
         events::events, audit::list, audit::verify,
+        webhooks::create, webhooks::list, webhooks::get, webhooks::update, webhooks::delete, webhooks::test,
+        webhooks::rotate_secret, webhooks::deliveries, webhooks::delivery, webhooks::redeliver,
     ),
     components(schemas(crate::http::problem::Problem))
 )]

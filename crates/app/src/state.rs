@@ -9,6 +9,7 @@ use services::api_keys::ApiKeyService;
 use services::audit::AuditService;
 use services::commands::CommandService;
 use services::pods::PodService;
+use services::webhooks::WebhookService;
 use services::projects::ProjectService;
 use services::rate_limit::RateLimiter;
 
@@ -35,6 +36,8 @@ pub struct AppState {
     pub commands: Arc<CommandService>,
     /// Projects' pods.
     pub pods: PodService,
+    /// Webhooks (`None` where the store does not have them yet: the routes answer 501).
+    pub webhooks: Option<Arc<WebhookService>>,
     /// Audit log.
     pub audit: AuditService,
     /// Rate limiter.

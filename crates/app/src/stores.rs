@@ -9,6 +9,7 @@ use domain::ports::{
     ApiKeyRepository, AuditLog, CommandQueue, CommandRepository, HealthCheck, ProjectRepository, RateLimitStore,
     SignalBus,
 };
+use domain::webhook::{DeliveryQueue, WebhookRepository};
 
 use crate::config::DatabaseUrl;
 use crate::wiring::StartupError;
@@ -33,6 +34,24 @@ pub struct Stores {
     pub health: Arc<dyn HealthCheck>,
     /// Signals to and from the other replicas on the same store (`None`: this is the only one).
     pub signals: Option<Arc<dyn SignalBus>>,
+    /// Webhook subscriptions and deliveries (`None` where the store does not have them yet).
+    pub webhooks: Option<WebhookStores>,
+}
+
+/// The webhook ports of a store.
+#[derive(Clone)]
+#[expect(missing_debug_implementations, reason = "trait objects without Debug")]
+pub struct WebhookStores {
+    /// Subscriptions.
+    pub subscriptions: Arc<dyn WebhookRepository>,
+    /// The outbox and the deliveries.
+    pub deliveries: Arc<dyn DeliveryQueue>,
+}
+
+impl WebhookStores {
+    fn of<S: WebhookRepository + DeliveryQueue + 'static>(store: Arc<S>) -> Self {
+        Self { subscriptions: store.clone(), deliveries: store }
+    }
 }
 
 impl Stores {
@@ -57,6 +76,7 @@ impl Stores {
             rate_limits: store.clone(),
             health: store,
             signals,
+            webhooks: None,
         }
     }
 }
@@ -75,7 +95,8 @@ pub async fn open(url: &DatabaseUrl, options: OpenOptions) -> Result<Stores, Sta
     if url.is_sqlite() {
         let store = SqliteStore::open(url.expose())?;
         store.migrate()?;
-        return Ok(Stores::of(Arc::new(store), None));
+        let store = Arc::new(store);
+        return Ok(Stores { webhooks: Some(WebhookStores::of(store.clone())), ..Stores::of(store, None) });
     }
     if !url.is_postgres() {
         return Err(StartupError::Config(format!("DATABASE_URL {url:?}: use sqlite://PATH or postgres://…")));

@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use adapters_kube::{KubeBackend, KubeConfig};
 use adapters_process::{LocalPods, ProcessConfig, ProcessExecutor};
+use adapters_webhook::{HttpWebhookSender, SenderConfig};
 use domain::ids::WorkerId;
 use domain::ports::{ApiKeyRepository, Clock, Executor, PodManager};
 use domain::rate_limit::RateLimitPolicy;
+use domain::webhook::WebhookSender;
 use domain::DomainError;
 use services::api_keys::ApiKeyService;
 use services::audit::AuditService;
@@ -21,6 +23,7 @@ use services::pods::PodService;
 use services::projects::ProjectService;
 use services::queue_bus::QueueBus;
 use services::rate_limit::RateLimiter;
+use services::webhooks::{DispatchWake, DispatcherConfig, DispatcherPorts, WebhookDispatcher, WebhookService};
 use services::worker::{QueueWorker, WorkerConfig, WorkerPorts};
 
 use domain::signal::Signal;
@@ -59,6 +62,46 @@ pub struct Service {
     pub worker: Arc<QueueWorker>,
     /// Signals from other replicas (Postgres only).
     pub pump: Option<SignalPump>,
+    /// The webhook dispatcher, where the store has webhooks.
+    pub dispatcher: Option<Arc<WebhookDispatcher>>,
+}
+
+/// The webhook service and its dispatcher, when the store has webhooks.
+type Webhooks = Option<(Arc<WebhookService>, Arc<WebhookDispatcher>)>;
+
+/// The webhook service and dispatcher over `stores`' webhook ports.
+fn webhooks(
+    stores: &Stores,
+    cfg: &ServeConfig,
+    audit: &AuditService,
+    clock: &Arc<dyn Clock>,
+    changes: tokio::sync::watch::Receiver<u64>,
+) -> Result<Webhooks, StartupError> {
+    let Some(hooks) = &stores.webhooks else { return Ok(None) };
+    let sender_config =
+        SenderConfig { allow_private_targets: cfg.webhook_allow_private_targets, ..SenderConfig::default() };
+    let sender: Arc<dyn WebhookSender> = Arc::new(
+        HttpWebhookSender::new(sender_config).map_err(|e| StartupError::Config(format!("webhook sender: {e}")))?,
+    );
+    let wake = Arc::new(DispatchWake::default());
+    let service = WebhookService::new(
+        hooks.subscriptions.clone(),
+        hooks.deliveries.clone(),
+        sender.clone(),
+        clock.clone(),
+        wake.clone(),
+    );
+    let ports = DispatcherPorts {
+        webhooks: hooks.subscriptions.clone(),
+        deliveries: hooks.deliveries.clone(),
+        sender,
+        audit: audit.clone(),
+        clock: clock.clone(),
+        wake,
+        changes: Some(changes),
+    };
+    let dispatcher = WebhookDispatcher::new(ports, DispatcherConfig::new(worker_id().to_string()));
+    Ok(Some((Arc::new(service), dispatcher)))
 }
 
 /// Where commands run and the pods they run in.
@@ -170,6 +213,7 @@ pub async fn build(
     let (keys, key_cache) = key_service(&stores, Duration::from_millis(cfg.key_cache_ttl_ms), clock.clone());
     let pump =
         stores.signals.as_ref().map(|signals| SignalPump { signals: signals.subscribe(), bus: bus.clone(), key_cache });
+    let (webhook_service, dispatcher) = webhooks(&stores, cfg, &audit, &clock, bus.subscribe_state())?.unzip();
     let ports = WorkerPorts {
         queue: stores.queue.clone(),
         projects: stores.projects.clone(),
@@ -182,7 +226,8 @@ pub async fn build(
     };
     let state = AppState {
         keys,
-        pods: PodService::new(projects.clone(), pods),
+        pods: PodService::new(projects.clone(), pods, webhook_service.clone()),
+        webhooks: webhook_service,
         projects,
         commands,
         audit,
@@ -196,7 +241,7 @@ pub async fn build(
             live_worker_window,
         },
     };
-    Ok(Service { state, worker: QueueWorker::new(ports, worker_config), pump })
+    Ok(Service { state, worker: QueueWorker::new(ports, worker_config), pump, dispatcher })
 }
 
 fn worker_id() -> WorkerId {

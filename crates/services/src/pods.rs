@@ -11,6 +11,7 @@ use domain::DomainResult;
 
 use crate::access::Principal;
 use crate::projects::ProjectService;
+use crate::webhooks::WebhookService;
 
 /// Reads and drives projects' pods.
 #[derive(Clone)]
@@ -18,12 +19,25 @@ use crate::projects::ProjectService;
 pub struct PodService {
     projects: Arc<ProjectService>,
     pods: Arc<dyn PodManager>,
+    webhooks: Option<Arc<WebhookService>>,
 }
 
 impl PodService {
-    /// Pods of the projects `projects` knows, managed by `pods`.
-    pub fn new(projects: Arc<ProjectService>, pods: Arc<dyn PodManager>) -> Self {
-        Self { projects, pods }
+    /// Pods of the projects `projects` knows, managed by `pods`; pod events go to `webhooks`.
+    pub fn new(
+        projects: Arc<ProjectService>,
+        pods: Arc<dyn PodManager>,
+        webhooks: Option<Arc<WebhookService>>,
+    ) -> Self {
+        Self { projects, pods, webhooks }
+    }
+
+    /// Emits `pod.ready` / `pod.failed` / `pod.stopped` for a state a client just caused.
+    async fn announce(&self, project: &ProjectName, status: &PodStatus) {
+        let Some(webhooks) = &self.webhooks else { return };
+        if let Err(e) = webhooks.pod_changed(project, status).await {
+            tracing::warn!(project = %project, error = %e, "could not record a pod event for webhooks");
+        }
     }
 
     /// The pod's state. Needs `projects:read`; 404 for projects the key may not see.
@@ -38,6 +52,7 @@ impl PodService {
         let project = self.projects.visible(actor, name).await?;
         let status = self.pods.start(&PodSpec::from(&project)).await?;
         tracing::info!(project = %project.name, phase = status.phase.as_str(), "pod start requested");
+        self.announce(&project.name, &status).await;
         Ok(status)
     }
 
@@ -47,6 +62,7 @@ impl PodService {
         let project = self.projects.visible(actor, name).await?;
         let status = self.pods.stop(&project.name).await?;
         tracing::info!(project = %project.name, phase = status.phase.as_str(), "pod stop requested");
+        self.announce(&project.name, &status).await;
         Ok(status)
     }
 

@@ -25,6 +25,7 @@ struct Running {
 pub struct QueueBus {
     new_work: Notify,
     changed: watch::Sender<u64>,
+    state_changed: watch::Sender<u64>,
     running: Mutex<HashMap<CommandId, Running>>,
     remote: Option<Arc<dyn SignalBus>>,
 }
@@ -40,6 +41,7 @@ impl Default for QueueBus {
         Self {
             new_work: Notify::new(),
             changed: watch::channel(0).0,
+            state_changed: watch::channel(0).0,
             running: Mutex::new(HashMap::new()),
             remote: None,
         }
@@ -71,8 +73,19 @@ impl QueueBus {
     /// A command's state changed (queued, started, ended, cancel requested): every replica's
     /// waiters re-read it, and the replica running it checks for a cancel request.
     pub fn command_state_changed(&self, id: CommandId) {
-        self.command_changed();
+        self.state_ticked();
         self.publish(Signal::CommandChanged(id));
+    }
+
+    /// A receiver that sees state changes only (not output): for the webhook dispatcher, which
+    /// would otherwise wake for every chunk of output.
+    pub fn subscribe_state(&self) -> watch::Receiver<u64> {
+        self.state_changed.subscribe()
+    }
+
+    fn state_ticked(&self) {
+        self.command_changed();
+        self.state_changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// A receiver that sees every `command_changed`.
@@ -85,13 +98,13 @@ impl QueueBus {
         match signal {
             Signal::WorkQueued => self.new_work.notify_one(),
             Signal::CommandChanged(id) => {
-                self.command_changed();
+                self.state_ticked();
                 if let Some(running) = self.lock().get(&id) {
                     running.poke.notify_one();
                 }
             }
             Signal::Resync => {
-                self.command_changed();
+                self.state_ticked();
                 self.new_work.notify_one();
                 self.lock().values().for_each(|r| r.poke.notify_one());
             }

@@ -6,9 +6,9 @@ pub mod commands;
 pub mod events;
 pub mod health;
 pub mod me;
-pub mod pending;
 pub mod pods;
 pub mod projects;
+pub mod webhooks;
 
 use actix_web::web;
 
@@ -26,13 +26,5 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(pods::configure)
         .configure(commands::configure)
         .configure(audit::configure)
-        .service(
-            resource("/v1/webhooks", "GET, POST")
-                .route(web::get().to(pending::webhooks))
-                .route(web::post().to(pending::webhooks)),
-        )
-        .service(
-            resource("/v1/webhooks/{tail:.*}", "GET, POST, PATCH, DELETE").route(web::route().to(pending::webhooks)),
-        )
-        .service(resource("/v1/webhook-deliveries/{tail:.*}", "GET, POST").route(web::route().to(pending::webhooks)));
+        .configure(webhooks::configure);
 }
