@@ -50,6 +50,9 @@ macro_rules! id_type {
     };
 }
 
+// Other modules of the crate declare their ids with it too (the webhook ids).
+pub(crate) use id_type;
+
 id_type!(
     /// Identifies a project.
     ProjectId,

@@ -34,61 +34,18 @@ pub use ports::{
 pub use retry::{classify, AttemptClass, RetryPolicy, RetrySchedule};
 pub use values::{EventPayload, EventSet, EventType, WebhookSecret, WebhookUrl};
 
-// The same shape as the ids of `crate::ids`; that macro is private to its module.
-macro_rules! webhook_id_type {
-    ($(#[$doc:meta])* $name:ident, $what:literal) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[serde(transparent)]
-        pub struct $name(Uuid);
-
-        impl $name {
-            /// Wraps an existing UUID.
-            pub const fn from_uuid(id: Uuid) -> Self {
-                Self(id)
-            }
-
-            /// A fresh, time-ordered (v7) id.
-            pub fn generate() -> Self {
-                Self(Uuid::now_v7())
-            }
-
-            /// The underlying UUID.
-            pub const fn as_uuid(&self) -> Uuid {
-                self.0
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                self.0.fmt(f)
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = DomainError;
-
-            fn from_str(s: &str) -> Result<Self, Self::Err> {
-                Uuid::parse_str(s)
-                    .map(Self)
-                    .map_err(|_| DomainError::invalid("id", concat!($what, " id must be a UUID")))
-            }
-        }
-    };
-}
-
-webhook_id_type!(
+crate::ids::id_type!(
     /// Identifies a webhook subscription.
     WebhookId,
     "webhook"
 );
-webhook_id_type!(
+crate::ids::id_type!(
     /// Identifies one delivery of one event to one subscription; sent as `webhook-id`, the same
     /// on every retry.
     DeliveryId,
     "delivery"
 );
-webhook_id_type!(
+crate::ids::id_type!(
     /// Identifies an event in the outbox.
     EventId,
     "event"
