@@ -19,6 +19,7 @@ mod queue;
 mod rate_limits;
 mod schema;
 mod signals;
+mod webhooks;
 #[cfg(feature = "testing")]
 pub mod testing;
 

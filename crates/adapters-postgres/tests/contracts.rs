@@ -1,4 +1,4 @@
-//! The PostgreSQL store passes every store contract suite, each scenario in a fresh database,
+//! The PostgreSQL store passes every store contract suite (webhooks included), each scenario in a fresh database,
 //! and two signal buses on one database pass the signal bus contract.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use adapters_postgres::testing::{TestDatabase, TestDatabases};
 use domain::ports::SignalBus;
-use domain::testing::{contracts, signals};
+use domain::testing::{contracts, signals, webhooks};
 
 #[tokio::test]
 async fn project_repository_contract() {
@@ -48,6 +48,18 @@ async fn audit_log_contract() {
 async fn rate_limit_store_contract() {
     let dbs = TestDatabases::default();
     contracts::rate_limit_store(|| dbs.fresh_store()).await;
+}
+
+#[tokio::test]
+async fn webhook_store_contract() {
+    let dbs = TestDatabases::default();
+    webhooks::webhook_store_contract(|| dbs.fresh_store()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn webhook_store_contract_on_a_multi_threaded_runtime() {
+    let dbs = TestDatabases::default();
+    webhooks::webhook_store_contract(|| dbs.fresh_store()).await;
 }
 
 #[tokio::test]

@@ -1,0 +1,348 @@
+//! `WebhookRepository` on PostgreSQL: the `webhooks` table, the row mapping of subscriptions and
+//! outbox events, and the outbox write that command transitions make in their transaction.
+//! `DeliveryQueue` lives in `deliveries`.
+
+mod deliveries;
+mod schema;
+
+use async_trait::async_trait;
+use diesel::prelude::*;
+use diesel::sql_types::{Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use domain::api_key::ProjectAccess;
+use domain::command::Command;
+use domain::pagination::{Page, PageRequest};
+use domain::project::ProjectName;
+use domain::webhook::{
+    command_event, DeliveryStatus, Disabled, EventId, EventPayload, EventSet, EventType, OutboxEvent,
+    PreviousWebhookSecret, Webhook, WebhookId, WebhookRepository, WebhookSecret, WebhookUrl,
+};
+use domain::{DomainError, DomainResult, Timestamp};
+
+use crate::codec;
+use crate::connection::db_error;
+use crate::{PgStore, StoreError, StoreResult};
+use schema::{webhook_deliveries, webhook_events, webhooks};
+
+/// Appends an event (`$1`…`$6`) only while an enabled subscription exists: command transitions
+/// skip the outbox when nobody listens, decided in the same statement as the write.
+const APPEND_IF_SUBSCRIBED: &str = "\
+INSERT INTO webhook_events (id, event_type, project, target_webhook, payload, created_at) \
+SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS (SELECT 1 FROM webhooks WHERE enabled)";
+
+/// One row of `webhooks`.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = webhooks, check_for_backend(diesel::pg::Pg))]
+pub(crate) struct WebhookRow {
+    id: Uuid,
+    url: String,
+    events: serde_json::Value,
+    projects: Option<serde_json::Value>,
+    secret: String,
+    previous_secret: Option<String>,
+    previous_valid_until: Option<Timestamp>,
+    enabled: bool,
+    disabled_reason: Option<String>,
+    failing_since: Option<Timestamp>,
+    created_at: Timestamp,
+    updated_at: Timestamp,
+}
+
+/// The `projects` column: NULL for every project, else a JSON array of names.
+fn projects_column(projects: &ProjectAccess) -> DomainResult<Option<serde_json::Value>> {
+    projects.as_list().map(|names| codec::to_json(&names)).transpose()
+}
+
+impl WebhookRow {
+    fn from_domain(w: &Webhook) -> DomainResult<Self> {
+        Ok(Self {
+            id: w.id.as_uuid(),
+            url: w.url.as_str().to_owned(),
+            events: codec::to_json(&w.events)?,
+            projects: projects_column(&w.projects)?,
+            secret: w.secret.expose().to_owned(),
+            previous_secret: w.previous_secret.as_ref().map(|p| p.secret.expose().to_owned()),
+            previous_valid_until: w.previous_secret.as_ref().map(|p| p.valid_until),
+            enabled: w.enabled,
+            disabled_reason: w.disabled_reason.clone(),
+            failing_since: w.failing_since,
+            created_at: w.created_at,
+            updated_at: w.updated_at,
+        })
+    }
+
+    pub(crate) fn into_domain(self) -> DomainResult<Webhook> {
+        let secret = |s: &str| codec::stored("webhooks.secret", "[redacted]", WebhookSecret::parse(s));
+        let previous_secret = match (self.previous_secret, self.previous_valid_until) {
+            (Some(s), Some(valid_until)) => Some(PreviousWebhookSecret { secret: secret(&s)?, valid_until }),
+            _ => None,
+        };
+        let projects = match self.projects {
+            None => ProjectAccess::All,
+            Some(json) => {
+                let names: Vec<String> = codec::from_json("webhooks.projects", json)?;
+                let parsed = names.iter().map(|n| codec::stored("project name", n, ProjectName::parse(n)));
+                ProjectAccess::Only(parsed.collect::<DomainResult<_>>()?)
+            }
+        };
+        Ok(Webhook {
+            id: WebhookId::from_uuid(self.id),
+            url: codec::stored("webhooks.url", &self.url, WebhookUrl::parse(&self.url))?,
+            events: codec::from_json::<EventSet>("webhooks.events", self.events)?,
+            projects,
+            secret: secret(&self.secret)?,
+            previous_secret,
+            enabled: self.enabled,
+            disabled_reason: self.disabled_reason,
+            failing_since: self.failing_since,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
+/// One row of `webhook_events`; the store assigns `seq`.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = webhook_events, check_for_backend(diesel::pg::Pg))]
+pub(crate) struct EventRow {
+    id: Uuid,
+    event_type: String,
+    project: Option<String>,
+    target_webhook: Option<Uuid>,
+    payload: String,
+    created_at: Timestamp,
+}
+
+impl EventRow {
+    pub(crate) fn from_domain(e: &OutboxEvent) -> Self {
+        Self {
+            id: e.id.as_uuid(),
+            event_type: e.event_type.as_str().to_owned(),
+            project: e.project.as_ref().map(|p| p.as_str().to_owned()),
+            target_webhook: e.target.map(|t| t.as_uuid()),
+            payload: e.payload.as_str().to_owned(),
+            created_at: e.created_at,
+        }
+    }
+
+    pub(crate) fn into_domain(self) -> DomainResult<OutboxEvent> {
+        Ok(OutboxEvent {
+            id: EventId::from_uuid(self.id),
+            event_type: event_type(&self.event_type)?,
+            project: self.project.map(|p| codec::stored("project name", &p, ProjectName::parse(&p))).transpose()?,
+            target: self.target_webhook.map(WebhookId::from_uuid),
+            created_at: self.created_at,
+            payload: codec::stored("webhook_events.payload", "…", EventPayload::from_text(self.payload))?,
+        })
+    }
+}
+
+/// Reads a stored event type name.
+pub(crate) fn event_type(name: &str) -> DomainResult<EventType> {
+    codec::stored("event_type", name, name.parse::<EventType>())
+}
+
+/// Appends an event to the outbox inside the caller's transaction.
+pub(crate) async fn append_event(conn: &mut AsyncPgConnection, event: &OutboxEvent) -> StoreResult<()> {
+    diesel::insert_into(webhook_events::table).values(EventRow::from_domain(event)).execute(conn).await?;
+    Ok(())
+}
+
+/// The outbox write of a command transition, in the caller's transaction (the transition's own,
+/// so the event exists exactly when the transition committed). Skipped when no enabled
+/// subscription exists, so stores without webhooks do not grow an outbox.
+pub(crate) async fn record_command_event(
+    conn: &mut AsyncPgConnection,
+    command: &Command,
+    at: Timestamp,
+) -> StoreResult<()> {
+    let row = EventRow::from_domain(&command_event(command, at));
+    diesel::sql_query(APPEND_IF_SUBSCRIBED)
+        .bind::<SqlUuid, _>(row.id)
+        .bind::<Text, _>(&row.event_type)
+        .bind::<Nullable<Text>, _>(row.project.as_deref())
+        .bind::<Nullable<SqlUuid>, _>(row.target_webhook)
+        .bind::<Text, _>(&row.payload)
+        .bind::<Timestamptz, _>(row.created_at)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+fn not_found() -> DomainError {
+    DomainError::NotFound("webhook".into())
+}
+
+/// The subscription with `id`, or `NotFound`.
+pub(crate) async fn load(conn: &mut AsyncPgConnection, id: Uuid) -> StoreResult<WebhookRow> {
+    Ok(webhooks::table.find(id).select(WebhookRow::as_select()).first(conn).await.optional()?.ok_or_else(not_found)?)
+}
+
+/// The subscription an update returned, or `NotFound` when no row matched.
+fn updated(row: Option<WebhookRow>) -> DomainResult<Webhook> {
+    row.ok_or_else(not_found)?.into_domain()
+}
+
+#[async_trait]
+impl WebhookRepository for PgStore {
+    #[tracing::instrument(level = "debug", skip_all, fields(webhook_id = %webhook.id))]
+    async fn create(&self, webhook: &Webhook) -> DomainResult<()> {
+        let row = WebhookRow::from_domain(webhook)?;
+        let mut conn = self.conn().await?;
+        diesel::insert_into(webhooks::table)
+            .values(&row)
+            .execute(&mut conn)
+            .await
+            .map_err(|e| db_error(e, "create webhook"))?;
+        Ok(())
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(webhook_id = %id))]
+    async fn get(&self, id: WebhookId) -> DomainResult<Webhook> {
+        let mut conn = self.conn().await?;
+        load(&mut conn, id.as_uuid()).await.map_err(|e| e.into_domain("get webhook"))?.into_domain()
+    }
+
+    async fn list(&self, page: PageRequest) -> DomainResult<Page<Webhook>> {
+        let mut query = webhooks::table.select(WebhookRow::as_select()).order(webhooks::id.asc()).into_boxed();
+        if let Some(after) = page.after.map(codec::cursor_id) {
+            query = query.filter(webhooks::id.gt(after));
+        }
+        let mut conn = self.conn().await?;
+        let rows = query
+            .limit(i64::from(page.limit.get()) + 1)
+            .load(&mut conn)
+            .await
+            .map_err(|e| db_error(e, "list webhooks"))?;
+        let items = rows.into_iter().map(WebhookRow::into_domain).collect::<DomainResult<Vec<_>>>()?;
+        Ok(Page::from_overfetch(items, page.limit, |w| w.id.as_uuid().as_u128()))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(webhook_id = %webhook.id))]
+    async fn update(&self, webhook: &Webhook) -> DomainResult<Webhook> {
+        let row = WebhookRow::from_domain(webhook)?;
+        let mut conn = self.conn().await?;
+        let stored = diesel::update(webhooks::table.find(row.id))
+            .set((
+                webhooks::url.eq(&row.url),
+                webhooks::events.eq(&row.events),
+                webhooks::projects.eq(&row.projects),
+                webhooks::updated_at.eq(row.updated_at),
+            ))
+            .returning(WebhookRow::as_returning())
+            .get_result(&mut conn)
+            .await
+            .optional()
+            .map_err(|e| db_error(e, "update webhook"))?;
+        updated(stored)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(webhook_id = %id))]
+    async fn delete(&self, id: WebhookId) -> DomainResult<()> {
+        let mut conn = self.conn().await?;
+        // Attempts go with their deliveries (ON DELETE CASCADE); events stay for others.
+        let deleted = diesel::delete(webhooks::table.find(id.as_uuid()))
+            .execute(&mut conn)
+            .await
+            .map_err(|e| db_error(e, "delete webhook"))?;
+        if deleted == 0 {
+            return Err(not_found());
+        }
+        Ok(())
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(webhook_id = %id))]
+    async fn rotate_secret(
+        &self,
+        id: WebhookId,
+        secret: &WebhookSecret,
+        previous: Option<&PreviousWebhookSecret>,
+        at: Timestamp,
+    ) -> DomainResult<Webhook> {
+        let mut conn = self.conn().await?;
+        let stored = diesel::update(webhooks::table.find(id.as_uuid()))
+            .set((
+                webhooks::secret.eq(secret.expose()),
+                webhooks::previous_secret.eq(previous.map(|p| p.secret.expose())),
+                webhooks::previous_valid_until.eq(previous.map(|p| p.valid_until)),
+                webhooks::updated_at.eq(at),
+            ))
+            .returning(WebhookRow::as_returning())
+            .get_result(&mut conn)
+            .await
+            .optional()
+            .map_err(|e| db_error(e, "rotate webhook secret"))?;
+        updated(stored)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(webhook_id = %id))]
+    async fn enable(&self, id: WebhookId, at: Timestamp) -> DomainResult<Webhook> {
+        let mut conn = self.conn().await?;
+        let stored = diesel::update(webhooks::table.find(id.as_uuid()))
+            .set((
+                webhooks::enabled.eq(true),
+                webhooks::disabled_reason.eq(None::<String>),
+                webhooks::failing_since.eq(None::<Timestamp>),
+                webhooks::updated_at.eq(at),
+            ))
+            .returning(WebhookRow::as_returning())
+            .get_result(&mut conn)
+            .await
+            .optional()
+            .map_err(|e| db_error(e, "enable webhook"))?;
+        updated(stored)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(webhook_id = %id))]
+    async fn disable(&self, id: WebhookId, reason: &str, at: Timestamp) -> DomainResult<Disabled> {
+        let id = id.as_uuid();
+        let mut conn = self.conn().await?;
+        let (row, was_enabled) = conn
+            .transaction::<_, StoreError, _>(async |conn| {
+                // The subscription's row first, then its deliveries: the order `record_attempt`
+                // locks them in, so the two never deadlock.
+                let was_enabled: bool = webhooks::table
+                    .find(id)
+                    .select(webhooks::enabled)
+                    .for_no_key_update()
+                    .first(conn)
+                    .await
+                    .optional()?
+                    .ok_or_else(not_found)?;
+                if was_enabled {
+                    diesel::update(webhooks::table.find(id))
+                        .set((
+                            webhooks::enabled.eq(false),
+                            webhooks::disabled_reason.eq(reason),
+                            webhooks::updated_at.eq(at),
+                        ))
+                        .execute(conn)
+                        .await?;
+                }
+                let d = webhook_deliveries::table;
+                diesel::update(
+                    d.filter(webhook_deliveries::webhook_id.eq(id))
+                        .filter(webhook_deliveries::status.eq(DeliveryStatus::Pending.as_str()))
+                        .filter(
+                            webhook_deliveries::lease_expires_at
+                                .is_null()
+                                .or(webhook_deliveries::lease_expires_at.lt(at)),
+                        ),
+                )
+                .set((
+                    webhook_deliveries::status.eq(DeliveryStatus::Dead.as_str()),
+                    webhook_deliveries::next_attempt_at.eq(None::<Timestamp>),
+                    webhook_deliveries::lease_owner.eq(None::<String>),
+                    webhook_deliveries::lease_expires_at.eq(None::<Timestamp>),
+                ))
+                .execute(conn)
+                .await?;
+                Ok((load(conn, id).await?, was_enabled))
+            })
+            .await
+            .map_err(|e| e.into_domain("disable webhook"))?;
+        Ok(Disabled { webhook: row.into_domain()?, was_enabled })
+    }
+}

@@ -1,0 +1,500 @@
+//! `DeliveryQueue` on PostgreSQL: fan-out of the outbox into `webhook_deliveries`, leases
+//! fenced by the `webhook_fence` sequence, and `webhook_attempts`.
+//!
+//! Dispatchers on any replica lease with `FOR UPDATE SKIP LOCKED`: they never wait for each
+//! other's rows, and a row leased by a transaction that committed meanwhile is re-checked
+//! against the lease condition (READ COMMITTED re-evaluates locked rows) and left out, so one
+//! delivery is never handed to two callers. Fan-outs take events the same way. Writes for a
+//! leased delivery name its fence in the `WHERE` clause, so a stale dispatcher changes nothing.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Timestamptz, Uuid as SqlUuid};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use domain::pagination::{Page, PageRequest};
+use domain::webhook::{
+    Attempt, AttemptReport, Delivery, DeliveryDetail, DeliveryFilter, DeliveryId, DeliveryQueue, DeliveryStatus,
+    EventId, FanOut, LeaseRequest, LeasedDelivery, NextStep, OutboxEvent, Webhook, WebhookId,
+};
+use domain::{DomainError, DomainResult, Timestamp};
+
+use super::schema::{webhook_attempts, webhook_deliveries as deliveries, webhook_events, webhooks};
+use super::{self as subscriptions, EventRow, WebhookRow};
+use crate::codec;
+use crate::connection::db_error;
+use crate::{PgStore, StoreError, StoreResult};
+
+const PENDING: &str = DeliveryStatus::Pending.as_str();
+
+/// Leases up to `$3` due deliveries (`$1`: now) of enabled subscriptions not in `$2`, earliest
+/// due first, to owner `$4` until `$5`, all under one fresh fence. Rows another leaser holds
+/// locked are skipped rather than waited for.
+const LEASE_DUE: &str = "\
+WITH due AS ( \
+    SELECT d.id FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id \
+    WHERE d.status = 'pending' AND d.next_attempt_at <= $1 \
+      AND (d.lease_expires_at IS NULL OR d.lease_expires_at < $1) \
+      AND w.enabled AND NOT (d.webhook_id = ANY($2)) \
+    ORDER BY d.next_attempt_at, d.id \
+    LIMIT $3 \
+    FOR UPDATE OF d SKIP LOCKED \
+), fence AS ( \
+    SELECT nextval('webhook_fence') AS value \
+) \
+UPDATE webhook_deliveries d SET lease_owner = $4, lease_expires_at = $5, fence = (SELECT value FROM fence) \
+FROM due WHERE d.id = due.id \
+RETURNING d.*";
+
+/// Deletes dispatched events created before `$1` that no delivery refers to any more.
+const PURGE_EVENTS: &str = "\
+DELETE FROM webhook_events e \
+WHERE e.dispatched_at IS NOT NULL AND e.created_at < $1 \
+  AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = e.id)";
+
+/// One row of `webhook_deliveries`.
+#[derive(Debug, Clone, Queryable, Selectable, QueryableByName, Insertable)]
+#[diesel(table_name = deliveries, check_for_backend(diesel::pg::Pg))]
+struct DeliveryRow {
+    id: Uuid,
+    webhook_id: Uuid,
+    event_id: Uuid,
+    event_type: String,
+    status: String,
+    attempts: i32,
+    next_attempt_at: Option<Timestamp>,
+    last_attempt_at: Option<Timestamp>,
+    redelivery_of: Option<Uuid>,
+    lease_owner: Option<String>,
+    lease_expires_at: Option<Timestamp>,
+    fence: i64,
+    created_at: Timestamp,
+}
+
+impl DeliveryRow {
+    fn new(id: DeliveryId, webhook: Uuid, event: &OutboxEvent, now: Timestamp) -> Self {
+        Self {
+            id: id.as_uuid(),
+            webhook_id: webhook,
+            event_id: event.id.as_uuid(),
+            event_type: event.event_type.as_str().to_owned(),
+            status: PENDING.to_owned(),
+            attempts: 0,
+            next_attempt_at: Some(now),
+            last_attempt_at: None,
+            redelivery_of: None,
+            lease_owner: None,
+            lease_expires_at: None,
+            fence: 0,
+            created_at: now,
+        }
+    }
+
+    fn into_domain(self) -> DomainResult<Delivery> {
+        Ok(Delivery {
+            id: DeliveryId::from_uuid(self.id),
+            webhook_id: WebhookId::from_uuid(self.webhook_id),
+            event_id: EventId::from_uuid(self.event_id),
+            event_type: subscriptions::event_type(&self.event_type)?,
+            status: codec::stored("delivery status", &self.status, self.status.parse::<DeliveryStatus>())?,
+            attempts: codec::int("attempts", self.attempts)?,
+            next_attempt_at: self.next_attempt_at,
+            last_attempt_at: self.last_attempt_at,
+            redelivery_of: self.redelivery_of.map(DeliveryId::from_uuid),
+            created_at: self.created_at,
+        })
+    }
+}
+
+/// One row of `webhook_attempts`.
+#[derive(Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = webhook_attempts, check_for_backend(diesel::pg::Pg))]
+struct AttemptRow {
+    delivery_id: Uuid,
+    number: i32,
+    at: Timestamp,
+    status_code: Option<i32>,
+    latency_ms: i64,
+    response_snippet: Option<String>,
+    error: Option<String>,
+}
+
+/// PostgreSQL text cannot hold NUL, which an answer's body may contain; the snippet is a lossy
+/// excerpt for people to read, so NUL becomes the replacement character.
+fn without_nul(s: &str) -> String {
+    s.replace('\0', "\u{fffd}")
+}
+
+impl AttemptRow {
+    fn from_domain(delivery: Uuid, a: &Attempt) -> DomainResult<Self> {
+        Ok(Self {
+            delivery_id: delivery,
+            number: codec::column_int("attempt number", a.number)?,
+            at: a.at,
+            status_code: a.status_code.map(i32::from),
+            latency_ms: i64::from(a.latency_ms),
+            response_snippet: a.response_snippet.as_deref().map(without_nul),
+            error: a.error.as_deref().map(without_nul),
+        })
+    }
+
+    fn into_domain(self) -> DomainResult<Attempt> {
+        Ok(Attempt {
+            number: codec::int("attempt number", self.number)?,
+            at: self.at,
+            status_code: self.status_code.map(|c| codec::int("status_code", c)).transpose()?,
+            latency_ms: codec::int("latency_ms", self.latency_ms)?,
+            response_snippet: self.response_snippet,
+            error: self.error,
+        })
+    }
+}
+
+fn not_found() -> DomainError {
+    DomainError::NotFound("webhook delivery".into())
+}
+
+async fn load(conn: &mut AsyncPgConnection, id: Uuid) -> StoreResult<DeliveryRow> {
+    Ok(deliveries::table
+        .find(id)
+        .select(DeliveryRow::as_select())
+        .first(conn)
+        .await
+        .optional()?
+        .ok_or_else(not_found)?)
+}
+
+async fn load_event(conn: &mut AsyncPgConnection, id: Uuid) -> StoreResult<EventRow> {
+    Ok(webhook_events::table.filter(webhook_events::id.eq(id)).select(EventRow::as_select()).first(conn).await?)
+}
+
+/// Whether a delivery with `id` exists; `NotFound` otherwise.
+async fn must_exist(conn: &mut AsyncPgConnection, id: Uuid) -> StoreResult<()> {
+    let exists: bool = diesel::select(diesel::dsl::exists(deliveries::table.find(id))).get_result(conn).await?;
+    if exists {
+        Ok(())
+    } else {
+        Err(not_found().into())
+    }
+}
+
+/// The delivery `$id` if `$fence` holds it: pending and leased under that fence (a macro: the
+/// query's type differs between `SELECT … FOR UPDATE` and `UPDATE`, which both need it).
+macro_rules! held {
+    ($id:expr, $fence:expr) => {
+        deliveries::table
+            .filter(deliveries::id.eq($id))
+            .filter(deliveries::status.eq(PENDING))
+            .filter(deliveries::fence.eq($fence))
+            .filter(deliveries::lease_expires_at.is_not_null())
+    };
+}
+
+async fn fan_out(conn: &mut AsyncPgConnection, now: Timestamp, limit: u32) -> StoreResult<FanOut> {
+    // Concurrent fan-outs skip each other's events; a row dispatched by one that committed
+    // meanwhile fails the re-checked `dispatched_at IS NULL` and is left out.
+    let events: Vec<(i64, EventRow)> = webhook_events::table
+        .filter(webhook_events::dispatched_at.is_null())
+        .order(webhook_events::seq.asc())
+        .limit(i64::from(limit))
+        .select((webhook_events::seq, EventRow::as_select()))
+        .for_update()
+        .skip_locked()
+        .load(conn)
+        .await?;
+    if events.is_empty() {
+        return Ok(FanOut::default());
+    }
+    let hooks: Vec<Webhook> = webhooks::table
+        .filter(webhooks::enabled.eq(true))
+        .order(webhooks::id.asc())
+        .select(WebhookRow::as_select())
+        .load(conn)
+        .await?
+        .into_iter()
+        .map(WebhookRow::into_domain)
+        .collect::<DomainResult<_>>()?;
+    let mut rows = Vec::new();
+    let mut seqs = Vec::with_capacity(events.len());
+    for (seq, row) in events {
+        let event = row.into_domain()?;
+        for hook in hooks.iter().filter(|h| h.wants(&event)) {
+            rows.push(DeliveryRow::new(DeliveryId::generate(), hook.id.as_uuid(), &event, now));
+        }
+        seqs.push(seq);
+    }
+    if !rows.is_empty() {
+        diesel::insert_into(deliveries::table).values(&rows).execute(conn).await?;
+    }
+    diesel::update(webhook_events::table.filter(webhook_events::seq.eq_any(&seqs)))
+        .set(webhook_events::dispatched_at.eq(now))
+        .execute(conn)
+        .await?;
+    Ok(FanOut { events: codec::int("events", seqs.len())?, deliveries: codec::int("deliveries", rows.len())? })
+}
+
+async fn lease(
+    conn: &mut AsyncPgConnection,
+    request: &LeaseRequest,
+    until: Timestamp,
+) -> StoreResult<Vec<LeasedDelivery>> {
+    let exclude: Vec<Uuid> = request.exclude.iter().map(WebhookId::as_uuid).collect();
+    let rows: Vec<DeliveryRow> = diesel::sql_query(LEASE_DUE)
+        .bind::<Timestamptz, _>(request.now)
+        .bind::<Array<SqlUuid>, _>(&exclude)
+        .bind::<BigInt, _>(i64::from(request.limit))
+        .bind::<diesel::sql_types::Text, _>(&request.owner)
+        .bind::<Timestamptz, _>(until)
+        .load(conn)
+        .await?;
+    let mut hooks: HashMap<Uuid, Webhook> = HashMap::new();
+    let mut leased = Vec::with_capacity(rows.len());
+    for row in rows {
+        let webhook = match hooks.get(&row.webhook_id) {
+            Some(hook) => hook.clone(),
+            None => {
+                let hook = subscriptions::load(conn, row.webhook_id).await?.into_domain()?;
+                hooks.insert(row.webhook_id, hook.clone());
+                hook
+            }
+        };
+        let event = load_event(conn, row.event_id).await?.into_domain()?;
+        let fence = row.fence;
+        let delivery = row.into_domain()?;
+        leased.push(LeasedDelivery { delivery, webhook, event, fence, lease_until: until });
+    }
+    leased.sort_by_key(|l| (l.delivery.next_attempt_at, l.delivery.id));
+    Ok(leased)
+}
+
+async fn record(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    fence: i64,
+    report: &AttemptReport,
+    next: NextStep,
+) -> StoreResult<Option<DeliveryRow>> {
+    let webhook_id: Uuid = deliveries::table
+        .find(id)
+        .select(deliveries::webhook_id)
+        .first(conn)
+        .await
+        .optional()?
+        .ok_or_else(not_found)?;
+    // The subscription's row before the delivery's, as `disable` locks them: a disable waits
+    // for this attempt (or this attempt sees it), and the two never deadlock.
+    let enabled: Option<bool> =
+        webhooks::table.find(webhook_id).select(webhooks::enabled).for_no_key_update().first(conn).await.optional()?;
+    let Some(enabled) = enabled else { return Err(not_found().into()) };
+    let row: Option<DeliveryRow> =
+        held!(id, fence).select(DeliveryRow::as_select()).for_update().first(conn).await.optional()?;
+    let Some(row) = row else {
+        must_exist(conn, id).await?;
+        return Ok(None);
+    };
+    let next = match next {
+        NextStep::Retry { .. } if !enabled => NextStep::Dead,
+        other => other,
+    };
+    let number = codec::int::<i32, u32>("attempts", row.attempts)? + 1;
+    let attempt = report.clone().numbered(number);
+    diesel::insert_into(webhook_attempts::table).values(AttemptRow::from_domain(id, &attempt)?).execute(conn).await?;
+    let next_attempt_at = match next {
+        NextStep::Retry { at } => Some(at),
+        _ => None,
+    };
+    let updated = diesel::update(held!(id, fence))
+        .set((
+            deliveries::attempts.eq(codec::column_int::<u32, i32>("attempts", number)?),
+            deliveries::last_attempt_at.eq(report.at),
+            deliveries::status.eq(next.status().as_str()),
+            deliveries::next_attempt_at.eq(next_attempt_at),
+            deliveries::lease_owner.eq(None::<String>),
+            deliveries::lease_expires_at.eq(None::<Timestamp>),
+        ))
+        .returning(DeliveryRow::as_returning())
+        .get_result(conn)
+        .await?;
+    // A success clears the run of failures; a failure keeps its start, or starts one now.
+    let failing_since = if next == NextStep::Succeeded {
+        diesel::update(webhooks::table.find(webhook_id))
+            .set(webhooks::failing_since.eq(None::<Timestamp>))
+            .execute(conn)
+    } else {
+        diesel::update(webhooks::table.find(webhook_id).filter(webhooks::failing_since.is_null()))
+            .set(webhooks::failing_since.eq(report.at))
+            .execute(conn)
+    };
+    failing_since.await?;
+    Ok(Some(updated))
+}
+
+fn lease_end(now: Timestamp, lease: std::time::Duration) -> DomainResult<Timestamp> {
+    chrono::TimeDelta::from_std(lease)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .ok_or_else(|| DomainError::Internal(format!("lease {lease:?} is too long")))
+}
+
+#[async_trait]
+impl DeliveryQueue for PgStore {
+    #[tracing::instrument(level = "debug", skip_all, fields(event_id = %event.id, event_type = %event.event_type))]
+    async fn append_event(&self, event: &OutboxEvent) -> DomainResult<()> {
+        let mut conn = self.conn().await?;
+        subscriptions::append_event(&mut conn, event).await.map_err(|e| e.into_domain("append webhook event"))
+    }
+
+    #[tracing::instrument(level = "trace", skip_all)]
+    async fn fan_out(&self, now: Timestamp, limit: u32) -> DomainResult<FanOut> {
+        let mut conn = self.conn().await?;
+        conn.transaction::<_, StoreError, _>(async |conn| fan_out(conn, now, limit).await)
+            .await
+            .map_err(|e| e.into_domain("fan out webhook events"))
+    }
+
+    #[tracing::instrument(level = "trace", skip_all, fields(owner = %request.owner))]
+    async fn lease_due(&self, request: &LeaseRequest) -> DomainResult<Vec<LeasedDelivery>> {
+        let until = lease_end(request.now, request.lease)?;
+        let mut conn = self.conn().await?;
+        conn.transaction::<_, StoreError, _>(async |conn| lease(conn, request, until).await)
+            .await
+            .map_err(|e| e.into_domain("lease webhook deliveries"))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(delivery_id = %id, fence))]
+    async fn record_attempt(
+        &self,
+        id: DeliveryId,
+        fence: i64,
+        report: &AttemptReport,
+        next: NextStep,
+    ) -> DomainResult<Option<Delivery>> {
+        let mut conn = self.conn().await?;
+        let row = conn
+            .transaction::<_, StoreError, _>(async |conn| record(conn, id.as_uuid(), fence, report, next).await)
+            .await
+            .map_err(|e| e.into_domain("record webhook attempt"))?;
+        row.map(DeliveryRow::into_domain).transpose()
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(delivery_id = %id, fence))]
+    async fn release(&self, id: DeliveryId, fence: i64, next_attempt_at: Timestamp) -> DomainResult<bool> {
+        let id = id.as_uuid();
+        let mut conn = self.conn().await?;
+        let released: StoreResult<bool> = async {
+            let changed = diesel::update(held!(id, fence))
+                .set((
+                    deliveries::next_attempt_at.eq(next_attempt_at),
+                    deliveries::lease_owner.eq(None::<String>),
+                    deliveries::lease_expires_at.eq(None::<Timestamp>),
+                ))
+                .execute(&mut conn)
+                .await?;
+            if changed == 0 {
+                must_exist(&mut conn, id).await?;
+            }
+            Ok(changed > 0)
+        }
+        .await;
+        released.map_err(|e| e.into_domain("release webhook delivery"))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(delivery_id = %id))]
+    async fn redeliver(&self, id: DeliveryId, new_id: DeliveryId, now: Timestamp) -> DomainResult<Delivery> {
+        let id = id.as_uuid();
+        let mut conn = self.conn().await?;
+        let row = conn
+            .transaction::<_, StoreError, _>(async |conn| {
+                let original = load(conn, id).await?;
+                // SHARE keeps the subscription from being disabled or deleted until this commits.
+                let enabled: bool = webhooks::table
+                    .find(original.webhook_id)
+                    .select(webhooks::enabled)
+                    .for_share()
+                    .first(conn)
+                    .await
+                    .optional()?
+                    .ok_or_else(not_found)?;
+                if !enabled {
+                    return Err(
+                        DomainError::Conflict("the webhook is disabled; enable it before redelivering".into()).into()
+                    );
+                }
+                let event = load_event(conn, original.event_id).await?.into_domain()?;
+                let mut row = DeliveryRow::new(new_id, original.webhook_id, &event, now);
+                row.redelivery_of = Some(id);
+                diesel::insert_into(deliveries::table).values(&row).execute(conn).await?;
+                Ok(row)
+            })
+            .await
+            .map_err(|e| e.into_domain("redeliver webhook delivery"))?;
+        row.into_domain()
+    }
+
+    async fn list_deliveries(&self, filter: &DeliveryFilter, page: PageRequest) -> DomainResult<Page<Delivery>> {
+        let mut query = deliveries::table
+            .filter(deliveries::webhook_id.eq(filter.webhook.as_uuid()))
+            .select(DeliveryRow::as_select())
+            .order(deliveries::id.asc())
+            .into_boxed();
+        if let Some(status) = filter.status {
+            query = query.filter(deliveries::status.eq(status.as_str()));
+        }
+        if let Some(after) = page.after.map(codec::cursor_id) {
+            query = query.filter(deliveries::id.gt(after));
+        }
+        let mut conn = self.conn().await?;
+        let rows = query
+            .limit(i64::from(page.limit.get()) + 1)
+            .load(&mut conn)
+            .await
+            .map_err(|e| db_error(e, "list webhook deliveries"))?;
+        let items = rows.into_iter().map(DeliveryRow::into_domain).collect::<DomainResult<Vec<_>>>()?;
+        Ok(Page::from_overfetch(items, page.limit, |d| d.id.as_uuid().as_u128()))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(delivery_id = %id))]
+    async fn get_delivery(&self, id: DeliveryId) -> DomainResult<DeliveryDetail> {
+        let id = id.as_uuid();
+        let mut conn = self.conn().await?;
+        let found: StoreResult<_> = async {
+            let row = load(&mut conn, id).await?;
+            let attempts: Vec<AttemptRow> = webhook_attempts::table
+                .filter(webhook_attempts::delivery_id.eq(id))
+                .order(webhook_attempts::number.asc())
+                .select(AttemptRow::as_select())
+                .load(&mut conn)
+                .await?;
+            let event = load_event(&mut conn, row.event_id).await?;
+            Ok((row, attempts, event))
+        }
+        .await;
+        let (row, attempts, event) = found.map_err(|e| e.into_domain("get webhook delivery"))?;
+        Ok(DeliveryDetail {
+            delivery: row.into_domain()?,
+            attempts: attempts.into_iter().map(AttemptRow::into_domain).collect::<DomainResult<_>>()?,
+            event: event.into_domain()?,
+        })
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn purge(&self, before: Timestamp) -> DomainResult<u64> {
+        let mut conn = self.conn().await?;
+        let purged = conn
+            .transaction::<_, StoreError, _>(async |conn| {
+                let purged = diesel::delete(
+                    deliveries::table.filter(deliveries::status.ne(PENDING)).filter(deliveries::created_at.lt(before)),
+                )
+                .execute(conn)
+                .await?;
+                diesel::sql_query(PURGE_EVENTS).bind::<Timestamptz, _>(before).execute(conn).await?;
+                Ok(purged)
+            })
+            .await
+            .map_err(|e| e.into_domain("purge webhook deliveries"))?;
+        codec::int("purged deliveries", purged)
+    }
+}
