@@ -106,5 +106,6 @@ pub async fn open(url: &DatabaseUrl, options: OpenOptions) -> Result<Stores, Sta
         store.migrate().await?;
     }
     let signals: Arc<dyn SignalBus> = Arc::new(PgSignalBus::connect(url.expose()).await?);
-    Ok(Stores::of(Arc::new(store), Some(signals)))
+    let store = Arc::new(store);
+    Ok(Stores { webhooks: Some(WebhookStores::of(store.clone())), ..Stores::of(store, Some(signals)) })
 }

@@ -222,3 +222,34 @@ async fn a_database_outage_gives_503_and_the_service_recovers_by_itself() {
     let (done, _) = a.run("steady", json!({"command": ["true"]})).await;
     assert_eq!(done["status"], "succeeded", "{done}");
 }
+
+#[tokio::test]
+async fn two_replicas_deliver_each_webhook_event_once() {
+    let db = TestDatabase::create().await;
+    let (a, b) = replicas(&db, &["--webhook-allow-private-targets"]).await;
+    let receiver = adapters_webhook::testing::Receiver::start().await.expect("receiver");
+    let res = a.post("/v1/webhooks", json!({"url": receiver.url("/hook"), "events": ["command.succeeded"]})).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    a.project("hooks", 4).await;
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        let app = if n % 2 == 0 { &a } else { &b };
+        let v = app.submit("hooks", json!({"command": ["true"]})).await;
+        ids.push(v["id"].as_str().expect("id").to_owned());
+    }
+    for id in &ids {
+        assert_eq!(a.finished(id, 30).await["status"], "succeeded");
+    }
+    let got = receiver.wait_for(20, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(receiver.count(), 20, "each event once, though both replicas dispatch");
+    let mut delivered: Vec<String> = got
+        .iter()
+        .map(|r| {
+            serde_json::from_str::<Value>(&r.body).expect("payload")["data"]["id"].as_str().expect("id").to_owned()
+        })
+        .collect();
+    delivered.sort();
+    ids.sort();
+    assert_eq!(delivered, ids, "every command's event, once");
+}
