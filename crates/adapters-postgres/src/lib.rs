@@ -19,9 +19,9 @@ mod queue;
 mod rate_limits;
 mod schema;
 mod signals;
-mod webhooks;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod webhooks;
 
 use async_trait::async_trait;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;

@@ -9,9 +9,9 @@ use services::api_keys::ApiKeyService;
 use services::audit::AuditService;
 use services::commands::CommandService;
 use services::pods::PodService;
-use services::webhooks::WebhookService;
 use services::projects::ProjectService;
 use services::rate_limit::RateLimiter;
+use services::webhooks::WebhookService;
 
 /// HTTP-level settings from the configuration.
 #[derive(Debug, Clone)]

@@ -16,10 +16,10 @@ pub mod ports;
 pub mod project;
 pub mod rate_limit;
 pub mod signal;
-pub mod webhook;
 #[cfg(feature = "testing")]
 #[allow(clippy::expect_used, clippy::unwrap_used, reason = "test support: a failed expectation is a failed test")]
 pub mod testing;
+pub mod webhook;
 
 pub use error::{DomainError, DomainResult, FieldError};
 
