@@ -23,6 +23,7 @@ use domain::{DomainError, DomainResult, Timestamp};
 
 use crate::codec;
 use crate::connection::db_error;
+use crate::prepared::CachedExt;
 use crate::{PgStore, StoreError, StoreResult};
 use schema::{webhook_deliveries, webhook_events, webhooks};
 
@@ -166,6 +167,8 @@ pub(crate) async fn record_command_event(
         .bind::<Nullable<SqlUuid>, _>(row.target_webhook)
         .bind::<Text, _>(&row.payload)
         .bind::<Timestamptz, _>(row.created_at)
+        // Runs inside every command transition: keep it prepared like the transition itself.
+        .cached()
         .execute(conn)
         .await?;
     Ok(())
