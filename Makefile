@@ -17,9 +17,11 @@ run:
 	LISTEN_ADDR=$(LISTEN_ADDR) \
 	./target/release/rdev-api serve
 
-## Every test of the workspace (unit, property, contract, HTTP), then the k8s manifests.
+## Every test of the workspace (unit, property, contract, HTTP), the HTTP suites again with
+## EXECUTOR=kube on kube-sim, then the k8s manifests.
 test:
 	cargo test --workspace --all-features --no-fail-fast
+	RDEV_TEST_EXECUTOR=kube cargo test -p app --all-features --no-fail-fast --test commands --test auth --test errors
 	scripts/validate-k8s.sh
 
 build:

@@ -185,7 +185,9 @@ async fn over_the_limit_answers_429_with_retry_after_and_ratelimit_headers() {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
         .expect("Retry-After");
-    assert!((1..=10).contains(&retry), "retry after {retry}");
+    // A count made early in a window weighs fully until the window ends and then fades, so the
+    // wait can pass one window (by up to window / limit) but never two.
+    assert!((1..=20).contains(&retry), "retry after {retry}");
     assert!(refused.headers().get("ratelimit-remaining").is_some());
     problem(refused, 429, "rate_limited").await;
     assert_eq!(app.get("/v1/me").await.status(), StatusCode::OK, "other keys are not affected");

@@ -21,6 +21,8 @@ pub struct TestApp {
     pub dir: tempfile::TempDir,
     shutdown: CancellationToken,
     server: actix_web::dev::ServerHandle,
+    /// The Kubernetes simulator the service runs commands on, with `RDEV_TEST_EXECUTOR=kube`.
+    pub sim: Option<kube_sim::KubeSim>,
 }
 
 impl Drop for TestApp {
@@ -36,11 +38,26 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(&[]).await
 }
 
-/// The service with extra `serve` flags, e.g. `&["--rate-limit-rps", "1"]`.
+/// The service with extra `serve` flags, e.g. `&["--rate-limit-rps", "1"]`. With
+/// `RDEV_TEST_EXECUTOR=kube` (and no `--executor` flag) it runs commands in pods on a fresh
+/// kube-sim, so the same HTTP suites cover both executors.
 pub async fn spawn_app_with(flags: &[&str]) -> TestApp {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = format!("sqlite://{}/rdev.db", dir.path().display());
-    spawn_replica(&db, None, flags, dir).await
+    let on_kube = std::env::var("RDEV_TEST_EXECUTOR").is_ok_and(|e| e == "kube") && !flags.contains(&"--executor");
+    if !on_kube {
+        return spawn_replica(&db, None, flags, dir).await;
+    }
+    let sim =
+        kube_sim::KubeSim::start(kube_sim::SimConfig::for_tests(dir.path().join("pods"))).await.expect("kube-sim");
+    let kubeconfig = dir.path().join("kubeconfig");
+    sim.write_kubeconfig(&kubeconfig, "rdev-projects").expect("kubeconfig");
+    let kubeconfig = kubeconfig.display().to_string();
+    let mut all = vec!["--executor", "kube", "--kubeconfig", &kubeconfig, "--kube-namespace", "rdev-projects"];
+    all.extend_from_slice(flags);
+    let mut app = spawn_replica(&db, None, &all, dir).await;
+    app.sim = Some(sim);
+    app
 }
 
 /// A replica on the database `url`; `admin` is the admin key when another replica already
@@ -108,6 +125,7 @@ async fn start(db: &app::config::Database, cfg: &ServeConfig, dir: tempfile::Tem
         dir,
         shutdown,
         server: handle,
+        sim: None,
     }
 }
 
