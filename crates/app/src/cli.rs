@@ -47,10 +47,7 @@ pub async fn serve(db: &Database, cfg: &ServeConfig) -> Result<ExitCode, Startup
     if let Err(e) = worker.await {
         tracing::error!(error = %e, "queue worker panicked");
     }
-    if let Some(Err(e)) = match dispatcher {
-        Some(d) => Some(d.await),
-        None => None,
-    } {
+    if let Some(Err(e)) = futures::future::OptionFuture::from(dispatcher).await {
         tracing::error!(error = %e, "webhook dispatcher panicked");
     }
     served.map_err(|source| StartupError::Io { path: cfg.listen_addr.to_string(), source })?;

@@ -109,3 +109,33 @@ pub async fn open(url: &DatabaseUrl, options: OpenOptions) -> Result<Stores, Sta
     let store = Arc::new(store);
     Ok(Stores { webhooks: Some(WebhookStores::of(store.clone())), ..Stores::of(store, Some(signals)) })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use domain::DomainError;
+
+    use super::*;
+
+    fn url(raw: &str) -> DatabaseUrl {
+        raw.parse().unwrap_or_else(|_| panic!("{raw} parses as a URL value"))
+    }
+
+    const OPTIONS: OpenOptions = OpenOptions { migrate: true, pool_size: 2 };
+
+    #[tokio::test]
+    async fn an_unknown_scheme_is_a_configuration_error() {
+        let Err(err) = open(&url("mysql://root@127.0.0.1/rdev"), OPTIONS).await else { panic!("mysql opened") };
+        assert!(matches!(err, StartupError::Config(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_postgres_fails_fast_as_unavailable() {
+        // Port 1 on loopback: nothing listens, the connection is refused at once.
+        let started = Instant::now();
+        let Err(err) = open(&url("postgres://rdev@127.0.0.1:1/rdev"), OPTIONS).await else { panic!("opened") };
+        assert!(matches!(err, StartupError::Store(DomainError::Unavailable(_))), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    }
+}

@@ -75,6 +75,7 @@ fn webhooks(
     cfg: &ServeConfig,
     audit: &AuditService,
     clock: &Arc<dyn Clock>,
+    owner: &WorkerId,
     changes: tokio::sync::watch::Receiver<u64>,
 ) -> Result<Webhooks, StartupError> {
     let Some(hooks) = &stores.webhooks else { return Ok(None) };
@@ -100,7 +101,7 @@ fn webhooks(
         wake,
         changes: Some(changes),
     };
-    let dispatcher = WebhookDispatcher::new(ports, DispatcherConfig::new(worker_id().to_string()));
+    let dispatcher = WebhookDispatcher::new(ports, DispatcherConfig::new(owner.to_string()));
     Ok(Some((Arc::new(service), dispatcher)))
 }
 
@@ -201,7 +202,9 @@ pub async fn build(
         clock.clone(),
     ));
     let policy = RateLimitPolicy { rps: cfg.rate_limit_rps, window_seconds: cfg.rate_limit_window_seconds };
-    let mut worker_config = WorkerConfig::new(worker_id(), cfg.concurrent_commands as usize);
+    // One identity per replica, for command leases and webhook delivery leases alike.
+    let replica = worker_id();
+    let mut worker_config = WorkerConfig::new(replica.clone(), cfg.concurrent_commands as usize);
     worker_config.max_output_bytes = cfg.max_output_bytes;
     worker_config.shutdown_grace = Duration::from_secs(cfg.shutdown_grace_seconds);
     worker_config.lease = Duration::from_secs(cfg.lease_seconds);
@@ -213,7 +216,8 @@ pub async fn build(
     let (keys, key_cache) = key_service(&stores, Duration::from_millis(cfg.key_cache_ttl_ms), clock.clone());
     let pump =
         stores.signals.as_ref().map(|signals| SignalPump { signals: signals.subscribe(), bus: bus.clone(), key_cache });
-    let (webhook_service, dispatcher) = webhooks(&stores, cfg, &audit, &clock, bus.subscribe_state())?.unzip();
+    let (webhook_service, dispatcher) =
+        webhooks(&stores, cfg, &audit, &clock, &replica, bus.subscribe_state())?.unzip();
     let ports = WorkerPorts {
         queue: stores.queue.clone(),
         projects: stores.projects.clone(),
