@@ -30,6 +30,8 @@ use tokio::runtime::Runtime;
 
 /// Commands per measured batch.
 const COMMANDS: usize = 2000;
+/// Alternating rounds of the comparison (its median is reported).
+const ROUNDS: usize = 5;
 /// Concurrent claimers (and pgbench clients).
 const CLAIMERS: usize = 4;
 /// pgbench worker threads (the machine has 2 cores).
@@ -221,7 +223,7 @@ fn main() {
     // The comparison itself: the same number of cycles, the same concurrency, alternating.
     let mut ours = Vec::new();
     let mut baseline = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..ROUNDS {
         bench.reset();
         bench.enqueue(COMMANDS);
         let (took, done) = bench.drain();
@@ -230,7 +232,7 @@ fn main() {
     }
     let (ours, baseline) = (median(ours), median(baseline));
     println!(
-        "\nqueue throughput, {CLAIMERS} concurrent claimers, {COMMANDS} commands (median of 3):\n  \
+        "\nqueue throughput, {CLAIMERS} concurrent claimers, {COMMANDS} commands (median of {ROUNDS}):\n  \
          PgStore claim+finish: {ours:>8.0} commands/s\n  \
          pgbench same SQL:     {baseline:>8.0} commands/s\n  \
          ratio:                {:>8.2}",

@@ -19,6 +19,7 @@ use domain::command::{Command, CommandStatus, Completion, TerminationReason};
 use domain::ids::{CommandId, WorkerId};
 use domain::output::{CommandOutput, OutputStream};
 use domain::ports::{Claim, CommandQueue, LeaseStatus, WorkerCapacity};
+use domain::webhook::EventId;
 use domain::{DomainError, DomainResult, Timestamp};
 
 use crate::codec;
@@ -27,7 +28,8 @@ use crate::connection::db_error;
 use crate::events;
 use crate::prepared::CachedExt;
 use crate::schema::{commands, workers};
-use crate::{webhooks, PgStore, StoreError, StoreResult};
+use crate::webhooks::{self, announce_command};
+use crate::{PgStore, StoreError, StoreResult};
 
 /// The next queued command in dequeue order whose project is not known to be full, locked,
 /// with its project's row locked too (waiting for a claim of the same project in flight).
@@ -48,20 +50,23 @@ FOR UPDATE OF c SKIP LOCKED \
 FOR NO KEY UPDATE OF p";
 
 /// Starts the locked candidate `$1` if its project `$5` (whose row this transaction locked)
-/// runs fewer than `$6` commands, with a fresh fence and the event `Status(Running)`.
-/// The count runs after the project lock was taken, so it sees every earlier claim.
-const START_IF_ROOM: &str = "\
-WITH claimed AS ( \
-    UPDATE commands SET status = 'running', started_at = $2, lease_owner = $3, lease_expires_at = $4, \
-        fence = nextval('command_fence'), event_seq = event_seq + 1 \
-    WHERE id = $1 \
-      AND (SELECT count(*) FROM commands r WHERE r.project_id = $5 AND r.status = 'running') < $6 \
-    RETURNING * \
-), started AS ( \
-    INSERT INTO command_events (command_id, seq, kind, stream, data, at) \
-    SELECT id, event_seq, 'status', NULL, convert_to('running', 'UTF8'), $2 FROM claimed \
-) \
-SELECT * FROM claimed";
+/// runs fewer than `$6` commands, with a fresh fence, the event `Status(Running)` and the
+/// webhook event `$7`. The count runs after the project lock was taken, so it sees every
+/// earlier claim.
+const START_IF_ROOM: &str = concat!(
+    "WITH claimed AS ( \
+        UPDATE commands SET status = 'running', started_at = $2, lease_owner = $3, lease_expires_at = $4, \
+            fence = nextval('command_fence'), event_seq = event_seq + 1 \
+        WHERE id = $1 \
+          AND (SELECT count(*) FROM commands r WHERE r.project_id = $5 AND r.status = 'running') < $6 \
+        RETURNING * \
+    ), started AS ( \
+        INSERT INTO command_events (command_id, seq, kind, stream, data, at) \
+        SELECT id, event_seq, 'status', NULL, convert_to('running', 'UTF8'), $2 FROM claimed \
+    ), announced AS (",
+    announce_command!("claimed", "$7", "$2"),
+    ") SELECT * FROM claimed"
+);
 
 /// Appends output `$3`/`$4` to command `$1` if fence `$2` still holds it.
 const APPEND_OUTPUT: &str = "\
@@ -74,21 +79,24 @@ INSERT INTO command_events (command_id, seq, kind, stream, data, at) \
 SELECT id, event_seq, 'output', $3, $4, $5 FROM held";
 
 /// Ends command `$1` if fence `$2` still holds it, with its output, and appends the events
-/// `Status(final)` then `Exit` (what `events::ending` makes), all in one statement.
-const FINISH: &str = "\
-WITH done AS ( \
-    UPDATE commands SET status = $3, exit_code = $4, termination_reason = $5, error = $6, finished_at = $7, \
-        lease_owner = NULL, lease_expires_at = NULL, event_seq = event_seq + 2, \
-        stdout = $8, stderr = $9, stdout_truncated = $10, stderr_truncated = $11 \
-    WHERE id = $1 AND status = 'running' AND fence = $2 \
-    RETURNING * \
-), ended AS ( \
-    INSERT INTO command_events (command_id, seq, kind, stream, data, at) \
-    SELECT id, event_seq - 1, 'status', NULL, convert_to(status, 'UTF8'), finished_at FROM done \
-    UNION ALL \
-    SELECT id, event_seq, 'exit', NULL, NULL, finished_at FROM done \
-) \
-SELECT * FROM done";
+/// `Status(final)` then `Exit` (what `events::ending` makes) and the webhook event `$12`, all
+/// in one statement.
+const FINISH: &str = concat!(
+    "WITH done AS ( \
+        UPDATE commands SET status = $3, exit_code = $4, termination_reason = $5, error = $6, finished_at = $7, \
+            lease_owner = NULL, lease_expires_at = NULL, event_seq = event_seq + 2, \
+            stdout = $8, stderr = $9, stdout_truncated = $10, stderr_truncated = $11 \
+        WHERE id = $1 AND status = 'running' AND fence = $2 \
+        RETURNING * \
+    ), ended AS ( \
+        INSERT INTO command_events (command_id, seq, kind, stream, data, at) \
+        SELECT id, event_seq - 1, 'status', NULL, convert_to(status, 'UTF8'), finished_at FROM done \
+        UNION ALL \
+        SELECT id, event_seq, 'exit', NULL, NULL, finished_at FROM done \
+    ), announced AS (",
+    announce_command!("done", "$12", "$7"),
+    ") SELECT * FROM done"
+);
 
 /// Claim attempts that may find their candidate's project full before reporting nothing claimable.
 const MAX_FULL_PROJECTS: usize = 32;
@@ -150,13 +158,12 @@ async fn claim_once(
         .bind::<Timestamptz, _>(until)
         .bind::<SqlUuid, _>(candidate.project_id)
         .bind::<BigInt, _>(i64::from(candidate.cap))
+        .bind::<SqlUuid, _>(EventId::generate().as_uuid())
         .cached()
         .get_result(conn)
         .await
         .optional()?;
-    let Some(started) = started else { return Ok(Attempt::Full(candidate.project_id)) };
-    webhooks::record_command_event(conn, &started.command.clone().into_domain()?, now).await?;
-    Ok(Attempt::Started(Box::new(started)))
+    Ok(started.map_or(Attempt::Full(candidate.project_id), |s| Attempt::Started(Box::new(s))))
 }
 
 /// Whether a command with `id` exists; `NotFound` otherwise (what a stale write to an unknown
@@ -169,8 +176,8 @@ async fn must_exist(conn: &mut AsyncPgConnection, id: Uuid) -> StoreResult<()> {
     }
 }
 
-/// Ends a running command held by `fence` with its output and writes its webhook event, in the
-/// caller's transaction; `None` (and no event) when the fence is stale.
+/// Ends a running command held by `fence` with its output and its webhook event, in one
+/// statement; `None` (and no event) when the fence is stale.
 async fn finish_held(
     conn: &mut AsyncPgConnection,
     id: Uuid,
@@ -191,14 +198,13 @@ async fn finish_held(
         .bind::<Bytea, _>(output.stderr.as_bytes())
         .bind::<Bool, _>(output.stdout_truncated)
         .bind::<Bool, _>(output.stderr_truncated)
+        .bind::<SqlUuid, _>(EventId::generate().as_uuid())
         .cached()
         .get_result(conn)
         .await
         .optional()?;
-    match &ended {
-        // Only a finish that happened announces itself: a stale fence writes no event.
-        Some(row) => webhooks::record_command_event(conn, &row.clone().into_domain()?, at).await?,
-        None => must_exist(conn, id).await?,
+    if ended.is_none() {
+        must_exist(conn, id).await?;
     }
     Ok(ended)
 }
@@ -345,9 +351,7 @@ impl CommandQueue for PgStore {
     ) -> DomainResult<Option<Command>> {
         let id = id.as_uuid();
         let mut conn = self.conn().await?;
-        // The ending and its webhook event commit together.
-        let row = conn
-            .transaction::<_, StoreError, _>(async |conn| finish_held(conn, id, fence, completion, output, at).await)
+        let row = finish_held(&mut conn, id, fence, completion, output, at)
             .await
             .map_err(|e| e.into_domain("finish command"))?;
         row.map(CommandRow::into_domain).transpose()

@@ -33,6 +33,61 @@ const APPEND_IF_SUBSCRIBED: &str = "\
 INSERT INTO webhook_events (id, event_type, project, target_webhook, payload, created_at) \
 SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS (SELECT 1 FROM webhooks WHERE enabled)";
 
+/// `$ts` (a `timestamptz` expression) as `domain::webhook`'s RFC 3339 text: UTC, microseconds, `Z`.
+macro_rules! rfc3339 {
+    ($ts:literal) => {
+        concat!("to_char((", $ts, ") AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24\":\"MI\":\"SS.US\"Z\"')")
+    };
+}
+
+/// The event type of a command row `s` that has just entered its status.
+macro_rules! command_event_type {
+    () => {
+        "'command.' || CASE s.status WHEN 'running' THEN 'started' ELSE s.status END"
+    };
+}
+
+/// An `INSERT` announcing each command row of `$source` entering its current status at `$at`,
+/// with event id `$id`, written only while an enabled subscription exists: what
+/// `domain::webhook::command_event` builds, made in SQL so that a transition and its outbox
+/// row are one statement (one round trip on the queue's hot path). The webhook contract suite
+/// checks that both payloads are the same JSON.
+macro_rules! announce_command {
+    ($source:literal, $id:literal, $at:literal) => {
+        concat!(
+            "INSERT INTO webhook_events (id, event_type, project, target_webhook, payload, created_at) ",
+            "SELECT ",
+            $id,
+            ", ",
+            $crate::webhooks::command_event_type!(),
+            ", s.project_name, NULL, json_build_object(",
+            "'type', ",
+            $crate::webhooks::command_event_type!(),
+            ", 'timestamp', ",
+            $crate::webhooks::rfc3339!($at),
+            ", ",
+            "'data', json_build_object('id', s.id, 'project', s.project_name, 'status', s.status, ",
+            "'exit_code', s.exit_code, 'termination_reason', s.termination_reason, ",
+            "'error', left(s.error, 4096), ",
+            "'priority', (ARRAY['low', 'normal', 'high', 'critical'])[s.priority + 1], ",
+            "'queued_at', ",
+            $crate::webhooks::rfc3339!("s.queued_at"),
+            ", 'started_at', ",
+            $crate::webhooks::rfc3339!("s.started_at"),
+            ", ",
+            "'finished_at', ",
+            $crate::webhooks::rfc3339!("s.finished_at"),
+            "))::text, ",
+            $at,
+            " ",
+            "FROM ",
+            $source,
+            " s WHERE EXISTS (SELECT 1 FROM webhooks WHERE enabled)"
+        )
+    };
+}
+pub(crate) use {announce_command, command_event_type, rfc3339};
+
 /// One row of `webhooks`.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = webhooks, check_for_backend(diesel::pg::Pg))]

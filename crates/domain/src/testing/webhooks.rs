@@ -10,16 +10,16 @@ use chrono::TimeDelta;
 
 use super::{now_micros, project_name, sample_command, sample_project, Store};
 use crate::api_key::ProjectAccess;
-use crate::command::{Idempotency, Priority, Termination};
+use crate::command::{Command, CommandStatus, Completion, Idempotency, Priority, Termination, TerminationReason};
 use crate::ids::WorkerId;
 use crate::output::CommandOutput;
 use crate::pagination::{Limit, PageRequest};
 use crate::ports::{CommandRepository, ProjectRepository};
 use crate::project::ProjectName;
 use crate::webhook::{
-    AttemptReport, Delivery, DeliveryFilter, DeliveryId, DeliveryQueue, DeliveryStatus, EventId, EventPayload,
-    EventSet, EventType, LeaseRequest, LeasedDelivery, NextStep, OutboxEvent, PreviousWebhookSecret, Webhook,
-    WebhookId, WebhookRepository, WebhookSecret, WebhookUrl,
+    command_event, AttemptReport, Delivery, DeliveryFilter, DeliveryId, DeliveryQueue, DeliveryStatus, EventId,
+    EventPayload, EventSet, EventType, LeaseRequest, LeasedDelivery, NextStep, OutboxEvent, PreviousWebhookSecret,
+    Webhook, WebhookId, WebhookRepository, WebhookSecret, WebhookUrl,
 };
 use crate::{DomainError, Timestamp};
 
@@ -108,6 +108,7 @@ async fn lease_one<S: WebhookStore>(store: &S, now: Timestamp) -> LeasedDelivery
 pub async fn webhook_store_contract<S: WebhookStore, F: Fn() -> Fut, Fut: Future<Output = S>>(fresh: F) {
     subscriptions_crud(fresh().await).await;
     command_transitions_write_their_events(fresh().await).await;
+    command_events_carry_the_domain_payload(fresh().await).await;
     fan_out_respects_filters(fresh().await).await;
     fan_out_and_leases_are_exclusive(Arc::new(fresh().await)).await;
     attempts_are_recorded_in_order(fresh().await).await;
@@ -238,6 +239,56 @@ async fn command_transitions_write_their_events<S: WebhookStore>(store: S) {
     assert_eq!(new_types(&store, hook.id, seen).await, vec![CommandQueued, CommandStarted, CommandLost]);
     assert!(store.reap_expired(start + TimeDelta::seconds(3)).await.expect("reap").is_empty());
     assert_eq!(new_types(&store, hook.id, seen).await, vec![]);
+}
+
+/// Fans out and returns the one payload `webhook` got since the last call.
+async fn new_payload<S: WebhookStore>(
+    store: &S,
+    webhook: WebhookId,
+    seen: &mut BTreeSet<DeliveryId>,
+) -> serde_json::Value {
+    store.fan_out(now_micros(), 1000).await.expect("fan out");
+    let fresh: Vec<Delivery> = deliveries_of(store, webhook).await.into_iter().filter(|d| seen.insert(d.id)).collect();
+    assert_eq!(fresh.len(), 1, "one new delivery expected");
+    let event = store.get_delivery(fresh[0].id).await.expect("delivery").event;
+    serde_json::from_str(event.payload.as_str()).expect("json payload")
+}
+
+fn domain_payload(command: &Command, at: Timestamp) -> serde_json::Value {
+    serde_json::from_str(command_event(command, at).payload.as_str()).expect("json payload")
+}
+
+/// Stores that build the outbox payload themselves (in SQL, say) MUST build what
+/// `command_event` builds, field for field, long errors cut the same way.
+async fn command_events_carry_the_domain_payload<S: WebhookStore>(store: S) {
+    let web = sample_project("web", 1);
+    ProjectRepository::create(&store, &web).await.expect("project");
+    let hook = sample_webhook(EventSet::all(), ProjectAccess::All);
+    WebhookRepository::create(&store, &hook).await.expect("webhook");
+    let seen = &mut BTreeSet::new();
+
+    let queued = CommandRepository::enqueue(&store, sample_command(&web, Priority::High, None)).await.expect("q");
+    let expected = domain_payload(&queued.command, queued.command.queued_at);
+    assert_eq!(new_payload(&store, hook.id, seen).await, expected, "command.queued");
+
+    let started_at = now_micros();
+    let claim = store.claim_next(&WorkerId::new("contract"), started_at, LEASE).await.expect("claim").expect("one");
+    assert_eq!(claim.command.status, CommandStatus::Running);
+    let expected = domain_payload(&claim.command, started_at);
+    assert_eq!(new_payload(&store, hook.id, seen).await, expected, "command.started");
+
+    let failed = Completion {
+        status: CommandStatus::Failed,
+        exit_code: Some(3),
+        reason: TerminationReason::Exited,
+        error: Some("é∑".repeat(3000)),
+    };
+    let finished_at = now_micros();
+    let out = CommandOutput::default();
+    let ended = store.finish(claim.command.id, claim.fence, &failed, &out, finished_at).await.expect("finish");
+    let ended = ended.expect("held");
+    let expected = domain_payload(&ended, finished_at);
+    assert_eq!(new_payload(&store, hook.id, seen).await, expected, "command.failed with a long error");
 }
 
 async fn fan_out_respects_filters<S: WebhookStore>(store: S) {
