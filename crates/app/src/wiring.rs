@@ -19,7 +19,7 @@ use services::breaker::{BreakerConfig, BreakerExecutor, BreakerPods, CircuitBrea
 use services::cache::{CacheConfig, CachedRepository};
 use services::clock::SystemClock;
 use services::commands::CommandService;
-use services::pods::PodService;
+use services::pods::{PodEvents, PodService};
 use services::projects::ProjectService;
 use services::queue_bus::QueueBus;
 use services::rate_limit::RateLimiter;
@@ -218,11 +218,13 @@ pub async fn build(
         stores.signals.as_ref().map(|signals| SignalPump { signals: signals.subscribe(), bus: bus.clone(), key_cache });
     let (webhook_service, dispatcher) =
         webhooks(&stores, cfg, &audit, &clock, &replica, bus.subscribe_state())?.unzip();
+    let pod_events = PodEvents::new(webhook_service.clone());
     let ports = WorkerPorts {
         queue: stores.queue.clone(),
         projects: stores.projects.clone(),
         executor: executor.clone(),
         pods: pods.clone(),
+        pod_events: pod_events.clone(),
         breaker,
         audit: audit.clone(),
         bus,
@@ -230,7 +232,7 @@ pub async fn build(
     };
     let state = AppState {
         keys,
-        pods: PodService::new(projects.clone(), pods, webhook_service.clone()),
+        pods: PodService::new(projects.clone(), pods, pod_events, worker_config.pod_ready_timeout),
         webhooks: webhook_service,
         projects,
         commands,

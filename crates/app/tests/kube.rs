@@ -8,6 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use adapters_webhook::testing::{Received, Receiver};
 use common::{problem, spawn_app_with, TestApp};
 use kube_sim::{Faults, KubeSim, SimConfig};
 use reqwest::StatusCode;
@@ -16,12 +17,16 @@ use serde_json::{json, Value};
 const NAMESPACE: &str = "rdev-projects";
 
 async fn app_on_sim() -> (TestApp, KubeSim, tempfile::TempDir) {
+    app_on_sim_with(&[]).await
+}
+
+async fn app_on_sim_with(extra: &[&str]) -> (TestApp, KubeSim, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("dir");
     let sim = KubeSim::start(SimConfig::for_tests(dir.path().join("pods"))).await.expect("kube-sim");
     let kubeconfig = dir.path().join("kubeconfig");
     sim.write_kubeconfig(&kubeconfig, NAMESPACE).expect("kubeconfig");
     let kubeconfig = kubeconfig.display().to_string();
-    let flags = [
+    let mut flags = vec![
         "--executor",
         "kube",
         "--kubeconfig",
@@ -31,6 +36,7 @@ async fn app_on_sim() -> (TestApp, KubeSim, tempfile::TempDir) {
         "--kube-breaker-open-seconds",
         "1",
     ];
+    flags.extend_from_slice(extra);
     (spawn_app_with(&flags).await, sim, dir)
 }
 
@@ -50,6 +56,51 @@ async fn a_command_runs_in_the_projects_pod_started_on_demand() {
     assert_eq!(pod["pod_name"], "rdev-kproj");
     let stopped: Value = app.post("/v1/projects/kproj/pod/stop", json!({})).await.json().await.expect("json");
     assert!(matches!(stopped["phase"].as_str(), Some("stopping" | "stopped")), "{stopped}");
+}
+
+/// The `pod.*` events of a project's pod, in the order they arrived.
+fn pod_events(received: &[Received], project: &str) -> Vec<String> {
+    received
+        .iter()
+        .filter_map(|r| serde_json::from_str::<Value>(&r.body).ok())
+        .filter(|body| body["data"]["project"] == project)
+        .filter_map(|body| body["type"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn pods_announce_ready_and_stopped_once_they_get_there() {
+    let (app, _sim, _dir) = app_on_sim_with(&["--webhook-allow-private-targets"]).await;
+    let receiver = Receiver::start().await.expect("receiver");
+    let events = json!({"url": receiver.url("/pods"), "events": ["pod.ready", "pod.stopped", "pod.failed"]});
+    assert_eq!(app.post("/v1/webhooks", events).await.status(), StatusCode::CREATED);
+    app.project("pstart", 1).await;
+    app.project("pcmd", 1).await;
+
+    // Started through the API: the answer is `pending`, `pod.ready` follows when it is ready.
+    let started: Value = app.post("/v1/projects/pstart/pod/start", json!({})).await.json().await.expect("json");
+    assert_eq!(started["phase"], "pending", "{started}");
+    receiver.wait_for(1, Duration::from_secs(20)).await;
+    assert_eq!(pod_events(&receiver.received(), "pstart"), ["pod.ready"]);
+    let again: Value = app.post("/v1/projects/pstart/pod/start", json!({})).await.json().await.expect("json");
+    assert_eq!(again["ready"], true, "{again}");
+
+    // Started by a command: the worker announces it too.
+    let (done, _) = app.run("pcmd", json!({"command": ["true"]})).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    receiver.wait_for(2, Duration::from_secs(20)).await;
+    assert_eq!(pod_events(&receiver.received(), "pcmd"), ["pod.ready"]);
+
+    // Stopped: `stopping` at once, `pod.stopped` when the pod is gone.
+    let stopped: Value = app.post("/v1/projects/pstart/pod/stop", json!({})).await.json().await.expect("json");
+    assert!(matches!(stopped["phase"].as_str(), Some("stopping" | "stopped")), "{stopped}");
+    receiver.wait_for(3, Duration::from_secs(20)).await;
+    assert_eq!(
+        pod_events(&receiver.received(), "pstart"),
+        ["pod.ready", "pod.stopped"],
+        "a repeated start is no event"
+    );
+    assert_eq!(pod_events(&receiver.received(), "pcmd"), ["pod.ready"]);
 }
 
 #[tokio::test]

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::AuditService;
 use crate::breaker::CircuitBreaker;
 use crate::metrics as m;
+use crate::pods::PodEvents;
 use crate::queue_bus::QueueBus;
 use crate::worker_sink::StoreSink;
 
@@ -75,6 +76,8 @@ pub struct WorkerPorts {
     pub executor: Arc<dyn Executor>,
     /// The projects' pods; a command's pod is started first when it is not ready.
     pub pods: Arc<dyn PodManager>,
+    /// Where the states of pods this worker starts are announced.
+    pub pod_events: PodEvents,
     /// While this breaker is open nothing is claimed, so commands wait in the queue.
     pub breaker: Option<Arc<CircuitBreaker>>,
     /// Where starts and ends are recorded.
@@ -285,6 +288,7 @@ impl QueueWorker {
         tracing::info!(project = %spec.project, phase = status.phase.as_str(), "starting the project's pod");
         pods.start(spec).await.map_err(|e| e.to_string())?;
         let status = pods.wait_ready(&spec.project, self.config.pod_ready_timeout).await.map_err(|e| e.to_string())?;
+        self.ports.pod_events.observed(&spec.project, &status).await;
         if status.ready {
             Ok(())
         } else {

@@ -59,15 +59,20 @@ pub fn command_event(command: &Command, at: Timestamp) -> OutboxEvent {
     }
 }
 
-/// The event of a project's pod reaching `status`, when that is an event: ready, failed, or
+/// The event type of a pod in `status`, when that state is an event: ready, failed, or
 /// stopped. `None` for in-between states (pending, stopping, running but not ready).
+pub const fn pod_event_type(status: &PodStatus) -> Option<EventType> {
+    match status.phase {
+        PodPhase::Running if status.ready => Some(EventType::PodReady),
+        PodPhase::Failed => Some(EventType::PodFailed),
+        PodPhase::Stopped => Some(EventType::PodStopped),
+        _ => None,
+    }
+}
+
+/// The event of a project's pod reaching `status`, when that is an event (see `pod_event_type`).
 pub fn pod_event(project: &ProjectName, status: &PodStatus, at: Timestamp) -> Option<OutboxEvent> {
-    let event_type = match status.phase {
-        PodPhase::Running if status.ready => EventType::PodReady,
-        PodPhase::Failed => EventType::PodFailed,
-        PodPhase::Stopped => EventType::PodStopped,
-        _ => return None,
-    };
+    let event_type = pod_event_type(status)?;
     let data = json!({
         "project": project.as_str(),
         "phase": status.phase.as_str(),
