@@ -43,6 +43,14 @@ pub enum DomainError {
     /// A dependency (database, executor backend) cannot serve right now.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// A circuit breaker refuses calls to `dependency` for about `retry_after_seconds` more.
+    #[error("circuit breaker {dependency} is open; retry in {retry_after_seconds} s")]
+    CircuitOpen {
+        /// The breaker's name (`kube`, …).
+        dependency: String,
+        /// Seconds until the breaker lets a probe through (at least 1).
+        retry_after_seconds: u64,
+    },
     /// A bug or an unexpected backend answer; details are logged, not shown.
     #[error("internal error: {0}")]
     Internal(String),

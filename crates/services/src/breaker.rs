@@ -241,7 +241,7 @@ impl CircuitBreaker {
         Ok(outcome)
     }
 
-    /// `Unavailable` naming the breaker while it is open; `Ok` otherwise.
+    /// `CircuitOpen` naming the breaker while it is open; `Ok` otherwise.
     pub fn check(&self) -> DomainResult<()> {
         let (state, wait) = self.with_core(|core, now| (core.state(now), core.remaining_open(now)));
         match state {
@@ -251,11 +251,10 @@ impl CircuitBreaker {
     }
 
     fn rejection(&self, rejected: Rejected) -> DomainError {
-        DomainError::Unavailable(format!(
-            "circuit breaker {} is open; retry in {} s",
-            self.name,
-            rejected.retry_after.as_secs().max(1)
-        ))
+        DomainError::CircuitOpen {
+            dependency: self.name.to_owned(),
+            retry_after_seconds: rejected.retry_after.as_secs().max(1),
+        }
     }
 
     fn with_core<R>(&self, f: impl FnOnce(&mut BreakerCore, Instant) -> R) -> R {

@@ -79,7 +79,7 @@ impl ApiError {
                 DomainError::Invalid(_) => "validation_failed",
                 DomainError::Forbidden(_) => "forbidden",
                 DomainError::Unauthorized(_) => "unauthorized",
-                DomainError::Unavailable(_) => "unavailable",
+                DomainError::Unavailable(_) | DomainError::CircuitOpen { .. } => "unavailable",
                 DomainError::Internal(_) => "internal",
             },
             Self::PayloadTooLarge(_) => "payload_too_large",
@@ -96,7 +96,7 @@ impl ApiError {
             Self::Domain(DomainError::Internal(_)) => None,
             // A breaker's refusal names no internals and tells when to retry; other outages
             // (database errors may name hosts) stay generic.
-            Self::Domain(DomainError::Unavailable(m)) if breaker_retry_after(m).is_some() => Some(m.clone()),
+            Self::Domain(open @ DomainError::CircuitOpen { .. }) => Some(open.to_string()),
             Self::Domain(DomainError::Unavailable(_)) => Some("a dependency is unavailable; retry shortly".into()),
             Self::Domain(DomainError::Invalid(errors)) => {
                 Some(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
@@ -136,7 +136,7 @@ impl ResponseError for ApiError {
                 DomainError::Invalid(_) => StatusCode::BAD_REQUEST,
                 DomainError::Forbidden(_) => StatusCode::FORBIDDEN,
                 DomainError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-                DomainError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                DomainError::Unavailable(_) | DomainError::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 DomainError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -161,9 +161,11 @@ impl ResponseError for ApiError {
             Self::RateLimited { retry_after } => {
                 response.insert_header((header::RETRY_AFTER, retry_after.to_string()));
             }
-            Self::Domain(DomainError::Unavailable(m)) => {
-                let seconds = breaker_retry_after(m).unwrap_or(5);
-                response.insert_header((header::RETRY_AFTER, seconds.to_string()));
+            Self::Domain(DomainError::CircuitOpen { retry_after_seconds, .. }) => {
+                response.insert_header((header::RETRY_AFTER, retry_after_seconds.to_string()));
+            }
+            Self::Domain(DomainError::Unavailable(_)) => {
+                response.insert_header((header::RETRY_AFTER, UNAVAILABLE_RETRY_AFTER_SECONDS.to_string()));
             }
             Self::Domain(DomainError::Unauthorized(_)) => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
@@ -174,12 +176,37 @@ impl ResponseError for ApiError {
     }
 }
 
-/// The wait a circuit breaker's refusal names (`services::breaker` writes "… retry in N s").
-fn breaker_retry_after(message: &str) -> Option<u64> {
-    let rest = message.strip_prefix("circuit breaker ")?;
-    let (_, wait) = rest.split_once("retry in ")?;
-    wait.strip_suffix(" s")?.parse().ok()
-}
+/// The `Retry-After` of an outage whose end nobody can tell (a database down, say).
+const UNAVAILABLE_RETRY_AFTER_SECONDS: u64 = 5;
 
 /// Result of every handler.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn retry_after(error: &ApiError) -> Option<String> {
+        let response = error.error_response();
+        response.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_owned)
+    }
+
+    #[test]
+    fn an_open_breaker_says_when_to_retry_and_names_itself() {
+        let open = ApiError::Domain(DomainError::CircuitOpen { dependency: "kube".into(), retry_after_seconds: 7 });
+        assert_eq!(open.status_code(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(retry_after(&open).as_deref(), Some("7"));
+        let problem = open.problem();
+        assert_eq!(problem.code, "unavailable");
+        assert_eq!(problem.detail.as_deref(), Some("circuit breaker kube is open; retry in 7 s"));
+    }
+
+    #[test]
+    fn other_outages_stay_generic_and_suggest_a_short_wait() {
+        let down = ApiError::Domain(DomainError::Unavailable("connect to db.internal:5432 refused".into()));
+        assert_eq!(down.status_code(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(retry_after(&down).as_deref(), Some("5"));
+        let detail = down.problem().detail.unwrap_or_default();
+        assert!(!detail.contains("db.internal"), "no internals in the body: {detail}");
+    }
+}
