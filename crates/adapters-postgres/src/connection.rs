@@ -18,6 +18,9 @@ use diesel_async::AsyncPgConnection;
 use domain::{DomainError, DomainResult};
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::tls;
 
 /// How long opening one connection may take (TCP connect plus start-up).
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -34,12 +37,35 @@ type Pool = bb8::Pool<AsyncDieselConnectionManager<AsyncPgConnection>>;
 /// A connection checked out of the pool.
 pub(crate) type Pooled<'a> = bb8::PooledConnection<'a, AsyncDieselConnectionManager<AsyncPgConnection>>;
 
-/// Opens one connection to `url` with the store's timeouts and keepalives.
+/// Where and how to connect: the tokio-postgres settings and the TLS connector they need.
+#[derive(Clone)]
+pub(crate) struct Target {
+    /// Host, database, credentials, timeouts, keepalives, and whether TLS is tried.
+    pub(crate) config: tokio_postgres::Config,
+    /// The TLS connector for the URL's `sslmode` and `sslrootcert`.
+    pub(crate) tls: MakeRustlsConnect,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+/// Reads a `DATABASE_URL` into a `Target`; the error says what is wrong with it.
+pub(crate) fn target(url: &str) -> Result<Target, String> {
+    let (url, tls_settings) = tls::split_url(url)?;
+    let config = client_config(&url).map_err(|e| e.to_string())?;
+    Ok(Target { config, tls: tls::connector(&tls_settings)? })
+}
+
+/// Opens one connection to `url` with the store's timeouts, keepalives and TLS.
 pub(crate) fn establish(url: &str) -> BoxFuture<'_, ConnectionResult<AsyncPgConnection>> {
     async move {
-        let config = client_config(url).map_err(|e| ConnectionError::InvalidConnectionUrl(e.to_string()))?;
-        let (client, connection) = config
-            .connect(tokio_postgres::NoTls)
+        let target = target(url).map_err(ConnectionError::InvalidConnectionUrl)?;
+        let (client, connection) = target
+            .config
+            .connect(target.tls)
             .await
             .map_err(|e| ConnectionError::BadConnection(describe_postgres_error(&e)))?;
         AsyncPgConnection::try_from_client_and_connection(client, connection).await

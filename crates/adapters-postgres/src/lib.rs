@@ -21,6 +21,7 @@ mod schema;
 mod signals;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod tls;
 mod webhooks;
 
 use async_trait::async_trait;
@@ -56,7 +57,7 @@ impl PgStore {
     /// # Errors
     /// `Unavailable` when the server cannot be reached, `Invalid` for a malformed URL.
     pub async fn connect(url: &str, pool_size: u32) -> DomainResult<PgStore> {
-        connection::client_config(url).map_err(|e| DomainError::invalid("DATABASE_URL", e.to_string()))?;
+        connection::target(url).map_err(|e| DomainError::invalid("DATABASE_URL", e))?;
         let first = open(url).await?;
         Ok(PgStore { connections: Connections::new(url, pool_size, Some(first)), url: url.to_owned() })
     }

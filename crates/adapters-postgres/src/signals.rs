@@ -21,7 +21,7 @@ use domain::ports::SignalBus;
 use domain::signal::Signal;
 use domain::{DomainError, DomainResult};
 
-use crate::connection::{self, Connections};
+use crate::connection::{self, Connections, Target};
 
 /// The NOTIFY channel every replica listens on.
 pub const CHANNEL: &str = "rdev_signals";
@@ -57,13 +57,13 @@ impl PgSignalBus {
     /// # Errors
     /// `Unavailable` when the server cannot be reached, `Invalid` for a malformed URL.
     pub async fn connect(url: &str) -> DomainResult<PgSignalBus> {
-        let config = connection::client_config(url).map_err(|e| DomainError::invalid("DATABASE_URL", e.to_string()))?;
+        let target = connection::target(url).map_err(|e| DomainError::invalid("DATABASE_URL", e))?;
         let (sender, _) = broadcast::channel(CAPACITY);
-        let session = listen(&config, &sender)
+        let session = listen(&target, &sender)
             .await
             .map_err(|e| DomainError::Unavailable(format!("cannot LISTEN on PostgreSQL: {e}")))?;
         let cancel = CancellationToken::new();
-        tokio::spawn(run_listener(config, sender.clone(), cancel.clone(), session));
+        tokio::spawn(run_listener(target, sender.clone(), cancel.clone(), session));
         let publisher = Connections::new(url, PUBLISH_POOL_SIZE, None);
         Ok(PgSignalBus { sender, publisher, _listener: cancel.drop_guard() })
     }
@@ -113,12 +113,9 @@ fn deliver(sender: &broadcast::Sender<Signal>, message: AsyncMessage) {
 }
 
 /// Opens the listening connection and LISTENs on it.
-async fn listen(
-    config: &tokio_postgres::Config,
-    sender: &broadcast::Sender<Signal>,
-) -> Result<(Client, Messages), String> {
+async fn listen(target: &Target, sender: &broadcast::Sender<Signal>) -> Result<(Client, Messages), String> {
     let (client, mut connection) =
-        config.connect(tokio_postgres::NoTls).await.map_err(|e| connection::describe_postgres_error(&e))?;
+        target.config.connect(target.tls.clone()).await.map_err(|e| connection::describe_postgres_error(&e))?;
     let mut messages: Messages = Box::pin(futures::stream::poll_fn(move |cx| connection.poll_message(cx)));
     let query = format!("LISTEN {CHANNEL}");
     {
@@ -144,7 +141,7 @@ async fn listen(
 
 /// Delivers notifications until cancelled; reconnects when the connection is lost.
 async fn run_listener(
-    config: tokio_postgres::Config,
+    target: Target,
     sender: broadcast::Sender<Signal>,
     cancel: CancellationToken,
     first: (Client, Messages),
@@ -175,7 +172,7 @@ async fn run_listener(
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(wait) => {}
         }
-        match listen(&config, &sender).await {
+        match listen(&target, &sender).await {
             Ok(listening) => {
                 tracing::info!("listening for signals again");
                 session = Some(listening);

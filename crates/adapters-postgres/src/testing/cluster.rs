@@ -113,6 +113,40 @@ impl TestCluster {
         self.start_server().unwrap_or_else(|e| panic!("{e}"));
     }
 
+    /// Restarts the server with TLS on, presenting `cert_pem` (with its chain) and `key_pem`.
+    ///
+    /// # Panics
+    /// When the files cannot be written or the server does not come back.
+    pub fn enable_tls(&self, cert_pem: &str, key_pem: &str) {
+        self.write_tls_files(cert_pem, key_pem).unwrap_or_else(|e| panic!("{e}"));
+        self.stop();
+        self.start();
+    }
+
+    fn write_tls_files(&self, cert_pem: &str, key_pem: &str) -> Result<(), String> {
+        use std::os::unix::fs::PermissionsExt;
+        let data = self.data_dir();
+        let io = |path: &Path, e: std::io::Error| format!("{}: {e}", path.display());
+        for (name, pem) in [("server.crt", cert_pem), ("server.key", key_pem)] {
+            let path = data.join(name);
+            std::fs::write(&path, pem).map_err(|e| io(&path, e))?;
+            // The server refuses a key others can read, or one it does not own.
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(|e| io(&path, e))?;
+            if self.as_postgres {
+                let user = nix::unistd::User::from_name("postgres")
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| format!("no `postgres` OS user: {HOW_TO_GET_ONE}"))?;
+                std::os::unix::fs::chown(&path, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
+                    .map_err(|e| io(&path, e))?;
+            }
+        }
+        let conf = data.join("postgresql.conf");
+        let mut settings = std::fs::read_to_string(&conf).map_err(|e| io(&conf, e))?;
+        settings.push_str("\nssl = on\n");
+        std::fs::write(&conf, settings).map_err(|e| io(&conf, e))
+    }
+
     fn start_server(&self) -> Result<(), String> {
         let data = self.data_dir();
         let log = self.dir.join("server.log");
