@@ -36,7 +36,7 @@ pub async fn serve(db: &Database, cfg: &ServeConfig) -> Result<ExitCode, Startup
     if let Some(pump) = service.pump {
         tokio::spawn(pump.run(shutdown.clone()));
     }
-    let dispatcher = service.dispatcher.map(|d| tokio::spawn(d.run(shutdown.clone())));
+    let dispatcher = tokio::spawn(service.dispatcher.run(shutdown.clone()));
     tracing::info!(listen_addr = %cfg.listen_addr, executor = ?cfg.executor, "rdev-api serving");
     eprintln!("rdev-api: listening on http://{}", cfg.listen_addr);
     let server = crate::server::server(service.state, listener, cfg.shutdown_grace_seconds)
@@ -47,7 +47,7 @@ pub async fn serve(db: &Database, cfg: &ServeConfig) -> Result<ExitCode, Startup
     if let Err(e) = worker.await {
         tracing::error!(error = %e, "queue worker panicked");
     }
-    if let Some(Err(e)) = futures::future::OptionFuture::from(dispatcher).await {
+    if let Err(e) = dispatcher.await {
         tracing::error!(error = %e, "webhook dispatcher panicked");
     }
     served.map_err(|source| StartupError::Io { path: cfg.listen_addr.to_string(), source })?;

@@ -36,8 +36,8 @@ pub struct AppState {
     pub commands: Arc<CommandService>,
     /// Projects' pods.
     pub pods: PodService,
-    /// Webhooks (`None` where the store does not have them yet: the routes answer 501).
-    pub webhooks: Option<Arc<WebhookService>>,
+    /// Webhook subscriptions and deliveries.
+    pub webhooks: Arc<WebhookService>,
     /// Audit log.
     pub audit: AuditService,
     /// Rate limiter.

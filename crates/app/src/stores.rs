@@ -34,8 +34,8 @@ pub struct Stores {
     pub health: Arc<dyn HealthCheck>,
     /// Signals to and from the other replicas on the same store (`None`: this is the only one).
     pub signals: Option<Arc<dyn SignalBus>>,
-    /// Webhook subscriptions and deliveries (`None` where the store does not have them yet).
-    pub webhooks: Option<WebhookStores>,
+    /// Webhook subscriptions and deliveries.
+    pub webhooks: WebhookStores,
 }
 
 /// The webhook ports of a store.
@@ -65,6 +65,8 @@ impl Stores {
             + AuditLog
             + RateLimitStore
             + HealthCheck
+            + WebhookRepository
+            + DeliveryQueue
             + 'static,
     {
         Self {
@@ -74,9 +76,9 @@ impl Stores {
             queue: store.clone(),
             audit: store.clone(),
             rate_limits: store.clone(),
+            webhooks: WebhookStores::of(store.clone()),
             health: store,
             signals,
-            webhooks: None,
         }
     }
 }
@@ -96,7 +98,7 @@ pub async fn open(url: &DatabaseUrl, options: OpenOptions) -> Result<Stores, Sta
         let store = SqliteStore::open(url.expose())?;
         store.migrate()?;
         let store = Arc::new(store);
-        return Ok(Stores { webhooks: Some(WebhookStores::of(store.clone())), ..Stores::of(store, None) });
+        return Ok(Stores::of(store, None));
     }
     if !url.is_postgres() {
         return Err(StartupError::Config(format!("DATABASE_URL {url:?}: use sqlite://PATH or postgres://…")));
@@ -107,7 +109,7 @@ pub async fn open(url: &DatabaseUrl, options: OpenOptions) -> Result<Stores, Sta
     }
     let signals: Arc<dyn SignalBus> = Arc::new(PgSignalBus::connect(url.expose()).await?);
     let store = Arc::new(store);
-    Ok(Stores { webhooks: Some(WebhookStores::of(store.clone())), ..Stores::of(store, Some(signals)) })
+    Ok(Stores::of(store, Some(signals)))
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Logs and metrics: one subscriber and one recorder, set up once in `main`.
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use services::webhooks::WEBHOOK_DELIVERY_DURATION_SECONDS;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
@@ -20,6 +21,8 @@ pub fn init_logs(format: LogFormat) {
 
 const LATENCY_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 const COMMAND_BUCKETS: [f64; 10] = [0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0];
+/// Up to the sender's 15 s total timeout.
+const WEBHOOK_BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0];
 
 /// A Prometheus recorder; installed globally the first time (tests build several apps).
 pub fn metrics_handle() -> PrometheusHandle {
@@ -28,7 +31,10 @@ pub fn metrics_handle() -> PrometheusHandle {
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("request_duration_seconds".into()), &LATENCY_BUCKETS)
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Prefix("command_".into()), &COMMAND_BUCKETS));
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Prefix("command_".into()), &COMMAND_BUCKETS))
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(WEBHOOK_DELIVERY_DURATION_SECONDS.into()), &WEBHOOK_BUCKETS)
+                });
             let recorder = match builder {
                 Ok(b) => b.build_recorder(),
                 Err(_) => PrometheusBuilder::new().build_recorder(),

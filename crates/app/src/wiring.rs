@@ -62,12 +62,9 @@ pub struct Service {
     pub worker: Arc<QueueWorker>,
     /// Signals from other replicas (Postgres only).
     pub pump: Option<SignalPump>,
-    /// The webhook dispatcher, where the store has webhooks.
-    pub dispatcher: Option<Arc<WebhookDispatcher>>,
+    /// The webhook dispatcher.
+    pub dispatcher: Arc<WebhookDispatcher>,
 }
-
-/// The webhook service and its dispatcher, when the store has webhooks.
-type Webhooks = Option<(Arc<WebhookService>, Arc<WebhookDispatcher>)>;
 
 /// The webhook service and dispatcher over `stores`' webhook ports.
 fn webhooks(
@@ -77,8 +74,8 @@ fn webhooks(
     clock: &Arc<dyn Clock>,
     owner: &WorkerId,
     changes: tokio::sync::watch::Receiver<u64>,
-) -> Result<Webhooks, StartupError> {
-    let Some(hooks) = &stores.webhooks else { return Ok(None) };
+) -> Result<(Arc<WebhookService>, Arc<WebhookDispatcher>), StartupError> {
+    let hooks = &stores.webhooks;
     let sender_config =
         SenderConfig { allow_private_targets: cfg.webhook_allow_private_targets, ..SenderConfig::default() };
     let sender: Arc<dyn WebhookSender> = Arc::new(
@@ -102,7 +99,7 @@ fn webhooks(
         changes: Some(changes),
     };
     let dispatcher = WebhookDispatcher::new(ports, DispatcherConfig::new(owner.to_string()));
-    Ok(Some((Arc::new(service), dispatcher)))
+    Ok((Arc::new(service), dispatcher))
 }
 
 /// Where commands run and the pods they run in.
@@ -216,9 +213,8 @@ pub async fn build(
     let (keys, key_cache) = key_service(&stores, Duration::from_millis(cfg.key_cache_ttl_ms), clock.clone());
     let pump =
         stores.signals.as_ref().map(|signals| SignalPump { signals: signals.subscribe(), bus: bus.clone(), key_cache });
-    let (webhook_service, dispatcher) =
-        webhooks(&stores, cfg, &audit, &clock, &replica, bus.subscribe_state())?.unzip();
-    let pod_events = PodEvents::new(webhook_service.clone());
+    let (webhook_service, dispatcher) = webhooks(&stores, cfg, &audit, &clock, &replica, bus.subscribe_state())?;
+    let pod_events = PodEvents::new(Some(webhook_service.clone()));
     let ports = WorkerPorts {
         queue: stores.queue.clone(),
         projects: stores.projects.clone(),

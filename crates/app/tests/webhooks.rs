@@ -72,6 +72,11 @@ async fn a_finished_command_is_delivered_signed_and_tracked() {
     let got = receiver.wait_for(4, Duration::from_secs(20)).await;
     let ping: Value = serde_json::from_str(&got[3].body).expect("payload");
     assert_eq!(ping["type"], "ping");
+
+    let metrics =
+        app.client.get(format!("{}/metrics", app.base)).send().await.expect("metrics").text().await.expect("text");
+    assert!(metrics.contains("webhook_deliveries_total{"), "{metrics}");
+    assert!(metrics.contains("webhook_delivery_duration_seconds_bucket{le=\"15\"}"), "a histogram: {metrics}");
 }
 
 #[tokio::test]

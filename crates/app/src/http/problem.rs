@@ -29,9 +29,6 @@ pub enum ApiError {
         /// Seconds to wait.
         retry_after: u64,
     },
-    /// A route whose feature is not built yet (it says which issue brings it).
-    #[error("{0}")]
-    NotImplemented(&'static str),
 }
 
 /// The problem document (RFC 9457) with rdev-api's `code` and field errors.
@@ -86,7 +83,6 @@ impl ApiError {
             Self::RouteNotFound => "not_found",
             Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::RateLimited { .. } => "rate_limited",
-            Self::NotImplemented(_) => "unavailable",
         }
     }
 
@@ -143,7 +139,6 @@ impl ResponseError for ApiError {
             Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
         }
     }
 

@@ -13,12 +13,12 @@ use domain::webhook::{
 };
 use domain::DomainError;
 use serde::{Deserialize, Serialize};
-use services::webhooks::{NewWebhook, WebhookPatch, WebhookService};
+use services::webhooks::{NewWebhook, WebhookPatch};
 use utoipa::ToSchema;
 use validator::Validate;
 
 use crate::http::problem::Problem;
-use crate::http::{parse_id, resource, ApiError, ApiResult, Caller, JsonBody, PageOf, PageQuery};
+use crate::http::{parse_id, resource, ApiResult, Caller, JsonBody, PageOf, PageQuery};
 use crate::state::AppState;
 
 /// A subscription on the wire (never with its secret).
@@ -245,24 +245,19 @@ fn projects(raw: Option<Vec<String>>) -> Result<ProjectAccess, DomainError> {
     }
 }
 
-fn service(state: &AppState) -> ApiResult<&WebhookService> {
-    state.webhooks.as_deref().ok_or(ApiError::NotImplemented("webhooks are not available on this store yet"))
-}
-
 /// Creates a subscription (`webhooks:manage`); the answer holds the secret, shown once.
 #[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = CreateWebhookRequest, responses(
     (status = 201, description = "Created; `secret` is shown only now", body = WebhookWithSecret),
     (status = 400, description = "Invalid input, or a refused target (SSRF guard)", body = Problem),
     (status = 401, description = "Unauthenticated", body = Problem), (status = 403, description = "Missing scope or project", body = Problem),
-    (status = 413, description = "Body too large", body = Problem), (status = 429, description = "Rate limited", body = Problem),
-    (status = 501, description = "Not available on this store", body = Problem)))]
+    (status = 413, description = "Body too large", body = Problem), (status = 429, description = "Rate limited", body = Problem)))]
 pub async fn create(
     state: web::Data<AppState>,
     caller: Caller,
     JsonBody(body): JsonBody<CreateWebhookRequest>,
 ) -> ApiResult<HttpResponse> {
     let new = NewWebhook { url: url(&body.url)?, events: events(body.events)?, projects: projects(body.projects)? };
-    let (webhook, secret) = service(&state)?.create(&caller.principal, new).await?;
+    let (webhook, secret) = state.webhooks.create(&caller.principal, new).await?;
     Ok(HttpResponse::Created()
         .insert_header(("Location", format!("/v1/webhooks/{}", webhook.id)))
         .json(WebhookWithSecret::new(webhook, &secret)))
@@ -272,9 +267,9 @@ pub async fn create(
 #[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", params(PageQuery), responses(
     (status = 200, description = "A page of subscriptions", body = PageOf<WebhookView>), (status = 400, description = "Bad limit or cursor", body = Problem),
     (status = 401, description = "Unauthenticated", body = Problem), (status = 403, description = "Missing scope", body = Problem),
-    (status = 429, description = "Rate limited", body = Problem), (status = 501, description = "Not available on this store", body = Problem)))]
+    (status = 429, description = "Rate limited", body = Problem)))]
 pub async fn list(state: web::Data<AppState>, caller: Caller, q: web::Query<PageQuery>) -> ApiResult<HttpResponse> {
-    let page = service(&state)?.list(&caller.principal, q.page()?).await?;
+    let page = state.webhooks.list(&caller.principal, q.page()?).await?;
     Ok(HttpResponse::Ok().json(PageOf::from_page(page, WebhookView::from)))
 }
 
@@ -282,10 +277,9 @@ pub async fn list(state: web::Data<AppState>, caller: Caller, q: web::Query<Page
 #[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "Webhook id (UUID)")), responses(
     (status = 200, description = "The subscription", body = WebhookView), (status = 400, description = "Bad id", body = Problem),
     (status = 401, description = "Unauthenticated", body = Problem), (status = 403, description = "Missing scope", body = Problem),
-    (status = 404, description = "No such subscription", body = Problem), (status = 429, description = "Rate limited", body = Problem),
-    (status = 501, description = "Not available on this store", body = Problem)))]
+    (status = 404, description = "No such subscription", body = Problem), (status = 429, description = "Rate limited", body = Problem)))]
 pub async fn get(state: web::Data<AppState>, caller: Caller, id: web::Path<String>) -> ApiResult<HttpResponse> {
-    let webhook = service(&state)?.get(&caller.principal, parse_id::<WebhookId>(&id)?).await?;
+    let webhook = state.webhooks.get(&caller.principal, parse_id::<WebhookId>(&id)?).await?;
     Ok(HttpResponse::Ok().json(WebhookView::from(webhook)))
 }
 
@@ -294,7 +288,7 @@ pub async fn get(state: web::Data<AppState>, caller: Caller, id: web::Path<Strin
     (status = 200, description = "Updated", body = WebhookView), (status = 400, description = "Invalid input or refused target", body = Problem),
     (status = 401, description = "Unauthenticated", body = Problem), (status = 403, description = "Missing scope or project", body = Problem),
     (status = 404, description = "No such subscription", body = Problem), (status = 413, description = "Body too large", body = Problem),
-    (status = 429, description = "Rate limited", body = Problem), (status = 501, description = "Not available on this store", body = Problem)))]
+    (status = 429, description = "Rate limited", body = Problem)))]
 pub async fn update(
     state: web::Data<AppState>,
     caller: Caller,
@@ -307,7 +301,7 @@ pub async fn update(
         projects: body.projects.map(|p| projects(Some(p))).transpose()?,
         enabled: body.enabled,
     };
-    let webhook = service(&state)?.update(&caller.principal, parse_id::<WebhookId>(&id)?, patch).await?;
+    let webhook = state.webhooks.update(&caller.principal, parse_id::<WebhookId>(&id)?, patch).await?;
     Ok(HttpResponse::Ok().json(WebhookView::from(webhook)))
 }
 
@@ -315,10 +309,9 @@ pub async fn update(
 #[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "Webhook id (UUID)")), responses(
     (status = 204, description = "Deleted"), (status = 400, description = "Bad id", body = Problem),
     (status = 401, description = "Unauthenticated", body = Problem), (status = 403, description = "Missing scope", body = Problem),
-    (status = 404, description = "No such subscription", body = Problem), (status = 429, description = "Rate limited", body = Problem),
-    (status = 501, description = "Not available on this store", body = Problem)))]
+    (status = 404, description = "No such subscription", body = Problem), (status = 429, description = "Rate limited", body = Problem)))]
 pub async fn delete(state: web::Data<AppState>, caller: Caller, id: web::Path<String>) -> ApiResult<HttpResponse> {
-    service(&state)?.delete(&caller.principal, parse_id::<WebhookId>(&id)?).await?;
+    state.webhooks.delete(&caller.principal, parse_id::<WebhookId>(&id)?).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -327,9 +320,9 @@ pub async fn delete(state: web::Data<AppState>, caller: Caller, id: web::Path<St
     (status = 202, description = "Ping queued; see the subscription's deliveries"), (status = 400, description = "Bad id", body = Problem),
     (status = 401, description = "Unauthenticated", body = Problem), (status = 403, description = "Missing scope", body = Problem),
     (status = 404, description = "No such subscription", body = Problem), (status = 409, description = "Subscription disabled", body = Problem),
-    (status = 429, description = "Rate limited", body = Problem), (status = 501, description = "Not available on this store", body = Problem)))]
+    (status = 429, description = "Rate limited", body = Problem)))]
 pub async fn test(state: web::Data<AppState>, caller: Caller, id: web::Path<String>) -> ApiResult<HttpResponse> {
-    let event = service(&state)?.test(&caller.principal, parse_id::<WebhookId>(&id)?).await?;
+    let event = state.webhooks.test(&caller.principal, parse_id::<WebhookId>(&id)?).await?;
     Ok(HttpResponse::Accepted().json(serde_json::json!({"event_id": event.id.to_string(), "type": "ping"})))
 }
 
@@ -338,7 +331,7 @@ pub async fn test(state: web::Data<AppState>, caller: Caller, id: web::Path<Stri
     (status = 200, description = "Rotated; the new `secret` is shown only now", body = WebhookWithSecret), (status = 400, description = "Invalid input", body = Problem),
     (status = 401, description = "Unauthenticated", body = Problem), (status = 403, description = "Missing scope", body = Problem),
     (status = 404, description = "No such subscription", body = Problem), (status = 413, description = "Body too large", body = Problem),
-    (status = 429, description = "Rate limited", body = Problem), (status = 501, description = "Not available on this store", body = Problem)))]
+    (status = 429, description = "Rate limited", body = Problem)))]
 pub async fn rotate_secret(
     state: web::Data<AppState>,
     caller: Caller,
@@ -346,8 +339,7 @@ pub async fn rotate_secret(
     JsonBody(body): JsonBody<RotateSecretRequest>,
 ) -> ApiResult<HttpResponse> {
     let grace = Duration::from_secs(body.grace_seconds);
-    let (webhook, secret) =
-        service(&state)?.rotate_secret(&caller.principal, parse_id::<WebhookId>(&id)?, grace).await?;
+    let (webhook, secret) = state.webhooks.rotate_secret(&caller.principal, parse_id::<WebhookId>(&id)?, grace).await?;
     Ok(HttpResponse::Ok().json(WebhookWithSecret::new(webhook, &secret)))
 }
 
@@ -355,8 +347,7 @@ pub async fn rotate_secret(
 #[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks", params(("id" = String, Path, description = "Webhook id (UUID)"), DeliveryQuery), responses(
     (status = 200, description = "A page of deliveries", body = PageOf<DeliveryView>), (status = 400, description = "Bad id, status, limit or cursor", body = Problem),
     (status = 401, description = "Unauthenticated", body = Problem), (status = 403, description = "Missing scope", body = Problem),
-    (status = 404, description = "No such subscription", body = Problem), (status = 429, description = "Rate limited", body = Problem),
-    (status = 501, description = "Not available on this store", body = Problem)))]
+    (status = 404, description = "No such subscription", body = Problem), (status = 429, description = "Rate limited", body = Problem)))]
 pub async fn deliveries(
     state: web::Data<AppState>,
     caller: Caller,
@@ -366,7 +357,7 @@ pub async fn deliveries(
     let status =
         q.status.as_deref().map(str::parse::<DeliveryStatus>).transpose().map_err(|e| e.in_field("status."))?;
     let page = PageQuery { limit: q.limit, cursor: q.cursor.clone() }.page()?;
-    let page = service(&state)?.list_deliveries(&caller.principal, parse_id::<WebhookId>(&id)?, status, page).await?;
+    let page = state.webhooks.list_deliveries(&caller.principal, parse_id::<WebhookId>(&id)?, status, page).await?;
     Ok(HttpResponse::Ok().json(PageOf::from_page(page, DeliveryView::from)))
 }
 
@@ -374,10 +365,9 @@ pub async fn deliveries(
 #[utoipa::path(get, path = "/v1/webhook-deliveries/{id}", tag = "webhooks", params(("id" = String, Path, description = "Delivery id (UUID)")), responses(
     (status = 200, description = "The delivery and its attempts", body = DeliveryDetailView), (status = 400, description = "Bad id", body = Problem),
     (status = 401, description = "Unauthenticated", body = Problem), (status = 403, description = "Missing scope", body = Problem),
-    (status = 404, description = "No such delivery", body = Problem), (status = 429, description = "Rate limited", body = Problem),
-    (status = 501, description = "Not available on this store", body = Problem)))]
+    (status = 404, description = "No such delivery", body = Problem), (status = 429, description = "Rate limited", body = Problem)))]
 pub async fn delivery(state: web::Data<AppState>, caller: Caller, id: web::Path<String>) -> ApiResult<HttpResponse> {
-    let detail = service(&state)?.get_delivery(&caller.principal, parse_id::<DeliveryId>(&id)?).await?;
+    let detail = state.webhooks.get_delivery(&caller.principal, parse_id::<DeliveryId>(&id)?).await?;
     Ok(HttpResponse::Ok().json(DeliveryDetailView::from(detail)))
 }
 
@@ -386,9 +376,9 @@ pub async fn delivery(state: web::Data<AppState>, caller: Caller, id: web::Path<
     (status = 202, description = "The new delivery", body = DeliveryView), (status = 400, description = "Bad id", body = Problem),
     (status = 401, description = "Unauthenticated", body = Problem), (status = 403, description = "Missing scope", body = Problem),
     (status = 404, description = "No such delivery", body = Problem), (status = 409, description = "Subscription disabled", body = Problem),
-    (status = 429, description = "Rate limited", body = Problem), (status = 501, description = "Not available on this store", body = Problem)))]
+    (status = 429, description = "Rate limited", body = Problem)))]
 pub async fn redeliver(state: web::Data<AppState>, caller: Caller, id: web::Path<String>) -> ApiResult<HttpResponse> {
-    let delivery = service(&state)?.redeliver(&caller.principal, parse_id::<DeliveryId>(&id)?).await?;
+    let delivery = state.webhooks.redeliver(&caller.principal, parse_id::<DeliveryId>(&id)?).await?;
     Ok(HttpResponse::Accepted().json(DeliveryView::from(delivery)))
 }
 

@@ -112,9 +112,7 @@ async fn start(db: &app::config::Database, cfg: &ServeConfig, dir: tempfile::Tem
     if let Some(pump) = service.pump {
         tokio::spawn(pump.run(shutdown.clone()));
     }
-    if let Some(dispatcher) = service.dispatcher {
-        tokio::spawn(dispatcher.run(shutdown.clone()));
-    }
+    tokio::spawn(service.dispatcher.run(shutdown.clone()));
     let server = app::server::server(service.state, listener, 1).expect("server");
     let handle = server.handle();
     tokio::spawn(server);
