@@ -50,6 +50,11 @@ pub(crate) fn serve(listener: TcpListener, sim: Arc<Sim>) -> ServerHandle {
                 () = sim.shutdown.cancelled() => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => {
+                        // As Go's net package (and so the real apiserver) does: exec frames are
+                        // small writes that must not wait for a delayed ACK.
+                        if let Err(e) = stream.set_nodelay(true) {
+                            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+                        }
                         connections.spawn(connection(stream, Arc::clone(&sim), router.clone()));
                     }
                     Err(e) => {
