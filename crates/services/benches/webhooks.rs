@@ -6,11 +6,14 @@
 //! - event → first attempt (a ping appended, the running dispatcher woken, the receiver seeing
 //!   it) vs one bare POST seen by the receiver.
 //!
+//! Each on the memory store, SQLite, and Postgres (a throwaway cluster, or `DATABASE_URL`).
+//!
 //! Run: `cargo bench -p services --bench webhooks`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use adapters_postgres::testing::TestDatabase;
 use adapters_sqlite::SqliteStore;
 use adapters_webhook::testing::Receiver;
 use adapters_webhook::{HttpWebhookSender, SenderConfig};
@@ -138,6 +141,8 @@ fn throughput(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let memory = rt.block_on(setup(Arc::new(MemoryStore::new()), &receiver));
     let on_sqlite = rt.block_on(setup(sqlite(dir.path()), &receiver));
+    let db = rt.block_on(TestDatabase::create());
+    let on_postgres = rt.block_on(async { setup(Arc::new(db.store().await), &receiver).await });
     let client = baseline_client();
     let url = receiver.url("/baseline");
     let mut group = c.benchmark_group("webhook_deliveries");
@@ -150,6 +155,7 @@ fn throughput(c: &mut Criterion) {
     });
     dispatcher_throughput(&mut group, "dispatcher on the memory store", &rt, &memory, &receiver);
     dispatcher_throughput(&mut group, "dispatcher on SQLite", &rt, &on_sqlite, &receiver);
+    dispatcher_throughput(&mut group, "dispatcher on Postgres", &rt, &on_postgres, &receiver);
     group.finish();
 }
 
@@ -188,6 +194,8 @@ fn latency(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let memory = rt.block_on(setup(Arc::new(MemoryStore::new()), &receiver));
     let on_sqlite = rt.block_on(setup(sqlite(dir.path()), &receiver));
+    let db = rt.block_on(TestDatabase::create());
+    let on_postgres = rt.block_on(async { setup(Arc::new(db.store().await), &receiver).await });
     let client = baseline_client();
     let url = receiver.url("/baseline");
     let mut group = c.benchmark_group("webhook_first_attempt_latency");
@@ -205,6 +213,7 @@ fn latency(c: &mut Criterion) {
     });
     first_attempt(&mut group, "event to first attempt, memory store", &rt, &memory, &receiver);
     first_attempt(&mut group, "event to first attempt, SQLite", &rt, &on_sqlite, &receiver);
+    first_attempt(&mut group, "event to first attempt, Postgres", &rt, &on_postgres, &receiver);
     group.finish();
 }
 

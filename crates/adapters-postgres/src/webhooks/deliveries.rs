@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Timestamptz, Uuid as SqlUuid};
+use diesel::sql_types::{Array, BigInt, Bool, Nullable, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
@@ -26,6 +26,7 @@ use super::schema::{webhook_attempts, webhook_deliveries as deliveries, webhook_
 use super::{self as subscriptions, EventRow, WebhookRow};
 use crate::codec;
 use crate::connection::db_error;
+use crate::prepared::CachedExt;
 use crate::{PgStore, StoreError, StoreResult};
 
 const PENDING: &str = DeliveryStatus::Pending.as_str();
@@ -270,45 +271,60 @@ async fn lease(
     Ok(leased)
 }
 
+/// The subscription of delivery `$1`, locked `FOR SHARE`: attempts to one endpoint do not wait
+/// for each other, while `disable` (which locks the row for update first) waits for the attempts
+/// in flight, or they for it and then see it disabled.
+const SUBSCRIPTION_OF: &str = "\
+SELECT w.id, w.enabled, w.failing_since FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id \
+WHERE d.id = $1 FOR SHARE OF w";
+
+#[derive(Debug, QueryableByName)]
+struct Subscription {
+    #[diesel(sql_type = SqlUuid)]
+    id: Uuid,
+    #[diesel(sql_type = Bool)]
+    enabled: bool,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    failing_since: Option<Timestamp>,
+}
+
+/// What an attempt changes in its subscription's `failing_since`, if anything.
+#[derive(Debug, Clone, Copy)]
+enum FailingSince {
+    /// A success after failures: the run of failures is over.
+    Clear(Uuid),
+    /// The first failure after a success: a run of failures starts at this time.
+    Start(Uuid, Timestamp),
+}
+
+/// Records an attempt in the caller's transaction. Returns the delivery (`None` when the fence
+/// is stale) and the `failing_since` change to make after the commit: made inside, it would need
+/// the subscription's row exclusively while other attempts hold it shared, and deadlock.
 async fn record(
     conn: &mut AsyncPgConnection,
     id: Uuid,
     fence: i64,
     report: &AttemptReport,
     next: NextStep,
-) -> StoreResult<Option<DeliveryRow>> {
-    let webhook_id: Uuid = deliveries::table
-        .find(id)
-        .select(deliveries::webhook_id)
-        .first(conn)
+) -> StoreResult<(Option<DeliveryRow>, Option<FailingSince>)> {
+    let subscription: Subscription = diesel::sql_query(SUBSCRIPTION_OF)
+        .bind::<SqlUuid, _>(id)
+        .cached()
+        .get_result(conn)
         .await
         .optional()?
         .ok_or_else(not_found)?;
-    // The subscription's row before the delivery's, as `disable` locks them: a disable waits
-    // for this attempt (or this attempt sees it), and the two never deadlock.
-    let enabled: Option<bool> =
-        webhooks::table.find(webhook_id).select(webhooks::enabled).for_no_key_update().first(conn).await.optional()?;
-    let Some(enabled) = enabled else { return Err(not_found().into()) };
-    let row: Option<DeliveryRow> =
-        held!(id, fence).select(DeliveryRow::as_select()).for_update().first(conn).await.optional()?;
-    let Some(row) = row else {
-        must_exist(conn, id).await?;
-        return Ok(None);
-    };
     let next = match next {
-        NextStep::Retry { .. } if !enabled => NextStep::Dead,
+        NextStep::Retry { .. } if !subscription.enabled => NextStep::Dead,
         other => other,
     };
-    let number = codec::int::<i32, u32>("attempts", row.attempts)? + 1;
-    let attempt = report.clone().numbered(number);
-    diesel::insert_into(webhook_attempts::table).values(AttemptRow::from_domain(id, &attempt)?).execute(conn).await?;
     let next_attempt_at = match next {
         NextStep::Retry { at } => Some(at),
         _ => None,
     };
-    let updated = diesel::update(held!(id, fence))
+    let updated: Option<DeliveryRow> = diesel::update(held!(id, fence))
         .set((
-            deliveries::attempts.eq(codec::column_int::<u32, i32>("attempts", number)?),
+            deliveries::attempts.eq(deliveries::attempts + 1),
             deliveries::last_attempt_at.eq(report.at),
             deliveries::status.eq(next.status().as_str()),
             deliveries::next_attempt_at.eq(next_attempt_at),
@@ -316,20 +332,43 @@ async fn record(
             deliveries::lease_expires_at.eq(None::<Timestamp>),
         ))
         .returning(DeliveryRow::as_returning())
+        .cached()
         .get_result(conn)
+        .await
+        .optional()?;
+    // The delivery exists (the join found it): no row means a stale fence or a settled delivery.
+    let Some(updated) = updated else { return Ok((None, None)) };
+    let attempt = report.clone().numbered(codec::int::<i32, u32>("attempts", updated.attempts)?);
+    diesel::insert_into(webhook_attempts::table)
+        .values(AttemptRow::from_domain(id, &attempt)?)
+        .cached()
+        .execute(conn)
         .await?;
-    // A success clears the run of failures; a failure keeps its start, or starts one now.
-    let failing_since = if next == NextStep::Succeeded {
-        diesel::update(webhooks::table.find(webhook_id))
-            .set(webhooks::failing_since.eq(None::<Timestamp>))
-            .execute(conn)
-    } else {
-        diesel::update(webhooks::table.find(webhook_id).filter(webhooks::failing_since.is_null()))
-            .set(webhooks::failing_since.eq(report.at))
-            .execute(conn)
+    let change = match (next == NextStep::Succeeded, subscription.failing_since) {
+        (true, Some(_)) => Some(FailingSince::Clear(subscription.id)),
+        (false, None) => Some(FailingSince::Start(subscription.id, report.at)),
+        _ => None,
     };
-    failing_since.await?;
-    Ok(Some(updated))
+    Ok((Some(updated), change))
+}
+
+/// Applies an attempt's `failing_since` change (a start never moves an earlier one).
+async fn apply(conn: &mut AsyncPgConnection, change: FailingSince) -> StoreResult<()> {
+    match change {
+        FailingSince::Clear(webhook) => {
+            diesel::update(webhooks::table.find(webhook).filter(webhooks::failing_since.is_not_null()))
+                .set(webhooks::failing_since.eq(None::<Timestamp>))
+                .execute(conn)
+                .await?
+        }
+        FailingSince::Start(webhook, at) => {
+            diesel::update(webhooks::table.find(webhook).filter(webhooks::failing_since.is_null()))
+                .set(webhooks::failing_since.eq(at))
+                .execute(conn)
+                .await?
+        }
+    };
+    Ok(())
 }
 
 fn lease_end(now: Timestamp, lease: std::time::Duration) -> DomainResult<Timestamp> {
@@ -373,10 +412,14 @@ impl DeliveryQueue for PgStore {
         next: NextStep,
     ) -> DomainResult<Option<Delivery>> {
         let mut conn = self.conn().await?;
-        let row = conn
+        let (row, change) = conn
             .transaction::<_, StoreError, _>(async |conn| record(conn, id.as_uuid(), fence, report, next).await)
             .await
             .map_err(|e| e.into_domain("record webhook attempt"))?;
+        if let Some(change) = change {
+            // Lost only if this process dies right here; the next attempt makes the same change.
+            apply(&mut conn, change).await.map_err(|e| e.into_domain("record webhook failing_since"))?;
+        }
         row.map(DeliveryRow::into_domain).transpose()
     }
 
