@@ -232,6 +232,7 @@ async fn fan_out(conn: &mut AsyncPgConnection, now: Timestamp, limit: u32) -> St
     }
     diesel::update(webhook_events::table.filter(webhook_events::seq.eq_any(&seqs)))
         .set(webhook_events::dispatched_at.eq(now))
+        .cached()
         .execute(conn)
         .await?;
     Ok(FanOut { events: codec::int("events", seqs.len())?, deliveries: codec::int("deliveries", rows.len())? })
@@ -249,8 +250,19 @@ async fn lease(
         .bind::<BigInt, _>(i64::from(request.limit))
         .bind::<diesel::sql_types::Text, _>(&request.owner)
         .bind::<Timestamptz, _>(until)
+        .cached()
         .load(conn)
         .await?;
+    // Every leased row's event in one round trip, not one each.
+    let event_ids: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
+    let events: HashMap<Uuid, EventRow> = webhook_events::table
+        .filter(webhook_events::id.eq_any(&event_ids))
+        .select(EventRow::as_select())
+        .load(conn)
+        .await?
+        .into_iter()
+        .map(|e: EventRow| (e.id, e))
+        .collect();
     let mut hooks: HashMap<Uuid, Webhook> = HashMap::new();
     let mut leased = Vec::with_capacity(rows.len());
     for row in rows {
@@ -262,7 +274,9 @@ async fn lease(
                 hook
             }
         };
-        let event = load_event(conn, row.event_id).await?.into_domain()?;
+        // One event fans out to several deliveries; it outlives them (purge deletes events only
+        // once no delivery refers to them).
+        let event = events.get(&row.event_id).cloned().ok_or_else(not_found)?.into_domain()?;
         let fence = row.fence;
         let delivery = row.into_domain()?;
         leased.push(LeasedDelivery { delivery, webhook, event, fence, lease_until: until });
