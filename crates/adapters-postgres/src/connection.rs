@@ -249,6 +249,13 @@ pub(crate) enum StoreError {
 pub(crate) type StoreResult<T> = Result<T, StoreError>;
 
 impl StoreError {
+    /// Whether PostgreSQL aborted the transaction to break a deadlock (nothing of it committed,
+    /// so running it again is safe).
+    pub(crate) fn is_deadlock(&self) -> bool {
+        // diesel-async keeps only the message of server errors, not their SQLSTATE (40P01).
+        matches!(self, StoreError::Db(DieselError::DatabaseError(_, info)) if info.message().contains("deadlock detected"))
+    }
+
     /// Translates into the domain's words; `what` names the operation for the logs.
     pub(crate) fn into_domain(self, what: &str) -> DomainError {
         match self {

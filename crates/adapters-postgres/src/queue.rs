@@ -100,6 +100,8 @@ const FINISH: &str = concat!(
 
 /// Claim attempts that may find their candidate's project full before reporting nothing claimable.
 const MAX_FULL_PROJECTS: usize = 32;
+/// Claim transactions aborted as deadlock victims that are run again before the error is reported.
+const DEADLOCK_RETRIES: u32 = 3;
 
 #[derive(Debug, QueryableByName)]
 struct Candidate {
@@ -263,15 +265,26 @@ impl CommandQueue for PgStore {
         let until = lease_end(now, lease)?;
         let mut conn = self.conn().await?;
         let mut full: Vec<Uuid> = Vec::new();
+        let mut deadlocks = 0;
         // Each attempt is its own transaction: a full project's lock is released before the
-        // next candidate's project is locked, so claimers never wait on each other in a cycle.
+        // next candidate's project is locked. One statement can still hold two project locks:
+        // a candidate that fails its re-check after a wait keeps the locks taken for it while
+        // the scan moves on, so two claimers can deadlock. PostgreSQL then aborts one of them,
+        // which committed nothing and simply tries again.
         while full.len() < MAX_FULL_PROJECTS {
             let attempt = conn
                 .transaction::<_, StoreError, _>(async |conn| {
                     claim_once(conn, &full, worker.as_str(), now, until).await
                 })
-                .await
-                .map_err(|e| e.into_domain("claim command"))?;
+                .await;
+            let attempt = match attempt {
+                Err(e) if e.is_deadlock() && deadlocks < DEADLOCK_RETRIES => {
+                    deadlocks += 1;
+                    tracing::debug!(deadlocks, "claim was a deadlock victim; trying again");
+                    continue;
+                }
+                other => other.map_err(|e| e.into_domain("claim command"))?,
+            };
             match attempt {
                 Attempt::Empty => return Ok(None),
                 Attempt::Started(s) => return Ok(Some(Claim { command: s.command.into_domain()?, fence: s.fence })),
