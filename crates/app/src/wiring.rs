@@ -214,7 +214,7 @@ pub async fn build(
     let pump =
         stores.signals.as_ref().map(|signals| SignalPump { signals: signals.subscribe(), bus: bus.clone(), key_cache });
     let (webhook_service, dispatcher) = webhooks(&stores, cfg, &audit, &clock, &replica, bus.subscribe_state())?;
-    let pod_events = PodEvents::new(Some(webhook_service.clone()));
+    let pod_events = PodEvents::new(webhook_service.clone());
     let ports = WorkerPorts {
         queue: stores.queue.clone(),
         projects: stores.projects.clone(),

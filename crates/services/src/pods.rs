@@ -22,28 +22,27 @@ const STOP_POLL: Duration = Duration::from_millis(500);
 
 /// Announces pod states as `pod.ready` / `pod.failed` / `pod.stopped` webhook events: each
 /// change once per replica, not every observation of the same state.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 #[expect(missing_debug_implementations, reason = "holds a service without Debug")]
 pub struct PodEvents {
-    webhooks: Option<Arc<WebhookService>>,
+    webhooks: Arc<WebhookService>,
     last: Arc<Mutex<HashMap<ProjectName, EventType>>>,
 }
 
 impl PodEvents {
-    /// Events go to `webhooks`; with `None` nothing is announced.
-    pub fn new(webhooks: Option<Arc<WebhookService>>) -> Self {
+    /// Events go to `webhooks`.
+    pub fn new(webhooks: Arc<WebhookService>) -> Self {
         Self { webhooks, last: Arc::default() }
     }
 
     /// Records that `project`'s pod was seen in `status`; announces it when that state is an
     /// event and differs from the last one this replica announced for the project.
     pub async fn observed(&self, project: &ProjectName, status: &PodStatus) {
-        let Some(webhooks) = &self.webhooks else { return };
         let Some(kind) = pod_event_type(status) else { return };
         if self.remember(project, Some(kind)) == Some(kind) {
             return;
         }
-        if let Err(e) = webhooks.pod_changed(project, status).await {
+        if let Err(e) = self.webhooks.pod_changed(project, status).await {
             // Forget it, so the next observation of this state tries again.
             self.remember(project, None);
             tracing::warn!(project = %project, error = %e, "could not record a pod event for webhooks");

@@ -428,3 +428,41 @@ async fn the_loop_delivers_on_a_wake_and_stops_on_shutdown() {
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(2), running).await.expect("stops promptly").unwrap();
 }
+
+#[tokio::test]
+async fn pod_events_announce_each_change_once_not_each_sighting() {
+    use domain::pod::{PodPhase, PodStatus};
+    use domain::webhook::DeliveryQueue;
+
+    let f = fixture();
+    let id = create(&f).await;
+    let announcer = WebhookService::new(
+        f.store.clone(),
+        f.store.clone(),
+        f.sender.clone(),
+        f.clock.clone(),
+        Arc::new(DispatchWake::default()),
+    );
+    let events = crate::pods::PodEvents::new(Arc::new(announcer));
+    let web = project_name("web");
+    let status =
+        |phase: PodPhase, ready: bool| PodStatus { phase, ready, pod_name: None, started_at: None, reason: None };
+    for seen in [
+        status(PodPhase::Pending, false),
+        status(PodPhase::Running, true),
+        status(PodPhase::Running, true),
+        status(PodPhase::Stopping, false),
+        status(PodPhase::Stopped, false),
+        status(PodPhase::Running, true),
+    ] {
+        events.observed(&web, &seen).await;
+    }
+    f.store.fan_out(f.clock.now(), 100).await.unwrap();
+    let page = f.service.list_deliveries(&admin(), id, None, PageRequest::default()).await.unwrap();
+    let mut kinds = Vec::new();
+    for delivery in page.items {
+        kinds.push(f.service.get_delivery(&admin(), delivery.id).await.unwrap().event.event_type.as_str());
+    }
+    kinds.sort_unstable();
+    assert_eq!(kinds, ["pod.ready", "pod.ready", "pod.stopped"], "ready, stopped, ready again: three events");
+}
