@@ -1,6 +1,9 @@
 //! The process executor's "pods": a project's pod is its local workspace directory. Starting
 //! one creates the directory and a state file; stopping removes the state file but keeps the
 //! files, so a restart finds the workspace as it was. The pod log records life-cycle lines.
+//!
+//! The state file and the log live in `<root>/.pods/`, outside the workspace: commands see
+//! their workspace, and must not be able to forge their pod's state or log.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,37 +16,51 @@ use domain::project::ProjectName;
 use domain::{DomainError, DomainResult};
 use tokio::io::AsyncWriteExt;
 
-/// Marks a running local pod; holds its start time (RFC 3339).
-const STATE_FILE: &str = ".rdev-pod";
-/// The local pod's log.
-const LOG_FILE: &str = ".rdev-pod.log";
+use crate::workspace::{create_private_dir, Workspaces};
+
+/// The directory under the workspaces root that holds pod state; `.` keeps it apart from
+/// every project's workspace.
+const STATE_DIR: &str = ".pods";
 
 /// Local workspaces managed as pods (`pod_name` = `local-<project>`).
 #[derive(Debug, Clone)]
 pub struct LocalPods {
-    workspaces_root: PathBuf,
+    workspaces: Workspaces,
+    state_dir: PathBuf,
 }
 
 impl LocalPods {
-    /// Pods under `workspaces_root` (the same root the `ProcessExecutor` uses).
+    /// Pods under `workspaces_root`, with workspaces owned by the server's user. A sandboxed
+    /// executor's own pods come from `ProcessExecutor::pods`.
     pub fn new(workspaces_root: PathBuf) -> Self {
-        Self { workspaces_root }
+        Self::over(Workspaces::new(workspaces_root, None))
     }
 
-    fn dir(&self, project: &ProjectName) -> PathBuf {
-        // A `ProjectName` is `^[a-z][a-z0-9-]*$`, so it is always one safe path component.
-        self.workspaces_root.join(project.as_str())
+    pub(crate) fn over(workspaces: Workspaces) -> Self {
+        let state_dir = workspaces.root().join(STATE_DIR);
+        Self { workspaces, state_dir }
     }
 
-    async fn log_line(&self, dir: &Path, line: &str) -> DomainResult<()> {
+    /// The file marking a running pod; holds its start time (RFC 3339).
+    fn state_file(&self, project: &ProjectName) -> PathBuf {
+        self.state_dir.join(format!("{project}.state"))
+    }
+
+    fn log_file(&self, project: &ProjectName) -> PathBuf {
+        self.state_dir.join(format!("{project}.log"))
+    }
+
+    async fn log_line(&self, project: &ProjectName, line: &str) -> DomainResult<()> {
+        let path = self.log_file(project);
         let mut file = tokio::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(dir.join(LOG_FILE))
+            .mode(0o600)
+            .open(&path)
             .await
-            .map_err(|e| io_error(dir, &e))?;
+            .map_err(|e| io_error(&path, &e))?;
         let stamped = format!("{} {line}\n", Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true));
-        file.write_all(stamped.as_bytes()).await.map_err(|e| io_error(dir, &e))
+        file.write_all(stamped.as_bytes()).await.map_err(|e| io_error(&path, &e))
     }
 }
 
@@ -64,7 +81,7 @@ fn running(project: &ProjectName, started_at: DateTime<Utc>) -> PodStatus {
 #[async_trait]
 impl PodManager for LocalPods {
     async fn status(&self, project: &ProjectName) -> DomainResult<PodStatus> {
-        let state = self.dir(project).join(STATE_FILE);
+        let state = self.state_file(project);
         match tokio::fs::read_to_string(&state).await {
             Ok(text) => {
                 let started = DateTime::parse_from_rfc3339(text.trim())
@@ -82,12 +99,14 @@ impl PodManager for LocalPods {
         if current.phase == PodPhase::Running {
             return Ok(current);
         }
-        let dir = self.dir(&spec.project);
-        tokio::fs::create_dir_all(&dir).await.map_err(|e| io_error(&dir, &e))?;
+        let dir = self.workspaces.dir(&spec.project);
+        self.workspaces.prepare(&spec.project).map_err(|e| io_error(&dir, &e))?;
+        create_private_dir(&self.state_dir).map_err(|e| io_error(&self.state_dir, &e))?;
         let now = domain::to_micros_precision(Utc::now());
         let stamp = now.to_rfc3339_opts(SecondsFormat::Micros, true);
-        tokio::fs::write(dir.join(STATE_FILE), stamp).await.map_err(|e| io_error(&dir, &e))?;
-        self.log_line(&dir, &format!("workspace started for project {}", spec.project)).await?;
+        let state = self.state_file(&spec.project);
+        tokio::fs::write(&state, stamp).await.map_err(|e| io_error(&state, &e))?;
+        self.log_line(&spec.project, &format!("workspace started for project {}", spec.project)).await?;
         Ok(running(&spec.project, now))
     }
 
@@ -97,11 +116,10 @@ impl PodManager for LocalPods {
     }
 
     async fn stop(&self, project: &ProjectName) -> DomainResult<PodStatus> {
-        let dir = self.dir(project);
-        match tokio::fs::remove_file(dir.join(STATE_FILE)).await {
-            Ok(()) => self.log_line(&dir, "workspace stopped").await?,
+        match tokio::fs::remove_file(self.state_file(project)).await {
+            Ok(()) => self.log_line(project, "workspace stopped").await?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_error(&dir, &e)),
+            Err(e) => return Err(io_error(&self.state_file(project), &e)),
         }
         Ok(PodStatus::stopped())
     }
@@ -110,7 +128,7 @@ impl PodManager for LocalPods {
         if self.status(project).await?.phase != PodPhase::Running {
             return Ok(Vec::new());
         }
-        let path = self.dir(project).join(LOG_FILE);
+        let path = self.log_file(project);
         let text = match tokio::fs::read_to_string(&path).await {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),

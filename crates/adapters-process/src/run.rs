@@ -1,7 +1,7 @@
 //! Driving one started command to its end: stdin, both output streams and the clock at once.
 
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::ExitStatus;
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use tokio::process::{Child, ChildStdin};
 use tokio_util::sync::CancellationToken;
 
 use crate::group::{self, GroupGuard};
+use crate::sandbox::Sandbox;
 use crate::spawn::{self, Spawned};
 
 /// How long output pipes may stay open after the command ended (exited or was killed). A
@@ -24,15 +25,26 @@ const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// Bytes read from a pipe at once, so output reaches the sink in modest chunks.
 const READ_CHUNK_BYTES: usize = 8 * 1024;
 
-/// Runs `request` in `workspace` to the end; never panics, never hangs past kill and drain.
+/// How one run is set up: where its workspace is, how it is confined, how kills are paced.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RunSetup<'a> {
+    /// The project's workspace on the host (already created).
+    pub workspace: &'a Path,
+    /// The sandbox, or none.
+    pub sandbox: &'a Sandbox,
+    /// Time between SIGTERM and SIGKILL.
+    pub kill_grace: Duration,
+}
+
+/// Runs `request` to the end; never panics, never hangs past kill and drain.
 pub(crate) async fn execute(
     request: ExecRequest,
-    workspace: PathBuf,
-    kill_grace: Duration,
+    setup: RunSetup<'_>,
     sink: &dyn OutputSink,
     cancel: CancellationToken,
 ) -> ExecResult {
-    let spawned = match spawn::start(&request, &workspace).await {
+    let kill_grace = setup.kill_grace;
+    let spawned = match spawn::start(&request, setup.workspace, setup.sandbox).await {
         Ok(spawned) => spawned,
         Err(e) => {
             tracing::info!(error = %e, "command could not start");

@@ -1,15 +1,32 @@
-//! Starting a command: workspace, working directory, clean environment, own process group.
+//! Starting a command: workspace, working directory, clean environment, own process group,
+//! and — unless the sandbox is off — the sandbox helper in front of it.
 
+use std::ffi::OsString;
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::Duration;
 
 use domain::ports::ExecRequest;
 use nix::unistd::Pid;
+use tokio::io::AsyncReadExt;
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
+
+use crate::group;
+use crate::sandbox::{self, Sandbox, SandboxConfig, Spec};
 
 /// PATH given to commands whose environment does not set one (the server's own is never passed).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The descriptor number on which the sandbox helper reports a failed start.
+const REPORT_FD: i32 = 3;
+
+/// Longest a sandbox may take to set up; it takes milliseconds unless something is badly wrong.
+const SANDBOX_SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest reason read from the helper.
+const MAX_REPORT_BYTES: u64 = 4096;
 
 /// Why a command could not start; the text becomes the command's `start_failed` error.
 #[derive(Debug, thiserror::Error)]
@@ -17,14 +34,6 @@ pub(crate) enum StartError {
     /// The request had no program to run.
     #[error("the command is empty")]
     EmptyCommand,
-    /// The project's workspace could not be created.
-    #[error("cannot create the workspace {}: {source}", path.display())]
-    Workspace {
-        /// The workspace directory.
-        path: PathBuf,
-        /// What the file system said.
-        source: io::Error,
-    },
     /// The working directory is missing or not a directory.
     #[error("working directory {} does not exist or is not a directory", path.display())]
     MissingCwd {
@@ -39,6 +48,10 @@ pub(crate) enum StartError {
         /// What `exec` said.
         source: io::Error,
     },
+    /// The sandbox could not be set up, or the command failed to start inside it; the text
+    /// is the helper's own.
+    #[error("{0}")]
+    Sandboxed(String),
     /// The child was started but reported no usable pid (it is killed on drop).
     #[error("the started process has no usable process id")]
     NoPid,
@@ -59,7 +72,7 @@ pub(crate) struct Spawned {
     pub stderr: Option<ChildStderr>,
 }
 
-/// Where the command runs: `cwd` taken from the workspace when relative, as is when absolute.
+/// Unsandboxed: `cwd` taken from the workspace when relative, as is when absolute.
 pub(crate) fn resolve_cwd(workspace: &Path, cwd: Option<&str>) -> PathBuf {
     match cwd {
         // `Path::join` with an absolute path yields that path, which is exactly the rule.
@@ -68,27 +81,25 @@ pub(crate) fn resolve_cwd(workspace: &Path, cwd: Option<&str>) -> PathBuf {
     }
 }
 
-/// Creates the workspace, checks the working directory and starts the child.
-pub(crate) async fn start(request: &ExecRequest, workspace: &Path) -> Result<Spawned, StartError> {
-    let (program, args) = request.argv.split_first().ok_or(StartError::EmptyCommand)?;
-    tokio::fs::create_dir_all(workspace)
-        .await
-        .map_err(|source| StartError::Workspace { path: workspace.to_path_buf(), source })?;
-    let cwd = resolve_cwd(workspace, request.cwd.as_deref());
-    // Checked up front because a failed chdir and a missing program both surface as ENOENT from
-    // spawn, and the client deserves to know which one it was.
-    let is_dir = tokio::fs::metadata(&cwd).await.map(|m| m.is_dir()).unwrap_or(false);
-    if !is_dir {
-        return Err(StartError::MissingCwd { path: cwd });
+/// Starts `request` with its workspace at `workspace` (already created).
+pub(crate) async fn start(request: &ExecRequest, workspace: &Path, sandbox: &Sandbox) -> Result<Spawned, StartError> {
+    if request.argv.is_empty() {
+        return Err(StartError::EmptyCommand);
     }
+    match sandbox {
+        Sandbox::Off => start_unconfined(request, workspace).await,
+        Sandbox::On(config) => start_sandboxed(request, workspace, config).await,
+    }
+}
 
+/// The base of every command: clean environment with `PATH` and `HOME`, own process group,
+/// piped output, stdin only when there are bytes for it.
+fn base_command(program: impl AsRef<std::ffi::OsStr>, request: &ExecRequest, home: &Path) -> Command {
     let mut command = Command::new(program);
     command
-        .args(args)
-        .current_dir(&cwd)
         .env_clear()
         .env("PATH", DEFAULT_PATH)
-        .env("HOME", workspace)
+        .env("HOME", home)
         // The request's env comes last so it may override PATH and HOME.
         .envs(request.env.iter())
         .process_group(0)
@@ -97,7 +108,86 @@ pub(crate) async fn start(request: &ExecRequest, workspace: &Path) -> Result<Spa
         .stderr(Stdio::piped())
         // A backstop for the direct child if the run is dropped before the group guard exists.
         .kill_on_drop(true);
-    let mut child = command.spawn().map_err(|source| StartError::Spawn { program: program.clone(), source })?;
+    command
+}
+
+async fn start_unconfined(request: &ExecRequest, workspace: &Path) -> Result<Spawned, StartError> {
+    let program = &request.argv[0];
+    let cwd = resolve_cwd(workspace, request.cwd.as_deref());
+    // Checked up front because a failed chdir and a missing program both surface as ENOENT from
+    // spawn, and the client deserves to know which one it was.
+    let is_dir = tokio::fs::metadata(&cwd).await.map(|m| m.is_dir()).unwrap_or(false);
+    if !is_dir {
+        return Err(StartError::MissingCwd { path: cwd });
+    }
+    let mut command = base_command(program, request, workspace);
+    command.args(&request.argv[1..]).current_dir(&cwd);
+    let child = command.spawn().map_err(|source| StartError::Spawn { program: program.clone(), source })?;
+    spawned(child, &cwd)
+}
+
+/// Where the command runs inside the sandbox: absolute `cwd`s as they are, relative ones from
+/// the workdir. `..` is resolved by the kernel inside the sandbox, where it cannot leave it.
+pub(crate) fn sandbox_cwd(workdir: &Path, cwd: Option<&str>) -> PathBuf {
+    resolve_cwd(workdir, cwd)
+}
+
+async fn start_sandboxed(
+    request: &ExecRequest,
+    workspace: &Path,
+    config: &SandboxConfig,
+) -> Result<Spawned, StartError> {
+    let workdir = PathBuf::from(&request.workdir);
+    let spec = Spec {
+        workspace: workspace.to_path_buf(),
+        cwd: sandbox_cwd(&workdir, request.cwd.as_deref()),
+        workdir: workdir.clone(),
+        uid: config.uid,
+        gid: config.gid,
+        network: config.network,
+        hostname: format!("local-{}", request.project),
+        hidden: config.hidden.clone(),
+        report_fd: REPORT_FD,
+        argv: request.argv.iter().map(OsString::from).collect(),
+    };
+    let (report, report_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| StartError::Sandboxed(format!("sandbox: cannot create a pipe: {e}")))?;
+    let mut command = base_command(&config.helper, request, &workdir);
+    command.arg(sandbox::HELPER_MODE_ARG).args(spec.to_args());
+    sandbox::arrange_helper(&mut command, report_write.as_raw_fd(), REPORT_FD);
+    let spawn = command.spawn();
+    drop(report_write);
+    let mut child = spawn.map_err(|e| StartError::Sandboxed(format!("sandbox: cannot start the helper: {e}")))?;
+    match read_report(report).await {
+        Ok(reason) if reason.is_empty() => spawned(child, &spec.cwd),
+        outcome => {
+            let reason = match outcome {
+                Ok(reason) => reason,
+                Err(e) => format!("sandbox: {e}"),
+            };
+            if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) {
+                group::signal_group(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+            let _ = child.wait().await;
+            Err(StartError::Sandboxed(reason))
+        }
+    }
+}
+
+/// Reads the helper's report to its end: nothing when the command was executed (the pipe
+/// closes on `exec`), the reason otherwise.
+async fn read_report(report: OwnedFd) -> io::Result<String> {
+    let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(report)?;
+    let mut text = Vec::new();
+    let mut limited = pipe.take(MAX_REPORT_BYTES);
+    let read = limited.read_to_end(&mut text);
+    match tokio::time::timeout(SANDBOX_SETUP_TIMEOUT, read).await {
+        Ok(result) => result.map(|_| String::from_utf8_lossy(&text).trim().to_owned()),
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("set-up took over {SANDBOX_SETUP_TIMEOUT:?}"))),
+    }
+}
+
+fn spawned(mut child: Child, cwd: &Path) -> Result<Spawned, StartError> {
     let pid = child.id().and_then(|id| i32::try_from(id).ok()).ok_or(StartError::NoPid)?;
     tracing::debug!(pid, cwd = %cwd.display(), "command started");
     Ok(Spawned {
@@ -126,5 +216,10 @@ mod tests {
     #[test]
     fn absolute_cwd_is_used_as_is() {
         assert_eq!(resolve_cwd(Path::new("/ws/p"), Some("/tmp")), PathBuf::from("/tmp"));
+    }
+
+    #[test]
+    fn sandbox_cwd_dot_dot_stays_a_sandbox_path() {
+        assert_eq!(sandbox_cwd(Path::new("/workspace"), Some("../other")), PathBuf::from("/workspace/../other"));
     }
 }

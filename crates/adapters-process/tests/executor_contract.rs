@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use adapters_process::{ProcessConfig, ProcessExecutor, DEFAULT_PATH};
+use adapters_process::{ProcessConfig, ProcessExecutor, Sandbox, SandboxConfig, DEFAULT_PATH};
 use domain::command::{CommandSpec, EnvMap, Termination};
 use domain::ids::CommandId;
 use domain::ports::{ExecRequest, ExecResult, Executor};
@@ -16,8 +16,26 @@ use tokio_util::sync::CancellationToken;
 
 const GRACE: Duration = Duration::from_secs(1);
 
+/// The sandbox as the server runs it, with this crate's copy of the helper.
+fn sandbox() -> Sandbox {
+    Sandbox::On(SandboxConfig::new(env!("CARGO_BIN_EXE_rdev-sandbox").into()))
+}
+
 fn executor(root: &Path) -> ProcessExecutor {
-    ProcessExecutor::new(ProcessConfig { workspaces_root: root.join("workspaces"), kill_grace: GRACE })
+    ProcessExecutor::new(ProcessConfig {
+        workspaces_root: root.join("workspaces"),
+        kill_grace: GRACE,
+        sandbox: sandbox(),
+    })
+}
+
+/// `PROCESS_SANDBOX=off`: commands run as the server's user, in the host's file system.
+fn unconfined(root: &Path) -> ProcessExecutor {
+    ProcessExecutor::new(ProcessConfig {
+        workspaces_root: root.join("workspaces"),
+        kill_grace: GRACE,
+        sandbox: Sandbox::Off,
+    })
 }
 
 fn script(text: &str) -> ExecRequest {
@@ -54,10 +72,24 @@ async fn process_executor_meets_the_executor_contract() {
     executor_contract(&executor(root.path()), &project_name("contract")).await;
 }
 
-#[tokio::test]
-async fn each_project_runs_in_its_own_workspace_which_is_home() {
+#[tokio::test(flavor = "multi_thread")]
+async fn unconfined_process_executor_meets_the_executor_contract() {
     let root = tempfile::tempdir().expect("tempdir");
-    let exec = executor(root.path());
+    executor_contract(&unconfined(root.path()), &project_name("contract")).await;
+}
+
+#[tokio::test]
+async fn sandboxed_commands_run_in_the_workdir_which_is_home() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (result, _) = run(&executor(root.path()), script("pwd; echo \"$HOME\"; echo \"$PATH\"")).await;
+    assert_eq!(result.termination, Termination::Exited(0), "stderr: {}", result.stderr.text());
+    assert_eq!(result.stdout.text(), format!("{CONTRACT_WORKDIR}\n{CONTRACT_WORKDIR}\n{DEFAULT_PATH}\n"));
+}
+
+#[tokio::test]
+async fn unconfined_commands_run_in_the_workspace_which_is_home() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let exec = unconfined(root.path());
     let (result, _) = run(&exec, script("pwd; echo \"$HOME\"; echo \"$PATH\"")).await;
     assert_eq!(result.termination, Termination::Exited(0), "stderr: {}", result.stderr.text());
     let workspace = exec.workspace_dir(&project_name("local-proj"));
@@ -163,6 +195,10 @@ async fn check_creates_the_root_or_reports_unavailable() {
 
     let file = root.path().join("a-file");
     std::fs::write(&file, "").expect("write");
-    let broken = ProcessExecutor::new(ProcessConfig { workspaces_root: file.join("below"), kill_grace: GRACE });
+    let broken = ProcessExecutor::new(ProcessConfig {
+        workspaces_root: file.join("below"),
+        kill_grace: GRACE,
+        sandbox: sandbox(),
+    });
     assert!(matches!(broken.check().await, Err(DomainError::Unavailable(_))));
 }

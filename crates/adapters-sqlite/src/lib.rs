@@ -81,6 +81,7 @@ impl SqliteStore {
         let in_memory = path == ":memory:";
         if !in_memory {
             create_parent_dirs(path)?;
+            make_private(path)?;
         }
         let manager = ConnectionManager::<SqliteConnection>::new(path);
         let mut builder = Pool::builder().max_size(POOL_SIZE).connection_timeout(POOL_TIMEOUT);
@@ -143,6 +144,16 @@ impl SqliteStore {
 }
 
 /// The file path inside a `DATABASE_URL`.
+/// The database file `url` names, with its `-wal` and `-shm` companions; empty for
+/// `:memory:` and `file:` URIs.
+pub fn database_files(url: &str) -> Vec<std::path::PathBuf> {
+    let path = database_path(url);
+    if path == ":memory:" || path.starts_with("file:") {
+        return Vec::new();
+    }
+    [path.to_owned(), format!("{path}-wal"), format!("{path}-shm")].into_iter().map(Into::into).collect()
+}
+
 fn database_path(url: &str) -> &str {
     url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url)
 }
@@ -153,10 +164,32 @@ fn create_parent_dirs(path: &str) -> DomainResult<()> {
         return Ok(());
     }
     match Path::new(path).parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => std::fs::create_dir_all(dir)
-            .map_err(|e| DomainError::Unavailable(format!("cannot create directory {}: {e}", dir.display()))),
+        // New directories are private (0700): they hold the keys' hashes and every command.
+        Some(dir) if !dir.as_os_str().is_empty() => {
+            std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+                .create(dir)
+                .map_err(|e| DomainError::Unavailable(format!("cannot create directory {}: {e}", dir.display())))
+        }
         _ => Ok(()),
     }
+}
+
+/// Creates the database file with mode 0600 if it is missing, and makes an existing one and
+/// its `-wal`/`-shm` files 0600 (SQLite gives those the database file's mode when it makes them).
+fn make_private(path: &str) -> DomainResult<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if path.starts_with("file:") {
+        return Ok(());
+    }
+    let unavailable = |e: std::io::Error| DomainError::Unavailable(format!("cannot secure {path}: {e}"));
+    std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path).map_err(unavailable)?;
+    for file in [path.to_owned(), format!("{path}-wal"), format!("{path}-shm")] {
+        match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(unavailable(e)),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// What can fail inside the store: the driver, the pool, or a domain rule found mid-transaction

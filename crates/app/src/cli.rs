@@ -22,6 +22,9 @@ pub type ExitCode = i32;
 
 /// `rdev-api serve`: the HTTP API and the queue worker until SIGTERM/SIGINT.
 pub async fn serve(db: &Database, cfg: &ServeConfig) -> Result<ExitCode, StartupError> {
+    let mut cfg = cfg.clone();
+    cfg.sandbox_hidden_paths = server_files(db, &cfg);
+    let cfg = &cfg;
     let stores = stores::open(&db.url, OpenOptions { migrate: cfg.migrate_on_start, pool_size: db.pool_size }).await?;
     let service = wiring::build(stores, cfg, crate::telemetry::metrics_handle()).await?;
     if let Some(path) = &cfg.bootstrap_admin_key_file {
@@ -52,6 +55,15 @@ pub async fn serve(db: &Database, cfg: &ServeConfig) -> Result<ExitCode, Startup
     }
     served.map_err(|source| StartupError::Io { path: cfg.listen_addr.to_string(), source })?;
     Ok(0)
+}
+
+/// The server's own files and its working directory: the sandbox hides each of them should a
+/// system directory it mounts contain one (a database under /opt, a key under /etc).
+fn server_files(db: &Database, cfg: &ServeConfig) -> Vec<std::path::PathBuf> {
+    let mut files = if db.url.is_sqlite() { adapters_sqlite::database_files(db.url.expose()) } else { Vec::new() };
+    files.extend(cfg.bootstrap_admin_key_file.iter().cloned());
+    files.extend(std::env::current_dir().ok().filter(|dir| dir.parent().is_some()));
+    files.into_iter().filter_map(|f| std::path::absolute(f).ok()).collect()
 }
 
 /// A store for one-shot commands, migrated (they may be the first thing run on a database).

@@ -69,6 +69,24 @@ pub enum ExecutorKind {
     Kube,
 }
 
+/// Whether the process executor sandboxes commands (`PROCESS_SANDBOX`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SandboxSwitch {
+    /// Every command in its own user, PID and mount namespaces (the default).
+    On,
+    /// Commands run as the server's own user, with nothing between them and the server.
+    Off,
+}
+
+/// The network of sandboxed commands (`PROCESS_NETWORK`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProcessNetwork {
+    /// The host's network.
+    Host,
+    /// An empty network namespace (loopback only).
+    None,
+}
+
 /// rdev-api: run shell commands for automation in per-project development pods.
 #[derive(Debug, Parser)]
 #[command(name = "rdev-api", version, about)]
@@ -196,6 +214,28 @@ pub struct ServeConfig {
     /// Where the process executor keeps project workspaces.
     #[arg(long, env = "WORKSPACES_DIR", default_value = "workspaces")]
     pub workspaces_dir: PathBuf,
+    /// Sandbox each command of the process executor (user, PID and mount namespaces). `off`
+    /// runs commands as the server's own user: only for hosts that cannot have namespaces.
+    #[arg(long, env = "PROCESS_SANDBOX", value_enum, default_value = "on")]
+    pub process_sandbox: SandboxSwitch,
+    /// Network of sandboxed commands: the host's, or none (loopback only).
+    #[arg(long, env = "PROCESS_NETWORK", value_enum, default_value = "host")]
+    pub process_network: ProcessNetwork,
+    /// The uid sandboxed commands run as (never 0); also the owner of workspaces when the
+    /// server runs as root.
+    #[arg(long, env = "COMMAND_UID", default_value_t = adapters_process::sandbox::DEFAULT_COMMAND_ID, value_parser = clap::value_parser!(u32).range(1..))]
+    pub command_uid: u32,
+    /// The gid sandboxed commands run as (never 0).
+    #[arg(long, env = "COMMAND_GID", default_value_t = adapters_process::sandbox::DEFAULT_COMMAND_ID, value_parser = clap::value_parser!(u32).range(1..))]
+    pub command_gid: u32,
+    /// The executable that sets up the sandbox; by default this very binary (`__sandbox`
+    /// mode). Tests that run the service in-process point it at the built `rdev-api`.
+    #[arg(long, env = "SANDBOX_HELPER", hide = true)]
+    pub sandbox_helper: Option<PathBuf>,
+    /// Server files (database, key file) that commands must not see even if a mounted system
+    /// directory holds them; filled in by `serve`, not a flag.
+    #[arg(skip)]
+    pub sandbox_hidden_paths: Vec<PathBuf>,
     /// Seconds running commands get to finish on SIGTERM before they are handed back.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 25)]
     pub shutdown_grace_seconds: u64,

@@ -4,8 +4,17 @@ use clap::Parser;
 
 use app::config::{Cli, Command, ServeConfig};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // The sandbox helper must run before any thread exists (it forks and enters namespaces),
+    // so it is dispatched here, ahead of the runtime.
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|mode| mode == adapters_process::sandbox::HELPER_MODE_ARG) {
+        adapters_process::sandbox::helper_main(args);
+    }
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     app::telemetry::init_logs(cli.log_format);
     let db = cli.database();

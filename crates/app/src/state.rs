@@ -46,6 +46,8 @@ pub struct AppState {
     pub store_health: Arc<dyn HealthCheck>,
     /// Executor readiness.
     pub executor: Arc<dyn Executor>,
+    /// How commands are confined (`sandbox`, `pod`, or `off: …`), shown by `/readyz`.
+    pub confinement: &'static str,
     /// Prometheus rendering.
     pub metrics: PrometheusHandle,
     /// HTTP settings.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use adapters_kube::{KubeBackend, KubeConfig};
-use adapters_process::{LocalPods, ProcessConfig, ProcessExecutor};
+use adapters_process::{NetworkMode, ProcessConfig, ProcessExecutor, Sandbox, SandboxConfig};
 use adapters_webhook::{HttpWebhookSender, SenderConfig};
 use domain::ids::WorkerId;
 use domain::ports::{ApiKeyRepository, Clock, Executor, PodManager};
@@ -30,7 +30,7 @@ use domain::signal::Signal;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ExecutorKind, ServeConfig};
+use crate::config::{ExecutorKind, ProcessNetwork, SandboxSwitch, ServeConfig};
 use crate::state::{AppState, HttpSettings};
 use crate::stores::Stores;
 
@@ -43,6 +43,13 @@ pub enum StartupError {
     /// The configuration asks for something this build cannot do.
     #[error("configuration: {0}")]
     Config(String),
+    /// The process executor's sandbox cannot run commands on this host.
+    #[error(
+        "the process executor's sandbox cannot run commands here: {0}. Allow unprivileged user \
+         namespaces (or run where they are allowed), or set PROCESS_SANDBOX=off to run commands \
+         unconfined as the server's own user (see docs/security.md)"
+    )]
+    Sandbox(String),
     /// A file could not be written.
     #[error("{path}: {source}")]
     Io {
@@ -109,16 +116,57 @@ struct Backend {
     breaker: Option<Arc<CircuitBreaker>>,
 }
 
+/// The process executor's sandbox as configured; the helper is this binary unless overridden.
+fn sandbox(cfg: &ServeConfig) -> Result<Sandbox, StartupError> {
+    if cfg.process_sandbox == SandboxSwitch::Off {
+        return Ok(Sandbox::Off);
+    }
+    let helper = match &cfg.sandbox_helper {
+        Some(helper) => helper.clone(),
+        None => std::env::current_exe().map_err(|e| StartupError::Sandbox(format!("cannot find this binary: {e}")))?,
+    };
+    let mut hidden = cfg.sandbox_hidden_paths.clone();
+    hidden.push(std::path::absolute(&cfg.workspaces_dir).unwrap_or_else(|_| cfg.workspaces_dir.clone()));
+    Ok(Sandbox::On(SandboxConfig {
+        helper,
+        uid: cfg.command_uid,
+        gid: cfg.command_gid,
+        network: match cfg.process_network {
+            ProcessNetwork::Host => NetworkMode::Host,
+            ProcessNetwork::None => NetworkMode::None,
+        },
+        hidden,
+    }))
+}
+
+/// What `/readyz` says about command confinement.
+fn confinement(cfg: &ServeConfig) -> &'static str {
+    match (cfg.executor, cfg.process_sandbox) {
+        (ExecutorKind::Kube, _) => "pod",
+        (ExecutorKind::Process, SandboxSwitch::On) => "sandbox",
+        (ExecutorKind::Process, SandboxSwitch::Off) => {
+            "off: PROCESS_SANDBOX=off, commands run unconfined as the server's user"
+        }
+    }
+}
+
 async fn backend(cfg: &ServeConfig) -> Result<Backend, StartupError> {
     match cfg.executor {
-        ExecutorKind::Process => Ok(Backend {
-            executor: Arc::new(ProcessExecutor::new(ProcessConfig {
+        ExecutorKind::Process => {
+            let executor = ProcessExecutor::new(ProcessConfig {
                 workspaces_root: cfg.workspaces_dir.clone(),
                 kill_grace: Duration::from_secs(2),
-            })),
-            pods: Arc::new(LocalPods::new(cfg.workspaces_dir.clone())),
-            breaker: None,
-        }),
+                sandbox: sandbox(cfg)?,
+            });
+            executor.probe_sandbox().await.map_err(StartupError::Sandbox)?;
+            if cfg.process_sandbox == SandboxSwitch::Off {
+                tracing::warn!(
+                    "PROCESS_SANDBOX=off: commands run unconfined as the server's own user and can read its \
+                     database and key files, reach every project and signal the server"
+                );
+            }
+            Ok(Backend { pods: Arc::new(executor.pods()), executor: Arc::new(executor), breaker: None })
+        }
         ExecutorKind::Kube => {
             let kube = KubeBackend::from_kubeconfig(cfg.kubeconfig.as_deref(), KubeConfig::new(&cfg.kube_namespace))
                 .await
@@ -236,6 +284,7 @@ pub async fn build(
         limiter: Arc::new(RateLimiter::new(stores.rate_limits.clone(), clock, policy)),
         store_health: stores.health.clone(),
         executor,
+        confinement: confinement(cfg),
         metrics,
         http: HttpSettings {
             trusted_proxies: cfg.trusted_proxies.clone(),

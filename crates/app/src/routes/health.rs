@@ -14,6 +14,9 @@ pub struct Readiness {
     pub database: String,
     /// `ok` or why the executor is not ready.
     pub executor: String,
+    /// How commands are confined: `sandbox` (process executor), `pod` (Kubernetes), or
+    /// `off: …` when `PROCESS_SANDBOX=off` runs them unconfined.
+    pub confinement: &'static str,
 }
 
 /// Liveness: answers without touching any dependency.
@@ -34,7 +37,12 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         let up = if result.is_ok() { 1.0 } else { 0.0 };
         metrics::gauge!(services::metrics::DEPENDENCY_UP, "dependency" => dependency).set(up);
     }
-    let body = Readiness { ready: db.is_ok() && exec.is_ok(), database: verdict(db), executor: verdict(exec) };
+    let body = Readiness {
+        ready: db.is_ok() && exec.is_ok(),
+        database: verdict(db),
+        executor: verdict(exec),
+        confinement: state.confinement,
+    };
     if body.ready {
         HttpResponse::Ok().json(body)
     } else {

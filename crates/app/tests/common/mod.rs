@@ -79,6 +79,9 @@ pub async fn spawn_replica(url: &str, admin: Option<&str>, flags: &[&str], dir: 
         "1000",
         "--shutdown-grace-seconds",
         "1",
+        // The service runs inside this test binary, so the sandbox helper is the built server.
+        "--sandbox-helper",
+        env!("CARGO_BIN_EXE_rdev-api"),
     ];
     args.extend_from_slice(flags);
     let cli = Cli::try_parse_from(args).expect("flags");
