@@ -235,7 +235,7 @@ async fn watch_clock(
         () = cancel.cancelled() => Termination::Cancelled,
         () = tokio::time::sleep_until(deadline) => Termination::TimedOut,
     };
-    tracing::info!(?outcome, "killing the command's process group in the pod");
+    tracing::info!(?outcome, "killing every process of the command in the pod");
     let killed = backend.kill_in_pod(&before.name, request).await;
     if tokio::time::timeout(STREAM_END_AFTER_KILL, &mut status).await.is_err() {
         tracing::debug!("the killed command's stream did not end in time; dropping it");

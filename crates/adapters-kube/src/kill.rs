@@ -21,8 +21,9 @@ const KILL_RETRY_PAUSE: Duration = Duration::from_millis(300);
 const KILL_STDERR_BYTES: u64 = 4096;
 
 impl KubeBackend {
-    /// Kills the process group of `request`'s command in pod `pod`: SIGTERM, the kill grace,
-    /// SIGKILL. A pod that is gone has nothing left to kill.
+    /// Kills every process of `request`'s command in pod `pod` (all that carry its tracking
+    /// cookie): SIGTERM, up to the kill grace, then stop, rescan until stable and SIGKILL. A pod
+    /// that is gone has nothing left to kill.
     ///
     /// # Errors
     /// The last failure when no attempt got the kill script to finish.

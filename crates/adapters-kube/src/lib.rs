@@ -12,15 +12,25 @@
 //! - The exec API has no cwd, env or timeout, and closing its stream kills nothing, so each
 //!   command runs under a small `sh` wrapper (see `wrapper.rs`): it enters the working
 //!   directory, exports the request's env on top of the container's, reports a failed start on
-//!   a control line, and starts the program in its own session and process group, recording the
-//!   group id under [`KubeConfig::state_dir`]. A timeout or cancel opens a second exec that sends
-//!   SIGTERM to that group, waits [`KubeConfig::kill_grace`], then SIGKILL.
+//!   a control line, and starts the program in its own session with an environment cookie,
+//!   `RDEV_COMMAND_TRACKING_ID=<command id>`, that every descendant inherits. When the program
+//!   exits, the wrapper stops, rescans and kills every process still carrying the cookie
+//!   (`setsid`, `nohup` and double-forked ones too) before it reports the exit. A timeout or
+//!   cancel opens a second exec that raises a kill flag under [`KubeConfig::state_dir`] (for a
+//!   command that has not started yet), SIGTERMs every process with the cookie, waits up to
+//!   [`KubeConfig::kill_grace`], then does the same stop-rescan-kill sweep.
+//! - **Pods run unprivileged**: as [`KubeConfig::command_uid`]/[`KubeConfig::command_gid`]
+//!   (65532 by default) with `runAsNonRoot`, the `RuntimeDefault` seccomp profile, no privilege
+//!   escalation, every capability dropped and no service-account token.
 //! - The exit code comes from the status channel. A stream that ends without one is never exit 0:
 //!   the pod is read to tell `pod_gone` (deleted, replaced) and `oom_killed` from `Unknown`.
 //!
-//! The pod image needs a POSIX `sh` with `mkdir`, `rm`, `cat` and `kill`, and `setsid` for
-//! process-group kills (busybox and every distribution image have them); without `setsid`
-//! only the command's main process is killed.
+//! The pod image needs a POSIX `sh` with `mkdir`, `rm`, `grep`, `tr`, `sleep` and `kill`, and
+//! `setsid` so that a command's own `kill 0` cannot reach the wrapper (busybox and every
+//! distribution image have them), plus a writable `/tmp` (or [`KubeConfig::state_dir`]) for
+//! the non-root user. The sweep is one `grep -z` over `/proc` where grep has `-z`; a busybox
+//! built without it falls back to a `tr | grep` per process, slower in a crowded pod. A process
+//! that deliberately clears its environment escapes the sweep; the pod is the boundary then.
 
 mod config;
 mod error;
@@ -51,6 +61,7 @@ pub use config::KubeConfig;
 pub use error::KubeError;
 pub use manifest::{pod_manifest, pod_name, MANAGED_BY, MANAGED_BY_LABEL, PROJECT_LABEL};
 pub use status::pod_status;
+pub use wrapper::TRACKING_ENV;
 
 /// Pods and commands on a Kubernetes cluster (the `kube` executor).
 #[derive(Clone)]

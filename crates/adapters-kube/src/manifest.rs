@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 
 use domain::pod::PodSpec;
 use domain::project::ProjectName;
-use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodSpec as K8sPodSpec, ResourceRequirements};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, EnvVar, Pod, PodSecurityContext, PodSpec as K8sPodSpec, ResourceRequirements,
+    SeccompProfile, SecurityContext,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::ObjectMeta;
 
@@ -49,6 +52,12 @@ pub fn pod_manifest(spec: &PodSpec, config: &KubeConfig) -> Pod {
         working_dir: Some(spec.workdir.clone()),
         env: (!env.is_empty()).then_some(env),
         resources: resources(spec),
+        // Commands are other people's code: no way to regain privileges, no capabilities.
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".to_owned()]), add: None }),
+            ..SecurityContext::default()
+        }),
         ..Container::default()
     };
     Pod {
@@ -63,9 +72,24 @@ pub fn pod_manifest(spec: &PodSpec, config: &KubeConfig) -> Pod {
             restart_policy: Some("Always".to_owned()),
             // Commands are arbitrary code: they get no credentials for the cluster itself.
             automount_service_account_token: Some(false),
+            security_context: Some(pod_security(config)),
             ..K8sPodSpec::default()
         }),
         status: None,
+    }
+}
+
+/// Never root, whatever the image says: an explicit uid and gid (runAsNonRoot alone would make
+/// the kubelet refuse the many images that default to root), and the runtime's default seccomp
+/// profile. This meets the `restricted` Pod Security Standard.
+fn pod_security(config: &KubeConfig) -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(config.command_uid),
+        run_as_group: Some(config.command_gid),
+        fs_group: Some(config.command_gid),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".to_owned(), localhost_profile: None }),
+        ..PodSecurityContext::default()
     }
 }
 
@@ -120,6 +144,38 @@ mod tests {
         assert_eq!(c["command"][0], "sh");
         assert_eq!(json["spec"]["restartPolicy"], "Always");
         assert_eq!(json["spec"]["automountServiceAccountToken"], false);
+    }
+
+    #[test]
+    fn pods_run_unprivileged_as_the_configured_ids() {
+        let spec = PodSpec {
+            project: project_name("locked"),
+            image: "debian:12".into(),
+            workdir: "/workspace".into(),
+            env: EnvMap::default(),
+            resources: Resources::default(),
+        };
+        let json = serde_json::to_value(pod_manifest(&spec, &KubeConfig::new("dev"))).unwrap();
+        assert_eq!(
+            json["spec"]["securityContext"],
+            serde_json::json!({
+                "runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532,
+                "seccompProfile": {"type": "RuntimeDefault"}
+            })
+        );
+        assert_eq!(
+            json["spec"]["containers"][0]["securityContext"],
+            serde_json::json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}})
+        );
+        assert_eq!(json["spec"]["automountServiceAccountToken"], false);
+
+        let config = KubeConfig { command_uid: 1001, command_gid: 2002, ..KubeConfig::new("dev") };
+        let json = serde_json::to_value(pod_manifest(&spec, &config)).unwrap();
+        let context = &json["spec"]["securityContext"];
+        assert_eq!(
+            (&context["runAsUser"], &context["runAsGroup"], &context["fsGroup"]),
+            (&1001.into(), &2002.into(), &2002.into())
+        );
     }
 
     #[test]

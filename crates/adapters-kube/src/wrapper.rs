@@ -1,75 +1,165 @@
 //! The shell wrappers that give `pods/exec` what it lacks: a working directory, an environment,
-//! a process group that can be killed, and a clear "could not start" signal.
+//! a clear "could not start" signal, and a way to kill every process a command started.
 //!
 //! Every piece of user data (argv, env, cwd) travels as a positional parameter of `sh -c`, never
 //! inside the script text, so nothing needs quoting and nothing can be injected: the scripts
 //! below are constants. kube-rs URL-encodes each `command=` query value.
+//!
+//! **Tracking.** A process group does not hold a command's processes: `setsid`, `nohup` plus a
+//! new session, or a double fork leave it. So every process of a command carries an environment
+//! cookie, `RDEV_COMMAND_TRACKING_ID=<command id>` ([`TRACKING_ENV`]), which children inherit
+//! (Jenkins' ProcessTreeKiller, the GitHub runner's `RUNNER_TRACKING_ID`). A sweep finds them by
+//! scanning the pod's `/proc/*/environ` for that exact entry. One scan is not enough: a process
+//! can fork while the scan runs (actions/runner#4601). So the sweep SIGSTOPs every match, scans
+//! again until a pass finds nothing it has not stopped (stopped processes cannot fork), and only
+//! then SIGKILLs them all. The wrapper itself never carries the cookie, so it survives its own
+//! sweep. A process that clears or rewrites its own environment on purpose escapes; the pod stays
+//! the boundary for that.
 
 use domain::ports::ExecRequest;
 
-/// Runs the user's command. Positional parameters:
-/// `$1` control tag, `$2` bookkeeping dir, `$3` workdir to enter first ("" = stay where exec
-/// started, the container's `workingDir`), `$4` cwd ("" = none), `$5` `1` when stdin is
-/// attached, `$6` number of `NAME=value` pairs, then the pairs, then argv.
+/// The environment variable that marks every process of one command; its value is the command
+/// id. Commands see it too. The scripts below spell it out literally (a test checks they agree).
+pub const TRACKING_ENV: &str = "RDEV_COMMAND_TRACKING_ID";
+
+/// Shell functions both scripts share; they expect `$id` (the command id) to be set.
 ///
-/// Before anything of the user's runs it prints exactly one control line on stderr:
-/// `<tag> ok` or `<tag> fail <what>` (`workdir`, `cwd`, `program`, `state`). The command itself
-/// runs in a child `sh` that records its pid (which becomes the process group and session id
-/// through `setsid`, as the child is never a group leader) and execs the program. A kill flag
-/// written by [`KILL_SCRIPT`] before the pid file exists stops it from starting at all.
-pub(crate) const RUN_SCRIPT: &str = r#"tag=$1 dir=$2 wd=$3 cwd=$4 in=$5 n=$6
+/// `scan " pid pid " [SIGNAL]` looks at every process not listed and prints `+<pid> ` for each
+/// one whose `/proc/<pid>/environ` holds exactly the cookie, sending it SIGNAL at once (so a
+/// forking process is stopped as soon as it is seen, not at the end of a slow pass). Where grep
+/// knows `-z` (GNU, busybox with its compat options) one `grep -l -z -x` over all of `/proc`
+/// does it. Elsewhere each process is checked with `tr | grep -x` (a NUL-blind grep would only
+/// look at the first variable), and non-matches are printed as `-<pid> ` so that a sweep does
+/// not check them again.
+///
+/// `sweep` stops every match, rescans until a pass finds no match it has not stopped (at most
+/// 100 passes, so a process that cannot be stopped does not hang it), then kills everything it
+/// stopped. `any_marked` says whether any process still carries the cookie.
+macro_rules! sweep_functions {
+    () => {
+        r#"cookie="RDEV_COMMAND_TRACKING_ID=$id"
+zgrep=
+if printf 'x\000y\000' | grep -q -z -x -F -e y 2>/dev/null; then zgrep=1; fi
+scan() {
+  if [ -n "$zgrep" ]; then
+    for f in $(grep -l -z -x -F -e "$cookie" /proc/[0-9]*/environ 2>/dev/null); do
+      p=${f#/proc/}; p=${p%/environ}
+      case $1 in *" $p "*) continue ;; esac
+      if [ -n "$2" ]; then kill "-$2" "$p" 2>/dev/null; fi
+      printf '%s ' "+$p"
+    done
+  else
+    for f in /proc/[0-9]*/environ; do
+      p=${f#/proc/}; p=${p%/environ}
+      case $1 in *" $p "*) continue ;; esac
+      if tr '\000' '\n' 2>/dev/null < "$f" | grep -q -x -F -e "$cookie"; then
+        if [ -n "$2" ]; then kill "-$2" "$p" 2>/dev/null; fi
+        printf '%s ' "+$p"
+      else
+        printf '%s ' "-$p"
+      fi
+    done
+  fi
+}
+any_marked() { case $(scan ' ') in *+*) return 0 ;; esac; return 1; }
+sweep() {
+  seen=' ' hit=' ' pass=0
+  while [ "$pass" -lt 100 ]; do
+    new=
+    for w in $(scan "$seen" STOP); do
+      case $w in +*) new="$new${w#+} " ;; esac
+      seen="$seen${w#[+-]} "
+    done
+    [ -n "$new" ] || break
+    hit="$hit$new" pass=$((pass + 1))
+  done
+  if [ "$hit" != ' ' ]; then kill -KILL $hit 2>/dev/null; fi
+}
+"#
+    };
+}
+
+/// Runs the user's command. Positional parameters: `$1` control tag, `$2` bookkeeping dir, `$3`
+/// command id (the cookie's value), `$4` workdir to enter first ("" = stay where exec started,
+/// the container's `workingDir`), `$5` cwd ("" = none), `$6` `1` when stdin is attached, then
+/// the `NAME=value` pairs, then `--`, the control tag and the command id again, then argv.
+///
+/// The wrapper enters the directories and creates the bookkeeping dir, then starts a child `sh`
+/// with the cookie in its environment. The child checks the kill flag (a [`KILL_SCRIPT`] that
+/// ran before it existed left one; the kill raises the flag before it scans, so either the scan
+/// sees the child or the child sees the flag), exports the pairs, re-asserts the cookie (a pair
+/// may not override it), finds the program, prints exactly one control line on stderr, `<tag>
+/// ok` or `<tag> fail <what>` (`workdir`, `cwd`, `program`, `state`, `env`), and execs the
+/// program in a session of its own when `setsid` exists (so a command's `kill 0` cannot reach
+/// the wrapper). The pairs are exported only in the child so that no user variable can change
+/// the wrapper's own (`dir`, `id`, …).
+///
+/// When the program exits, however it ends, the wrapper sweeps every process that still
+/// carries the cookie (background children, daemons), removes the bookkeeping dir and only then
+/// exits with the program's status: nothing of a command outlives it.
+pub(crate) const RUN_SCRIPT: &str = concat!(
+    r#"tag=$1 dir=$2 id=$3 wd=$4 cwd=$5 in=$6
 shift 6
 fail() { printf '%s fail %s\n' "$tag" "$1" >&2; exit 127; }
-unset CDPATH
+unset CDPATH RDEV_COMMAND_TRACKING_ID
 sh_bin=$(command -v sh) || sh_bin=/bin/sh
-setsid_bin=$(command -v setsid) || setsid_bin=
 if [ -n "$wd" ]; then cd "$wd" >/dev/null 2>&1 || fail workdir; fi
 if [ -n "$cwd" ]; then cd "$cwd" >/dev/null 2>&1 || fail cwd; fi
 mkdir -p "$dir" 2>/dev/null || fail state
-sys_path=$PATH
-i=0
-while [ "$i" -lt "$n" ]; do export "$1" || fail env; shift; i=$((i + 1)); done
-found=
-case $1 in
-  */*) if [ -f "$1" ] && [ -x "$1" ]; then found=1; fi ;;
-  *)
-    set -f; old_ifs=$IFS; IFS=:
-    for d in $PATH; do
-      if [ -f "${d:-.}/$1" ] && [ -x "${d:-.}/$1" ]; then found=1; break; fi
-    done
-    IFS=$old_ifs; set +f ;;
-esac
-if [ -z "$found" ]; then PATH=$sys_path rm -rf "$dir"; fail program; fi
-printf '%s ok\n' "$tag" >&2
+"#,
+    sweep_functions!(),
+    r#"cmd='if [ -e "$1/kill" ]; then exit 137; fi
+shift
+while [ "$1" != -- ]; do
+  if ! export "$1" 2>/dev/null; then
+    while [ "$1" != -- ]; do shift; done
+    printf "%s fail env\n" "$2" >&2; exit 127
+  fi
+  shift
+done
+shift
+export RDEV_COMMAND_TRACKING_ID="$2"
+if ! (set -f; IFS=:
+  case $3 in */*) [ -f "$3" ] && [ -x "$3" ]; exit ;; esac
+  for d in $PATH; do if [ -f "${d:-.}/$3" ] && [ -x "${d:-.}/$3" ]; then exit 0; fi; done
+  exit 1); then
+  printf "%s fail program\n" "$1" >&2; exit 127
+fi
+printf "%s ok\n" "$1" >&2
+shift 2
+if command -v setsid >/dev/null 2>&1; then exec setsid -- "$@"; fi
+exec "$@"'
 if [ "$in" = 1 ]; then
-  "$sh_bin" -c 'echo "$$" > "$1/pgid"; if [ -e "$1/kill" ]; then exit 137; fi; shift; exec "$@"' rdev-cmd "$dir" ${setsid_bin:+"$setsid_bin" --} "$@"
+  RDEV_COMMAND_TRACKING_ID=$id "$sh_bin" -c "$cmd" rdev-cmd "$dir" "$@"
 else
-  "$sh_bin" -c 'echo "$$" > "$1/pgid"; if [ -e "$1/kill" ]; then exit 137; fi; shift; exec "$@"' rdev-cmd "$dir" ${setsid_bin:+"$setsid_bin" --} "$@" </dev/null
+  RDEV_COMMAND_TRACKING_ID=$id "$sh_bin" -c "$cmd" rdev-cmd "$dir" "$@" </dev/null
 fi
 rc=$?
-PATH=$sys_path rm -rf "$dir"
+sweep
+rm -rf "$dir"
 exit "$rc"
-"#;
+"#
+);
 
 /// Kills a command started by [`RUN_SCRIPT`]. Positional parameters: `$1` bookkeeping dir,
-/// `$2` grace in tenths of a second. Raises the kill flag first, then reads the pid file: the
-/// run script writes the pid first, then reads the flag, so one of them always sees the other.
-/// SIGTERM to the group, up to the grace for it to empty, then SIGKILL; a command that could
-/// not get its own group (no `setsid` in the image) is signalled by pid.
-pub(crate) const KILL_SCRIPT: &str = r#"dir=$1 grace=$2
+/// `$2` grace in tenths of a second, `$3` command id. Raises the kill flag first (see
+/// [`RUN_SCRIPT`] for the race it settles), then SIGTERMs every process carrying the cookie,
+/// gives them up to the grace to exit, and sweeps whatever is left (stop, rescan until stable,
+/// SIGKILL). When the main process dies the wrapper sweeps at once too, so the grace only lasts
+/// as long as the main process does.
+pub(crate) const KILL_SCRIPT: &str = concat!(
+    r#"dir=$1 grace=$2 id=$3
 mkdir -p "$dir" 2>/dev/null
 : > "$dir/kill" 2>/dev/null
-[ -s "$dir/pgid" ] || exit 0
-p=$(cat "$dir/pgid")
-case $p in ''|*[!0-9]*) exit 0 ;; esac
-alive() { kill -0 -"$p" 2>/dev/null || kill -0 "$p" 2>/dev/null; }
-kill -TERM -"$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null
+"#,
+    sweep_functions!(),
+    r#"case $(scan ' ' TERM) in *+*) ;; *) exit 0 ;; esac
 i=0
-while [ "$i" -lt "$grace" ] && alive; do sleep 0.1 2>/dev/null || sleep 1; i=$((i + 1)); done
-kill -KILL -"$p" 2>/dev/null
-kill -KILL "$p" 2>/dev/null
+while [ "$i" -lt "$grace" ] && any_marked; do sleep 0.1 2>/dev/null || sleep 1; i=$((i + 1)); done
+sweep
 exit 0
-"#;
+"#
+);
 
 /// What the run script said on its control line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,25 +183,29 @@ pub(crate) fn state_dir(root: &str, request: &ExecRequest) -> String {
 /// The exec argv that runs `request`. `enter_workdir` is false when the exec already starts in
 /// the project's workdir (the pod was created with it as `workingDir`).
 pub(crate) fn run_argv(request: &ExecRequest, state_root: &str, enter_workdir: bool) -> Vec<String> {
+    let tag = control_tag(request);
+    let id = request.command_id.to_string();
     let mut argv = vec![
         "sh".to_owned(),
         "-c".to_owned(),
         RUN_SCRIPT.to_owned(),
         "rdev-exec".to_owned(),
-        control_tag(request),
+        tag.clone(),
         state_dir(state_root, request),
+        id.clone(),
         if enter_workdir { request.workdir.clone() } else { String::new() },
         request.cwd.clone().unwrap_or_default(),
         if request.stdin.is_some() { "1" } else { "0" }.to_owned(),
     ];
-    let env: Vec<String> = request.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    argv.push(env.len().to_string());
-    argv.extend(env);
+    // Every pair holds a `=`, so the first bare `--` always ends them.
+    argv.extend(request.env.iter().map(|(k, v)| format!("{k}={v}")));
+    argv.extend(["--".to_owned(), tag, id]);
     argv.extend(request.argv.iter().cloned());
     argv
 }
 
-/// The exec argv that kills the command `request` started, pacing SIGTERM → SIGKILL by `grace`.
+/// The exec argv that kills every process of the command `request` started, pacing SIGTERM →
+/// SIGKILL by `grace`.
 pub(crate) fn kill_argv(request: &ExecRequest, state_root: &str, grace: std::time::Duration) -> Vec<String> {
     let tenths = (grace.as_millis() / 100).max(1);
     vec![
@@ -121,6 +215,7 @@ pub(crate) fn kill_argv(request: &ExecRequest, state_root: &str, grace: std::tim
         "rdev-kill".to_owned(),
         state_dir(state_root, request),
         tenths.to_string(),
+        request.command_id.to_string(),
     ]
 }
 
@@ -280,19 +375,71 @@ mod tests {
         }
     }
 
+    /// Starts three children that escape a process group (a new session, `nohup` in a new
+    /// session, a double fork), each of which would create `<marker>-<n>` after a second.
+    fn escaping_children(marker: &str) -> String {
+        format!(
+            "setsid sh -c 'sleep 1; touch {marker}-1' >/dev/null 2>&1 & \
+             nohup setsid sh -c 'sleep 1; touch {marker}-2' >/dev/null 2>&1 & \
+             (sh -c 'sleep 1; touch {marker}-3' >/dev/null 2>&1 &); sleep 0.2"
+        )
+    }
+
+    fn markers_left(dir: &std::path::Path, marker: &str) -> Vec<String> {
+        (1..=3).map(|n| format!("{marker}-{n}")).filter(|m| dir.join(m).exists()).collect()
+    }
+
+    /// Pids of the processes that carry the command's cookie, read the way the sweep reads them.
+    fn cookie_holders(req: &ExecRequest) -> Vec<String> {
+        let cookie = format!("{TRACKING_ENV}={}", req.command_id).into_bytes();
+        let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+        entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_str()?.to_owned();
+                name.parse::<u32>().ok()?;
+                let environ = std::fs::read(e.path().join("environ")).ok()?;
+                environ.split(|b| *b == 0).any(|v| v == cookie.as_slice()).then_some(name)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_scripts_spell_the_cookie_like_the_constant() {
+        for script in [RUN_SCRIPT, KILL_SCRIPT] {
+            assert!(script.contains(&format!("cookie=\"{TRACKING_ENV}=$id\"")));
+        }
+        assert!(RUN_SCRIPT.contains(&format!("export {TRACKING_ENV}=\"$2\"")));
+        assert!(RUN_SCRIPT.contains(&format!("{TRACKING_ENV}=$id \"$sh_bin\"")));
+    }
+
     #[tokio::test]
-    async fn kill_script_kills_the_whole_group_and_a_late_start_never_runs() {
+    async fn children_that_left_the_group_die_when_the_command_exits() {
+        let dir = tempfile::tempdir().unwrap();
+        let req = request(&["sh", "-c", &format!("{}; exit 3", escaping_children("exited"))]);
+        let started = std::time::Instant::now();
+        let ran = run_locally(run_argv(&req, &state_root(&dir), false), dir.path(), None).await;
+        assert_eq!(ran.code, Some(3), "the command's own status: {}", ran.stderr);
+        assert!(started.elapsed() < Duration::from_secs(1), "the sweep is quick: {:?}", started.elapsed());
+        assert!(cookie_holders(&req).is_empty(), "nothing carries the cookie any more");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(markers_left(dir.path(), "exited"), Vec::<String>::new(), "no child outlived the command");
+    }
+
+    #[tokio::test]
+    async fn kill_script_kills_every_process_and_a_late_start_never_runs() {
         let dir = tempfile::tempdir().unwrap();
         let root = state_root(&dir);
-        let req = request(&["sh", "-c", "sh -c 'sleep 1; touch marker' & sleep 30"]);
+        let req = request(&["sh", "-c", &format!("{}; sleep 30", escaping_children("killed"))]);
         let run = tokio::spawn(run_locally(run_argv(&req, &root, false), dir.path().to_path_buf().leak(), None));
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
         let killed = run_locally(kill_argv(&req, &root, Duration::from_millis(500)), dir.path(), None).await;
         assert_eq!(killed.code, Some(0), "{}", killed.stderr);
         let ran = tokio::time::timeout(Duration::from_secs(5), run).await.unwrap().unwrap();
         assert_eq!(ran.code, Some(128 + 15), "SIGTERM ended it: {}", ran.stderr);
+        assert!(cookie_holders(&req).is_empty(), "nothing carries the cookie any more");
         tokio::time::sleep(Duration::from_millis(1200)).await;
-        assert!(!dir.path().join("marker").exists(), "the background child died with its group");
+        assert_eq!(markers_left(dir.path(), "killed"), Vec::<String>::new(), "no child outlived the kill");
 
         // A kill that arrives before the command started leaves a flag the start respects.
         let late = request(&["touch", "late-marker"]);
@@ -300,6 +447,38 @@ mod tests {
         let ran = run_locally(run_argv(&late, &root, false), dir.path(), None).await;
         assert_eq!(ran.code, Some(137));
         assert!(!dir.path().join("late-marker").exists());
+    }
+
+    #[tokio::test]
+    async fn a_command_that_ignores_sigterm_and_keeps_forking_is_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = state_root(&dir);
+        let storm = "trap '' TERM; i=0; while [ $i -lt 3000 ]; do (sleep 5 &); i=$((i+1)); done";
+        let req = request(&["sh", "-c", storm]);
+        let run = tokio::spawn(run_locally(run_argv(&req, &root, false), dir.path().to_path_buf().leak(), None));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let killed = run_locally(kill_argv(&req, &root, Duration::from_millis(200)), dir.path(), None).await;
+        assert_eq!(killed.code, Some(0), "{}", killed.stderr);
+        let ran = tokio::time::timeout(Duration::from_secs(5), run).await.unwrap().unwrap();
+        assert_eq!(ran.code, Some(137), "SIGKILL ended it: {}", ran.stderr);
+        assert_eq!(cookie_holders(&req), Vec::<String>::new(), "every forked child was swept");
+    }
+
+    #[tokio::test]
+    async fn request_env_cannot_touch_the_wrapper_or_the_cookie() {
+        let dir = tempfile::tempdir().unwrap();
+        let vars = ["tag", "dir", "id", "in", "cwd", "rc", "cmd", "i", "d", "IFS", TRACKING_ENV]
+            .map(|name| (name.to_owned(), "/".to_owned()));
+        let req = ExecRequest {
+            env: EnvMap::parse(BTreeMap::from(vars)).unwrap(),
+            ..request(&["sh", "-c", &format!("echo \"$dir|$i|${TRACKING_ENV}\"; touch kept")])
+        };
+        let ran = run_locally(run_argv(&req, &state_root(&dir), false), dir.path(), None).await;
+        assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+        assert_eq!(ran.stdout, format!("/|/|{}\n", req.command_id), "the pairs reach the program, the cookie wins");
+        assert_eq!(ran.stderr, format!("{} ok\n", control_tag(&req)));
+        assert!(dir.path().join("kept").exists(), "the wrapper's rm -rf used its own dir");
+        assert!(!dir.path().join("state").join(req.command_id.to_string()).exists(), "bookkeeping removed");
     }
 
     #[test]

@@ -22,6 +22,10 @@
 //!   default), `HOME` (the pod's directory), `HOSTNAME` (the pod name), the container's literal
 //!   `env` entries and the marker `KUBE_SIM_POD_UID`. Absolute paths are host paths; the
 //!   container's `workingDir` is not applied. Each exec leads its own process group.
+//!   Exec processes run as the simulator's own user (a pod's `securityContext` is stored, not
+//!   enforced) and see the host's `/proc`, where they can read each other's
+//!   `/proc/<pid>/environ`: rdev-api's wrapper finds a command's processes there by their
+//!   tracking cookie, as it does in a real pod's PID namespace.
 //!   As on a real kubelet, a client that disconnects only closes the process's stdin: the process
 //!   runs on and its output and exit code go nowhere.
 //! - **A pod that dies under its execs** (deletion, OOM kill) SIGKILLs their process groups (and

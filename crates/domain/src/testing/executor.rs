@@ -2,11 +2,16 @@
 //! each sentence of `Executor::run`'s doc is checked the same way everywhere.
 //!
 //! It uses only the port and tools every pod image has (`sh`, `echo`, `env`, `cat`, `pwd`, `wc`,
-//! `head`, `tr`, `sleep`, `touch`, `test`, `mkdir`, `rm`), and leaves only an empty
-//! workspace behind.
+//! `head`, `tr`, `sleep`, `touch`, `test`, `mkdir`, `rm`, and `setsid` and `nohup` for the
+//! escape attempts), and leaves only an empty workspace behind.
+//!
+//! "Nothing outlives its command" is checked through the workspace, not through pids: an
+//! executor may run each command in its own PID namespace, where neither the host's pids nor a
+//! second command's view of the first's processes mean anything. Escaped background loops write
+//! heartbeat files; a later command reads them twice, and a file that changed has a writer left.
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -75,7 +80,8 @@ impl OutputSink for RecordingSink {
 }
 
 /// Runs every executor check in sequence against `executor`, in `project`'s pod or workspace.
-/// Panics with a message naming the broken rule. Takes about 15 seconds (it waits out kills).
+/// Panics with a message naming the broken rule. Takes about 30 seconds (it waits out kills and
+/// watches for survivors).
 pub async fn executor_contract(executor: &dyn Executor, project: &ProjectName) {
     assert_eq!(executor.check().await, Ok(()), "check() MUST be Ok for a working executor");
     argv_runs_the_program_without_a_shell(executor, project).await;
@@ -89,12 +95,16 @@ pub async fn executor_contract(executor: &dyn Executor, project: &ProjectName) {
     long_output_keeps_head_and_tail(executor, project).await;
     timeout_kills_the_whole_process_group(executor, project).await;
     cancel_kills_the_whole_process_group(executor, project).await;
+    nothing_outlives_a_command_that_exits(executor, project).await;
+    nothing_outlives_a_timed_out_command(executor, project).await;
+    nothing_outlives_a_cancelled_command(executor, project).await;
+    nothing_outlives_a_command_that_keeps_forking(executor, project).await;
 }
 
 /// What one run produced.
 struct Outcome {
     result: ExecResult,
-    sink: RecordingSink,
+    sink: Arc<RecordingSink>,
     elapsed: Duration,
     ended_at: Instant,
 }
@@ -152,10 +162,20 @@ async fn run_cancellable(
     cancel: CancellationToken,
     what: &str,
 ) -> Outcome {
-    let sink = RecordingSink::new();
+    run_into(executor, request, cancel, Arc::new(RecordingSink::new()), what).await
+}
+
+/// Runs `request` into `sink`, which the caller may watch while the command runs.
+async fn run_into(
+    executor: &dyn Executor,
+    request: ExecRequest,
+    cancel: CancellationToken,
+    sink: Arc<RecordingSink>,
+    what: &str,
+) -> Outcome {
     let limit = request.timeout + HANG_SLACK;
     let started = Instant::now();
-    let result = match tokio::time::timeout(limit, executor.run(request, &sink, cancel)).await {
+    let result = match tokio::time::timeout(limit, executor.run(request, sink.as_ref(), cancel)).await {
         Ok(result) => result,
         Err(_) => panic!("{what}: run() did not return within {limit:?} (the executor hangs)"),
     };
@@ -377,4 +397,202 @@ async fn cancel_kills_the_whole_process_group(executor: &dyn Executor, project: 
     });
     assert_killed_in_time(&out, after, &Termination::Cancelled, what);
     assert_marker_never_appears(executor, project, &marker, what).await;
+}
+
+/// Heartbeat files and the loops that write them, for one survivor check.
+struct Heartbeats {
+    prefix: String,
+}
+
+/// Each escaping form a command may use to leave its process group, with how it starts a loop.
+const ESCAPES: [(&str, &str); 3] = [
+    ("setsid", "setsid sh -c '{loop}' >/dev/null 2>&1 &"),
+    ("nohup", "nohup sh -c '{loop}' >/dev/null 2>&1 &"),
+    ("double fork", "(sh -c '{loop}' >/dev/null 2>&1 &)"),
+];
+
+/// How long a heartbeat loop lives at most (in 0.1 s beats), so a failed check leaves no
+/// process behind for long.
+const BEATS: u32 = 300;
+
+impl Heartbeats {
+    fn new(case: &str) -> Self {
+        Self { prefix: format!("contract-hb-{case}-{}", unique()) }
+    }
+
+    fn file(&self, form: &str) -> String {
+        format!("{}-{}", self.prefix, form.replace(' ', "-"))
+    }
+
+    /// A loop that bumps a counter in `file` every 0.1 s (a counter, not `date +%N`, which
+    /// busybox lacks); `trap '' TERM` when it must take SIGKILL to stop.
+    fn beat_loop(file: &str, ignore_term: bool) -> String {
+        let trap = if ignore_term { "trap \"\" TERM; " } else { "" };
+        format!("{trap}i=0; while [ $i -lt {BEATS} ]; do i=$((i+1)); echo \"$$ $i\" > {file}; sleep 0.1; done")
+    }
+
+    /// The script text that starts one loop per escaping form, waits until each has written
+    /// its file, then says `started`.
+    fn start_all(&self) -> String {
+        let mut script =
+            String::from("command -v setsid >/dev/null || { echo 'the image has no setsid' >&2; exit 97; }\n");
+        for (form, template) in ESCAPES {
+            script.push_str(&template.replace("{loop}", &Self::beat_loop(&self.file(form), false)));
+            script.push('\n');
+        }
+        let missing: Vec<String> = ESCAPES.iter().map(|(form, _)| format!("[ ! -s {} ]", self.file(form))).collect();
+        script.push_str(&format!(
+            "n=0; while {}; do n=$((n+1)); if [ $n -gt 100 ]; then echo 'loops never started' >&2; exit 98; fi; sleep 0.1; done\necho started\n",
+            missing.join(" || ")
+        ));
+        script
+    }
+
+    /// Reads every heartbeat file (`<file>:<content>` lines) with a command of its own.
+    async fn read(&self, executor: &dyn Executor, project: &ProjectName, files: &[String], what: &str) -> String {
+        let script =
+            format!("for f in {}; do printf '%s:%s\\n' \"$f\" \"$(cat \"$f\" 2>/dev/null)\"; done", files.join(" "));
+        let out = run(executor, script_request(project, &script), what).await;
+        out.assert_exited(0, what);
+        out.stdout()
+    }
+
+    /// After the command's run() returned: waits 1 s, reads the files, waits 0.5 s, reads
+    /// again. A file that changed in between still has a writer: a process that outlived its
+    /// command. Removes the files, then panics naming the forms that survived. `forms` pairs each
+    /// escaping form with its heartbeat file.
+    async fn assert_no_survivor(
+        &self,
+        executor: &dyn Executor,
+        project: &ProjectName,
+        forms: &[(&str, String)],
+        case: &str,
+    ) {
+        let files: Vec<String> = forms.iter().map(|(_, file)| file.clone()).collect();
+        let files = files.as_slice();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let what = format!("{case}: reading the heartbeats");
+        let first = self.read(executor, project, files, &what).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let second = self.read(executor, project, files, &what).await;
+        let cleanup = format!("rm -f {}*", self.prefix);
+        run(executor, script_request(project, &cleanup), "heartbeat cleanup")
+            .await
+            .assert_exited(0, "heartbeat cleanup");
+        let survivors: Vec<&str> = forms
+            .iter()
+            .zip(first.lines().zip(second.lines()))
+            .filter(|(_, (a, b))| a != b)
+            .map(|((form, _), _)| *form)
+            .collect();
+        assert!(
+            first.lines().count() == files.len() && second.lines().count() == files.len(),
+            "{case}: could not read the heartbeat files: {first:?} / {second:?}"
+        );
+        assert!(
+            survivors.is_empty(),
+            "{case}: processes the command started outlived it and still ran 1 s after run() returned \
+             (escaped with {survivors:?}: their heartbeat files kept changing); every process of a \
+             command, setsid, nohup and double-forked ones included, MUST die with it",
+        );
+    }
+
+    /// Each escaping form with its heartbeat file.
+    fn forms(&self) -> Vec<(&'static str, String)> {
+        ESCAPES.iter().map(|(form, _)| (*form, self.file(form))).collect()
+    }
+}
+
+/// Waits until `sink` shows `started` on stdout, then cancels `cancel` after `after`.
+async fn cancel_once_started(sink: &RecordingSink, cancel: &CancellationToken, after: Duration) {
+    let limit = Instant::now() + Duration::from_secs(20);
+    while !sink.text(OutputStream::Stdout).contains("started") && Instant::now() < limit {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(after).await;
+    cancel.cancel();
+}
+
+fn assert_started(out: &Outcome, case: &str) {
+    assert!(
+        out.stdout().contains("started"),
+        "{case}: the heartbeat loops never started, so nothing could be checked (termination {:?}, stderr {:?})",
+        out.result.termination,
+        out.stderr()
+    );
+}
+
+async fn nothing_outlives_a_command_that_exits(executor: &dyn Executor, project: &ProjectName) {
+    let case = "normal exit";
+    let beats = Heartbeats::new("exit");
+    let script = format!("{}exit 0", beats.start_all());
+    let out = run(executor, script_request(project, &script), case).await;
+    out.assert_exited(0, case);
+    assert_started(&out, case);
+    beats.assert_no_survivor(executor, project, &beats.forms(), case).await;
+}
+
+async fn nothing_outlives_a_timed_out_command(executor: &dyn Executor, project: &ProjectName) {
+    let case = "timeout";
+    let beats = Heartbeats::new("timeout");
+    let script = format!("{}sleep 30", beats.start_all());
+    let request = ExecRequest { timeout: Duration::from_secs(4), ..script_request(project, &script) };
+    let out = run(executor, request, case).await;
+    assert_started(&out, case);
+    assert_eq!(out.result.termination, Termination::TimedOut, "{case}: stderr {:?}", out.stderr());
+    beats.assert_no_survivor(executor, project, &beats.forms(), case).await;
+}
+
+async fn nothing_outlives_a_cancelled_command(executor: &dyn Executor, project: &ProjectName) {
+    let case = "cancel";
+    let beats = Heartbeats::new("cancel");
+    let script = format!("{}sleep 30", beats.start_all());
+    let request = ExecRequest { timeout: Duration::from_secs(60), ..script_request(project, &script) };
+    let out = run_cancelled_once_started(executor, request, Duration::ZERO, case).await;
+    assert_started(&out, case);
+    assert_eq!(out.result.termination, Termination::Cancelled, "{case}: stderr {:?}", out.stderr());
+    beats.assert_no_survivor(executor, project, &beats.forms(), case).await;
+}
+
+/// Runs `request` and cancels it `after` its stdout said `started`.
+async fn run_cancelled_once_started(
+    executor: &dyn Executor,
+    request: ExecRequest,
+    after: Duration,
+    what: &str,
+) -> Outcome {
+    let sink = Arc::new(RecordingSink::new());
+    let cancel = CancellationToken::new();
+    let (out, ()) = tokio::join!(
+        run_into(executor, request, cancel.clone(), Arc::clone(&sink), what),
+        cancel_once_started(&sink, &cancel, after)
+    );
+    out
+}
+
+/// The command keeps forking (and ignores SIGTERM, as do the loops it starts) while it is being
+/// killed: a kill that takes one snapshot of the processes misses those forked during it.
+async fn nothing_outlives_a_command_that_keeps_forking(executor: &dyn Executor, project: &ProjectName) {
+    let case = "fork storm";
+    let beats = Heartbeats::new("storm");
+    let file = beats.file("storm");
+    // Bounded, so that a failed check leaves nothing behind for long: every 25th child is a
+    // heartbeat loop of its own, the rest short sleeps.
+    let spawn_loop = format!("(sh -c '{}' >/dev/null 2>&1 &)", Heartbeats::beat_loop(&file, true));
+    let script = format!(
+        "trap '' TERM\n{spawn_loop}\n\
+         n=0; while [ ! -s {file} ]; do n=$((n+1)); if [ $n -gt 100 ]; then echo 'loops never started' >&2; exit 98; fi; sleep 0.1; done\n\
+         echo started\n\
+         i=0; while [ $i -lt 4000 ]; do i=$((i+1)); if [ $((i % 25)) = 0 ]; then {spawn_loop}; else (sleep 2 &); fi; done"
+    );
+    let request = ExecRequest { timeout: Duration::from_secs(60), ..script_request(project, &script) };
+    let out = run_cancelled_once_started(executor, request, Duration::from_millis(300), case).await;
+    assert_started(&out, case);
+    assert_eq!(
+        out.result.termination,
+        Termination::Cancelled,
+        "{case}: MUST still be forking when cancelled (stderr {:?})",
+        out.stderr()
+    );
+    beats.assert_no_survivor(executor, project, &[("forked while being killed", file)], case).await;
 }
