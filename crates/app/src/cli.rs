@@ -40,8 +40,10 @@ pub async fn serve(db: &Database, cfg: &ServeConfig) -> Result<ExitCode, Startup
         tokio::spawn(pump.run(shutdown.clone()));
     }
     let dispatcher = tokio::spawn(service.dispatcher.run(shutdown.clone()));
-    tracing::info!(listen_addr = %cfg.listen_addr, executor = ?cfg.executor, "rdev-api serving");
-    eprintln!("rdev-api: listening on http://{}", cfg.listen_addr);
+    // The bound address, so that `LISTEN_ADDR=…:0` tells where it actually listens.
+    let bound = listener.local_addr().map_or_else(|_| cfg.listen_addr.to_string(), |a| a.to_string());
+    tracing::info!(listen_addr = %bound, executor = ?cfg.executor, "rdev-api serving");
+    eprintln!("rdev-api: listening on http://{bound}");
     let server = crate::server::server(service.state, listener, cfg.shutdown_grace_seconds)
         .map_err(|source| StartupError::Io { path: cfg.listen_addr.to_string(), source })?;
     // actix stops on SIGTERM/SIGINT after in-flight requests; then the worker drains.

@@ -168,7 +168,12 @@ async fn backend(cfg: &ServeConfig) -> Result<Backend, StartupError> {
             Ok(Backend { pods: Arc::new(executor.pods()), executor: Arc::new(executor), breaker: None })
         }
         ExecutorKind::Kube => {
-            let kube = KubeBackend::from_kubeconfig(cfg.kubeconfig.as_deref(), KubeConfig::new(&cfg.kube_namespace))
+            let kube_config = KubeConfig {
+                command_uid: i64::from(cfg.command_uid),
+                command_gid: i64::from(cfg.command_gid),
+                ..KubeConfig::new(&cfg.kube_namespace)
+            };
+            let kube = KubeBackend::from_kubeconfig(cfg.kubeconfig.as_deref(), kube_config)
                 .await
                 .map_err(|e| StartupError::Config(format!("EXECUTOR=kube: {e}")))?;
             let open_for = Duration::from_secs(cfg.kube_breaker_open_seconds);

@@ -65,30 +65,37 @@ async fn a_missing_cwd_or_program_is_start_failed_without_exit_code() {
     assert_eq!(in_sub["stdout"], out["stdout"], "relative cwd is taken from the project's workspace");
 }
 
+/// Leaves a background child that would create `marker` (in the workspace) after 2 s.
 fn marker_script(marker: &str) -> String {
     format!("(sleep 2; touch {marker}) & sleep 30")
+}
+
+/// Whether `file` exists in `project`'s workspace, asked through a command so that it works on
+/// every executor (the process sandbox's workspace, a kube-sim pod).
+async fn exists_in_workspace(app: &common::TestApp, project: &str, file: &str) -> bool {
+    let (done, _) = app.run(project, json!({"command": ["test", "-e", file]})).await;
+    done["status"] == "succeeded"
 }
 
 #[tokio::test]
 async fn a_timeout_kills_the_whole_process_group() {
     let app = spawn_app().await;
     app.project("web", 2).await;
-    let marker = app.dir.path().join("timeout-marker");
-    let (done, _) =
-        app.run("web", json!({"script": marker_script(&marker.display().to_string()), "timeout_seconds": 1})).await;
+    let marker = "timeout-marker";
+    let (done, _) = app.run("web", json!({"script": marker_script(marker), "timeout_seconds": 1})).await;
     assert_eq!(done["status"], "timed_out");
     assert_eq!(done["termination_reason"], "timeout");
     assert!(done["exit_code"].is_null());
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(!marker.exists(), "the background child survived the timeout");
+    assert!(!exists_in_workspace(&app, "web", marker).await, "the background child survived the timeout");
 }
 
 #[tokio::test]
 async fn cancel_kills_a_running_command_and_drops_a_queued_one() {
     let app = spawn_app().await;
     app.project("web", 1).await;
-    let marker = app.dir.path().join("cancel-marker");
-    let running = app.submit("web", json!({"script": marker_script(&marker.display().to_string())})).await;
+    let marker = "cancel-marker";
+    let running = app.submit("web", json!({"script": marker_script(marker)})).await;
     let queued = app.submit("web", json!({"command": ["true"]})).await;
     let (rid, qid) = (running["id"].as_str().expect("id"), queued["id"].as_str().expect("id"));
     while app.get(&format!("/v1/commands/{rid}")).await.json::<Value>().await.expect("json")["status"] != "running" {
@@ -102,7 +109,7 @@ async fn cancel_kills_a_running_command_and_drops_a_queued_one() {
     assert_eq!(done["status"], "cancelled");
     assert_eq!(done["termination_reason"], "cancelled");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(!marker.exists(), "the background child survived the cancel");
+    assert!(!exists_in_workspace(&app, "web", marker).await, "the background child survived the cancel");
     problem(app.post(&format!("/v1/commands/{rid}/cancel"), json!({})).await, 409, "conflict").await;
 }
 
@@ -110,11 +117,11 @@ async fn cancel_kills_a_running_command_and_drops_a_queued_one() {
 async fn priority_order_holds_under_a_project_cap_of_one() {
     let app = spawn_app().await;
     app.project("solo", 1).await;
-    let ledger = app.dir.path().join("ledger");
+    let ledger = "ledger";
     let gate = app.submit("solo", json!({"command": ["sleep", "1"]})).await;
     let mut ids = Vec::new();
     for p in ["low", "normal", "critical", "high"] {
-        let v = app.submit("solo", json!({"script": format!("echo {p} >> {}", ledger.display()), "priority": p})).await;
+        let v = app.submit("solo", json!({"script": format!("echo {p} >> {ledger}"), "priority": p})).await;
         ids.push(v["id"].as_str().expect("id").to_owned());
     }
     let critical: Value = app.get(&format!("/v1/commands/{}", ids[2])).await.json().await.expect("json");
@@ -127,7 +134,8 @@ async fn priority_order_holds_under_a_project_cap_of_one() {
         app.finished(id, 30).await;
     }
     app.finished(gate["id"].as_str().expect("id"), 30).await;
-    let order = std::fs::read_to_string(&ledger).expect("ledger");
+    let (_, out) = app.run("solo", json!({"command": ["cat", ledger]})).await;
+    let order = out["stdout"].as_str().expect("ledger").to_owned();
     assert_eq!(order.lines().collect::<Vec<_>>(), vec!["critical", "high", "normal", "low"]);
 }
 

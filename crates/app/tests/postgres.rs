@@ -35,19 +35,27 @@ fn ledger_lines(path: &Path) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_run_each_of_2000_commands_exactly_once() {
     let db = TestDatabase::create().await;
-    let (a, b) = replicas(&db, &["--concurrent-commands", "8"]).await;
+    // One workspaces directory for both replicas, so both append to the same ledger file.
+    let shared = tempdir();
+    let workspaces = shared.path().display().to_string();
+    let (a, b) = replicas(&db, &["--concurrent-commands", "8", "--workspaces-dir", &workspaces]).await;
     a.project("ledger", 16).await;
-    let ledger = a.dir.path().join("ledger.txt");
+    let ledger = shared.path().join("ledger").join("ledger.txt");
     let total = 2000;
     let mut ids = Vec::with_capacity(total);
     // 16 clients at a time, alternating replicas, like a fleet of CI jobs.
-    let submissions: Vec<Value> = futures::stream::iter((0..total).map(|n| {
-        let (app, ledger) = (if n % 2 == 0 { &a } else { &b }, ledger.display().to_string());
-        async move { app.submit("ledger", json!({"command": ["sh", "-c", format!("echo {n} >> {ledger}")]})).await }
-    }))
-    .buffer_unordered(16)
-    .collect()
-    .await;
+    let submissions: Vec<Value> =
+        futures::stream::iter(
+            (0..total).map(|n| {
+                let app = if n % 2 == 0 { &a } else { &b };
+                async move {
+                    app.submit("ledger", json!({"command": ["sh", "-c", format!("echo {n} >> ledger.txt")]})).await
+                }
+            }),
+        )
+        .buffer_unordered(16)
+        .collect()
+        .await;
     for v in submissions {
         ids.push(v["id"].as_str().expect("id").to_owned());
     }
@@ -95,8 +103,8 @@ async fn a_command_on_a_killed_replica_ends_lost_and_never_runs_again() {
         .expect("spawn replica A");
     let b =
         spawn_replica(db.url(), Some(&admin), &["--concurrent-commands", "0", "--lease-seconds", "2"], tempdir()).await;
-    let ledger = dir.path().join("starts.txt");
-    let script = format!("echo started >> {0}; sleep 5; echo finished >> {0}", ledger.display());
+    let ledger = dir.path().join("a").join("doomed").join("starts.txt");
+    let script = "echo started >> starts.txt; sleep 5; echo finished >> starts.txt";
     let cmd = b.submit("doomed", json!({"script": script})).await;
     let id = cmd["id"].as_str().expect("id").to_owned();
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -70,6 +70,9 @@ pub(crate) fn run(spec: &Spec) -> i32 {
 struct Started {
     pid: Pid,
     ended: File,
+    /// Open for as long as the helper lives: init checks it after its parent-death signal was
+    /// reset by an id change.
+    _lifeline: File,
 }
 
 fn start(spec: &Spec, report: &File) -> Result<Started, String> {
@@ -110,8 +113,9 @@ fn start(spec: &Spec, report: &File) -> Result<Started, String> {
         return Err(format!("sandbox: cannot map the command's user and group ids: {e}"));
     }
     let go = [if privileged { MAPPED_PRIVILEGED } else { MAPPED_UNPRIVILEGED }];
-    File::from(go_write).write_all(&go).map_err(|e| format!("sandbox: init went away during set-up: {e}"))?;
-    Ok(Started { pid, ended: File::from(ended_read) })
+    let mut lifeline = File::from(go_write);
+    lifeline.write_all(&go).map_err(|e| format!("sandbox: init went away during set-up: {e}"))?;
+    Ok(Started { pid, ended: File::from(ended_read), _lifeline: lifeline })
 }
 
 /// The start-up refusal's text: what failed and the two ways out.
@@ -167,7 +171,7 @@ fn detach_stdio() {
 
 /// Waits for init, then ends as the command ended.
 fn wait_for(init: Started) -> i32 {
-    let Started { pid, mut ended } = init;
+    let Started { pid, mut ended, _lifeline } = init;
     let status = loop {
         match waitpid(pid, None) {
             Err(nix::errno::Errno::EINTR) => continue,

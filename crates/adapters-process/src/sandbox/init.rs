@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 
@@ -36,9 +36,10 @@ pub(crate) fn run(spec: &Spec, report: &File, go: OwnedFd, ended: OwnedFd) -> i3
 
 /// Everything before the command starts; `Ok(true)` when `setgroups` is allowed.
 fn prepare(spec: &Spec, go: OwnedFd) -> Result<bool, String> {
-    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| format!("sandbox: parent-death signal: {e}"))?;
+    die_with_helper()?;
+    let mut go = File::from(go);
     let mut mapped = [0u8; 1];
-    File::from(go).read_exact(&mut mapped).map_err(|_| "sandbox: the helper went away during set-up".to_owned())?;
+    go.read_exact(&mut mapped).map_err(|_| "sandbox: the helper went away during set-up".to_owned())?;
     let privileged = mapped[0] == MAPPED_PRIVILEGED;
     // Opened while init still has the server's identity: the workspaces root is private to it.
     let workspace = File::options()
@@ -50,12 +51,26 @@ fn prepare(spec: &Spec, go: OwnedFd) -> Result<bool, String> {
     // takes the command's ids now; it keeps its capabilities in the namespace, because the
     // server's root is not the namespace's root (see user_namespaces(7) and capabilities(7)).
     become_command_user(spec, privileged).map_err(|e| format!("sandbox: cannot take the command's ids: {e}"))?;
+    // Changing ids clears the parent-death signal: set it again, then make sure the helper did
+    // not die in between (it holds the write end of `go` open for as long as it lives).
+    die_with_helper()?;
+    let helper_gone = nix::poll::poll(&mut [nix::poll::PollFd::new(go.as_fd(), nix::poll::PollFlags::POLLIN)], 0u8)
+        .map_or(true, |ready| ready > 0);
+    if helper_gone {
+        return Err("sandbox: the helper went away during set-up".to_owned());
+    }
     mounts::build(spec, &workspace)?;
     nix::unistd::sethostname(&spec.hostname).map_err(|e| format!("sandbox: cannot set the host name: {e}"))?;
     if spec.network == NetworkMode::None {
         sys::loopback_up().map_err(|e| format!("sandbox: cannot bring up the loopback interface: {e}"))?;
     }
     Ok(privileged)
+}
+
+/// SIGKILL when the helper dies, so a dead server (whose death kills the helper) leaves no
+/// sandbox behind.
+fn die_with_helper() -> Result<(), String> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| format!("sandbox: parent-death signal: {e}"))
 }
 
 /// Takes the command's uid, gid and (where the maps allow) an empty group list.
