@@ -72,12 +72,6 @@ async fn process_executor_meets_the_executor_contract() {
     executor_contract(&executor(root.path()), &project_name("contract")).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn unconfined_process_executor_meets_the_executor_contract() {
-    let root = tempfile::tempdir().expect("tempdir");
-    executor_contract(&unconfined(root.path()), &project_name("contract")).await;
-}
-
 #[tokio::test]
 async fn sandboxed_commands_run_in_the_workdir_which_is_home() {
     let root = tempfile::tempdir().expect("tempdir");

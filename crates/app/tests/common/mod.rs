@@ -73,8 +73,6 @@ pub async fn spawn_replica(url: &str, admin: Option<&str>, flags: &[&str], dir: 
         "serve",
         "--listen-addr",
         "127.0.0.1:0",
-        "--workspaces-dir",
-        &workspaces,
         "--rate-limit-rps",
         "1000",
         "--shutdown-grace-seconds",
@@ -83,6 +81,9 @@ pub async fn spawn_replica(url: &str, admin: Option<&str>, flags: &[&str], dir: 
         "--sandbox-helper",
         env!("CARGO_BIN_EXE_rdev-api"),
     ];
+    if !flags.contains(&"--workspaces-dir") {
+        args.extend(["--workspaces-dir", &workspaces]);
+    }
     args.extend_from_slice(flags);
     let cli = Cli::try_parse_from(args).expect("flags");
     let db = cli.database();
