@@ -9,7 +9,7 @@ LISTEN_ADDR ?= 127.0.0.1:8080
 ## Build and start the service on SQLite + local processes; prints where the admin key is.
 run:
 	cargo build --release -p app
-	@mkdir -p $(DATA_DIR)
+	@mkdir -p -m 700 $(DATA_DIR)
 	@echo "rdev-api: on first start the admin key is written to $(ADMIN_KEY_FILE)"
 	DATABASE_URL=sqlite://$(DATA_DIR)/rdev.db \
 	WORKSPACES_DIR=$(DATA_DIR)/workspaces \
