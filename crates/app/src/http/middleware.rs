@@ -56,8 +56,18 @@ fn context_of(req: &ServiceRequest, state: Option<&AppState>) -> RequestContext 
     let trace_id = header("traceparent").and_then(trace_id_of);
     let peer = req.peer_addr().map_or(std::net::IpAddr::from([127, 0, 0, 1]), |a| a.ip());
     let trusted = state.map(|s| &s.http.trusted_proxies);
-    let client_ip = trusted.map_or(peer, |t| client_ip(peer, header("x-forwarded-for"), t));
+    let forwarded = forwarded_for(req);
+    let client_ip = trusted.map_or(peer, |t| client_ip(peer, forwarded.as_deref(), t));
     RequestContext { request_id, trace_id, client_ip }
+}
+
+/// Every `X-Forwarded-For` line joined in order (RFC 9110 §5.3: several lines of a list header
+/// are one list). A proxy such as HAProxy appends its own line after the client's, so reading
+/// only the first line would believe the client's forgery. A line that is not text becomes a
+/// token that does not parse, which stops the right-to-left walk there.
+fn forwarded_for(req: &ServiceRequest) -> Option<String> {
+    let lines: Vec<&str> = req.headers().get_all("x-forwarded-for").map(|v| v.to_str().unwrap_or("invalid")).collect();
+    (!lines.is_empty()).then(|| lines.join(","))
 }
 
 fn record_metrics(method: &Method, route: &str, status: StatusCode, started: Instant) {
