@@ -19,9 +19,6 @@ use crate::sandbox::{self, Sandbox, SandboxConfig, Spec};
 /// PATH given to commands whose environment does not set one (the server's own is never passed).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// The descriptor number on which the sandbox helper reports a failed start.
-const REPORT_FD: i32 = 3;
-
 /// Longest a sandbox may take to set up; it takes milliseconds unless something is badly wrong.
 const SANDBOX_SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -138,6 +135,14 @@ async fn start_sandboxed(
     config: &SandboxConfig,
 ) -> Result<Spawned, StartError> {
     let workdir = PathBuf::from(&request.workdir);
+    // The write end is inherited by plain descriptor inheritance (no pre_exec hook, so the
+    // helper can be started with posix_spawn rather than a fork of the whole server). A helper
+    // of another command spawned at the same moment may inherit it too; it closes every
+    // descriptor but its own at once, so this one still sees EOF on time.
+    let (report, report_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| StartError::Sandboxed(format!("sandbox: cannot create a pipe: {e}")))?;
+    nix::fcntl::fcntl(report_write.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))
+        .map_err(|e| StartError::Sandboxed(format!("sandbox: cannot pass the report pipe: {e}")))?;
     let spec = Spec {
         workspace: workspace.to_path_buf(),
         cwd: sandbox_cwd(&workdir, request.cwd.as_deref()),
@@ -147,14 +152,12 @@ async fn start_sandboxed(
         network: config.network,
         hostname: format!("local-{}", request.project),
         hidden: config.hidden.clone(),
-        report_fd: REPORT_FD,
+        report_fd: report_write.as_raw_fd(),
+        server_pid: i32::try_from(std::process::id()).unwrap_or(i32::MAX),
         argv: request.argv.iter().map(OsString::from).collect(),
     };
-    let (report, report_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| StartError::Sandboxed(format!("sandbox: cannot create a pipe: {e}")))?;
     let mut command = base_command(&config.helper, request, &workdir);
     command.arg(sandbox::HELPER_MODE_ARG).args(spec.to_args());
-    sandbox::arrange_helper(&mut command, report_write.as_raw_fd(), REPORT_FD);
     let spawn = command.spawn();
     drop(report_write);
     let mut child = spawn.map_err(|e| StartError::Sandboxed(format!("sandbox: cannot start the helper: {e}")))?;

@@ -108,6 +108,11 @@ impl ScopeSet {
     pub fn iter(&self) -> impl Iterator<Item = Scope> + '_ {
         self.0.iter().copied()
     }
+
+    /// Whether every scope of `other` is granted by this set (only `admin` covers `admin`).
+    pub fn covers(&self, other: &ScopeSet) -> bool {
+        other.iter().all(|scope| self.grants(scope))
+    }
 }
 
 impl TryFrom<Vec<Scope>> for ScopeSet {
@@ -245,6 +250,73 @@ impl ProjectAccess {
             ProjectAccess::Only(set) => Some(set.iter().cloned().collect()),
         }
     }
+
+    /// Whether every project `other` may see is visible here too.
+    pub fn covers(&self, other: &ProjectAccess) -> bool {
+        match (self, other) {
+            (ProjectAccess::All, _) => true,
+            (ProjectAccess::Only(_), ProjectAccess::All) => false,
+            (ProjectAccess::Only(mine), ProjectAccess::Only(theirs)) => theirs.is_subset(mine),
+        }
+    }
+}
+
+/// An axis on which one key can be more powerful than another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerAxis {
+    /// What it may do.
+    Scopes,
+    /// Which projects it sees.
+    Projects,
+    /// Where it may be used from.
+    AllowedIps,
+    /// How long it lives.
+    ExpiresAt,
+}
+
+impl PowerAxis {
+    /// The key field that carries this axis.
+    pub fn field(self) -> &'static str {
+        match self {
+            PowerAxis::Scopes => "scopes",
+            PowerAxis::Projects => "projects",
+            PowerAxis::AllowedIps => "allowed_ips",
+            PowerAxis::ExpiresAt => "expires_at",
+        }
+    }
+}
+
+/// What a key may do, on every axis that ranks keys. A key may only create or manage keys
+/// whose powers it covers: no key can widen its own power by minting or rotating another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Powers {
+    /// Scopes.
+    pub scopes: ScopeSet,
+    /// Visible projects.
+    pub projects: ProjectAccess,
+    /// Allowed client networks (empty: anywhere).
+    pub allowed_ips: CidrList,
+    /// Expiry (`None`: never).
+    pub expires_at: Option<Timestamp>,
+}
+
+impl Powers {
+    /// The first axis on which `other` exceeds these powers, or `None` when they cover it.
+    pub fn first_exceeded_by(&self, other: &Powers) -> Option<PowerAxis> {
+        let expiry_covered = match (self.expires_at, other.expires_at) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(mine), Some(theirs)) => theirs <= mine,
+        };
+        [
+            (self.scopes.covers(&other.scopes), PowerAxis::Scopes),
+            (self.projects.covers(&other.projects), PowerAxis::Projects),
+            (self.allowed_ips.covers(&other.allowed_ips), PowerAxis::AllowedIps),
+            (expiry_covered, PowerAxis::ExpiresAt),
+        ]
+        .into_iter()
+        .find_map(|(covered, axis)| (!covered).then_some(axis))
+    }
 }
 
 /// A key's previous hash, still valid until `valid_until` after a rotation with grace.
@@ -287,6 +359,18 @@ pub struct ApiKey {
     pub last_used_at: Option<Timestamp>,
 }
 
+impl ApiKey {
+    /// The key's powers, to compare with another key's.
+    pub fn powers(&self) -> Powers {
+        Powers {
+            scopes: self.scopes.clone(),
+            projects: self.projects.clone(),
+            allowed_ips: self.allowed_ips.clone(),
+            expires_at: self.expires_at,
+        }
+    }
+}
+
 /// Why a presented key was refused (all map to 401 or 403; the store is not told).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyRejection {
@@ -325,6 +409,43 @@ impl ApiKey {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn powers(scopes: &[Scope], projects: Option<&[&str]>, ips: &[&str], expires_in: Option<i64>) -> Powers {
+        let base = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+        Powers {
+            scopes: ScopeSet::new(scopes.iter().copied()).unwrap(),
+            projects: projects.map_or(ProjectAccess::All, |p| {
+                ProjectAccess::Only(p.iter().map(|n| ProjectName::parse(n).unwrap()).collect())
+            }),
+            allowed_ips: CidrList::parse(ips).unwrap(),
+            expires_at: expires_in.map(|s| base + chrono::TimeDelta::seconds(s)),
+        }
+    }
+
+    #[test]
+    fn a_key_covers_only_keys_no_wider_on_any_axis() {
+        let limited = powers(&[Scope::Admin], Some(&["alpha", "beta"]), &["10.0.0.0/8"], Some(3600));
+        let inside = powers(&[Scope::CommandsRead], Some(&["alpha"]), &["10.1.0.0/16"], Some(60));
+        assert_eq!(limited.first_exceeded_by(&inside), None);
+        let cases = [
+            (powers(&[Scope::Admin], None, &["10.0.0.0/8"], Some(60)), PowerAxis::Projects),
+            (powers(&[Scope::Admin], Some(&["gamma"]), &["10.0.0.0/8"], Some(60)), PowerAxis::Projects),
+            (powers(&[Scope::Admin], Some(&["alpha"]), &[], Some(60)), PowerAxis::AllowedIps),
+            (powers(&[Scope::Admin], Some(&["alpha"]), &["11.0.0.0/8"], Some(60)), PowerAxis::AllowedIps),
+            (powers(&[Scope::Admin], Some(&["alpha"]), &["0.0.0.0/0"], Some(60)), PowerAxis::AllowedIps),
+            (powers(&[Scope::Admin], Some(&["alpha"]), &["10.0.0.0/8"], None), PowerAxis::ExpiresAt),
+            (powers(&[Scope::Admin], Some(&["alpha"]), &["10.0.0.0/8"], Some(3601)), PowerAxis::ExpiresAt),
+        ];
+        for (wider, axis) in cases {
+            assert_eq!(limited.first_exceeded_by(&wider), Some(axis), "{wider:?}");
+        }
+        let reader = powers(&[Scope::CommandsRead, Scope::AuditRead], None, &[], None);
+        let writer = powers(&[Scope::CommandsWrite], None, &[], None);
+        let admin = powers(&[Scope::Admin], None, &[], None);
+        assert_eq!(reader.first_exceeded_by(&writer), Some(PowerAxis::Scopes));
+        assert_eq!(reader.first_exceeded_by(&admin), Some(PowerAxis::Scopes));
+        assert_eq!(admin.first_exceeded_by(&limited), None, "an unlimited admin covers everything");
+    }
 
     #[test]
     fn generated_keys_parse_and_hide_in_debug() {

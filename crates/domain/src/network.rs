@@ -57,6 +57,14 @@ impl CidrList {
         self.is_empty() || self.contains(ip)
     }
 
+    /// Allow-list semantics: whether every address `other` allows is allowed here too.
+    pub fn covers(&self, other: &CidrList) -> bool {
+        if self.is_empty() {
+            return true;
+        }
+        !other.is_empty() && other.0.iter().all(|inner| self.0.iter().any(|outer| outer.contains(inner)))
+    }
+
     /// The CIDRs as text.
     pub fn to_strings(&self) -> Vec<String> {
         self.0.iter().map(ToString::to_string).collect()

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use domain::api_key::{ApiKey, ApiKeySecret, KeyRejection, PreviousSecret, ProjectAccess, Scope, ScopeSet};
+use domain::api_key::{ApiKey, ApiKeySecret, KeyRejection, Powers, PreviousSecret, ProjectAccess, Scope, ScopeSet};
 use domain::ids::ApiKeyId;
 use domain::network::CidrList;
 use domain::pagination::{Page, PageRequest};
@@ -37,6 +37,18 @@ pub struct NewKey {
     pub rate_limit_rps: Option<u32>,
     /// Expiry.
     pub expires_at: Option<Timestamp>,
+}
+
+impl NewKey {
+    /// The powers the new key would have.
+    pub fn powers(&self) -> Powers {
+        Powers {
+            scopes: self.scopes.clone(),
+            projects: self.projects.clone(),
+            allowed_ips: self.allowed_ips.clone(),
+            expires_at: self.expires_at,
+        }
+    }
 }
 
 /// Issues, authenticates, revokes and rotates keys.
@@ -84,6 +96,7 @@ impl ApiKeyService {
     pub async fn create(&self, actor: &Principal, new: NewKey) -> DomainResult<(ApiKey, ApiKeySecret)> {
         actor.require(Scope::Admin)?;
         validate_new(&new, self.clock.now())?;
+        actor.may_grant(&new.powers())?;
         let secret = generate_secret();
         let key = ApiKey {
             id: ApiKeyId::generate(),
@@ -151,21 +164,34 @@ impl ApiKeyService {
         }
     }
 
-    /// One key. Needs `admin`.
+    /// One key. Needs `admin`; a project-limited admin sees only keys within its projects.
     pub async fn get(&self, actor: &Principal, id: ApiKeyId) -> DomainResult<ApiKey> {
         actor.require(Scope::Admin)?;
-        self.repo.get(id).await
+        let key = self.repo.get(id).await?;
+        actor.see_key(&key)?;
+        Ok(key)
     }
 
-    /// Keys, paged. Needs `admin`.
+    /// Keys, paged. Needs `admin`; a project-limited admin sees only keys within its projects
+    /// (so one of its pages may hold fewer than `limit` keys; `next_cursor` still continues).
     pub async fn list(&self, actor: &Principal, page: PageRequest) -> DomainResult<Page<ApiKey>> {
         actor.require(Scope::Admin)?;
-        self.repo.list(page).await
+        let mut page = self.repo.list(page).await?;
+        page.items.retain(|key| actor.see_key(key).is_ok());
+        Ok(page)
     }
 
-    /// Revokes a key for good. Needs `admin`.
+    /// The key `id` if `actor` may manage it: visible, and no more powerful than the actor.
+    async fn manageable(&self, actor: &Principal, id: ApiKeyId) -> DomainResult<ApiKey> {
+        let key = self.get(actor, id).await?;
+        actor.may_grant(&key.powers())?;
+        Ok(key)
+    }
+
+    /// Revokes a key for good. Needs `admin`, and power over the key.
     pub async fn revoke(&self, actor: &Principal, id: ApiKeyId) -> DomainResult<ApiKey> {
         actor.require(Scope::Admin)?;
+        self.manageable(actor, id).await?;
         let key = self.repo.revoke(id, self.clock.now()).await?;
         tracing::info!(api_key_id = %id, "API key revoked");
         self.announce(id).await;
@@ -183,7 +209,7 @@ impl ApiKeyService {
         if grace_seconds > MAX_GRACE_SECONDS {
             return Err(DomainError::invalid("grace_seconds", "must be between 0 and 604800 (one week)"));
         }
-        let current = self.repo.get(id).await?;
+        let current = self.manageable(actor, id).await?;
         let secret = generate_secret();
         let previous = (grace_seconds > 0).then(|| PreviousSecret {
             hash: current.hash,
@@ -294,11 +320,7 @@ mod tests {
         let (svc, _) = service();
         assert!(svc.bootstrap_admin().await.expect("bootstrap").is_some());
         assert!(svc.bootstrap_admin().await.expect("bootstrap").is_none());
-        let reader = Principal {
-            key_id: None,
-            scopes: ScopeSet::new([Scope::AuditRead]).expect("s"),
-            projects: ProjectAccess::All,
-        };
+        let reader = Principal { scopes: ScopeSet::new([Scope::AuditRead]).expect("s"), ..Principal::system() };
         assert!(matches!(svc.create(&reader, new_key(&[])).await, Err(DomainError::Forbidden(_))));
         assert!(matches!(svc.authenticate("rdev_garbage", LOCAL).await, Err(DomainError::Unauthorized(_))));
     }

@@ -41,7 +41,12 @@ pub(crate) const FORWARDED: [Signal; 6] =
 
 /// Runs the helper for `spec`; returns the exit code when the command did not die of a signal.
 pub(crate) fn run(spec: &Spec) -> i32 {
-    if let Err(e) = sys::close_descriptors_above(spec.report_fd) {
+    // Set here rather than between the server's fork and exec, so the server can spawn the
+    // helper with posix_spawn; a server that died before this line is caught by the pid check.
+    if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err() || nix::unistd::getppid().as_raw() != spec.server_pid {
+        return SETUP_FAILED;
+    }
+    if let Err(e) = sys::close_descriptors_except(spec.report_fd) {
         // Nothing can be reported yet: the report descriptor may be among those not closed.
         eprintln!("rdev-api sandbox: cannot close inherited descriptors: {e}");
         return SETUP_FAILED;

@@ -20,7 +20,6 @@ use std::path::PathBuf;
 
 pub(crate) use spec::Spec;
 pub use spec::{NetworkMode, HELPER_MODE_ARG};
-pub(crate) use sys::arrange_helper;
 
 /// The uid and gid commands run as by default: distroless's "nonroot", unused on most hosts,
 /// and the same as project pods run as.

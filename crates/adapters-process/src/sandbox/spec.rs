@@ -62,6 +62,8 @@ pub(crate) struct Spec {
     pub hidden: Vec<PathBuf>,
     /// The descriptor on which the helper reports why the command could not start.
     pub report_fd: i32,
+    /// The server's pid: the helper dies with it, and exits at once if it is already gone.
+    pub server_pid: i32,
     /// Program and arguments.
     pub argv: Vec<OsString>,
 }
@@ -82,6 +84,7 @@ impl Spec {
         flag("--network", self.network.as_str().into());
         flag("--hostname", self.hostname.clone().into());
         flag("--report-fd", self.report_fd.to_string().into());
+        flag("--server-pid", self.server_pid.to_string().into());
         for hidden in &self.hidden {
             flag("--hide", hidden.clone().into_os_string());
         }
@@ -103,6 +106,7 @@ impl Spec {
             hostname: String::new(),
             hidden: Vec::new(),
             report_fd: -1,
+            server_pid: 0,
             argv: Vec::new(),
         };
         while let Some(name) = args.next() {
@@ -120,6 +124,7 @@ impl Spec {
                 Some("--network") => spec.network = text(&name, &value)?.parse()?,
                 Some("--hostname") => spec.hostname = text(&name, &value)?.to_owned(),
                 Some("--report-fd") => spec.report_fd = number(&name, &value)?,
+                Some("--server-pid") => spec.server_pid = number(&name, &value)?,
                 Some("--hide") => spec.hidden.push(value.into()),
                 _ => return Err(format!("unknown argument {}", name.to_string_lossy())),
             }
@@ -172,6 +177,7 @@ mod tests {
             hostname: "local-p".into(),
             hidden: vec!["/data".into(), "/etc/rdev/key".into()],
             report_fd: 3,
+            server_pid: 42,
             argv: vec!["sh".into(), "-c".into(), "echo --; ls".into()],
         }
     }

@@ -34,11 +34,19 @@ pub(crate) fn fork_single_threaded() -> nix::Result<ForkResult> {
     unsafe { nix::unistd::fork() }
 }
 
-/// Closes every descriptor above `keep`, so nothing the server opened reaches the command.
-pub(crate) fn close_descriptors_above(keep: RawFd) -> io::Result<()> {
-    let first = u32::try_from(keep + 1).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: close_range only closes descriptors; nothing in this process uses those above `keep`.
-    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0u32) };
+/// Closes every descriptor but the standard three and `keep`, so nothing the server opened
+/// (or another command's pipe, inherited in a race) reaches the command.
+pub(crate) fn close_descriptors_except(keep: RawFd) -> io::Result<()> {
+    let keep = u32::try_from(keep).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    if keep > 3 {
+        close_range(3, keep - 1)?;
+    }
+    close_range(keep + 1, u32::MAX)
+}
+
+fn close_range(first: u32, last: u32) -> io::Result<()> {
+    // SAFETY: close_range only closes descriptors; nothing in this process uses those in range.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) };
     if rc == 0 {
         Ok(())
     } else {
@@ -222,35 +230,6 @@ pub(crate) fn loopback_up() -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// Prepares the forked server child that becomes the helper: it dies with the server
-/// (`PR_SET_PDEATHSIG`, checked against a server that died before it was set) and gets the
-/// report pipe as descriptor `report_fd` (dup2 clears close-on-exec on the copy only, so the
-/// pipe never leaks into commands spawned concurrently by other threads).
-pub(crate) fn arrange_helper(command: &mut tokio::process::Command, report_pipe: RawFd, report_fd: RawFd) {
-    let server = nix::unistd::getpid();
-    // SAFETY: the closure runs between fork and exec and makes only async-signal-safe system
-    // calls (prctl, getppid, dup2, fcntl); it allocates nothing.
-    unsafe {
-        command.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::getppid() != server.as_raw() {
-                return Err(io::Error::from_raw_os_error(libc::ESRCH));
-            }
-            if report_pipe == report_fd {
-                let flags = libc::fcntl(report_fd, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(report_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            } else if libc::dup2(report_pipe, report_fd) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
 }
 
 /// `errno` as the error it is.

@@ -132,9 +132,9 @@ fn admin() -> Principal {
 
 fn limited(projects: &[&str]) -> Principal {
     Principal {
-        key_id: None,
         scopes: ScopeSet::new([Scope::WebhooksManage]).unwrap(),
         projects: ProjectAccess::Only(projects.iter().map(|p| project_name(p)).collect()),
+        ..Principal::system()
     }
 }
 
