@@ -8,7 +8,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use uuid::Uuid;
 
-use domain::audit::{seal, AuditEntry, AuditOutcome, AuditRecord, GENESIS_HASH};
+use domain::audit::{seal, AuditCheckpoint, AuditEntry, AuditOutcome, AuditRecord, GENESIS_HASH};
 use domain::ids::{ApiKeyId, AuditId};
 use domain::pagination::{Page, PageRequest};
 use domain::ports::{AuditFilter, AuditLog};
@@ -17,7 +17,7 @@ use domain::{DomainResult, Timestamp};
 use crate::codec;
 use crate::connection::db_error;
 use crate::prepared::CachedExt;
-use crate::schema::audit_log;
+use crate::schema::{audit_checkpoints, audit_log};
 use crate::{PgStore, StoreError, StoreResult};
 
 /// Taken for the rest of the transaction by every append: "rdevaudt".
@@ -87,6 +87,29 @@ impl AuditRow {
     }
 }
 
+/// One row of `audit_checkpoints`.
+#[derive(Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = audit_checkpoints, check_for_backend(diesel::pg::Pg))]
+struct CheckpointRow {
+    seq: i64,
+    hash: Vec<u8>,
+    count: i64,
+    at: Timestamp,
+    mac: Vec<u8>,
+}
+
+impl CheckpointRow {
+    fn into_domain(self) -> DomainResult<AuditCheckpoint> {
+        Ok(AuditCheckpoint {
+            seq: self.seq,
+            hash: hash32("hash", self.hash)?,
+            count: self.count,
+            at: self.at,
+            mac: hash32("mac", self.mac)?,
+        })
+    }
+}
+
 fn hash32(column: &str, bytes: Vec<u8>) -> DomainResult<[u8; 32]> {
     <[u8; 32]>::try_from(bytes).map_err(|b| codec::corrupt(column, &format!("{} bytes", b.len())))
 }
@@ -143,6 +166,10 @@ impl AuditLog for PgStore {
         if let Some(outcome) = filter.outcome {
             query = query.filter(audit_log::outcome.eq(outcome.as_str()));
         }
+        if let Some(visible) = filter.visible_projects.clone() {
+            // `IN` never matches NULL, so records without a project stay hidden too.
+            query = query.filter(audit_log::project.eq_any(visible));
+        }
         if let Some(after) = page.after.map(codec::cursor_seq) {
             query = query.filter(audit_log::seq.gt(after));
         }
@@ -168,6 +195,52 @@ impl AuditLog for PgStore {
             .await
             .map_err(|e| db_error(e, "scan audit records"))?;
         rows.into_iter().map(AuditRow::into_domain).collect()
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn latest(&self) -> DomainResult<Option<AuditRecord>> {
+        let mut conn = self.conn().await?;
+        let row = audit_log::table
+            .order(audit_log::seq.desc())
+            .select(AuditRow::as_select())
+            .first(&mut conn)
+            .await
+            .optional()
+            .map_err(|e| db_error(e, "read the last audit record"))?;
+        row.map(AuditRow::into_domain).transpose()
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(seq = checkpoint.seq))]
+    async fn add_checkpoint(&self, checkpoint: AuditCheckpoint) -> DomainResult<()> {
+        let row = CheckpointRow {
+            seq: checkpoint.seq,
+            hash: checkpoint.hash.to_vec(),
+            count: checkpoint.count,
+            at: domain::to_micros_precision(checkpoint.at),
+            mac: checkpoint.mac.to_vec(),
+        };
+        let mut conn = self.conn().await?;
+        diesel::insert_into(audit_checkpoints::table)
+            .values(&row)
+            .on_conflict_do_nothing()
+            .execute(&mut conn)
+            .await
+            .map_err(|e| db_error(e, "store audit checkpoint"))?;
+        Ok(())
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(after, limit))]
+    async fn checkpoints(&self, after: i64, limit: u32) -> DomainResult<Vec<AuditCheckpoint>> {
+        let mut conn = self.conn().await?;
+        let rows = audit_checkpoints::table
+            .filter(audit_checkpoints::seq.gt(after))
+            .order(audit_checkpoints::seq.asc())
+            .limit(i64::from(limit))
+            .select(CheckpointRow::as_select())
+            .load(&mut conn)
+            .await
+            .map_err(|e| db_error(e, "list audit checkpoints"))?;
+        rows.into_iter().map(CheckpointRow::into_domain).collect()
     }
 }
 

@@ -12,6 +12,7 @@ diesel::table! {
         default_timeout_seconds -> Integer,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        max_queued_commands -> Nullable<Integer>,
     }
 }
 
@@ -87,6 +88,16 @@ diesel::table! {
 }
 
 diesel::table! {
+    audit_checkpoints (seq) {
+        seq -> BigInt,
+        hash -> Bytea,
+        count -> BigInt,
+        at -> Timestamptz,
+        mac -> Bytea,
+    }
+}
+
+diesel::table! {
     audit_log (seq) {
         seq -> BigInt,
         id -> Uuid,
@@ -117,6 +128,7 @@ diesel::joinable!(api_key_allowed_ips -> api_keys (api_key_id));
 diesel::joinable!(commands -> projects (project_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
+    audit_checkpoints,
     projects,
     api_keys,
     api_key_allowed_ips,

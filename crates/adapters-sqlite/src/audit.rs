@@ -5,14 +5,14 @@ use async_trait::async_trait;
 use diesel::prelude::*;
 use diesel::SqliteConnection;
 
-use domain::audit::{seal, AuditEntry, AuditOutcome, AuditRecord, GENESIS_HASH};
+use domain::audit::{seal, AuditCheckpoint, AuditEntry, AuditOutcome, AuditRecord, GENESIS_HASH};
 use domain::ids::{ApiKeyId, AuditId};
 use domain::pagination::{Page, PageRequest};
 use domain::ports::{AuditFilter, AuditLog};
 use domain::DomainResult;
 
 use crate::codec::{self, micros};
-use crate::schema::audit_log;
+use crate::schema::{audit_checkpoints, audit_log};
 use crate::{SqliteStore, StoreResult};
 
 /// One row of `audit_log`.
@@ -79,6 +79,29 @@ impl AuditRow {
     }
 }
 
+/// One row of `audit_checkpoints`.
+#[derive(Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = audit_checkpoints, check_for_backend(diesel::sqlite::Sqlite))]
+struct CheckpointRow {
+    seq: i64,
+    hash: Vec<u8>,
+    count: i64,
+    at: i64,
+    mac: Vec<u8>,
+}
+
+impl CheckpointRow {
+    fn into_domain(self) -> DomainResult<AuditCheckpoint> {
+        Ok(AuditCheckpoint {
+            seq: self.seq,
+            hash: hash32("hash", self.hash)?,
+            count: self.count,
+            at: codec::time(self.at)?,
+            mac: hash32("mac", self.mac)?,
+        })
+    }
+}
+
 fn hash32(column: &str, bytes: Vec<u8>) -> DomainResult<[u8; 32]> {
     <[u8; 32]>::try_from(bytes).map_err(|b| codec::corrupt(column, &format!("{} bytes", b.len())))
 }
@@ -134,6 +157,10 @@ impl AuditLog for SqliteStore {
                 if let Some(outcome) = filter.outcome {
                     query = query.filter(audit_log::outcome.eq(outcome.as_str()));
                 }
+                if let Some(visible) = filter.visible_projects {
+                    // `IN` never matches NULL, so records without a project stay hidden too.
+                    query = query.filter(audit_log::project.eq_any(visible));
+                }
                 if let Some(after) = after {
                     query = query.filter(audit_log::seq.gt(after));
                 }
@@ -157,6 +184,51 @@ impl AuditLog for SqliteStore {
             })
             .await?;
         rows.into_iter().map(AuditRow::into_domain).collect()
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn latest(&self) -> DomainResult<Option<AuditRecord>> {
+        let row = self
+            .read("read the last audit record", |conn| {
+                Ok(audit_log::table
+                    .order(audit_log::seq.desc())
+                    .select(AuditRow::as_select())
+                    .first(conn)
+                    .optional()?)
+            })
+            .await?;
+        row.map(AuditRow::into_domain).transpose()
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(seq = checkpoint.seq))]
+    async fn add_checkpoint(&self, checkpoint: AuditCheckpoint) -> DomainResult<()> {
+        let row = CheckpointRow {
+            seq: checkpoint.seq,
+            hash: checkpoint.hash.to_vec(),
+            count: checkpoint.count,
+            at: micros(checkpoint.at),
+            mac: checkpoint.mac.to_vec(),
+        };
+        self.write("store audit checkpoint", move |conn| {
+            diesel::insert_or_ignore_into(audit_checkpoints::table).values(&row).execute(conn)?;
+            Ok(())
+        })
+        .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(after, limit))]
+    async fn checkpoints(&self, after: i64, limit: u32) -> DomainResult<Vec<AuditCheckpoint>> {
+        let rows = self
+            .read("list audit checkpoints", move |conn| {
+                Ok(audit_checkpoints::table
+                    .filter(audit_checkpoints::seq.gt(after))
+                    .order(audit_checkpoints::seq.asc())
+                    .limit(i64::from(limit))
+                    .select(CheckpointRow::as_select())
+                    .load(conn)?)
+            })
+            .await?;
+        rows.into_iter().map(CheckpointRow::into_domain).collect()
     }
 }
 

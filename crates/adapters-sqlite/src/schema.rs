@@ -12,6 +12,7 @@ diesel::table! {
         default_timeout_seconds -> Integer,
         created_at -> BigInt,
         updated_at -> BigInt,
+        max_queued_commands -> Nullable<Integer>,
     }
 }
 
@@ -89,6 +90,16 @@ diesel::table! {
     counters (name) {
         name -> Text,
         value -> BigInt,
+    }
+}
+
+diesel::table! {
+    audit_checkpoints (seq) {
+        seq -> BigInt,
+        hash -> Binary,
+        count -> BigInt,
+        at -> BigInt,
+        mac -> Binary,
     }
 }
 
@@ -193,6 +204,7 @@ diesel::joinable!(webhook_attempts -> webhook_deliveries (delivery_id));
 diesel::joinable!(commands -> projects (project_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
+    audit_checkpoints,
     projects,
     api_keys,
     api_key_allowed_ips,

@@ -127,8 +127,9 @@ fn new_key(name: String, scopes: &[String], projects: &[String]) -> Result<NewKe
 pub async fn audit(db: &Database, cmd: AuditCommand) -> Result<ExitCode, StartupError> {
     let stores = open_for_cli(db).await?;
     match cmd {
-        AuditCommand::Verify => {
-            let report = AuditService::new(stores.audit).verify(&Principal::system()).await?;
+        AuditCommand::Verify { checkpoints } => {
+            let policy = wiring::checkpoint_policy(&checkpoints)?;
+            let report = AuditService::new(stores.audit).with_checkpoints(policy).verify(&Principal::system()).await?;
             println!("{}", serde_json::to_string(&report).unwrap_or_default());
             Ok(if report.ok { 0 } else { 1 })
         }

@@ -8,13 +8,14 @@ use std::time::Duration;
 use adapters_kube::{KubeBackend, KubeConfig};
 use adapters_process::{NetworkMode, ProcessConfig, ProcessExecutor, Sandbox, SandboxConfig};
 use adapters_webhook::{HttpWebhookSender, SenderConfig};
+use domain::audit::CheckpointKey;
 use domain::ids::WorkerId;
 use domain::ports::{ApiKeyRepository, Clock, Executor, PodManager};
 use domain::rate_limit::RateLimitPolicy;
 use domain::webhook::WebhookSender;
 use domain::DomainError;
 use services::api_keys::ApiKeyService;
-use services::audit::AuditService;
+use services::audit::{AuditService, CheckpointPolicy};
 use services::breaker::{BreakerConfig, BreakerExecutor, BreakerPods, CircuitBreaker};
 use services::cache::{CacheConfig, CachedRepository};
 use services::clock::SystemClock;
@@ -30,7 +31,7 @@ use domain::signal::Signal;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ExecutorKind, ProcessNetwork, SandboxSwitch, ServeConfig};
+use crate::config::{AuditCheckpointArgs, ExecutorKind, ProcessNetwork, SandboxSwitch, ServeConfig};
 use crate::state::{AppState, HttpSettings};
 use crate::stores::Stores;
 
@@ -233,6 +234,19 @@ impl SignalPump {
     }
 }
 
+/// The checkpoint policy of `args`: the key file read and checked, or `None` without one.
+pub fn checkpoint_policy(args: &AuditCheckpointArgs) -> Result<Option<CheckpointPolicy>, StartupError> {
+    let Some(path) = &args.audit_checkpoint_key_file else { return Ok(None) };
+    let bytes = std::fs::read(path).map_err(|source| StartupError::Io { path: path.display().to_string(), source })?;
+    let key = CheckpointKey::new(&bytes)
+        .map_err(|e| StartupError::Config(format!("AUDIT_CHECKPOINT_KEY_FILE {}: {e}", path.display())))?;
+    Ok(Some(CheckpointPolicy {
+        key,
+        every_records: args.audit_checkpoint_records,
+        every: Duration::from_secs(args.audit_checkpoint_seconds),
+    }))
+}
+
 /// Wires every service for `serve`.
 pub async fn build(
     stores: Stores,
@@ -242,7 +256,9 @@ pub async fn build(
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let Backend { executor, pods, breaker } = backend(cfg).await?;
     let bus = Arc::new(stores.signals.clone().map_or_else(QueueBus::default, QueueBus::with_signals));
-    let audit = AuditService::new(stores.audit.clone());
+    let audit = AuditService::new(stores.audit.clone()).with_checkpoints(checkpoint_policy(&cfg.audit_checkpoints)?);
+    // Runs for the life of the runtime; a checkpoint is due within AUDIT_CHECKPOINT_SECONDS.
+    tokio::spawn(audit.clone().run_checkpoints(tokio_util::sync::CancellationToken::new()));
     let projects = Arc::new(ProjectService::new(stores.projects.clone(), clock.clone()));
     let commands = Arc::new(CommandService::new(
         projects.clone(),

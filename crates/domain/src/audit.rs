@@ -1,5 +1,6 @@
 //! The audit log: records and their hash chain.
 
+use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -8,7 +9,7 @@ use crate::Timestamp;
 
 /// How a recorded action ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum AuditOutcome {
     /// It was done.
     Success,
@@ -16,6 +17,8 @@ pub enum AuditOutcome {
     Denied,
     /// It was attempted and failed.
     Failure,
+    /// The client hung up before an answer was sent (logged with status 499, as nginx does).
+    ClientClosed,
 }
 
 impl AuditOutcome {
@@ -25,12 +28,13 @@ impl AuditOutcome {
             Self::Success => "success",
             Self::Denied => "denied",
             Self::Failure => "failure",
+            Self::ClientClosed => "client_closed",
         }
     }
 
     /// Parses the stored form.
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Success, Self::Denied, Self::Failure].into_iter().find(|o| o.as_str() == s)
+        [Self::Success, Self::Denied, Self::Failure, Self::ClientClosed].into_iter().find(|o| o.as_str() == s)
     }
 }
 
@@ -128,15 +132,182 @@ pub fn seal(id: AuditId, seq: i64, entry: AuditEntry, prev_hash: [u8; 32]) -> Au
     AuditRecord { id, seq, entry, prev_hash, hash }
 }
 
+/// Whether verification could prove that no record is missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Completeness {
+    /// Checked against signed checkpoints: nothing up to the last checkpoint was removed or
+    /// rewritten.
+    Proven,
+    /// Without the checkpoint key only the chain's internal consistency was checked: a deleted
+    /// tail or a chain recomputed from scratch would still look intact.
+    Unproven,
+}
+
 /// The result of checking the chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VerifyReport {
-    /// Whether every record checked out.
+    /// Whether every record (and every checkpoint, when a key was given) checked out.
     pub ok: bool,
     /// Records checked.
     pub checked: u64,
     /// The first record whose hash or link is wrong.
     pub first_bad_id: Option<AuditId>,
+    /// `proven` when checked against signed checkpoints, `unproven` without a key.
+    pub completeness: Completeness,
+    /// Checkpoints whose signature and record were checked.
+    pub checkpoints_checked: u64,
+    /// Records up to this sequence number are covered by a valid checkpoint.
+    pub proven_through_seq: Option<i64>,
+    /// Why a checkpoint did not match (signature, missing record, rewritten hash, count).
+    pub checkpoint_error: Option<String>,
+}
+
+/// A signed statement that the chain held `count` records and ended in `hash` at `seq`: the
+/// anchor outside the database (CloudTrail's digest files are the model). Without the key,
+/// which the database never holds, nobody can forge one for a rewritten chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditCheckpoint {
+    /// Sequence number of the last record covered.
+    pub seq: i64,
+    /// That record's hash.
+    pub hash: [u8; 32],
+    /// Records in the chain up to and including `seq`.
+    pub count: i64,
+    /// When it was made.
+    pub at: Timestamp,
+    /// `HMAC-SHA256(key, "rdev-audit-checkpoint-v1" || seq || hash || count)`.
+    pub mac: [u8; 32],
+}
+
+/// The secret that signs checkpoints (`AUDIT_CHECKPOINT_KEY_FILE`); never stored in the database.
+#[derive(Clone)]
+pub struct CheckpointKey(Vec<u8>);
+
+impl std::fmt::Debug for CheckpointKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CheckpointKey([redacted])")
+    }
+}
+
+/// Why a checkpoint key was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("the audit checkpoint key must hold at least {min} bytes, found {found}")]
+pub struct WeakCheckpointKey {
+    /// Least accepted length.
+    pub min: usize,
+    /// Length given.
+    pub found: usize,
+}
+
+impl CheckpointKey {
+    /// Fewest bytes accepted: a short key could be guessed offline from stored checkpoints.
+    pub const MIN_BYTES: usize = 32;
+
+    /// A key from the file's contents (surrounding whitespace trimmed, so a trailing newline
+    /// does not change the key).
+    pub fn new(bytes: &[u8]) -> Result<Self, WeakCheckpointKey> {
+        let trimmed = bytes.trim_ascii();
+        if trimmed.len() < Self::MIN_BYTES {
+            return Err(WeakCheckpointKey { min: Self::MIN_BYTES, found: trimmed.len() });
+        }
+        Ok(Self(trimmed.to_vec()))
+    }
+
+    fn mac(&self, seq: i64, hash: &[u8; 32], count: i64) -> Hmac<Sha256> {
+        // HMAC accepts keys of any length, so this cannot fail.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable!("any key length"));
+        mac.update(b"rdev-audit-checkpoint-v1");
+        mac.update(&seq.to_be_bytes());
+        mac.update(hash);
+        mac.update(&count.to_be_bytes());
+        mac
+    }
+
+    /// Signs the chain's state at `seq`.
+    pub fn sign(&self, seq: i64, hash: [u8; 32], count: i64, at: Timestamp) -> AuditCheckpoint {
+        let mac = self.mac(seq, &hash, count).finalize().into_bytes().into();
+        AuditCheckpoint { seq, hash, count, at, mac }
+    }
+
+    /// Whether `cp` was signed with this key (constant-time comparison).
+    pub fn verifies(&self, cp: &AuditCheckpoint) -> bool {
+        self.mac(cp.seq, &cp.hash, cp.count).verify_slice(&cp.mac).is_ok()
+    }
+}
+
+/// Checks records against signed checkpoints; feed it the same records as the `ChainVerifier`,
+/// in order, then `finish`.
+#[derive(Debug)]
+pub struct CheckpointVerifier {
+    key: CheckpointKey,
+    /// Checkpoints not yet reached, in ascending `seq`.
+    pending: std::collections::VecDeque<AuditCheckpoint>,
+    seen: i64,
+    checked: u64,
+    proven_through: Option<i64>,
+    error: Option<String>,
+}
+
+impl CheckpointVerifier {
+    /// A verifier of `checkpoints` (any order) under `key`.
+    pub fn new(key: CheckpointKey, mut checkpoints: Vec<AuditCheckpoint>) -> Self {
+        checkpoints.sort_by_key(|c| c.seq);
+        let mut v = Self { key, pending: checkpoints.into(), seen: 0, checked: 0, proven_through: None, error: None };
+        if let Some(bad) = v.pending.iter().find(|c| !v.key.verifies(c)) {
+            v.error = Some(format!("checkpoint at seq {} has a bad signature", bad.seq));
+        }
+        v
+    }
+
+    /// Checks the next record against a checkpoint at its position, if any.
+    pub fn observe(&mut self, r: &AuditRecord) {
+        if self.error.is_some() {
+            return;
+        }
+        self.seen += 1;
+        while let Some(cp) = self.pending.front() {
+            if cp.seq > r.seq {
+                break;
+            }
+            if cp.seq < r.seq {
+                self.error = Some(format!("the record at checkpoint seq {} is missing", cp.seq));
+                return;
+            }
+            if cp.hash != r.hash {
+                self.error = Some(format!("the record at checkpoint seq {} was rewritten", cp.seq));
+                return;
+            }
+            if cp.count != self.seen {
+                self.error = Some(format!(
+                    "checkpoint seq {} counted {} records, the log holds {}",
+                    cp.seq, cp.count, self.seen
+                ));
+                return;
+            }
+            self.checked += 1;
+            self.proven_through = Some(cp.seq);
+            self.pending.pop_front();
+        }
+    }
+
+    /// The verdict, merged with the chain's.
+    pub fn finish(mut self, chain: VerifyReport) -> VerifyReport {
+        // Only a complete walk may blame the tail: a broken chain stopped the walk early.
+        if self.error.is_none() && chain.ok {
+            if let Some(cp) = self.pending.front() {
+                self.error = Some(format!("records up to checkpoint seq {} are missing (log truncated)", cp.seq));
+            }
+        }
+        VerifyReport {
+            ok: chain.ok && self.error.is_none(),
+            completeness: Completeness::Proven,
+            checkpoints_checked: self.checked,
+            proven_through_seq: self.proven_through,
+            checkpoint_error: self.error,
+            ..chain
+        }
+    }
 }
 
 /// Checks records batch by batch; feed them in sequence order.
@@ -171,7 +342,15 @@ impl ChainVerifier {
 
     /// The verdict.
     pub fn report(&self) -> VerifyReport {
-        VerifyReport { ok: self.first_bad.is_none(), checked: self.checked, first_bad_id: self.first_bad }
+        VerifyReport {
+            ok: self.first_bad.is_none(),
+            checked: self.checked,
+            first_bad_id: self.first_bad,
+            completeness: Completeness::Unproven,
+            checkpoints_checked: 0,
+            proven_through_seq: None,
+            checkpoint_error: None,
+        }
     }
 }
 
@@ -209,7 +388,9 @@ mod tests {
     fn an_intact_chain_verifies() {
         let mut v = ChainVerifier::default();
         assert!(chain(5).iter().all(|r| v.check(r)));
-        assert_eq!(v.report(), VerifyReport { ok: true, checked: 5, first_bad_id: None });
+        let report = v.report();
+        assert_eq!((report.ok, report.checked, report.first_bad_id), (true, 5, None));
+        assert_eq!(report.completeness, Completeness::Unproven);
     }
 
     #[test]
@@ -233,5 +414,75 @@ mod tests {
             v.check(r);
         });
         assert_eq!(v.report().first_bad_id, Some(records[1].id));
+    }
+
+    fn verify_with(key: &CheckpointKey, records: &[AuditRecord], checkpoints: Vec<AuditCheckpoint>) -> VerifyReport {
+        let mut chain = ChainVerifier::default();
+        let mut cps = CheckpointVerifier::new(key.clone(), checkpoints);
+        for r in records {
+            if !chain.check(r) {
+                break;
+            }
+            cps.observe(r);
+        }
+        cps.finish(chain.report())
+    }
+
+    fn key() -> CheckpointKey {
+        CheckpointKey::new(&[7u8; 32]).expect("key")
+    }
+
+    fn checkpoint_at(records: &[AuditRecord], seq: i64) -> AuditCheckpoint {
+        let r = &records[usize::try_from(seq - 1).expect("seq")];
+        key().sign(r.seq, r.hash, seq, r.entry.at)
+    }
+
+    #[test]
+    fn checkpoints_prove_an_intact_chain() {
+        let records = chain(10);
+        let report = verify_with(&key(), &records, vec![checkpoint_at(&records, 5), checkpoint_at(&records, 10)]);
+        assert!(report.ok, "{report:?}");
+        assert_eq!((report.checkpoints_checked, report.proven_through_seq), (2, Some(10)));
+        assert_eq!(report.completeness, Completeness::Proven);
+    }
+
+    #[test]
+    fn a_truncated_tail_is_found() {
+        let records = chain(10);
+        let cps = vec![checkpoint_at(&records, 10)];
+        let report = verify_with(&key(), &records[..7], cps);
+        assert!(!report.ok);
+        assert!(report.checkpoint_error.is_some_and(|e| e.contains("truncated")));
+    }
+
+    #[test]
+    fn a_recomputed_chain_is_found() {
+        let records = chain(6);
+        let cps = vec![checkpoint_at(&records, 6)];
+        // Rewrite record 2 and re-seal everything after it: the chain itself is consistent.
+        let mut forged = records[..1].to_vec();
+        let mut prev = records[0].hash;
+        for r in &records[1..] {
+            let mut e = r.entry.clone();
+            if r.seq == 2 {
+                e.action = "nothing".into();
+            }
+            let s = seal(r.id, r.seq, e, prev);
+            prev = s.hash;
+            forged.push(s);
+        }
+        let report = verify_with(&key(), &forged, cps);
+        assert!(!report.ok);
+        assert_eq!(report.first_bad_id, None, "the chain alone looks fine");
+    }
+
+    #[test]
+    fn a_checkpoint_signed_with_another_key_is_refused() {
+        let records = chain(3);
+        let other = CheckpointKey::new(&[8u8; 40]).expect("key");
+        let r = &records[2];
+        let report = verify_with(&key(), &records, vec![other.sign(r.seq, r.hash, 3, r.entry.at)]);
+        assert!(!report.ok);
+        assert!(CheckpointKey::new(b"short").is_err());
     }
 }

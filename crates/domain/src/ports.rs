@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::api_key::{ApiKey, KeyHash, PreviousSecret, ProjectAccess};
-use crate::audit::{AuditEntry, AuditOutcome, AuditRecord};
+use crate::audit::{AuditCheckpoint, AuditEntry, AuditOutcome, AuditRecord};
 use crate::command::{Command, CommandStatus, Completion, EnvMap, NewCommand, Priority, Termination};
 use crate::ids::{ApiKeyId, CommandId, WorkerId};
 use crate::output::{CapturedOutput, CommandEvent, CommandOutput, OutputStream};
@@ -211,6 +211,9 @@ pub struct AuditFilter {
     pub until: Option<Timestamp>,
     /// Only this outcome.
     pub outcome: Option<AuditOutcome>,
+    /// Project visibility of the reader: `Some(list)` returns only records of those projects
+    /// (never records without a project); `None` returns every record.
+    pub visible_projects: Option<Vec<String>>,
 }
 
 /// The append-only, hash-chained audit log.
@@ -223,6 +226,13 @@ pub trait AuditLog: Send + Sync {
     async fn list(&self, filter: &AuditFilter, page: PageRequest) -> DomainResult<Page<AuditRecord>>;
     /// Records with `seq > after`, in order, at most `limit` (for verification).
     async fn scan(&self, after: i64, limit: u32) -> DomainResult<Vec<AuditRecord>>;
+    /// The last record, if any.
+    async fn latest(&self) -> DomainResult<Option<AuditRecord>>;
+    /// Stores a signed checkpoint; one for a `seq` already checkpointed is ignored (replicas
+    /// may race to sign the same state).
+    async fn add_checkpoint(&self, checkpoint: AuditCheckpoint) -> DomainResult<()>;
+    /// Checkpoints with `seq > after`, in order, at most `limit`.
+    async fn checkpoints(&self, after: i64, limit: u32) -> DomainResult<Vec<AuditCheckpoint>>;
 }
 
 /// Sliding-window counters, shared by every replica that uses the same store.

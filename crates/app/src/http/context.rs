@@ -101,6 +101,9 @@ async fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
         _ => {}
     })?;
     req.extensions_mut().insert(AuthenticatedKey(key.id));
+    if let Some(actor) = req.extensions().get::<super::middleware::AuditActor>() {
+        actor.set(key.id);
+    }
     let decision = state.limiter.check(&key).await?;
     req.extensions_mut().insert(decision);
     if !decision.allowed {

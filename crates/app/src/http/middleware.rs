@@ -1,6 +1,8 @@
 //! One observing middleware: request id and trace id, client address, metrics, RateLimit
 //! headers, and the audit record of every mutating or refused request.
 
+use std::cell::Cell;
+use std::rc::Rc;
 use std::time::Instant;
 
 use actix_web::body::MessageBody;
@@ -10,8 +12,10 @@ use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage};
 use domain::audit::{AuditEntry, AuditOutcome};
+use domain::ids::ApiKeyId;
 use domain::network::client_ip;
 use domain::rate_limit::RateDecision;
+use services::audit::AuditService;
 use tracing::Instrument;
 
 use super::context::{rate_decision, trace_id_of, valid_request_id, AuditProject, AuthenticatedKey, RequestContext};
@@ -30,7 +34,22 @@ pub async fn observe(
     req.extensions_mut().insert(context.clone());
     let method = req.method().clone();
     let span = tracing::info_span!("http", method = %method, path = %req.path(), request_id = %context.request_id, trace_id = context.trace_id.as_deref().unwrap_or(""));
-    let mut res = next.call(req).instrument(span).await?;
+    let actor = AuditActor::default();
+    req.extensions_mut().insert(actor.clone());
+    // Dropped with this future when the client hangs up before the answer: it then writes the
+    // `client_closed` record from a task of its own. Disarmed below once an answer exists.
+    let mut hang_up = HangUpGuard::arm(&req, state.as_ref(), &context, &method, actor);
+    let res = next.call(req).instrument(span).await;
+    hang_up.disarm();
+    let mut res = match res {
+        Ok(res) => res,
+        Err(e) => {
+            // An error the inner service did not turn into a response still gets its one record.
+            let status = e.as_response_error().status_code();
+            record_metrics(&method, "unmatched", status, started);
+            return Err(e);
+        }
+    };
 
     let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());
     let status = res.status();
@@ -42,10 +61,88 @@ pub async fn observe(
     if let Some(state) = state {
         if must_audit(&method, status) {
             let entry = audit_entry(&res, &context, &method, &route, status);
-            state.audit.record(entry).await;
+            // Written by its own task: should the client hang up now, dropping this future, the
+            // record is still finished (awaited here so it is readable once the answer is).
+            let audit = state.audit.clone();
+            if let Err(e) = tokio::spawn(async move { audit.record(entry).await }).await {
+                tracing::error!(error = %e, "audit task failed");
+            }
         }
     }
     Ok(res)
+}
+
+/// The key that authenticated this request, shared with the hang-up guard, which cannot read
+/// the request's extensions once the request has moved on into the handler.
+#[derive(Debug, Clone, Default)]
+pub struct AuditActor(Rc<Cell<Option<ApiKeyId>>>);
+
+impl AuditActor {
+    /// Notes the authenticated key.
+    pub fn set(&self, id: ApiKeyId) {
+        self.0.set(Some(id));
+    }
+}
+
+/// Writes the `client_closed` record of a request whose future is dropped before it answered.
+struct HangUpGuard {
+    armed: Option<(AuditService, AuditEntry, AuditActor)>,
+}
+
+impl HangUpGuard {
+    fn arm(
+        req: &ServiceRequest,
+        state: Option<&web::Data<AppState>>,
+        ctx: &RequestContext,
+        method: &Method,
+        actor: AuditActor,
+    ) -> Self {
+        let status = StatusCode::from_u16(CLIENT_CLOSED).unwrap_or(StatusCode::BAD_REQUEST);
+        let armed = state.filter(|_| must_audit(method, status)).map(|state| {
+            // Routing has not run yet, but the resource map already knows the pattern.
+            let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+            let entry = AuditEntry {
+                at: domain::to_micros_precision(chrono::Utc::now()),
+                actor: None,
+                client_ip: Some(ctx.client_ip.to_string()),
+                action: format!("{method} {route}"),
+                resource: req.path().to_owned(),
+                project: path_param(&route, req.path(), "{name}"),
+                outcome: AuditOutcome::ClientClosed,
+                detail: Some(CLIENT_CLOSED.to_string()),
+                request_id: Some(ctx.request_id.clone()),
+                trace_id: ctx.trace_id.clone(),
+            };
+            (state.audit.clone(), entry, actor)
+        });
+        Self { armed }
+    }
+
+    fn disarm(&mut self) {
+        self.armed = None;
+    }
+}
+
+impl Drop for HangUpGuard {
+    fn drop(&mut self) {
+        let Some((audit, mut entry, actor)) = self.armed.take() else { return };
+        entry.actor = actor.0.get();
+        entry.at = domain::to_micros_precision(chrono::Utc::now());
+        metrics::counter!(services::metrics::HTTP_REQUESTS_TOTAL, "method" => entry.action.split(' ').next().unwrap_or("").to_owned(), "route" => "client_closed", "status" => CLIENT_CLOSED.to_string()).increment(1);
+        // Dropped futures cannot await; outside a runtime (never in the server) nothing is lost
+        // that was not lost before.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { audit.record(entry).await });
+        }
+    }
+}
+
+/// nginx's status for "client closed the request".
+const CLIENT_CLOSED: u16 = 499;
+
+/// The path segment at the position of `param` in `pattern` (`/v1/projects/{name}/…`).
+fn path_param(pattern: &str, path: &str, param: &str) -> Option<String> {
+    pattern.split('/').zip(path.split('/')).find(|(p, _)| *p == param).map(|(_, v)| v.to_owned())
 }
 
 fn context_of(req: &ServiceRequest, state: Option<&AppState>) -> RequestContext {

@@ -2,7 +2,7 @@
 
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
-use domain::audit::AuditRecord;
+use domain::audit::{AuditRecord, Completeness};
 use domain::ids::ApiKeyId;
 use domain::ports::AuditFilter;
 use serde::{Deserialize, Serialize};
@@ -31,7 +31,8 @@ pub struct AuditRecordBody {
     pub resource: String,
     /// Project.
     pub project: Option<String>,
-    /// `success`, `denied` or `failure`.
+    /// `success`, `denied`, `failure` or `client_closed` (the client hung up before an answer;
+    /// `detail` is `499`).
     pub outcome: String,
     /// Detail (HTTP status, exit status).
     pub detail: Option<String>,
@@ -90,6 +91,7 @@ pub struct AuditQuery {
 #[utoipa::path(get, path = "/v1/audit-log", tag = "audit", params(AuditQuery, PageQuery), responses(
     (status = 200, description = "A page of records, oldest first", body = PageOf<AuditRecordBody>), (status = 400, description = "Bad filter, limit or cursor", body = Problem),
     (status = 401, description = "Unauthenticated", body = Problem), (status = 403, description = "Missing scope", body = Problem),
+    (status = 404, description = "`project` names a project this key cannot see", body = Problem),
     (status = 429, description = "Rate limited", body = Problem)))]
 pub async fn list(
     state: web::Data<AppState>,
@@ -104,6 +106,7 @@ pub async fn list(
         since: f.since,
         until: f.until,
         outcome: None,
+        visible_projects: None,
     };
     let page = state.audit.list(&caller.principal, &filter, q.page()?).await?;
     Ok(HttpResponse::Ok().json(PageOf::from_page(page, AuditRecordBody::from)))
@@ -118,6 +121,15 @@ pub struct VerifyBody {
     pub checked: u64,
     /// First record that does not match.
     pub first_bad_id: Option<String>,
+    /// `proven` when the server holds the checkpoint key and every signed checkpoint matched;
+    /// `unproven` without a key (a deleted tail or a recomputed chain would not show).
+    pub completeness: String,
+    /// Signed checkpoints checked.
+    pub checkpoints_checked: u64,
+    /// Records up to this sequence number are covered by a valid checkpoint.
+    pub proven_through_seq: Option<i64>,
+    /// Why a checkpoint did not match, when one did not.
+    pub checkpoint_error: Option<String>,
 }
 
 /// Verifies the hash chain (`audit:read`).
@@ -130,6 +142,14 @@ pub async fn verify(state: web::Data<AppState>, caller: Caller) -> ApiResult<Htt
         ok: r.ok,
         checked: r.checked,
         first_bad_id: r.first_bad_id.map(|i| i.to_string()),
+        completeness: match r.completeness {
+            Completeness::Proven => "proven",
+            Completeness::Unproven => "unproven",
+        }
+        .to_owned(),
+        checkpoints_checked: r.checkpoints_checked,
+        proven_through_seq: r.proven_through_seq,
+        checkpoint_error: r.checkpoint_error,
     }))
 }
 

@@ -254,8 +254,16 @@ pub async fn output(state: web::Data<AppState>, caller: Caller, id: web::Path<St
     (status = 401, description = "Unauthenticated", body = Problem), (status = 403, description = "Missing scope", body = Problem),
     (status = 404, description = "No such command", body = Problem), (status = 409, description = "Already ended", body = Problem),
     (status = 429, description = "Rate limited", body = Problem)))]
-pub async fn cancel(state: web::Data<AppState>, caller: Caller, id: web::Path<String>) -> ApiResult<HttpResponse> {
+pub async fn cancel(
+    req: actix_web::HttpRequest,
+    state: web::Data<AppState>,
+    caller: Caller,
+    id: web::Path<String>,
+) -> ApiResult<HttpResponse> {
     let command = state.commands.cancel(&caller.principal, parse_id::<CommandId>(&id)?).await?;
+    // The path names only the command; its project makes the record findable with ?project=.
+    actix_web::HttpMessage::extensions_mut(&req)
+        .insert(crate::http::context::AuditProject(command.project.to_string()));
     Ok(HttpResponse::Ok().json(CommandBody::from(CommandView { command, queue_position: None })))
 }
 

@@ -220,6 +220,33 @@ pub async fn audit_log<S: Store, F: Fn() -> Fut, Fut: Future<Output = S>>(fresh:
             .await
             .expect("page 2");
     assert_eq!(p2.items.first().map(|r| r.seq), Some(11), "paged by seq");
+
+    // Project visibility: only the listed projects, never records without a project.
+    let limited = AuditFilter { visible_projects: Some(vec!["web".into()]), ..AuditFilter::default() };
+    let seen = AuditLog::list(store.as_ref(), &limited, page(50)).await.expect("list");
+    assert_eq!(seen.items.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1], "only web's record");
+    let none = AuditFilter { visible_projects: Some(Vec::new()), ..AuditFilter::default() };
+    assert_eq!(AuditLog::list(store.as_ref(), &none, page(50)).await.map(|p| p.items.len()), Ok(0));
+    let crossed = AuditFilter {
+        visible_projects: Some(vec!["web".into()]),
+        project: Some("api".into()),
+        ..AuditFilter::default()
+    };
+    assert_eq!(AuditLog::list(store.as_ref(), &crossed, page(50)).await.map(|p| p.items.len()), Ok(0));
+
+    // Checkpoints: the latest record, stored once per seq, listed in order.
+    let last = AuditLog::latest(store.as_ref()).await.expect("latest").expect("a record");
+    assert_eq!(last.seq, 22);
+    let key = crate::audit::CheckpointKey::new(&[1u8; 32]).expect("key");
+    let cp5 = key.sign(5, all[4].hash, 5, fixed_start());
+    let cp22 = key.sign(22, last.hash, 22, fixed_start());
+    AuditLog::add_checkpoint(store.as_ref(), cp22.clone()).await.expect("checkpoint");
+    AuditLog::add_checkpoint(store.as_ref(), cp5.clone()).await.expect("checkpoint");
+    let mut again = cp22.clone();
+    again.count = 99;
+    AuditLog::add_checkpoint(store.as_ref(), again).await.expect("a second one for the same seq is ignored");
+    assert_eq!(AuditLog::checkpoints(store.as_ref(), 0, 10).await, Ok(vec![cp5, cp22.clone()]));
+    assert_eq!(AuditLog::checkpoints(store.as_ref(), 5, 10).await, Ok(vec![cp22]));
 }
 
 /// `RateLimitStore`: the window arithmetic, per-key isolation, windows moving on, concurrency.

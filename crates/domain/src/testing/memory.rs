@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::api_key::{ApiKey, KeyHash, PreviousSecret, ProjectAccess};
-use crate::audit::{seal, AuditEntry, AuditRecord, GENESIS_HASH};
+use crate::audit::{seal, AuditCheckpoint, AuditEntry, AuditRecord, GENESIS_HASH};
 use crate::command::{dequeue_order, Command, CommandStatus, Completion, NewCommand, TerminationReason};
 use crate::ids::{ApiKeyId, AuditId, CommandId, WorkerId};
 use crate::output::{CommandEvent, CommandOutput, EventKind, OutputStream};
@@ -57,6 +57,7 @@ struct State {
     next_seq: i64,
     next_fence: i64,
     audit: Vec<AuditRecord>,
+    checkpoints: BTreeMap<i64, AuditCheckpoint>,
     windows: HashMap<(String, i64), u64>,
     workers: HashMap<String, (u32, Timestamp)>,
     webhooks: WebhookTables,
@@ -445,6 +446,20 @@ impl AuditLog for MemoryStore {
     async fn scan(&self, after: i64, limit: u32) -> DomainResult<Vec<AuditRecord>> {
         Ok(self.lock().audit.iter().filter(|r| r.seq > after).take(limit as usize).cloned().collect())
     }
+
+    async fn latest(&self) -> DomainResult<Option<AuditRecord>> {
+        Ok(self.lock().audit.last().cloned())
+    }
+
+    async fn add_checkpoint(&self, checkpoint: AuditCheckpoint) -> DomainResult<()> {
+        self.lock().checkpoints.entry(checkpoint.seq).or_insert(checkpoint);
+        Ok(())
+    }
+
+    async fn checkpoints(&self, after: i64, limit: u32) -> DomainResult<Vec<AuditCheckpoint>> {
+        let s = self.lock();
+        Ok(s.checkpoints.range(after.saturating_add(1)..).take(limit as usize).map(|(_, c)| c.clone()).collect())
+    }
 }
 
 /// Whether an entry passes a filter; the reference semantics of `AuditFilter`.
@@ -455,6 +470,7 @@ pub fn audit_matches(f: &AuditFilter, e: &AuditEntry) -> bool {
         && f.since.is_none_or(|t| e.at >= t)
         && f.until.is_none_or(|t| e.at < t)
         && f.outcome.is_none_or(|o| e.outcome == o)
+        && f.visible_projects.as_ref().is_none_or(|v| e.project.as_ref().is_some_and(|p| v.contains(p)))
 }
 
 #[async_trait]
