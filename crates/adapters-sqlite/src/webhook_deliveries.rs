@@ -362,6 +362,32 @@ impl DeliveryQueue for SqliteStore {
         Ok(Page::from_overfetch(items, page.limit, |d| d.id.as_uuid().as_u128()))
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn last_attempts(&self, ids: &[DeliveryId]) -> DomainResult<Vec<(DeliveryId, Attempt)>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        let rows: Vec<AttemptRow> = self
+            .read("last webhook attempts", move |conn| {
+                Ok(webhook_attempts::table
+                    .filter(webhook_attempts::delivery_id.eq_any(&ids))
+                    .order((webhook_attempts::delivery_id.asc(), webhook_attempts::number.desc()))
+                    .select(AttemptRow::as_select())
+                    .load(conn)?)
+            })
+            .await?;
+        let mut last = Vec::new();
+        for row in rows {
+            let id = DeliveryId::from_uuid(codec::uuid(&row.delivery_id)?);
+            // Rows come newest first within each delivery: the first one seen is the latest.
+            if last.last().is_none_or(|(seen, _): &(DeliveryId, Attempt)| *seen != id) {
+                last.push((id, row.into_domain()?));
+            }
+        }
+        Ok(last)
+    }
+
     #[tracing::instrument(level = "debug", skip_all, fields(delivery_id = %id))]
     async fn get_delivery(&self, id: DeliveryId) -> DomainResult<DeliveryDetail> {
         let id = id.to_string();

@@ -45,6 +45,9 @@ async fn a_finished_command_is_delivered_signed_and_tracked() {
     let deliveries: Value = app.get(&format!("/v1/webhooks/{id}/deliveries")).await.json().await.expect("json");
     let delivery = &deliveries["items"][0];
     assert_eq!(delivery["status"], "succeeded", "{deliveries}");
+    // The listing carries the last attempt's outcome (the first attempt got a 500).
+    assert_eq!(delivery["last_status_code"], 204, "{deliveries}");
+    assert!(delivery["last_latency_ms"].is_u64() && delivery["last_error"].is_null(), "{deliveries}");
     let delivery_id = delivery["id"].as_str().expect("delivery id");
     assert_eq!(Some(delivery_id), got[0].header("webhook-id"));
     let detail: Value = app.get(&format!("/v1/webhook-deliveries/{delivery_id}")).await.json().await.expect("json");

@@ -513,6 +513,24 @@ impl DeliveryQueue for PgStore {
         Ok(Page::from_overfetch(items, page.limit, |d| d.id.as_uuid().as_u128()))
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn last_attempts(&self, ids: &[DeliveryId]) -> DomainResult<Vec<(DeliveryId, Attempt)>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Uuid> = ids.iter().map(|id| id.as_uuid()).collect();
+        let mut conn = self.conn().await?;
+        let rows: Vec<AttemptRow> = webhook_attempts::table
+            .filter(webhook_attempts::delivery_id.eq_any(&ids))
+            .distinct_on(webhook_attempts::delivery_id)
+            .order((webhook_attempts::delivery_id.asc(), webhook_attempts::number.desc()))
+            .select(AttemptRow::as_select())
+            .load(&mut conn)
+            .await
+            .map_err(|e| db_error(e, "last webhook attempts"))?;
+        rows.into_iter().map(|row| Ok((DeliveryId::from_uuid(row.delivery_id), row.into_domain()?))).collect()
+    }
+
     #[tracing::instrument(level = "debug", skip_all, fields(delivery_id = %id))]
     async fn get_delivery(&self, id: DeliveryId) -> DomainResult<DeliveryDetail> {
         let id = id.as_uuid();

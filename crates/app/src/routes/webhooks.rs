@@ -169,11 +169,33 @@ pub struct DeliveryView {
     pub redelivery_of: Option<String>,
     /// Creation.
     pub created_at: DateTime<Utc>,
+    /// The HTTP status of the last attempt's answer (`null` before any attempt or when none
+    /// arrived).
+    pub last_status_code: Option<u16>,
+    /// How long the last attempt took, in milliseconds.
+    pub last_latency_ms: Option<u32>,
+    /// What went wrong in the last attempt when no answer arrived (timeout, refused, …).
+    pub last_error: Option<String>,
+}
+
+impl DeliveryView {
+    /// The listing view: the delivery with the outcome of its latest attempt.
+    fn with_last_attempt(delivery: Delivery, last: Option<&Attempt>) -> Self {
+        Self {
+            last_status_code: last.and_then(|a| a.status_code),
+            last_latency_ms: last.map(|a| a.latency_ms),
+            last_error: last.and_then(|a| a.error.clone()),
+            ..Self::from(delivery)
+        }
+    }
 }
 
 impl From<Delivery> for DeliveryView {
     fn from(d: Delivery) -> Self {
         Self {
+            last_status_code: None,
+            last_latency_ms: None,
+            last_error: None,
             id: d.id.to_string(),
             webhook_id: d.webhook_id.to_string(),
             event_id: d.event_id.to_string(),
@@ -204,7 +226,7 @@ pub struct DeliveryDetailView {
 impl From<DeliveryDetail> for DeliveryDetailView {
     fn from(d: DeliveryDetail) -> Self {
         Self {
-            delivery: d.delivery.into(),
+            delivery: DeliveryView::with_last_attempt(d.delivery, d.attempts.last()),
             attempt_log: d.attempts.into_iter().map(AttemptView::from).collect(),
             payload: serde_json::from_str(d.event.payload.as_str()).unwrap_or(serde_json::Value::Null),
         }
@@ -358,7 +380,11 @@ pub async fn deliveries(
         q.status.as_deref().map(str::parse::<DeliveryStatus>).transpose().map_err(|e| e.in_field("status."))?;
     let page = PageQuery { limit: q.limit, cursor: q.cursor.clone() }.page()?;
     let page = state.webhooks.list_deliveries(&caller.principal, parse_id::<WebhookId>(&id)?, status, page).await?;
-    Ok(HttpResponse::Ok().json(PageOf::from_page(page, DeliveryView::from)))
+    let last = state.webhooks.last_attempts(&page.items).await?;
+    Ok(HttpResponse::Ok().json(PageOf::from_page(page, |d| {
+        let attempt = last.get(&d.id);
+        DeliveryView::with_last_attempt(d, attempt)
+    })))
 }
 
 /// One delivery with every attempt (`webhooks:manage`).

@@ -322,6 +322,15 @@ impl DeliveryQueue for MemoryStore {
         })
     }
 
+    async fn last_attempts(&self, ids: &[DeliveryId]) -> DomainResult<Vec<(DeliveryId, Attempt)>> {
+        self.with_webhooks(|t| {
+            Ok(ids
+                .iter()
+                .filter_map(|id| t.deliveries.get(id).and_then(|r| r.attempts.last()).map(|a| (*id, a.clone())))
+                .collect())
+        })
+    }
+
     async fn get_delivery(&self, id: DeliveryId) -> DomainResult<DeliveryDetail> {
         self.with_webhooks(|t| {
             let row = t.deliveries.get(&id).ok_or_else(delivery_not_found)?;

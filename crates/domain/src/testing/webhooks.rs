@@ -442,6 +442,10 @@ async fn attempts_are_recorded_in_order<S: WebhookStore>(store: S) {
         .is_some_and(|s| s.len() <= 20 * 1024 && s.len() > 20 * 1024 - 2));
     assert_eq!(detail.attempts[1], r2.clone().numbered(2));
     assert_eq!(detail.attempts[2], r3.clone().numbered(3));
+    let unknown = DeliveryId::generate();
+    let last = store.last_attempts(&[unknown, d.id]).await.expect("last attempts");
+    assert_eq!(last, vec![(d.id, r3.clone().numbered(3))], "only the latest attempt, only of known deliveries");
+    assert_eq!(store.last_attempts(&[]).await.expect("none"), Vec::new());
     assert_eq!(
         store.record_attempt(d.id, third.fence, &r1, NextStep::Succeeded).await,
         Ok(None),
@@ -497,6 +501,10 @@ async fn redeliver_and_listing<S: WebhookStore>(store: S) {
         (DeliveryStatus::Pending, 0, Some(now), Some(original))
     );
     assert_eq!(store.get_delivery(new_id).await.expect("detail").event, leased.event);
+    let mut last = store.last_attempts(&[new_id, original]).await.expect("last attempts");
+    last.sort_by_key(|(id, _)| *id);
+    assert_eq!(last.len(), 1, "a delivery without attempts has no last attempt: {last:?}");
+    assert_eq!((last[0].0, last[0].1.status_code), (original, Some(200)));
     assert_eq!(lease_one(&store, now).await.delivery.id, new_id, "a redelivery is due at once");
     assert!(matches!(
         store.redeliver(DeliveryId::generate(), DeliveryId::generate(), now).await,

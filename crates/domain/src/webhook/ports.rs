@@ -6,8 +6,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::model::{
-    AttemptReport, Delivery, DeliveryDetail, DeliveryFilter, Disabled, FanOut, LeaseRequest, LeasedDelivery, NextStep,
-    OutboxEvent, PreviousWebhookSecret, Webhook,
+    Attempt, AttemptReport, Delivery, DeliveryDetail, DeliveryFilter, Disabled, FanOut, LeaseRequest, LeasedDelivery,
+    NextStep, OutboxEvent, PreviousWebhookSecret, Webhook,
 };
 use super::values::{WebhookSecret, WebhookUrl};
 use super::{DeliveryId, WebhookId};
@@ -92,6 +92,9 @@ pub trait DeliveryQueue: Send + Sync {
     /// One delivery with its attempts in order and its event. MUST return `NotFound` for an
     /// unknown id.
     async fn get_delivery(&self, id: DeliveryId) -> DomainResult<DeliveryDetail>;
+    /// The latest attempt of each of `ids` that has one (any order; unknown ids and deliveries
+    /// without attempts are left out). One round trip, for listings.
+    async fn last_attempts(&self, ids: &[DeliveryId]) -> DomainResult<Vec<(DeliveryId, Attempt)>>;
     /// Deletes finished deliveries (with attempts) created before `before`, and dispatched
     /// events created before `before` that no delivery refers to any more. Returns how many
     /// deliveries went.

@@ -1,6 +1,7 @@
 //! `WebhookService`: subscriptions, secret rotation, test pings, redelivery and delivery
 //! tracking, for keys with `webhooks:manage`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,9 +12,9 @@ use domain::pod::PodStatus;
 use domain::ports::Clock;
 use domain::project::ProjectName;
 use domain::webhook::{
-    ping_event, pod_event, Delivery, DeliveryDetail, DeliveryFilter, DeliveryId, DeliveryQueue, DeliveryStatus,
-    EventSet, OutboxEvent, PreviousWebhookSecret, Webhook, WebhookId, WebhookRepository, WebhookSecret, WebhookSender,
-    WebhookUrl,
+    ping_event, pod_event, Attempt, Delivery, DeliveryDetail, DeliveryFilter, DeliveryId, DeliveryQueue,
+    DeliveryStatus, EventSet, OutboxEvent, PreviousWebhookSecret, Webhook, WebhookId, WebhookRepository, WebhookSecret,
+    WebhookSender, WebhookUrl,
 };
 use domain::{DomainError, DomainResult};
 use rand::RngCore;
@@ -258,6 +259,13 @@ impl WebhookService {
         actor.require(Scope::WebhooksManage)?;
         self.visible(actor, webhook).await?;
         self.deliveries.list_deliveries(&DeliveryFilter { webhook, status }, page).await
+    }
+
+    /// The latest attempt of each listed delivery, for the listing's status, latency and error
+    /// (the caller has just listed them, so visibility was checked there).
+    pub async fn last_attempts(&self, deliveries: &[Delivery]) -> DomainResult<HashMap<DeliveryId, Attempt>> {
+        let ids: Vec<DeliveryId> = deliveries.iter().map(|d| d.id).collect();
+        Ok(self.deliveries.last_attempts(&ids).await?.into_iter().collect())
     }
 
     /// One delivery with every attempt, if its subscription is visible.
