@@ -43,6 +43,12 @@ WITH queued AS ( \
 ) \
 SELECT * FROM queued";
 
+/// Serializes enqueues of one project (`$1`: its id) until the transaction ends, so the count
+/// of its queued commands cannot go stale before the insert. Only enqueues take it: claims and
+/// cancels only shrink the queue, so they cannot push it past the cap. The two-key form keeps
+/// these locks apart from the single-key advisory locks used elsewhere.
+const ENQUEUE_LOCK: &str = "SELECT pg_advisory_xact_lock(1919251317, hashtext($1::text))";
+
 /// The unique index that keeps one live use of an idempotency key per client.
 const IDEMPOTENCY_INDEX: &str = "commands_idempotency";
 
@@ -211,9 +217,14 @@ async fn earlier_use(conn: &mut AsyncPgConnection, row: &NewCommandRow) -> Store
 }
 
 /// Stores `row` unless its idempotency key was used already (then replays or conflicts).
-async fn insert_new(conn: &mut AsyncPgConnection, row: &NewCommandRow) -> StoreResult<(CommandRow, bool)> {
+async fn insert_new(
+    conn: &mut AsyncPgConnection,
+    row: &NewCommandRow,
+    max_queued: u32,
+) -> StoreResult<(CommandRow, bool)> {
     if row.idempotency_key.is_none() {
-        let stored = conn.transaction::<_, StoreError, _>(async |conn| insert_queued(conn, row).await).await?;
+        let stored =
+            conn.transaction::<_, StoreError, _>(async |conn| insert_queued(conn, row, max_queued).await).await?;
         return Ok((stored, false));
     }
     conn.transaction::<_, StoreError, _>(async |conn| {
@@ -224,14 +235,26 @@ async fn insert_new(conn: &mut AsyncPgConnection, row: &NewCommandRow) -> StoreR
             }
             None => {}
         }
-        Ok((insert_queued(conn, row).await?, false))
+        Ok((insert_queued(conn, row, max_queued).await?, false))
     })
     .await
 }
 
 /// Stores a new command with its first event and its `command.queued` webhook event; callers
-/// run it in a transaction, so a replayed enqueue (which never gets here) writes no event.
-async fn insert_queued(conn: &mut AsyncPgConnection, row: &NewCommandRow) -> StoreResult<CommandRow> {
+/// run it in a transaction, so a replayed enqueue (which never gets here) writes no event, and
+/// a project whose queue holds `max_queued` commands already gets `QueueFull` and nothing stored.
+async fn insert_queued(conn: &mut AsyncPgConnection, row: &NewCommandRow, max_queued: u32) -> StoreResult<CommandRow> {
+    diesel::sql_query(ENQUEUE_LOCK).bind::<SqlUuid, _>(row.project_id).cached().execute(conn).await?;
+    // A statement after the lock: under READ COMMITTED it sees every enqueue committed before.
+    let queued: i64 = commands::table
+        .filter(commands::project_id.eq(row.project_id))
+        .filter(commands::status.eq(CommandStatus::Queued.as_str()))
+        .count()
+        .get_result(conn)
+        .await?;
+    if queued >= i64::from(max_queued) {
+        return Err(DomainError::QueueFull { limit: max_queued }.into());
+    }
     let stored = insert_with_event(conn, row).await?;
     webhooks::record_command_event(conn, &stored.clone().into_domain()?, row.queued_at).await?;
     Ok(stored)
@@ -276,10 +299,10 @@ impl CommandRepository for PgStore {
     async fn enqueue(&self, command: NewCommand) -> DomainResult<Enqueued> {
         let row = NewCommandRow::from_domain(&command)?;
         let mut conn = self.conn().await?;
-        let mut stored = insert_new(&mut conn, &row).await;
+        let mut stored = insert_new(&mut conn, &row, command.max_queued).await;
         if stored.as_ref().is_err_and(lost_idempotency_race) {
             // The other request committed its command; this one now finds and replays it.
-            stored = insert_new(&mut conn, &row).await;
+            stored = insert_new(&mut conn, &row, command.max_queued).await;
         }
         let (row, replayed) = stored.map_err(|e| e.into_domain("enqueue command"))?;
         Ok(Enqueued { command: row.into_domain()?, replayed })

@@ -189,6 +189,7 @@ impl CommandRepository for SqliteStore {
     async fn enqueue(&self, command: NewCommand) -> DomainResult<Enqueued> {
         let row = NewCommandRow::from_domain(&command)?;
         let at = command.queued_at;
+        let max_queued = command.max_queued;
         let enqueued = self
             .write("enqueue command", move |conn| {
                 let project = projects::table.find(&row.project_id).count().get_result::<i64>(conn)?;
@@ -203,6 +204,16 @@ impl CommandRepository for SqliteStore {
                         )
                     }
                     None => {}
+                }
+                // The immediate transaction holds the write lock, so no other enqueue can slip
+                // in between this count and the insert.
+                let queued: i64 = commands::table
+                    .filter(commands::project_id.eq(&row.project_id))
+                    .filter(commands::status.eq(CommandStatus::Queued.as_str()))
+                    .count()
+                    .get_result(conn)?;
+                if queued >= i64::from(max_queued) {
+                    return Err(DomainError::QueueFull { limit: max_queued }.into());
                 }
                 let stored = diesel::insert_into(commands::table)
                     .values(&row)

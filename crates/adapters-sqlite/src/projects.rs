@@ -29,6 +29,7 @@ struct ProjectRow {
     default_timeout_seconds: i32,
     created_at: i64,
     updated_at: i64,
+    max_queued_commands: Option<i32>,
 }
 
 impl ProjectRow {
@@ -44,6 +45,10 @@ impl ProjectRow {
             default_timeout_seconds: codec::column_int("default_timeout_seconds", p.default_timeout_seconds.get())?,
             created_at: micros(p.created_at),
             updated_at: micros(p.updated_at),
+            max_queued_commands: p
+                .max_queued_commands
+                .map(|n| codec::column_int("max_queued_commands", n))
+                .transpose()?,
         })
     }
 
@@ -57,6 +62,7 @@ impl ProjectRow {
             env: codec::from_json::<EnvMap>("projects.env", &self.env)?,
             resources: codec::from_json::<Resources>("projects.resources", &self.resources)?,
             max_concurrent_commands: codec::int("max_concurrent_commands", self.max_concurrent_commands)?,
+            max_queued_commands: self.max_queued_commands.map(|n| codec::int("max_queued_commands", n)).transpose()?,
             default_timeout_seconds: codec::stored(
                 "default_timeout_seconds",
                 &timeout.to_string(),
@@ -138,6 +144,7 @@ impl ProjectRepository for SqliteStore {
                     projects::resources.eq(&row.resources),
                     projects::max_concurrent_commands.eq(row.max_concurrent_commands),
                     projects::default_timeout_seconds.eq(row.default_timeout_seconds),
+                    projects::max_queued_commands.eq(row.max_queued_commands),
                     projects::updated_at.eq(row.updated_at),
                 ))
                 .execute(conn)?;

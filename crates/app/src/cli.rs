@@ -84,7 +84,7 @@ pub async fn migrate(db: &Database) -> Result<ExitCode, StartupError> {
 #[expect(clippy::print_stdout, reason = "the key (or its JSON) is the command's output")]
 pub async fn keys(db: &Database, cmd: KeysCommand) -> Result<ExitCode, StartupError> {
     let stores = open_for_cli(db).await?;
-    let (keys, _) = wiring::key_service(&stores, std::time::Duration::from_millis(1), Arc::new(SystemClock));
+    let (keys, _) = wiring::key_service(&stores, std::time::Duration::from_millis(1), Arc::new(SystemClock), None);
     match cmd {
         KeysCommand::Create { name, scopes, projects, json } => {
             let new = new_key(name, &scopes, &projects)?;

@@ -260,6 +260,13 @@ pub struct ServeConfig {
     /// Seconds running commands get to finish on SIGTERM before they are handed back.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 25)]
     pub shutdown_grace_seconds: u64,
+    /// Event streams one key may hold open at once, counted per replica; beyond it `429`.
+    #[arg(long, env = "MAX_STREAMS_PER_KEY", default_value_t = services::open_requests::DEFAULT_MAX_STREAMS_PER_KEY, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_streams_per_key: u32,
+    /// Queued commands per project when the project sets no `max_queued_commands`; beyond it
+    /// a submit answers `429` `queue_full`.
+    #[arg(long, env = "MAX_QUEUED_COMMANDS", default_value_t = services::commands::DEFAULT_MAX_QUEUED_COMMANDS, value_parser = clap::value_parser!(u32).range(1..=i64::from(domain::project::MAX_QUEUED_LIMIT)))]
+    pub max_queued_commands: u32,
     /// Signed audit checkpoints.
     #[command(flatten)]
     pub audit_checkpoints: AuditCheckpointArgs,

@@ -8,6 +8,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use services::api_keys::ApiKeyService;
 use services::audit::AuditService;
 use services::commands::CommandService;
+use services::open_requests::OpenRequests;
 use services::pods::PodService;
 use services::projects::ProjectService;
 use services::rate_limit::RateLimiter;
@@ -30,6 +31,8 @@ pub struct HttpSettings {
 pub struct AppState {
     /// API keys.
     pub keys: Arc<ApiKeyService>,
+    /// Open event streams and waits per key: capped, and ended when the key is revoked.
+    pub open_requests: Arc<OpenRequests>,
     /// Projects.
     pub projects: Arc<ProjectService>,
     /// Commands.

@@ -20,6 +20,7 @@ use services::breaker::{BreakerConfig, BreakerExecutor, BreakerPods, CircuitBrea
 use services::cache::{CacheConfig, CachedRepository};
 use services::clock::SystemClock;
 use services::commands::CommandService;
+use services::open_requests::OpenRequests;
 use services::pods::{PodEvents, PodService};
 use services::projects::ProjectService;
 use services::queue_bus::QueueBus;
@@ -194,8 +195,13 @@ pub fn key_service(
     stores: &Stores,
     ttl: Duration,
     clock: Arc<dyn Clock>,
+    open_requests: Option<Arc<OpenRequests>>,
 ) -> (Arc<ApiKeyService>, Arc<CachedRepository<Arc<dyn ApiKeyRepository>>>) {
-    let cached = Arc::new(CachedRepository::new(stores.keys.clone(), CacheConfig { ttl, ..CacheConfig::default() }));
+    let mut cached = CachedRepository::new(stores.keys.clone(), CacheConfig { ttl, ..CacheConfig::default() });
+    if let Some(open_requests) = open_requests {
+        cached = cached.with_open_requests(open_requests);
+    }
+    let cached = Arc::new(cached);
     let mut service = ApiKeyService::new(cached.clone(), clock);
     if let Some(signals) = &stores.signals {
         service = service.with_signals(signals.clone());
@@ -204,11 +210,13 @@ pub fn key_service(
 }
 
 /// Applies signals from other replicas: wakes the worker, tells waiters and the replica running
-/// a command about changes, and clears the key cache when a key was revoked or rotated.
+/// a command about changes, and clears the key cache when a key was revoked or rotated (and
+/// ends the key's open streams and waits here if it can no longer be used).
 pub struct SignalPump {
     signals: futures::stream::BoxStream<'static, Signal>,
     bus: Arc<QueueBus>,
     key_cache: Arc<CachedRepository<Arc<dyn ApiKeyRepository>>>,
+    open_requests: Arc<OpenRequests>,
 }
 
 impl std::fmt::Debug for SignalPump {
@@ -227,8 +235,16 @@ impl SignalPump {
             };
             let Some(signal) = next else { return };
             self.bus.on_signal(signal);
-            if matches!(signal, Signal::KeyChanged(_) | Signal::Resync) {
-                self.key_cache.invalidate_all();
+            match signal {
+                Signal::KeyChanged(id) => {
+                    self.key_cache.invalidate_all();
+                    self.open_requests.key_changed(id);
+                }
+                Signal::Resync => {
+                    self.key_cache.invalidate_all();
+                    self.open_requests.resync();
+                }
+                Signal::WorkQueued | Signal::CommandChanged(_) => {}
             }
         }
     }
@@ -260,13 +276,16 @@ pub async fn build(
     // Runs for the life of the runtime; a checkpoint is due within AUDIT_CHECKPOINT_SECONDS.
     tokio::spawn(audit.clone().run_checkpoints(tokio_util::sync::CancellationToken::new()));
     let projects = Arc::new(ProjectService::new(stores.projects.clone(), clock.clone()));
-    let commands = Arc::new(CommandService::new(
-        projects.clone(),
-        stores.commands.clone(),
-        stores.queue.clone(),
-        bus.clone(),
-        clock.clone(),
-    ));
+    let commands = Arc::new(
+        CommandService::new(
+            projects.clone(),
+            stores.commands.clone(),
+            stores.queue.clone(),
+            bus.clone(),
+            clock.clone(),
+        )
+        .with_max_queued(cfg.max_queued_commands),
+    );
     let policy = RateLimitPolicy { rps: cfg.rate_limit_rps, window_seconds: cfg.rate_limit_window_seconds };
     // One identity per replica, for command leases and webhook delivery leases alike.
     let replica = worker_id();
@@ -279,9 +298,16 @@ pub async fn build(
     worker_config.reap_every = worker_config.lease / 4;
     let live_worker_window =
         chrono::TimeDelta::from_std(worker_config.poll_every * 10).unwrap_or(chrono::TimeDelta::seconds(10));
-    let (keys, key_cache) = key_service(&stores, Duration::from_millis(cfg.key_cache_ttl_ms), clock.clone());
-    let pump =
-        stores.signals.as_ref().map(|signals| SignalPump { signals: signals.subscribe(), bus: bus.clone(), key_cache });
+    // Re-reads keys from the store itself: a signal means the cache may be stale.
+    let open_requests = Arc::new(OpenRequests::new(stores.keys.clone(), clock.clone(), cfg.max_streams_per_key));
+    let (keys, key_cache) =
+        key_service(&stores, Duration::from_millis(cfg.key_cache_ttl_ms), clock.clone(), Some(open_requests.clone()));
+    let pump = stores.signals.as_ref().map(|signals| SignalPump {
+        signals: signals.subscribe(),
+        bus: bus.clone(),
+        key_cache,
+        open_requests: open_requests.clone(),
+    });
     let (webhook_service, dispatcher) = webhooks(&stores, cfg, &audit, &clock, &replica, bus.subscribe_state())?;
     let pod_events = PodEvents::new(webhook_service.clone());
     let ports = WorkerPorts {
@@ -297,6 +323,7 @@ pub async fn build(
     };
     let state = AppState {
         keys,
+        open_requests,
         pods: PodService::new(projects.clone(), pods, pod_events, worker_config.pod_ready_timeout),
         webhooks: webhook_service,
         projects,

@@ -501,6 +501,9 @@ pub struct NewCommand {
     pub idempotency: Option<Idempotency>,
     /// Enqueue time.
     pub queued_at: Timestamp,
+    /// The project's effective queue cap: the store refuses the command with `QueueFull` when
+    /// the project already has this many queued, checked atomically with the insert.
+    pub max_queued: u32,
 }
 
 /// A command and everything known about its run.

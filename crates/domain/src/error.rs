@@ -51,6 +51,12 @@ pub enum DomainError {
         /// Seconds until the breaker lets a probe through (at least 1).
         retry_after_seconds: u64,
     },
+    /// The project already has `limit` queued commands: nothing was stored.
+    #[error("the project's queue is full ({limit} queued commands); retry when some have started")]
+    QueueFull {
+        /// The project's cap on queued commands.
+        limit: u32,
+    },
     /// A bug or an unexpected backend answer; details are logged, not shown.
     #[error("internal error: {0}")]
     Internal(String),

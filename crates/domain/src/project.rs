@@ -120,6 +120,9 @@ pub struct Project {
     pub max_concurrent_commands: u32,
     /// Timeout of commands that do not set one.
     pub default_timeout_seconds: TimeoutSeconds,
+    /// At most this many of the project's commands wait in the queue; `None`: the server's
+    /// `MAX_QUEUED_COMMANDS`.
+    pub max_queued_commands: Option<u32>,
     /// Creation time.
     pub created_at: Timestamp,
     /// Last change.
@@ -141,10 +144,16 @@ pub struct ProjectSettings {
     pub max_concurrent_commands: u32,
     /// Default command timeout.
     pub default_timeout_seconds: TimeoutSeconds,
+    /// Queue cap, 1..=MAX_QUEUED_LIMIT; `None`: the server default.
+    pub max_queued_commands: Option<u32>,
 }
 
 /// Highest `max_concurrent_commands` a project may ask for.
 pub const MAX_PROJECT_CONCURRENCY: u32 = 1000;
+
+/// Highest `max_queued_commands` a project (or the server default) may ask for: queued
+/// commands carry their stdin (up to 1 MiB each), so the cap is what bounds the store.
+pub const MAX_QUEUED_LIMIT: u32 = 100_000;
 
 impl ProjectSettings {
     /// Validates the fields that have no type of their own (image, workdir, cap, resources).
@@ -164,6 +173,9 @@ impl ProjectSettings {
                 "max_concurrent_commands",
                 format!("must be between 1 and {MAX_PROJECT_CONCURRENCY}"),
             ));
+        }
+        if self.max_queued_commands.is_some_and(|n| !(1..=MAX_QUEUED_LIMIT).contains(&n)) {
+            errors.push(FieldError::new("max_queued_commands", format!("must be between 1 and {MAX_QUEUED_LIMIT}")));
         }
         if let Err(mut e) = self.resources.validate() {
             errors.append(&mut e);
@@ -191,6 +203,8 @@ pub struct ProjectPatch {
     pub max_concurrent_commands: Option<u32>,
     /// New default timeout.
     pub default_timeout_seconds: Option<TimeoutSeconds>,
+    /// New queue cap.
+    pub max_queued_commands: Option<u32>,
 }
 
 impl Project {
@@ -203,6 +217,7 @@ impl Project {
             resources: self.resources.clone(),
             max_concurrent_commands: self.max_concurrent_commands,
             default_timeout_seconds: self.default_timeout_seconds,
+            max_queued_commands: self.max_queued_commands,
         }
     }
 
@@ -216,6 +231,7 @@ impl Project {
             resources: patch.resources.unwrap_or(current.resources),
             max_concurrent_commands: patch.max_concurrent_commands.unwrap_or(current.max_concurrent_commands),
             default_timeout_seconds: patch.default_timeout_seconds.unwrap_or(current.default_timeout_seconds),
+            max_queued_commands: patch.max_queued_commands.or(current.max_queued_commands),
         };
         settings.validate()?;
         Ok(Project::from_settings(self.id, self.name.clone(), settings, self.created_at, now))
@@ -238,6 +254,7 @@ impl Project {
             resources: s.resources,
             max_concurrent_commands: s.max_concurrent_commands,
             default_timeout_seconds: s.default_timeout_seconds,
+            max_queued_commands: s.max_queued_commands,
             created_at,
             updated_at,
         }

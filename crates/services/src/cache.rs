@@ -3,6 +3,7 @@
 //! invalidate what they change; other replicas rely on the TTL (or a store notification calling
 //! `invalidate`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,6 +13,8 @@ use domain::pagination::{Page, PageRequest};
 use domain::ports::ApiKeyRepository;
 use domain::{DomainResult, Timestamp};
 use moka::future::Cache;
+
+use crate::open_requests::OpenRequests;
 
 /// Cache sizing.
 #[derive(Debug, Clone, Copy)]
@@ -34,13 +37,21 @@ impl Default for CacheConfig {
 pub struct CachedRepository<R> {
     inner: R,
     by_hash: Cache<KeyHash, Option<ApiKey>>,
+    open_requests: Option<Arc<OpenRequests>>,
 }
 
 impl<R: ApiKeyRepository> CachedRepository<R> {
     /// Wraps `inner`.
     pub fn new(inner: R, config: CacheConfig) -> Self {
         let by_hash = Cache::builder().max_capacity(config.capacity).time_to_live(config.ttl).build();
-        Self { inner, by_hash }
+        Self { inner, by_hash, open_requests: None }
+    }
+
+    /// Also ends the open streams and waits of a key revoked through this cache, in the same
+    /// step that drops it from the cache (other replicas do both on the key's signal).
+    pub fn with_open_requests(mut self, open_requests: Arc<OpenRequests>) -> Self {
+        self.open_requests = Some(open_requests);
+        self
     }
 
     /// Drops every cached lookup of `key` (its current and previous hash).
@@ -83,6 +94,9 @@ impl<R: ApiKeyRepository> ApiKeyRepository for CachedRepository<R> {
     async fn revoke(&self, id: ApiKeyId, at: Timestamp) -> DomainResult<ApiKey> {
         let key = self.inner.revoke(id, at).await?;
         self.invalidate(&key).await;
+        if let Some(open) = &self.open_requests {
+            open.end_key(id);
+        }
         Ok(key)
     }
 

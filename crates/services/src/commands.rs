@@ -69,7 +69,11 @@ pub struct CommandService {
     queue: Arc<dyn domain::ports::CommandQueue>,
     bus: Arc<QueueBus>,
     clock: Arc<dyn Clock>,
+    max_queued: u32,
 }
+
+/// Default of `MAX_QUEUED_COMMANDS`: queued commands per project when the project sets none.
+pub const DEFAULT_MAX_QUEUED_COMMANDS: u32 = 1000;
 
 impl std::fmt::Debug for CommandService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -86,7 +90,13 @@ impl CommandService {
         bus: Arc<QueueBus>,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        Self { projects, commands, queue, bus, clock }
+        Self { projects, commands, queue, bus, clock, max_queued: DEFAULT_MAX_QUEUED_COMMANDS }
+    }
+
+    /// Sets the queue cap of projects that have none of their own (`MAX_QUEUED_COMMANDS`).
+    pub fn with_max_queued(mut self, max_queued: u32) -> Self {
+        self.max_queued = max_queued;
+        self
     }
 
     /// Queues a command (or replays an idempotent one). Needs `commands:write`.
@@ -116,6 +126,7 @@ impl CommandService {
             created_by: actor.key_id,
             idempotency,
             queued_at: self.clock.now(),
+            max_queued: project.max_queued_commands.unwrap_or(self.max_queued),
         };
         let enqueued = self.commands.enqueue(new).await?;
         if !enqueued.replayed {

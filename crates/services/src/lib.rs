@@ -9,6 +9,7 @@ pub mod cache;
 pub mod clock;
 pub mod commands;
 pub mod metrics;
+pub mod open_requests;
 pub mod pods;
 pub mod projects;
 pub mod queue_bus;

@@ -8,6 +8,9 @@ use serde::Serialize;
 /// Media type of problem documents.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
+/// `Retry-After` of a `queue_full` answer.
+const QUEUE_FULL_RETRY_AFTER_SECONDS: u64 = 5;
+
 /// Every error an HTTP handler can return.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -29,6 +32,9 @@ pub enum ApiError {
         /// Seconds to wait.
         retry_after: u64,
     },
+    /// The key already holds `MAX_STREAMS_PER_KEY` event streams on this replica.
+    #[error("this API key already has {0} open event streams; close one first")]
+    TooManyStreams(u32),
 }
 
 /// The problem document (RFC 9457) with rdev-api's `code` and field errors.
@@ -45,7 +51,7 @@ pub struct Problem {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     /// Machine-readable code: unauthorized, forbidden, not_found, validation_failed, conflict,
-    /// rate_limited, payload_too_large, unavailable, method_not_allowed, internal.
+    /// rate_limited, queue_full, payload_too_large, unavailable, method_not_allowed, internal.
     pub code: &'static str,
     /// Field-level validation failures.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -77,12 +83,13 @@ impl ApiError {
                 DomainError::Forbidden(_) => "forbidden",
                 DomainError::Unauthorized(_) => "unauthorized",
                 DomainError::Unavailable(_) | DomainError::CircuitOpen { .. } => "unavailable",
+                DomainError::QueueFull { .. } => "queue_full",
                 DomainError::Internal(_) => "internal",
             },
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::RouteNotFound => "not_found",
             Self::MethodNotAllowed(_) => "method_not_allowed",
-            Self::RateLimited { .. } => "rate_limited",
+            Self::RateLimited { .. } | Self::TooManyStreams(_) => "rate_limited",
         }
     }
 
@@ -133,12 +140,13 @@ impl ResponseError for ApiError {
                 DomainError::Forbidden(_) => StatusCode::FORBIDDEN,
                 DomainError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
                 DomainError::Unavailable(_) | DomainError::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                DomainError::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
                 DomainError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -155,6 +163,14 @@ impl ResponseError for ApiError {
             }
             Self::RateLimited { retry_after } => {
                 response.insert_header((header::RETRY_AFTER, retry_after.to_string()));
+            }
+            // A slot frees when any of the key's streams ends; a second is a fair first retry.
+            Self::TooManyStreams(_) => {
+                response.insert_header((header::RETRY_AFTER, "1"));
+            }
+            // The queue drains as workers start commands; a few seconds is a fair first retry.
+            Self::Domain(DomainError::QueueFull { .. }) => {
+                response.insert_header((header::RETRY_AFTER, QUEUE_FULL_RETRY_AFTER_SECONDS.to_string()));
             }
             Self::Domain(DomainError::CircuitOpen { retry_after_seconds, .. }) => {
                 response.insert_header((header::RETRY_AFTER, retry_after_seconds.to_string()));

@@ -7,8 +7,10 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
 use domain::command::{CommandSpec, CommandStatus, EnvMap, Priority, TimeoutSeconds};
 use domain::ids::CommandId;
+use domain::DomainError;
 use serde::{Deserialize, Serialize};
 use services::commands::{CommandView, Submission};
+use services::open_requests::RequestKind;
 use utoipa::ToSchema;
 use validator::Validate;
 
@@ -158,7 +160,7 @@ fn idempotency_key(req: &HttpRequest) -> ApiResult<Option<String>> {
     (status = 400, description = "Invalid input", body = Problem), (status = 401, description = "Unauthenticated", body = Problem),
     (status = 403, description = "Missing scope", body = Problem), (status = 404, description = "No such project", body = Problem),
     (status = 409, description = "Idempotency-Key reused with another request", body = Problem), (status = 413, description = "Body too large", body = Problem),
-    (status = 429, description = "Rate limited", body = Problem)))]
+    (status = 429, description = "Rate limited (`rate_limited`), or the project's queue is full (`queue_full`): nothing was queued", body = Problem)))]
 pub async fn submit(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -172,7 +174,19 @@ pub async fn submit(
     let submission = body.into_submission(idempotency_key(&req)?)?;
     let enqueued = state.commands.submit(&caller.principal, &project, submission).await?;
     let id = enqueued.command.id;
-    let view = state.commands.wait(&caller.principal, id, wait).await?;
+    let view = if wait.is_zero() {
+        state.commands.wait(&caller.principal, id, wait).await?
+    } else {
+        // A wait ends early when the key is revoked or expires: its holder learns nothing more.
+        let open =
+            state.open_requests.open(&caller.key, RequestKind::Wait).map_err(|e| ApiError::TooManyStreams(e.limit))?;
+        tokio::select! {
+            view = state.commands.wait(&caller.principal, id, wait) => view?,
+            () = open.ended() => {
+                return Err(DomainError::Unauthorized("API key revoked or expired while waiting".into()).into());
+            }
+        }
+    };
     let mut response = if view.command.status.is_terminal() && !wait.is_zero() {
         HttpResponse::Ok()
     } else {

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use domain::ids::CommandId;
 use domain::output::{CommandEvent, EventKind};
 use futures::stream;
+use services::open_requests::{OpenRequest, RequestKind, TooManyStreams};
 use services::Principal;
 
 use super::commands::CommandBody;
@@ -29,6 +30,8 @@ struct Tail {
     after: i64,
     changes: tokio::sync::watch::Receiver<u64>,
     done: bool,
+    /// Ends the stream when the key is revoked or expires; frees the key's stream slot on drop.
+    open: OpenRequest,
 }
 
 /// Streams a command's output, status changes and exit.
@@ -36,7 +39,7 @@ struct Tail {
     (status = 200, description = "text/event-stream of `output`, `status` and `exit` events", content_type = "text/event-stream", body = String),
     (status = 400, description = "Not a UUID, or a bad Last-Event-ID", body = Problem), (status = 401, description = "Unauthenticated", body = Problem),
     (status = 403, description = "Missing scope", body = Problem), (status = 404, description = "No such command", body = Problem),
-    (status = 429, description = "Rate limited", body = Problem)))]
+    (status = 429, description = "Rate limited, or the key already holds `MAX_STREAMS_PER_KEY` streams", body = Problem)))]
 pub async fn events(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -47,8 +50,12 @@ pub async fn events(
     let after = last_event_id(&req)?;
     // Check access (and existence) before the stream starts, so errors are plain problems.
     state.commands.get(&caller.principal, id).await?;
+    let open = state
+        .open_requests
+        .open(&caller.key, RequestKind::Stream)
+        .map_err(|TooManyStreams { limit }| ApiError::TooManyStreams(limit))?;
     let changes = state.commands.changes();
-    let tail = Tail { state, principal: caller.principal, id, after, changes, done: false };
+    let tail = Tail { state, principal: caller.principal, id, after, changes, done: false, open };
     let body = stream::unfold(tail, next_chunk);
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
@@ -75,6 +82,10 @@ async fn next_chunk(mut tail: Tail) -> Option<(Result<Bytes, actix_web::Error>, 
     }
     let mut idle = Duration::ZERO;
     loop {
+        if tail.open.is_ended() {
+            tracing::info!(command_id = %tail.id, "event stream closed: its API key was revoked or expired");
+            return None;
+        }
         let batch = match tail.state.commands.events_after(&tail.principal, tail.id, tail.after, BATCH).await {
             Ok(b) => b,
             Err(e) => {
@@ -89,7 +100,10 @@ async fn next_chunk(mut tail: Tail) -> Option<(Result<Bytes, actix_web::Error>, 
         if idle >= KEEPALIVE {
             return Some((Ok(Bytes::from_static(b": keepalive\n\n")), tail));
         }
-        let _ = tokio::time::timeout(POLL, tail.changes.changed()).await;
+        tokio::select! {
+            _ = tokio::time::timeout(POLL, tail.changes.changed()) => {}
+            () = tail.open.ended() => {}
+        }
         idle += POLL;
     }
 }

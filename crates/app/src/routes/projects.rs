@@ -49,6 +49,8 @@ pub struct ProjectView {
     pub max_concurrent_commands: u32,
     /// Default timeout.
     pub default_timeout_seconds: u32,
+    /// Cap on queued commands; `null`: the server's `MAX_QUEUED_COMMANDS`.
+    pub max_queued_commands: Option<u32>,
     /// Creation.
     pub created_at: DateTime<Utc>,
     /// Last change.
@@ -66,6 +68,7 @@ impl From<Project> for ProjectView {
             resources: ResourcesBody { cpu: p.resources.cpu, memory: p.resources.memory },
             max_concurrent_commands: p.max_concurrent_commands,
             default_timeout_seconds: p.default_timeout_seconds.get(),
+            max_queued_commands: p.max_queued_commands,
             created_at: p.created_at,
             updated_at: p.updated_at,
         }
@@ -95,6 +98,10 @@ pub struct CreateProjectRequest {
     /// Default command timeout, 1..=86400 (default 600).
     #[validate(range(min = 1, max = 86400, message = "must be between 1 and 86400"))]
     pub default_timeout_seconds: Option<u32>,
+    /// Cap on queued commands, 1..=100000 (default: the server's `MAX_QUEUED_COMMANDS`);
+    /// beyond it a submit answers `429` `queue_full`.
+    #[validate(range(min = 1, max = 100000, message = "must be between 1 and 100000"))]
+    pub max_queued_commands: Option<u32>,
 }
 
 /// `PATCH /v1/projects/{name}` body: only the fields given change.
@@ -116,6 +123,9 @@ pub struct UpdateProjectRequest {
     /// Default timeout.
     #[validate(range(min = 1, max = 86400, message = "must be between 1 and 86400"))]
     pub default_timeout_seconds: Option<u32>,
+    /// Cap on queued commands, 1..=100000.
+    #[validate(range(min = 1, max = 100000, message = "must be between 1 and 100000"))]
+    pub max_queued_commands: Option<u32>,
 }
 
 fn resources(r: ResourcesBody) -> Resources {
@@ -139,6 +149,7 @@ impl CreateProjectRequest {
                 self.default_timeout_seconds.unwrap_or(DEFAULT_TIMEOUT_SECONDS),
             )
             .map_err(|e| e.in_field("default_"))?,
+            max_queued_commands: self.max_queued_commands,
         };
         Ok((name, settings))
     }
@@ -157,6 +168,7 @@ impl UpdateProjectRequest {
                 .map(TimeoutSeconds::new)
                 .transpose()
                 .map_err(|e| e.in_field("default_"))?,
+            max_queued_commands: self.max_queued_commands,
         })
     }
 }

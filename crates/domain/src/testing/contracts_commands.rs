@@ -106,6 +106,48 @@ pub async fn command_repository<S: Store, F: Fn() -> Fut, Fut: Future<Output = S
     ));
     let by_status = CommandFilter { project: None, status: Some(CommandStatus::Cancelled) };
     assert_eq!(CommandRepository::list(&store, &by_status, PageRequest::default()).await.map(|p| p.items.len()), Ok(1));
+
+    queue_cap(&store).await;
+}
+
+/// A project's queue holds at most `max_queued` queued commands: a refused enqueue stores
+/// nothing (no command, no event), and a replay of a stored command is still answered.
+async fn queue_cap<S: Store>(store: &S) {
+    let capped = sample_project("capped", 1);
+    ProjectRepository::create(store, &capped).await.expect("create project");
+    let capped_command = || {
+        let mut new = sample_command(&capped, Priority::Normal, None);
+        new.max_queued = 2;
+        new
+    };
+    let mut first = capped_command();
+    first.idempotency = Some(Idempotency::new("cap-1", "same".into()).expect("idempotency"));
+    first.created_by = Some(ApiKeyId::generate());
+    CommandRepository::enqueue(store, first.clone()).await.expect("first enqueue");
+    CommandRepository::enqueue(store, capped_command()).await.expect("second enqueue");
+    let refused = capped_command();
+    assert_eq!(
+        CommandRepository::enqueue(store, refused.clone()).await.map(|e| e.command.id),
+        Err(DomainError::QueueFull { limit: 2 }),
+        "a third queued command MUST be QueueFull"
+    );
+    assert!(matches!(CommandRepository::get(store, refused.id).await, Err(DomainError::NotFound(_))), "nothing stored");
+    assert!(
+        matches!(CommandRepository::events_after(store, refused.id, 0, 10).await, Err(DomainError::NotFound(_)))
+            || CommandRepository::events_after(store, refused.id, 0, 10).await == Ok(Vec::new()),
+        "no event"
+    );
+    let mut replay = first.clone();
+    replay.id = CommandId::generate();
+    let replayed = CommandRepository::enqueue(store, replay).await.expect("a replay is not a new command");
+    assert!(replayed.replayed && replayed.command.id == first.id);
+    let mut bigger = capped_command();
+    bigger.max_queued = 3;
+    CommandRepository::enqueue(store, bigger).await.expect("the cap is the one given with the command");
+    CommandRepository::request_cancel(store, first.id, now_micros()).await.expect("cancel");
+    let mut after_cancel = capped_command();
+    after_cancel.max_queued = 3;
+    CommandRepository::enqueue(store, after_cancel).await.expect("a cancelled command frees its place");
 }
 
 async fn idempotency<S: Store>(store: &S, project: &crate::project::Project) {
@@ -146,6 +188,7 @@ pub async fn command_queue<S: Store, F: Fn() -> Fut, Fut: Future<Output = S>>(fr
     fencing_and_finishing(fresh().await).await;
     expired_leases_are_lost(fresh().await).await;
     concurrent_claims_are_exclusive(Arc::new(fresh().await)).await;
+    concurrent_enqueues_respect_the_cap(Arc::new(fresh().await)).await;
     let store = fresh().await;
     heartbeat_of(&store, &WorkerId::new("a"), 5).await;
     heartbeat_of(&store, &WorkerId::new("b"), 3).await;
@@ -335,4 +378,33 @@ async fn concurrent_claims_are_exclusive<S: Store>(store: Arc<S>) {
     assert_eq!(seen, expected, "every command claimed exactly once");
     assert_eq!(CommandRepository::stats(store.as_ref()).await.map(|s| s.running), Ok(60));
     let _ = project_name("alpha");
+}
+
+/// Concurrent enqueues never push a project's queue past its cap (the count and the insert are
+/// one atomic step).
+async fn concurrent_enqueues_respect_the_cap<S: Store>(store: Arc<S>) {
+    let p = sample_project("racy", 1);
+    ProjectRepository::create(store.as_ref(), &p).await.expect("project");
+    let tasks: Vec<_> = (0..24)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            let mut new = sample_command(&p, Priority::Normal, None);
+            new.max_queued = 5;
+            tokio::spawn(async move { CommandRepository::enqueue(store.as_ref(), new).await })
+        })
+        .collect();
+    let mut stored = 0;
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(_) => stored += 1,
+            Err(DomainError::QueueFull { limit: 5 }) => {}
+            Err(e) => panic!("unexpected enqueue error: {e}"),
+        }
+    }
+    assert_eq!(stored, 5, "exactly the cap was stored");
+    let queued = CommandFilter { project: Some(p.name.clone()), status: Some(CommandStatus::Queued) };
+    assert_eq!(
+        CommandRepository::list(store.as_ref(), &queued, PageRequest::default()).await.map(|p| p.items.len()),
+        Ok(5)
+    );
 }

@@ -53,10 +53,15 @@ pub async fn project_repository<S: Store, F: Fn() -> Fut, Fut: Future<Output = S
     let mut changed = web.clone();
     changed.image = "debian:12".into();
     changed.max_concurrent_commands = 7;
+    changed.max_queued_commands = Some(9);
     ProjectRepository::update(&store, &changed).await.expect("update");
     assert_eq!(
-        ProjectRepository::get(&store, &web.name).await.map(|p| (p.image, p.max_concurrent_commands)),
-        Ok(("debian:12".into(), 7))
+        ProjectRepository::get(&store, &web.name).await.map(|p| (
+            p.image,
+            p.max_concurrent_commands,
+            p.max_queued_commands
+        )),
+        Ok(("debian:12".into(), 7, Some(9)))
     );
     let ghost = sample_project("ghost", 1);
     assert!(matches!(ProjectRepository::update(&store, &ghost).await, Err(DomainError::NotFound(_))));

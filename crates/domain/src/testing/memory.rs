@@ -238,6 +238,14 @@ impl CommandRepository for MemoryStore {
                 };
             }
         }
+        let queued = s
+            .commands
+            .values()
+            .filter(|r| r.command.project_id == new.project_id && r.command.status == CommandStatus::Queued)
+            .count();
+        if queued >= new.max_queued as usize {
+            return Err(DomainError::QueueFull { limit: new.max_queued });
+        }
         s.next_seq += 1;
         let idempotency = new.idempotency.as_ref().map(|i| (i.key.clone(), i.fingerprint.clone()));
         let at = new.queued_at;

@@ -116,6 +116,7 @@ pub fn sample_project(name: &str, max_concurrent_commands: u32) -> Project {
         resources: Resources { cpu: Some("500m".into()), memory: Some("256Mi".into()) },
         max_concurrent_commands,
         default_timeout_seconds: TimeoutSeconds::new(600).unwrap_or_else(|e| panic!("{e}")),
+        max_queued_commands: None,
         created_at: now,
         updated_at: now,
     }
@@ -136,6 +137,7 @@ pub fn sample_command(project: &Project, priority: Priority, by: Option<ApiKeyId
         created_by: by,
         idempotency: None,
         queued_at: now_micros(),
+        max_queued: 1000,
     }
 }
 

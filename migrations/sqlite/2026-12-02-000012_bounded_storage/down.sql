@@ -1,0 +1,2 @@
+DROP INDEX commands_finished_at;
+ALTER TABLE projects DROP COLUMN max_queued_commands;

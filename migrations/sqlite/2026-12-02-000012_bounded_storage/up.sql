@@ -1,0 +1,6 @@
+-- A project's cap on queued commands; NULL: the server's MAX_QUEUED_COMMANDS.
+ALTER TABLE projects ADD COLUMN max_queued_commands INTEGER
+    CHECK (max_queued_commands IS NULL OR max_queued_commands BETWEEN 1 AND 100000);
+
+-- Retention finds finished commands by their end time.
+CREATE INDEX commands_finished_at ON commands (finished_at) WHERE finished_at IS NOT NULL;
