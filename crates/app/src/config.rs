@@ -223,6 +223,9 @@ pub struct ServeConfig {
     /// Largest request body.
     #[arg(long, env = "MAX_REQUEST_BYTES", default_value_t = 1024 * 1024)]
     pub max_request_bytes: usize,
+    /// Longest a request body may take to arrive; a slower one gets 408 `request_timeout`.
+    #[arg(long, env = "BODY_READ_TIMEOUT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub body_read_timeout_seconds: u64,
     /// Allow webhooks to private, loopback and link-local targets.
     #[arg(long, env = "WEBHOOK_ALLOW_PRIVATE_TARGETS", default_value_t = false)]
     pub webhook_allow_private_targets: bool,

@@ -18,6 +18,9 @@ pub fn server(
             .app_data(data.clone())
             .app_data(http::query_config())
             .app_data(http::path_config())
+            // The last `wrap` runs first: `observe` (request id, metrics, audit) sees every
+            // request, the header limit's refusals included.
+            .wrap(from_fn(http::limits::header_limit))
             .wrap(from_fn(observe))
             .configure(crate::routes::configure)
             .default_service(web::to(http::route_not_found))

@@ -21,6 +21,8 @@ pub struct HttpSettings {
     pub trusted_proxies: CidrList,
     /// `MAX_REQUEST_BYTES`.
     pub max_request_bytes: usize,
+    /// `BODY_READ_TIMEOUT_SECONDS`: longest a request body may take to arrive.
+    pub body_read_timeout: std::time::Duration,
     /// A worker counts as live for `/v1/queue` if seen this recently.
     pub live_worker_window: chrono::TimeDelta,
 }

@@ -337,6 +337,7 @@ pub async fn build(
         http: HttpSettings {
             trusted_proxies: cfg.trusted_proxies.clone(),
             max_request_bytes: cfg.max_request_bytes,
+            body_read_timeout: Duration::from_secs(cfg.body_read_timeout_seconds),
             live_worker_window,
         },
     };

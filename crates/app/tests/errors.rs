@@ -154,3 +154,43 @@ async fn health_metrics_and_openapi_are_served() {
     }
     assert_eq!(app.client.get(format!("{}/healthz", app.base)).send().await.expect("send").status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn oversized_headers_are_431_problem_documents() {
+    let app = spawn_app().await;
+    let res = app
+        .client
+        .get(format!("{}/v1/projects", app.base))
+        .bearer_auth(&app.admin)
+        .header("x-padding", "p".repeat(20 * 1024))
+        .send()
+        .await
+        .expect("send");
+    assert!(res.headers().contains_key("x-request-id"), "observed like every request");
+    problem(res, 431, "headers_too_large").await;
+}
+
+#[tokio::test]
+async fn a_body_that_trickles_in_is_cut_off_with_408() {
+    let app = common::spawn_app_with(&["--body-read-timeout-seconds", "1"]).await;
+    // One byte a second: a body that would take a minute to arrive.
+    let trickle = futures::stream::unfold(0u32, |sent| async move {
+        if sent >= 60 {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        Some((Ok::<_, std::io::Error>(vec![b' ']), sent + 1))
+    });
+    let started = std::time::Instant::now();
+    let res = app
+        .client
+        .post(format!("{}/v1/projects", app.base))
+        .bearer_auth(&app.admin)
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(trickle))
+        .send()
+        .await
+        .expect("send");
+    problem(res, 408, "request_timeout").await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "cut off at the timeout: {:?}", started.elapsed());
+}

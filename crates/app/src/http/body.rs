@@ -24,7 +24,9 @@ impl<T: DeserializeOwned + Validate + 'static> FromRequest for JsonBody<T> {
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let limit = req.app_data::<web::Data<AppState>>().map_or(1024 * 1024, |s| s.http.max_request_bytes);
+        let settings =
+            req.app_data::<web::Data<AppState>>().map(|s| (s.http.max_request_bytes, s.http.body_read_timeout));
+        let (limit, timeout) = settings.unwrap_or((1024 * 1024, std::time::Duration::from_secs(30)));
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -35,14 +37,23 @@ impl<T: DeserializeOwned + Validate + 'static> FromRequest for JsonBody<T> {
             if declared.is_some_and(|n| n > limit) {
                 return Err(ApiError::PayloadTooLarge(limit));
             }
-            let mut body = web::BytesMut::new();
-            while let Some(chunk) = payload.next().await {
-                let chunk = chunk.map_err(|e| ApiError::invalid("body", format!("could not read the body: {e}")))?;
-                if body.len() + chunk.len() > limit {
-                    return Err(ApiError::PayloadTooLarge(limit));
+            let read = async {
+                let mut body = web::BytesMut::new();
+                while let Some(chunk) = payload.next().await {
+                    let chunk =
+                        chunk.map_err(|e| ApiError::invalid("body", format!("could not read the body: {e}")))?;
+                    if body.len() + chunk.len() > limit {
+                        return Err(ApiError::PayloadTooLarge(limit));
+                    }
+                    body.extend_from_slice(&chunk);
                 }
-                body.extend_from_slice(&chunk);
-            }
+                Ok(body)
+            };
+            // One deadline for the whole body: a client trickling a byte a second must not hold
+            // a connection (and an authenticated request's slot) for ever.
+            let body = tokio::time::timeout(timeout, read)
+                .await
+                .map_err(|_| ApiError::RequestTimeout(timeout.as_secs()))??;
             let value: T = parse(&body)?;
             value.validate().map_err(|e| ApiError::Domain(DomainError::Invalid(field_errors(&e, ""))))?;
             Ok(JsonBody(value))

@@ -3,6 +3,7 @@
 
 pub mod body;
 pub mod context;
+pub mod limits;
 pub mod middleware;
 pub mod problem;
 

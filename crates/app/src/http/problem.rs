@@ -32,6 +32,12 @@ pub enum ApiError {
         /// Seconds to wait.
         retry_after: u64,
     },
+    /// The body did not arrive within `BODY_READ_TIMEOUT_SECONDS`.
+    #[error("the request body did not arrive within {0} seconds")]
+    RequestTimeout(u64),
+    /// The request's header block is over the limit.
+    #[error("the request headers are larger than {0} bytes")]
+    HeadersTooLarge(usize),
     /// The key already holds `MAX_STREAMS_PER_KEY` event streams on this replica.
     #[error("this API key already has {0} open event streams; close one first")]
     TooManyStreams(u32),
@@ -51,7 +57,8 @@ pub struct Problem {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     /// Machine-readable code: unauthorized, forbidden, not_found, validation_failed, conflict,
-    /// rate_limited, queue_full, payload_too_large, unavailable, method_not_allowed, internal.
+    /// rate_limited, queue_full, payload_too_large, request_timeout, headers_too_large,
+    /// unavailable, method_not_allowed, internal.
     pub code: &'static str,
     /// Field-level validation failures.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -87,6 +94,8 @@ impl ApiError {
                 DomainError::Internal(_) => "internal",
             },
             Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::RequestTimeout(_) => "request_timeout",
+            Self::HeadersTooLarge(_) => "headers_too_large",
             Self::RouteNotFound => "not_found",
             Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::RateLimited { .. } | Self::TooManyStreams(_) => "rate_limited",
@@ -144,6 +153,8 @@ impl ResponseError for ApiError {
                 DomainError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::RateLimited { .. } | Self::TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
