@@ -43,6 +43,15 @@ WITH queued AS ( \
 ) \
 SELECT * FROM queued";
 
+/// Retention: deletes at most `$2` commands that finished before `$1`, oldest end first, with
+/// their events (ON DELETE CASCADE; output lives in the row). Queued and running commands have
+/// no `finished_at`, and the status test keeps it that way even for a bad row.
+const PURGE_FINISHED: &str = "\
+DELETE FROM commands WHERE id IN ( \
+    SELECT id FROM commands \
+    WHERE finished_at < $1 AND status NOT IN ('queued', 'running') \
+    ORDER BY finished_at LIMIT $2)";
+
 /// Serializes enqueues of one project (`$1`: its id) until the transaction ends, so the count
 /// of its queued commands cannot go stale before the insert. Only enqueues take it: claims and
 /// cancels only shrink the queue, so they cannot push it past the cap. The two-key form keeps
@@ -452,5 +461,18 @@ impl CommandRepository for PgStore {
             stdout_truncated,
             stderr_truncated,
         })
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn purge_finished(&self, before: Timestamp, limit: u32) -> DomainResult<u64> {
+        let mut conn = self.conn().await?;
+        let purged = diesel::sql_query(PURGE_FINISHED)
+            .bind::<Timestamptz, _>(before)
+            .bind::<diesel::sql_types::BigInt, _>(i64::from(limit))
+            .cached()
+            .execute(&mut conn)
+            .await
+            .map_err(|e| db_error(e, "purge finished commands"))?;
+        codec::int("purged commands", purged)
     }
 }

@@ -409,7 +409,30 @@ impl CommandQueue for PgStore {
             capacities.into_iter().map(|c| codec::int::<i32, u32>("capacity", c)).sum::<DomainResult<u32>>()?;
         Ok(WorkerCapacity { replicas, capacity })
     }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(job))]
+    async fn try_job_lease(&self, job: &str, owner: &WorkerId, now: Timestamp, until: Timestamp) -> DomainResult<bool> {
+        let mut conn = self.conn().await?;
+        let taken = diesel::sql_query(TAKE_JOB_LEASE)
+            .bind::<Text, _>(job)
+            .bind::<Text, _>(owner.to_string())
+            .bind::<Timestamptz, _>(until)
+            .bind::<Timestamptz, _>(now)
+            .cached()
+            .execute(&mut conn)
+            .await
+            .map_err(|e| db_error(e, "job lease"))?;
+        Ok(taken == 1)
+    }
 }
+
+/// Takes job `$1` for owner `$2` until `$3` unless another owner holds it past `$4`; one row
+/// changes exactly when `$2` holds it afterwards. The row lock of the upsert makes concurrent
+/// takers queue up, so only one of them wins.
+const TAKE_JOB_LEASE: &str = "\
+INSERT INTO job_leases (name, owner, expires_at) VALUES ($1, $2, $3) \
+ON CONFLICT (name) DO UPDATE SET owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at \
+WHERE job_leases.expires_at < $4 OR job_leases.owner = EXCLUDED.owner";
 
 #[cfg(test)]
 mod tests {

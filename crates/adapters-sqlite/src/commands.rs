@@ -362,4 +362,23 @@ impl CommandRepository for SqliteStore {
             .await?;
         Ok(CommandOutput { stdout, stderr, stdout_truncated, stderr_truncated })
     }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn purge_finished(&self, before: Timestamp, limit: u32) -> DomainResult<u64> {
+        let live = [CommandStatus::Queued.as_str(), CommandStatus::Running.as_str()];
+        let purged = self
+            .write("purge finished commands", move |conn| {
+                let ids: Vec<String> = commands::table
+                    .filter(commands::finished_at.lt(micros(before)))
+                    .filter(commands::status.ne_all(live))
+                    .order(commands::finished_at.asc())
+                    .limit(i64::from(limit))
+                    .select(commands::id)
+                    .load(conn)?;
+                // Events go with their command (ON DELETE CASCADE); output lives in the row.
+                Ok(diesel::delete(commands::table.filter(commands::id.eq_any(&ids))).execute(conn)?)
+            })
+            .await?;
+        codec::int("purged commands", purged)
+    }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Text};
 use diesel::SqliteConnection;
 
 use domain::command::{Command, CommandStatus, Completion, TerminationReason};
@@ -231,4 +232,27 @@ impl CommandQueue for SqliteStore {
             capacities.into_iter().map(|c| codec::int::<i32, u32>("capacity", c)).sum::<DomainResult<u32>>()?;
         Ok(WorkerCapacity { replicas, capacity })
     }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(job))]
+    async fn try_job_lease(&self, job: &str, owner: &WorkerId, now: Timestamp, until: Timestamp) -> DomainResult<bool> {
+        let (job, owner) = (job.to_owned(), owner.to_string());
+        let taken = self
+            .write("job lease", move |conn| {
+                Ok(diesel::sql_query(TAKE_JOB_LEASE)
+                    .bind::<Text, _>(&job)
+                    .bind::<Text, _>(&owner)
+                    .bind::<BigInt, _>(micros(until))
+                    .bind::<BigInt, _>(micros(now))
+                    .execute(conn)?)
+            })
+            .await?;
+        Ok(taken == 1)
+    }
 }
+
+/// Takes job `$1` for owner `$2` until `$3` unless another owner holds it past `$4`; one row
+/// changes exactly when `$2` holds it afterwards.
+const TAKE_JOB_LEASE: &str = "\
+INSERT INTO job_leases (name, owner, expires_at) VALUES ($1, $2, $3) \
+ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at \
+WHERE job_leases.expires_at < $4 OR job_leases.owner = excluded.owner";

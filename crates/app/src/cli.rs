@@ -40,6 +40,7 @@ pub async fn serve(db: &Database, cfg: &ServeConfig) -> Result<ExitCode, Startup
         tokio::spawn(pump.run(shutdown.clone()));
     }
     let dispatcher = tokio::spawn(service.dispatcher.run(shutdown.clone()));
+    tokio::spawn(service.retention.run(shutdown.clone()));
     // The bound address, so that `LISTEN_ADDR=…:0` tells where it actually listens.
     let bound = listener.local_addr().map_or_else(|_| cfg.listen_addr.to_string(), |a| a.to_string());
     tracing::info!(listen_addr = %bound, executor = ?cfg.executor, "rdev-api serving");

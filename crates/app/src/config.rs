@@ -270,6 +270,16 @@ pub struct ServeConfig {
     /// a submit answers `429` `queue_full`.
     #[arg(long, env = "MAX_QUEUED_COMMANDS", default_value_t = services::commands::DEFAULT_MAX_QUEUED_COMMANDS, value_parser = clap::value_parser!(u32).range(1..=i64::from(domain::project::MAX_QUEUED_LIMIT)))]
     pub max_queued_commands: u32,
+    /// Finished commands (with output and events) older than this are deleted: `30d`, `12h`,
+    /// `90m`, `45s` or bare seconds.
+    #[arg(long, env = "COMMAND_RETENTION", default_value = "30d", value_parser = parse_age)]
+    pub command_retention: std::time::Duration,
+    /// Webhook deliveries (with their attempts) older than this are deleted; same syntax.
+    #[arg(long, env = "WEBHOOK_RETENTION", default_value = "30d", value_parser = parse_age)]
+    pub webhook_retention: std::time::Duration,
+    /// Pause between retention passes; same syntax.
+    #[arg(long, env = "RETENTION_INTERVAL", default_value = "1h", value_parser = parse_age)]
+    pub retention_interval: std::time::Duration,
     /// Signed audit checkpoints.
     #[command(flatten)]
     pub audit_checkpoints: AuditCheckpointArgs,
@@ -298,6 +308,26 @@ impl ServeConfig {
     }
 }
 
+/// A retention age: a whole number with a unit, `s`, `m`, `h` or `d` (`30d`, `12h`), or bare
+/// seconds (`86400`); at least one second and at most ten years.
+pub fn parse_age(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => s.split_at(at),
+        None => (s, "s"),
+    };
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?}: use a whole number with s, m, h or d, e.g. 30d or 12h")),
+    };
+    let n: u64 = digits.parse().map_err(|_| format!("{s:?}: use a whole number with s, m, h or d, e.g. 30d"))?;
+    let secs = n.checked_mul(scale).filter(|secs| (1..=10 * 365 * 86_400).contains(secs));
+    secs.map(std::time::Duration::from_secs).ok_or_else(|| format!("{s:?}: must be between 1s and 3650d"))
+}
+
 fn parse_cidrs(s: &str) -> Result<CidrList, String> {
     let items: Vec<&str> = s.split(',').map(str::trim).filter(|i| !i.is_empty()).collect();
     CidrList::parse(&items).map_err(|e| e.to_string())
@@ -306,6 +336,19 @@ fn parse_cidrs(s: &str) -> Result<CidrList, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retention_ages_take_a_unit_or_seconds() {
+        let secs = |s| parse_age(s).map(|d| d.as_secs());
+        assert_eq!(secs("30d"), Ok(30 * 86_400));
+        assert_eq!(secs("12h"), Ok(43_200));
+        assert_eq!(secs("90m"), Ok(5_400));
+        assert_eq!(secs("45s"), Ok(45));
+        assert_eq!(secs("86400"), Ok(86_400));
+        for bad in ["", "0", "0d", "1w", "1.5d", "-1d", "d", "3651d", "99999999999999999999"] {
+            assert!(parse_age(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn database_passwords_are_redacted() {

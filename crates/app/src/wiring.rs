@@ -25,6 +25,7 @@ use services::pods::{PodEvents, PodService};
 use services::projects::ProjectService;
 use services::queue_bus::QueueBus;
 use services::rate_limit::RateLimiter;
+use services::retention::{RetentionConfig, RetentionJob, RetentionPorts};
 use services::webhooks::{DispatchWake, DispatcherConfig, DispatcherPorts, WebhookDispatcher, WebhookService};
 use services::worker::{QueueWorker, WorkerConfig, WorkerPorts};
 
@@ -73,6 +74,8 @@ pub struct Service {
     pub pump: Option<SignalPump>,
     /// The webhook dispatcher.
     pub dispatcher: Arc<WebhookDispatcher>,
+    /// Deletes old finished commands and webhook deliveries (one replica at a time).
+    pub retention: RetentionJob,
 }
 
 /// The webhook service and dispatcher over `stores`' webhook ports.
@@ -310,6 +313,21 @@ pub async fn build(
     });
     let (webhook_service, dispatcher) = webhooks(&stores, cfg, &audit, &clock, &replica, bus.subscribe_state())?;
     let pod_events = PodEvents::new(webhook_service.clone());
+    let retention = RetentionJob::new(
+        RetentionPorts {
+            commands: stores.commands.clone(),
+            queue: stores.queue.clone(),
+            deliveries: stores.webhooks.deliveries.clone(),
+            clock: clock.clone(),
+        },
+        replica.clone(),
+        RetentionConfig {
+            commands: cfg.command_retention,
+            webhooks: cfg.webhook_retention,
+            every: cfg.retention_interval,
+            ..RetentionConfig::default()
+        },
+    );
     let ports = WorkerPorts {
         queue: stores.queue.clone(),
         projects: stores.projects.clone(),
@@ -341,7 +359,7 @@ pub async fn build(
             live_worker_window,
         },
     };
-    Ok(Service { state, worker: QueueWorker::new(ports, worker_config), pump, dispatcher })
+    Ok(Service { state, worker: QueueWorker::new(ports, worker_config), pump, dispatcher, retention })
 }
 
 fn worker_id() -> WorkerId {

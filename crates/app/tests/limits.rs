@@ -170,3 +170,59 @@ async fn the_server_default_bounds_projects_without_their_own_cap() {
     app.submit("web", json!({"command": ["true"]})).await;
     problem(app.post("/v1/projects/web/commands", json!({"command": ["true"]})).await, 429, "queue_full").await;
 }
+
+/// Old finished commands and deliveries go, with the retention settings of `a` and `b` (the same
+/// replica on SQLite); queued and running commands and every audit record stay.
+async fn retention_removes_old_finished_commands_only(a: &TestApp, b: &TestApp) {
+    let receiver = adapters_webhook::testing::Receiver::start().await.expect("receiver");
+    let res = a.post("/v1/webhooks", json!({"url": receiver.url("/hook"), "events": ["command.succeeded"]})).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let hook: Value = res.json().await.expect("json");
+    let hook_id = hook["id"].as_str().expect("id").to_owned();
+    a.project("web", 1).await;
+    let (done, _) = a.run("web", json!({"command": ["true"]})).await;
+    let done_id = done["id"].as_str().expect("id").to_owned();
+    receiver.wait_for(1, Duration::from_secs(20)).await;
+    // The only slot runs a long command, so the next one stays queued.
+    let running = a.submit("web", json!({"command": ["sleep", "30"]})).await["id"].as_str().expect("id").to_owned();
+    let queued = a.submit("web", json!({"command": ["true"]})).await["id"].as_str().expect("id").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let gone = b.get(&format!("/v1/commands/{done_id}")).await.status() == StatusCode::NOT_FOUND;
+        let deliveries: Value = b.get(&format!("/v1/webhooks/{hook_id}/deliveries")).await.json().await.expect("json");
+        if gone && deliveries["items"].as_array().is_some_and(Vec::is_empty) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "retention left {done_id} or its delivery: {deliveries}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(b.get(&format!("/v1/commands/{done_id}/output")).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(b.get(&format!("/v1/commands/{done_id}/events")).await.status(), StatusCode::NOT_FOUND);
+    for id in [&running, &queued] {
+        let v: Value = b.get(&format!("/v1/commands/{id}")).await.json().await.expect("json");
+        assert!(v["status"] == "running" || v["status"] == "queued", "{v}");
+    }
+    let audit = b.get("/v1/audit-log?limit=200").await.text().await.expect("audit");
+    assert!(audit.contains(&done_id), "the audit records of a deleted command stay");
+    let verify: Value = b.get("/v1/audit-log/verify").await.json().await.expect("json");
+    assert_eq!(verify["ok"], true, "{verify}");
+    let metrics =
+        a.client.get(format!("{}/metrics", a.base)).send().await.expect("metrics").text().await.expect("text");
+    assert!(metrics.contains("retention_deleted_total{kind=\"commands\"}"), "metric missing");
+    a.post(&format!("/v1/commands/{running}/cancel"), json!({})).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_old_finished_commands_and_deliveries() {
+    let flags = [
+        "--webhook-allow-private-targets",
+        "--command-retention",
+        "1s",
+        "--webhook-retention",
+        "1s",
+        "--retention-interval",
+        "1s",
+    ];
+    let app = spawn_app_with(&flags).await;
+    retention_removes_old_finished_commands_only(&app, &app).await;
+}

@@ -127,6 +127,10 @@ pub trait CommandRepository: Send + Sync {
     async fn events_after(&self, id: CommandId, after: i64, limit: u32) -> DomainResult<Vec<CommandEvent>>;
     /// The captured output of a command (empty until it ends). MUST return `NotFound` for an unknown id.
     async fn output(&self, id: CommandId) -> DomainResult<CommandOutput>;
+    /// Retention: deletes at most `limit` commands that finished before `before`, oldest end
+    /// first, with their output and events, and returns how many went. MUST never delete a
+    /// queued or running command (nor anything of the audit log).
+    async fn purge_finished(&self, before: Timestamp, limit: u32) -> DomainResult<u64>;
 }
 
 /// A claimed command and the fence that proves the claim.
@@ -194,6 +198,10 @@ pub trait CommandQueue: Send + Sync {
     async fn heartbeat(&self, worker: &WorkerId, capacity: u32, now: Timestamp) -> DomainResult<()>;
     /// Workers whose last heartbeat is at or after `since`.
     async fn live_workers(&self, since: Timestamp) -> DomainResult<WorkerCapacity>;
+    /// Takes or renews the lease of the replica-wide `job` (retention) for `owner` until
+    /// `until`, when nobody holds it, its lease ended before `now`, or `owner` holds it already.
+    /// Returns whether `owner` holds it now; MUST be true for one owner at a time.
+    async fn try_job_lease(&self, job: &str, owner: &WorkerId, now: Timestamp, until: Timestamp) -> DomainResult<bool>;
 }
 
 /// Which audit records to list.

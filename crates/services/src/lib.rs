@@ -14,6 +14,7 @@ pub mod pods;
 pub mod projects;
 pub mod queue_bus;
 pub mod rate_limit;
+pub mod retention;
 pub mod signals;
 pub mod webhooks;
 pub mod worker;

@@ -32,3 +32,5 @@ pub const CIRCUIT_BREAKER_STATE: &str = "circuit_breaker_state";
 pub const CIRCUIT_BREAKER_TRANSITIONS_TOTAL: &str = "circuit_breaker_transitions_total";
 /// Gauge: 1 when a dependency (`database`, `executor`) answered the last readiness check, else 0.
 pub const DEPENDENCY_UP: &str = "dependency_up";
+/// Counter: rows the retention job deleted, by `kind` (`commands`, `webhook_deliveries`).
+pub const RETENTION_DELETED_TOTAL: &str = "retention_deleted_total";

@@ -4,3 +4,10 @@ ALTER TABLE projects ADD COLUMN max_queued_commands INTEGER
 
 -- Retention finds finished commands by their end time.
 CREATE INDEX commands_finished_at ON commands (finished_at) WHERE finished_at IS NOT NULL;
+
+-- Replica-wide jobs (retention) run on one replica at a time: whoever holds the lease.
+CREATE TABLE job_leases (
+    name       TEXT    PRIMARY KEY,
+    owner      TEXT    NOT NULL,
+    expires_at INTEGER NOT NULL  -- microseconds since the epoch
+);

@@ -117,6 +117,7 @@ async fn start(db: &app::config::Database, cfg: &ServeConfig, dir: tempfile::Tem
         tokio::spawn(pump.run(shutdown.clone()));
     }
     tokio::spawn(service.dispatcher.run(shutdown.clone()));
+    tokio::spawn(service.retention.run(shutdown.clone()));
     let server = app::server::server(service.state, listener, 1).expect("server");
     let handle = server.handle();
     tokio::spawn(server);

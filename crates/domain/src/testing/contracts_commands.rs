@@ -108,6 +108,62 @@ pub async fn command_repository<S: Store, F: Fn() -> Fut, Fut: Future<Output = S
     assert_eq!(CommandRepository::list(&store, &by_status, PageRequest::default()).await.map(|p| p.items.len()), Ok(1));
 
     queue_cap(&store).await;
+    purge_finished(fresh().await).await;
+}
+
+/// Retention deletes finished commands that ended before the cut-off, with their events and
+/// output, oldest first and at most `limit`; queued and running commands always stay.
+async fn purge_finished<S: Store>(store: S) {
+    let p = sample_project("old", 10);
+    ProjectRepository::create(&store, &p).await.expect("project");
+    let mut ended = Vec::new();
+    for _ in 0..3 {
+        let id = CommandRepository::enqueue(&store, sample_command(&p, Priority::Normal, None))
+            .await
+            .expect("enqueue")
+            .command
+            .id;
+        CommandRepository::request_cancel(&store, id, now_micros()).await.expect("cancel");
+        ended.push(id);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let claimed_id = CommandRepository::enqueue(&store, sample_command(&p, Priority::Normal, None))
+        .await
+        .expect("enqueue")
+        .command
+        .id;
+    let claim = CommandQueue::claim_next(&store, &worker(), now_micros(), LEASE).await.expect("claim").expect("one");
+    assert_eq!(claim.command.id, claimed_id);
+    let queued = CommandRepository::enqueue(&store, sample_command(&p, Priority::Normal, None))
+        .await
+        .expect("enqueue")
+        .command
+        .id;
+    let cutoff = now_micros() + TimeDelta::seconds(1);
+
+    assert_eq!(CommandRepository::purge_finished(&store, cutoff, 2).await, Ok(2), "at most `limit`");
+    for id in &ended[..2] {
+        assert!(matches!(CommandRepository::get(&store, *id).await, Err(DomainError::NotFound(_))), "oldest first");
+        assert!(matches!(CommandRepository::output(&store, *id).await, Err(DomainError::NotFound(_))));
+        assert!(
+            CommandRepository::events_after(&store, *id, 0, 10).await.is_ok_and(|e| e.is_empty())
+                || matches!(CommandRepository::events_after(&store, *id, 0, 10).await, Err(DomainError::NotFound(_)))
+        );
+    }
+    assert_eq!(
+        CommandRepository::purge_finished(&store, ended_at(&store, ended[2]).await, 10).await,
+        Ok(0),
+        "the cut-off is exclusive"
+    );
+    assert_eq!(CommandRepository::purge_finished(&store, cutoff, 10).await, Ok(1));
+    assert_eq!(CommandRepository::purge_finished(&store, cutoff, 10).await, Ok(0));
+    for id in [claimed_id, queued] {
+        assert!(CommandRepository::get(&store, id).await.is_ok(), "running and queued commands MUST stay");
+    }
+}
+
+async fn ended_at<S: Store>(store: &S, id: CommandId) -> crate::Timestamp {
+    CommandRepository::get(store, id).await.expect("get").finished_at.expect("ended")
 }
 
 /// A project's queue holds at most `max_queued` queued commands: a refused enqueue stores
@@ -197,6 +253,25 @@ pub async fn command_queue<S: Store, F: Fn() -> Fut, Fut: Future<Output = S>>(fr
     assert_eq!((live.replicas, live.capacity), (2, 8));
     let none = CommandQueue::live_workers(&store, now_micros() + TimeDelta::seconds(30)).await.expect("live");
     assert_eq!(none.replicas, 0);
+
+    // Job leases: one holder at a time; the holder renews; an expired lease changes hands.
+    let (a, b): (&'static WorkerId, &'static WorkerId) =
+        (Box::leak(Box::new(WorkerId::new("a"))), Box::leak(Box::new(WorkerId::new("b"))));
+    let now = now_micros();
+    let lease = |owner: &'static WorkerId, at: crate::Timestamp, secs: i64| {
+        CommandQueue::try_job_lease(&store, "retention", owner, at, at + TimeDelta::seconds(secs))
+    };
+    assert_eq!(lease(a, now, 10).await, Ok(true), "a free job is taken");
+    assert_eq!(lease(b, now, 10).await, Ok(false), "MUST be refused while another holds it");
+    assert_eq!(lease(a, now + TimeDelta::seconds(5), 10).await, Ok(true), "the holder renews");
+    assert_eq!(lease(b, now + TimeDelta::seconds(12), 10).await, Ok(false), "renewed until now + 15 s");
+    assert_eq!(lease(b, now + TimeDelta::seconds(16), 10).await, Ok(true), "an expired lease changes hands");
+    assert_eq!(lease(a, now + TimeDelta::seconds(17), 10).await, Ok(false));
+    assert_eq!(
+        CommandQueue::try_job_lease(&store, "other", a, now, now + TimeDelta::seconds(10)).await,
+        Ok(true),
+        "jobs are independent"
+    );
 }
 
 async fn priority_order_under_a_cap<S: Store>(store: S) {

@@ -60,6 +60,7 @@ struct State {
     checkpoints: BTreeMap<i64, AuditCheckpoint>,
     windows: HashMap<(String, i64), u64>,
     workers: HashMap<String, (u32, Timestamp)>,
+    job_leases: HashMap<String, (WorkerId, Timestamp)>,
     webhooks: WebhookTables,
 }
 
@@ -321,6 +322,22 @@ impl CommandRepository for MemoryStore {
     async fn output(&self, id: CommandId) -> DomainResult<CommandOutput> {
         self.lock().commands.get(&id).map(|r| r.output.clone()).ok_or_else(|| not_found("command"))
     }
+
+    async fn purge_finished(&self, before: Timestamp, limit: u32) -> DomainResult<u64> {
+        let mut s = self.lock();
+        let mut old: Vec<(Timestamp, CommandId)> = s
+            .commands
+            .values()
+            .filter(|r| r.command.status.is_terminal())
+            .filter_map(|r| r.command.finished_at.filter(|at| *at < before).map(|at| (at, r.command.id)))
+            .collect();
+        old.sort();
+        old.truncate(limit as usize);
+        for (_, id) in &old {
+            s.commands.remove(id);
+        }
+        Ok(old.len() as u64)
+    }
 }
 
 fn running_in(s: &State, project: &ProjectName) -> u32 {
@@ -432,6 +449,15 @@ impl CommandQueue for MemoryStore {
         let s = self.lock();
         let live: Vec<u32> = s.workers.values().filter(|(_, seen)| *seen >= since).map(|(c, _)| *c).collect();
         Ok(WorkerCapacity { replicas: live.len() as u32, capacity: live.iter().sum() })
+    }
+
+    async fn try_job_lease(&self, job: &str, owner: &WorkerId, now: Timestamp, until: Timestamp) -> DomainResult<bool> {
+        let mut s = self.lock();
+        let free = s.job_leases.get(job).is_none_or(|(holder, end)| holder == owner || *end < now);
+        if free {
+            s.job_leases.insert(job.to_owned(), (owner.clone(), until));
+        }
+        Ok(free)
     }
 }
 

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::TimeDelta;
 use domain::audit::{AuditEntry, AuditOutcome};
 use domain::ports::Clock;
 use domain::webhook::{
@@ -45,10 +44,6 @@ pub struct DispatcherConfig {
     pub retry: RetryPolicy,
     /// Per-endpoint breakers.
     pub breaker: BreakerConfig,
-    /// How long finished deliveries are kept.
-    pub retention: Duration,
-    /// How often old deliveries are purged.
-    pub purge_every: Duration,
     /// On shutdown, how long sends in flight may take before they are abandoned (their leases
     /// run out and another replica, or the next start, sends them again with the same id).
     pub shutdown_grace: Duration,
@@ -56,7 +51,8 @@ pub struct DispatcherConfig {
 
 impl DispatcherConfig {
     /// Defaults for the replica `owner`: 16 concurrent sends, 60 s leases (four times the 15 s
-    /// send timeout), the schedule of DESIGN.md §3, finished deliveries kept 30 days.
+    /// send timeout), the schedule of DESIGN.md §3. Old deliveries are deleted by the
+    /// retention job (`crate::retention`), not here, so one replica at a time does it.
     pub fn new(owner: impl Into<String>) -> Self {
         Self {
             owner: owner.into(),
@@ -67,8 +63,6 @@ impl DispatcherConfig {
             poll_every: Duration::from_secs(1),
             retry: RetryPolicy::default(),
             breaker: BreakerConfig::default(),
-            retention: Duration::from_secs(30 * 24 * 3600),
-            purge_every: Duration::from_secs(3600),
             shutdown_grace: Duration::from_secs(15),
         }
     }
@@ -121,10 +115,8 @@ impl WebhookDispatcher {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut sending = JoinSet::new();
         let mut changes = self.ports.changes.clone();
-        let mut last_purge: Option<tokio::time::Instant> = None;
         tracing::info!(owner = %self.config.owner, concurrency = self.config.concurrency, "webhook dispatcher started");
         while !shutdown.is_cancelled() {
-            self.purge_if_due(&mut last_purge).await;
             self.fan_out().await;
             let full = self.start_sends(&mut sending).await;
             while sending.try_join_next().is_some() {}
@@ -160,19 +152,6 @@ impl WebhookDispatcher {
         }
         while sending.join_next().await.is_some() {}
         leased
-    }
-
-    async fn purge_if_due(&self, last: &mut Option<tokio::time::Instant>) {
-        if last.is_some_and(|t| t.elapsed() < self.config.purge_every) {
-            return;
-        }
-        *last = Some(tokio::time::Instant::now());
-        let before = self.ports.clock.now() - TimeDelta::from_std(self.config.retention).unwrap_or(TimeDelta::MAX);
-        match self.ports.deliveries.purge(before).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(purged = n, "purged old webhook deliveries"),
-            Err(e) => tracing::warn!(error = %e, "purging old webhook deliveries failed"),
-        }
     }
 
     async fn fan_out(&self) {
