@@ -226,3 +226,26 @@ async fn retention_deletes_old_finished_commands_and_deliveries() {
     let app = spawn_app_with(&flags).await;
     retention_removes_old_finished_commands_only(&app, &app).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_command_writes_no_webhook_event() {
+    let app = spawn_app_with(&["--webhook-allow-private-targets", "--concurrent-commands", "0"]).await;
+    let receiver = adapters_webhook::testing::Receiver::start().await.expect("receiver");
+    let res = app.post("/v1/webhooks", json!({"url": receiver.url("/hook"), "events": ["command.queued"]})).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let hook: Value = res.json().await.expect("json");
+    let res = app.post("/v1/projects", json!({"name": "one", "image": "alpine:3.20", "max_queued_commands": 1})).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    app.submit("one", json!({"command": ["true"]})).await;
+    for _ in 0..3 {
+        problem(app.post("/v1/projects/one/commands", json!({"command": ["true"]})).await, 429, "queue_full").await;
+    }
+    receiver.wait_for(1, Duration::from_secs(20)).await;
+    // Time for any further event to fan out and be sent, had one been written.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(receiver.received().len(), 1, "only the accepted command was announced");
+    let id = hook["id"].as_str().expect("id");
+    let deliveries: Value = app.get(&format!("/v1/webhooks/{id}/deliveries")).await.json().await.expect("json");
+    assert_eq!(deliveries["items"].as_array().map(Vec::len), Some(1), "{deliveries}");
+    assert_eq!(listed(&app, "one").await, 1);
+}

@@ -60,7 +60,10 @@ async fn revoking_on_one_replica_ends_streams_and_waits_on_the_other_within_a_se
 async fn concurrent_submits_to_two_replicas_never_pass_the_queue_cap() {
     let db = TestDatabase::create().await;
     // Nothing runs, so every accepted command stays queued.
-    let (a, b) = replicas(&db, &["--concurrent-commands", "0"]).await;
+    let (a, b) = replicas(&db, &["--concurrent-commands", "0", "--webhook-allow-private-targets"]).await;
+    let receiver = adapters_webhook::testing::Receiver::start().await.expect("receiver");
+    let res = a.post("/v1/webhooks", json!({"url": receiver.url("/hook"), "events": ["command.queued"]})).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
     let res = a.post("/v1/projects", json!({"name": "tight", "image": "alpine:3.20", "max_queued_commands": 5})).await;
     assert_eq!(res.status(), StatusCode::CREATED);
     let answers: Vec<(u16, Value)> = futures::stream::iter((0..40).map(|n| {
@@ -79,6 +82,10 @@ async fn concurrent_submits_to_two_replicas_never_pass_the_queue_cap() {
     assert_eq!((accepted, full), (5, 35), "{answers:?}");
     let listed: Value = b.get("/v1/projects/tight/commands?limit=200").await.json().await.expect("json");
     assert_eq!(listed["items"].as_array().map(Vec::len), Some(5), "refused commands left no row");
+    receiver.wait_for(5, Duration::from_secs(20)).await;
+    // Time for any further event to fan out and be sent, had one been written.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(receiver.received().len(), 5, "only accepted commands were announced (no outbox event for refusals)");
 }
 
 /// Old finished commands and deliveries go, with the retention settings of `a` and `b` (the same

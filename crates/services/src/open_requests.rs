@@ -40,14 +40,31 @@ struct KeyRequests {
     tokens: HashMap<u64, CancellationToken>,
 }
 
+/// How long a key change is remembered: a request that authenticated with a cached view of
+/// the key just before the change may register just after it, and must be re-checked too. The
+/// key cache's TTL (500 ms by default) bounds that gap; this is a generous margin over it.
+const RECENT_CHANGE: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[derive(Debug, Default)]
 struct Shared {
     keys: Mutex<HashMap<ApiKeyId, KeyRequests>>,
+    recent_changes: Mutex<HashMap<ApiKeyId, std::time::Instant>>,
 }
 
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ApiKeyId, KeyRequests>> {
         self.keys.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn remember_change(&self, id: ApiKeyId) {
+        let mut recent = self.recent_changes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        recent.retain(|_, at| at.elapsed() < RECENT_CHANGE);
+        recent.insert(id, std::time::Instant::now());
+    }
+
+    fn changed_recently(&self, id: ApiKeyId) -> bool {
+        let recent = self.recent_changes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        recent.get(&id).is_some_and(|at| at.elapsed() < RECENT_CHANGE)
     }
 }
 
@@ -117,8 +134,10 @@ impl OpenRequests {
         Self { shared: Arc::default(), keys, clock, max_streams_per_key }
     }
 
-    /// Registers a request of `key`; a stream beyond the key's cap is refused.
-    pub fn open(&self, key: &ApiKey, kind: RequestKind) -> Result<OpenRequest, TooManyStreams> {
+    /// Registers a request of `key`; a stream beyond the key's cap is refused. A key that
+    /// changed moments ago is re-read from the store, as its caller may have been let in by a
+    /// cached view from before the change.
+    pub fn open(self: &Arc<Self>, key: &ApiKey, kind: RequestKind) -> Result<OpenRequest, TooManyStreams> {
         let token = CancellationToken::new();
         let slot = {
             let mut keys = self.shared.lock();
@@ -134,11 +153,17 @@ impl OpenRequests {
             entry.next
         };
         let expires = key.expires_at.map(|at| deadline(at, self.clock.now()));
+        if self.shared.changed_recently(key.id) {
+            let this = Arc::clone(self);
+            let id = key.id;
+            tokio::spawn(async move { this.recheck(id).await });
+        }
         Ok(OpenRequest { shared: Arc::clone(&self.shared), key: key.id, slot, kind, token, expires })
     }
 
     /// Ends every open request of `id` now (the key was revoked here).
     pub fn end_key(&self, id: ApiKeyId) {
+        self.shared.remember_change(id);
         if let Some(entry) = self.shared.lock().get(&id) {
             entry.tokens.values().for_each(CancellationToken::cancel);
         }
@@ -148,6 +173,7 @@ impl OpenRequests {
     /// ends its open requests if it can no longer be used. Returns at once; the store read
     /// runs in the background so the signal pump is never held up.
     pub fn key_changed(self: &Arc<Self>, id: ApiKeyId) {
+        self.shared.remember_change(id);
         if !self.shared.lock().contains_key(&id) {
             return;
         }
@@ -215,7 +241,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_revoked_key_ends_its_requests_and_a_rotated_one_does_not() {
+    async fn a_revoked_key_ends_its_requests_and_a_still_valid_one_does_not() {
         let store = Arc::new(MemoryStore::new());
         let open = registry(store.clone(), 8);
         let (key, _) = sample_key("k", &[Scope::Admin], ProjectAccess::All);
@@ -227,5 +253,18 @@ mod tests {
         open.key_changed(key.id);
         tokio::time::timeout(Duration::from_secs(1), request.ended()).await.expect("ended after revocation");
         assert!(request.is_ended());
+    }
+
+    #[tokio::test]
+    async fn a_request_registered_just_after_a_revocation_is_ended_too() {
+        let store = Arc::new(MemoryStore::new());
+        let open = registry(store.clone(), 8);
+        let (key, _) = sample_key("k", &[Scope::Admin], ProjectAccess::All);
+        store.create(&key).await.expect("create");
+        // The caller authenticated with a cached view of the key; the revocation lands first.
+        store.revoke(key.id, now_micros()).await.expect("revoke");
+        open.key_changed(key.id);
+        let late = open.open(&key, RequestKind::Stream).expect("open");
+        tokio::time::timeout(Duration::from_secs(1), late.ended()).await.expect("ended after the late re-check");
     }
 }
