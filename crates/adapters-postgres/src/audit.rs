@@ -41,6 +41,7 @@ struct AuditRow {
     trace_id: Option<String>,
     prev_hash: Vec<u8>,
     hash: Vec<u8>,
+    count: i64,
 }
 
 impl AuditRow {
@@ -61,6 +62,7 @@ impl AuditRow {
             trace_id: e.trace_id.clone(),
             prev_hash: r.prev_hash.to_vec(),
             hash: r.hash.to_vec(),
+            count: i64::from(e.count),
         }
     }
 
@@ -76,6 +78,7 @@ impl AuditRow {
             detail: self.detail,
             request_id: self.request_id,
             trace_id: self.trace_id,
+            count: u32::try_from(self.count).map_err(|_| codec::corrupt("count", &self.count.to_string()))?,
         };
         Ok(AuditRecord {
             id: AuditId::from_uuid(self.id),

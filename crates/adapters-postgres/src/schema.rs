@@ -113,6 +113,7 @@ diesel::table! {
         trace_id -> Nullable<Text>,
         prev_hash -> Bytea,
         hash -> Bytea,
+        count -> BigInt,
     }
 }
 

@@ -41,6 +41,7 @@ fn audit_entry(action: &str) -> AuditEntry {
         detail: None,
         request_id: None,
         trace_id: None,
+        count: 1,
     }
 }
 

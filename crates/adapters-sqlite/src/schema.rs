@@ -119,6 +119,7 @@ diesel::table! {
         trace_id -> Nullable<Text>,
         prev_hash -> Binary,
         hash -> Binary,
+        count -> BigInt,
     }
 }
 

@@ -39,6 +39,7 @@ fn audit_entry() -> AuditEntry {
         detail: None,
         request_id: None,
         trace_id: None,
+        count: 1,
     }
 }
 

@@ -45,10 +45,13 @@ pub async fn serve(db: &Database, cfg: &ServeConfig) -> Result<ExitCode, Startup
     let bound = listener.local_addr().map_or_else(|_| cfg.listen_addr.to_string(), |a| a.to_string());
     tracing::info!(listen_addr = %bound, executor = ?cfg.executor, "rdev-api serving");
     eprintln!("rdev-api: listening on http://{bound}");
+    let auth_failures = Arc::clone(&service.state.auth_failures);
     let server = crate::server::server(service.state, listener, cfg.shutdown_grace_seconds)
         .map_err(|source| StartupError::Io { path: cfg.listen_addr.to_string(), source })?;
     // actix stops on SIGTERM/SIGINT after in-flight requests; then the worker drains.
     let served = server.await;
+    // No request is left to fail: the counts of still-open windows are written now, not lost.
+    auth_failures.flush_all().await;
     shutdown.cancel();
     if let Err(e) = worker.await {
         tracing::error!(error = %e, "queue worker panicked");

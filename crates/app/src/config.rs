@@ -217,6 +217,17 @@ pub struct ServeConfig {
     /// Rate-limit window.
     #[arg(long, env = "RATE_LIMIT_WINDOW_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=3600))]
     pub rate_limit_window_seconds: u32,
+    /// Failed authentications per second and client address, sustained; beyond the burst the
+    /// address's further failures answer `429` (a valid key from it is never refused).
+    #[arg(long, env = "AUTH_FAILURE_RPS", default_value_t = services::auth_failures::DEFAULT_RPS, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub auth_failure_rps: u32,
+    /// Failed authentications a client address may spend at once.
+    #[arg(long, env = "AUTH_FAILURE_BURST", default_value_t = services::auth_failures::DEFAULT_BURST, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub auth_failure_burst: u32,
+    /// Failed authentications are audited as one record per address, reason, key and window
+    /// of this many seconds, carrying a count.
+    #[arg(long, env = "AUTH_FAILURE_AUDIT_WINDOW_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub auth_failure_audit_window_seconds: u64,
     /// Captured output per stream (head and tail kept).
     #[arg(long, env = "MAX_OUTPUT_BYTES", default_value_t = 1024 * 1024)]
     pub max_output_bytes: usize,

@@ -7,6 +7,7 @@ use domain::ports::{Executor, HealthCheck};
 use metrics_exporter_prometheus::PrometheusHandle;
 use services::api_keys::ApiKeyService;
 use services::audit::AuditService;
+use services::auth_failures::AuthFailures;
 use services::commands::CommandService;
 use services::open_requests::OpenRequests;
 use services::pods::PodService;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub audit: AuditService,
     /// Rate limiter.
     pub limiter: Arc<RateLimiter>,
+    /// Failed authentications: limited per client address, audited in aggregate.
+    pub auth_failures: Arc<AuthFailures>,
     /// Store readiness.
     pub store_health: Arc<dyn HealthCheck>,
     /// Executor readiness.

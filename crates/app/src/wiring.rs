@@ -16,6 +16,7 @@ use domain::webhook::WebhookSender;
 use domain::DomainError;
 use services::api_keys::ApiKeyService;
 use services::audit::{AuditService, CheckpointPolicy};
+use services::auth_failures::{AuthFailurePolicy, AuthFailures};
 use services::breaker::{BreakerConfig, BreakerExecutor, BreakerPods, CircuitBreaker};
 use services::cache::{CacheConfig, CachedRepository};
 use services::clock::SystemClock;
@@ -278,6 +279,17 @@ pub async fn build(
     let audit = AuditService::new(stores.audit.clone()).with_checkpoints(checkpoint_policy(&cfg.audit_checkpoints)?);
     // Runs for the life of the runtime; a checkpoint is due within AUDIT_CHECKPOINT_SECONDS.
     tokio::spawn(audit.clone().run_checkpoints(tokio_util::sync::CancellationToken::new()));
+    let auth_failures = Arc::new(AuthFailures::new(
+        AuthFailurePolicy {
+            rps: cfg.auth_failure_rps,
+            burst: cfg.auth_failure_burst,
+            audit_window: Duration::from_secs(cfg.auth_failure_audit_window_seconds),
+        },
+        audit.clone(),
+    ));
+    // Closes aggregation windows for the life of the runtime; `serve` flushes the open ones
+    // once the server has stopped.
+    tokio::spawn(auth_failures.clone().run(CancellationToken::new()));
     let projects = Arc::new(ProjectService::new(stores.projects.clone(), clock.clone()));
     let commands = Arc::new(
         CommandService::new(
@@ -348,6 +360,7 @@ pub async fn build(
         commands,
         audit,
         limiter: Arc::new(RateLimiter::new(stores.rate_limits.clone(), clock, policy)),
+        auth_failures,
         store_health: stores.health.clone(),
         executor,
         confinement: confinement(cfg),

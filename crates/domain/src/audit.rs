@@ -61,6 +61,10 @@ pub struct AuditEntry {
     pub request_id: Option<String>,
     /// The W3C trace id.
     pub trace_id: Option<String>,
+    /// How many occurrences this record stands for: 1, except for aggregated records (failed
+    /// authentications of one address, reason and window), so a flood adds a handful of
+    /// records, not one per request. Summing `count` gives the number of occurrences.
+    pub count: u32,
 }
 
 /// A stored, chained audit record.
@@ -95,6 +99,14 @@ struct Canonical<'a> {
     detail: &'a Option<String>,
     request_id: &'a Option<String>,
     trace_id: &'a Option<String>,
+    /// Left out when 1, so records written before `count` existed keep their hashes; any
+    /// other value is hashed, so editing a count breaks the chain.
+    #[serde(skip_serializing_if = "is_one")]
+    count: u32,
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 /// The canonical bytes of a record: JSON with a fixed field order and microsecond RFC 3339 time,
@@ -113,6 +125,7 @@ pub fn canonical_bytes(id: AuditId, seq: i64, e: &AuditEntry) -> Vec<u8> {
         detail: &e.detail,
         request_id: &e.request_id,
         trace_id: &e.trace_id,
+        count: e.count,
     };
     // Serialising plain strings and options into a Vec cannot fail.
     serde_json::to_vec(&c).unwrap_or_default()
@@ -370,7 +383,18 @@ mod tests {
             detail: None,
             request_id: None,
             trace_id: None,
+            count: 1,
         }
+    }
+
+    #[test]
+    fn a_count_of_one_keeps_the_old_canonical_form_and_any_other_count_is_hashed() {
+        let id = AuditId::generate();
+        let one = canonical_bytes(id, 1, &entry("a"));
+        assert!(!String::from_utf8_lossy(&one).contains("count"), "records from before `count` keep their hash");
+        let many = AuditEntry { count: 7, ..entry("a") };
+        assert!(String::from_utf8_lossy(&canonical_bytes(id, 1, &many)).ends_with(r#""count":7}"#));
+        assert_ne!(chain_hash(&GENESIS_HASH, id, 1, &many), chain_hash(&GENESIS_HASH, id, 1, &entry("a")));
     }
 
     fn chain(n: usize) -> Vec<AuditRecord> {

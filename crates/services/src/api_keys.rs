@@ -51,6 +51,16 @@ impl NewKey {
     }
 }
 
+/// A refused authentication: the error to answer with, and the key the presented secret
+/// belongs to, when it belongs to one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// `Unauthorized`, `Forbidden` (wrong address), or a store error (not the caller's fault).
+    pub error: DomainError,
+    /// The key whose (current or former) secret was presented.
+    pub key: Option<ApiKeyId>,
+}
+
 /// Issues, authenticates, revokes and rotates keys.
 pub struct ApiKeyService {
     repo: Arc<dyn ApiKeyRepository>,
@@ -138,18 +148,27 @@ impl ApiKeyService {
     /// `Unauthorized` for unknown, malformed, revoked or expired keys; `Forbidden` from a
     /// network outside the key's `allowed_ips`.
     pub async fn authenticate(&self, presented: &str, client_ip: IpAddr) -> DomainResult<ApiKey> {
-        let secret = ApiKeySecret::parse(presented)?;
+        self.authenticate_traced(presented, client_ip).await.map_err(|d| d.error)
+    }
+
+    /// As [`Self::authenticate`], but a refusal also names the key when the presented secret
+    /// belongs to one (revoked, expired, a rotated-out secret past its grace, a wrong address),
+    /// so that the audit can say whose stolen or stale key was tried.
+    pub async fn authenticate_traced(&self, presented: &str, client_ip: IpAddr) -> Result<ApiKey, Denial> {
+        let unknown = || Denial { error: rejection(KeyRejection::Unknown), key: None };
+        let secret = ApiKeySecret::parse(presented).map_err(|error| Denial { error, key: None })?;
         let hash = secret.hash();
-        let key = self.repo.find_by_hash(&hash).await?.ok_or_else(|| rejection(KeyRejection::Unknown))?;
+        let key =
+            self.repo.find_by_hash(&hash).await.map_err(|error| Denial { error, key: None })?.ok_or_else(unknown)?;
         // The store matched by hash already; compare again in constant time so nothing on this
         // path branches early on secret-derived bytes.
         let matches_current: bool = key.hash.as_bytes().ct_eq(hash.as_bytes()).into();
         let matches_previous = key.previous.is_some_and(|p| bool::from(p.hash.as_bytes().ct_eq(hash.as_bytes())));
         if !matches_current && !matches_previous {
-            return Err(rejection(KeyRejection::Unknown));
+            return Err(unknown());
         }
         let now = self.clock.now();
-        key.check(&hash, now, client_ip).map_err(rejection)?;
+        key.check(&hash, now, client_ip).map_err(|r| Denial { error: rejection(r), key: Some(key.id) })?;
         self.touch(&key, now).await;
         Ok(key)
     }
@@ -279,6 +298,21 @@ mod tests {
         assert_eq!(svc.authenticate(secret.expose(), LOCAL).await.map(|k| k.id), Ok(key.id));
         svc.revoke(&Principal::system(), key.id).await.expect("revoke");
         assert!(matches!(svc.authenticate(secret.expose(), LOCAL).await, Err(DomainError::Unauthorized(_))));
+    }
+
+    #[tokio::test]
+    async fn a_refused_known_key_is_named_and_an_unknown_one_is_not() {
+        let (svc, _) = service();
+        let (key, secret) = svc.create(&Principal::system(), new_key(&["10.0.0.0/8"])).await.expect("create");
+        let denial = svc.authenticate_traced(secret.expose(), LOCAL).await.expect_err("wrong address");
+        assert_eq!(denial.key, Some(key.id));
+        assert!(matches!(denial.error, DomainError::Forbidden(_)));
+        svc.revoke(&Principal::system(), key.id).await.expect("revoke");
+        let ten = "10.1.1.1".parse().expect("ip");
+        assert_eq!(svc.authenticate_traced(secret.expose(), ten).await.expect_err("revoked").key, Some(key.id));
+        let other = generate_secret();
+        assert_eq!(svc.authenticate_traced(other.expose(), ten).await.expect_err("unknown").key, None);
+        assert_eq!(svc.authenticate_traced("rdev_garbage", ten).await.expect_err("malformed").key, None);
     }
 
     #[tokio::test]

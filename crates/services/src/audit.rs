@@ -204,6 +204,7 @@ mod tests {
             detail: None,
             request_id: None,
             trace_id: None,
+            count: 1,
         }
     }
 

@@ -4,6 +4,7 @@
 pub mod access;
 pub mod api_keys;
 pub mod audit;
+pub mod auth_failures;
 pub mod breaker;
 pub mod cache;
 pub mod clock;

@@ -421,5 +421,6 @@ fn system_entry(
         detail,
         request_id: None,
         trace_id: None,
+        count: 1,
     }
 }

@@ -11,6 +11,8 @@ use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 use domain::api_key::ApiKey;
 use domain::rate_limit::RateDecision;
 use domain::DomainError;
+use services::api_keys::Denial;
+use services::auth_failures::FailureReason;
 use services::Principal;
 
 use super::problem::ApiError;
@@ -93,13 +95,24 @@ async fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
         .app_data::<web::Data<AppState>>()
         .ok_or_else(|| ApiError::Domain(DomainError::Internal("application state missing".into())))?;
     let context = RequestContext::of(req);
-    let presented = bearer(req).inspect_err(|_| count_auth_failure("missing_key"))?;
-    let key = state.keys.authenticate(presented, context.client_ip).await.inspect_err(|e| match e {
-        DomainError::Forbidden(_) => count_auth_failure("ip_not_allowed"),
-        DomainError::Unauthorized(_) => count_auth_failure("invalid_key"),
-        // A store outage is not the caller's failure; it shows as 503 and in store metrics.
-        _ => {}
-    })?;
+    // The key is judged first and the address's failure budget only spent on a failure, so a
+    // valid key is never refused because others flood from its address.
+    let key = match bearer(req) {
+        Err(missing) => return Err(failed(req, state, &context, FailureReason::MissingKey, None, missing).await),
+        Ok(presented) => match state.keys.authenticate_traced(presented, context.client_ip).await {
+            Ok(key) => key,
+            Err(Denial { error, key }) => {
+                let reason = match error {
+                    DomainError::Forbidden(_) => FailureReason::IpNotAllowed,
+                    DomainError::Unauthorized(_) => FailureReason::InvalidKey,
+                    // A store outage is not the caller's failure; it shows as 503 and in store
+                    // metrics, and spends no budget.
+                    other => return Err(other.into()),
+                };
+                return Err(failed(req, state, &context, reason, key, error.into()).await);
+            }
+        },
+    };
     req.extensions_mut().insert(AuthenticatedKey(key.id));
     if let Some(actor) = req.extensions().get::<super::middleware::AuditActor>() {
         actor.set(key.id);
@@ -112,8 +125,33 @@ async fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
     Ok(Caller { principal: Principal::of(&key), key, context })
 }
 
-fn count_auth_failure(reason: &'static str) {
-    metrics::counter!(services::metrics::AUTH_FAILURES_TOTAL, "reason" => reason).increment(1);
+/// A failed authentication, noted for the middleware, which audits it in aggregate instead of
+/// one record per request.
+#[derive(Debug, Clone)]
+pub struct AuthFailure {
+    /// Why it failed (`rate_limited` once the address's budget is spent).
+    pub reason: FailureReason,
+    /// The key whose secret was presented, when known.
+    pub actor: Option<domain::ids::ApiKeyId>,
+}
+
+/// Spends one of the address's failures and counts it: `error` while the budget lasts, `429`
+/// once it is spent.
+async fn failed(
+    req: &HttpRequest,
+    state: &AppState,
+    context: &RequestContext,
+    reason: FailureReason,
+    actor: Option<domain::ids::ApiKeyId>,
+    error: ApiError,
+) -> ApiError {
+    let (reason, error) = match state.auth_failures.admit(context.client_ip).await {
+        Ok(()) => (reason, error),
+        Err(retry_after) => (FailureReason::RateLimited, ApiError::RateLimited { retry_after }),
+    };
+    metrics::counter!(services::metrics::AUTH_FAILURES_TOTAL, "reason" => reason.as_str()).increment(1);
+    req.extensions_mut().insert(AuthFailure { reason, actor });
+    error
 }
 
 fn bearer(req: &HttpRequest) -> Result<&str, ApiError> {

@@ -18,7 +18,12 @@ use domain::rate_limit::RateDecision;
 use services::audit::AuditService;
 use tracing::Instrument;
 
-use super::context::{rate_decision, trace_id_of, valid_request_id, AuditProject, AuthenticatedKey, RequestContext};
+use futures::future::OptionFuture;
+use services::auth_failures::FailedAuth;
+
+use super::context::{
+    rate_decision, trace_id_of, valid_request_id, AuditProject, AuthFailure, AuthenticatedKey, RequestContext,
+};
 use crate::state::AppState;
 
 const REQUEST_ID: &str = "x-request-id";
@@ -59,14 +64,30 @@ pub async fn observe(
         set_rate_headers(&mut res, decision);
     }
     if let Some(state) = state {
-        if must_audit(&method, status) {
+        let failure = res.request().extensions().get::<AuthFailure>().cloned();
+        // Written by its own task: should the client hang up now, dropping this future, the
+        // record is still finished (awaited here so it is readable once the answer is).
+        let written = if let Some(AuthFailure { reason, actor }) = failure {
+            // Aggregated per address, reason, key and window, so a flood cannot flood the log.
+            let failed = FailedAuth {
+                client_ip: context.client_ip,
+                reason,
+                actor,
+                resource: res.request().path().to_owned(),
+                request_id: Some(context.request_id.clone()),
+                trace_id: context.trace_id.clone(),
+            };
+            let failures = state.auth_failures.clone();
+            Some(tokio::spawn(async move { failures.record(failed).await }))
+        } else if must_audit(&method, status) {
             let entry = audit_entry(&res, &context, &method, &route, status);
-            // Written by its own task: should the client hang up now, dropping this future, the
-            // record is still finished (awaited here so it is readable once the answer is).
             let audit = state.audit.clone();
-            if let Err(e) = tokio::spawn(async move { audit.record(entry).await }).await {
-                tracing::error!(error = %e, "audit task failed");
-            }
+            Some(tokio::spawn(async move { audit.record(entry).await }))
+        } else {
+            None
+        };
+        if let Some(Err(e)) = OptionFuture::from(written).await {
+            tracing::error!(error = %e, "audit task failed");
         }
     }
     Ok(res)
@@ -112,6 +133,7 @@ impl HangUpGuard {
                 detail: Some(CLIENT_CLOSED.to_string()),
                 request_id: Some(ctx.request_id.clone()),
                 trace_id: ctx.trace_id.clone(),
+                count: 1,
             };
             (state.audit.clone(), entry, actor)
         });
@@ -220,5 +242,6 @@ fn audit_entry<B>(
         detail: Some(status.as_u16().to_string()),
         request_id: Some(ctx.request_id.clone()),
         trace_id: ctx.trace_id.clone(),
+        count: 1,
     }
 }

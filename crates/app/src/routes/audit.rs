@@ -40,6 +40,9 @@ pub struct AuditRecordBody {
     pub request_id: Option<String>,
     /// Trace id.
     pub trace_id: Option<String>,
+    /// How many occurrences the record stands for: 1, except for aggregated failed
+    /// authentications (one record per address, reason and window).
+    pub count: u32,
     /// Hash of the previous record (hex).
     pub prev_hash: String,
     /// This record's hash (hex).
@@ -62,6 +65,7 @@ impl From<AuditRecord> for AuditRecordBody {
             detail: e.detail,
             request_id: e.request_id,
             trace_id: e.trace_id,
+            count: e.count,
             prev_hash: hex_of(&r.prev_hash),
             hash: hex_of(&r.hash),
         }

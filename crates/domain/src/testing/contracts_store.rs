@@ -165,6 +165,7 @@ fn entry(action: &str, project: Option<&str>, outcome: AuditOutcome, minutes: i6
         detail: Some("201".into()),
         request_id: Some("req-1".into()),
         trace_id: None,
+        count: 1,
     }
 }
 
@@ -177,8 +178,9 @@ pub async fn audit_log<S: Store, F: Fn() -> Fut, Fut: Future<Output = S>>(fresh:
     let r1 = AuditLog::append(store.as_ref(), first.clone()).await.expect("append");
     assert_eq!((r1.seq, r1.prev_hash), (1, crate::audit::GENESIS_HASH));
     assert_eq!(r1.entry, first, "the entry is stored as given");
-    let r2 =
-        AuditLog::append(store.as_ref(), entry("auth.denied", None, AuditOutcome::Denied, 1)).await.expect("append");
+    // An aggregated record: its count is stored and read back as given.
+    let aggregated = AuditEntry { count: 1234, ..entry("auth.denied", None, AuditOutcome::Denied, 1) };
+    let r2 = AuditLog::append(store.as_ref(), aggregated.clone()).await.expect("append");
     assert_eq!((r2.seq, r2.prev_hash), (2, r1.hash), "each record links to the one before");
 
     let tasks: Vec<_> = (0..20)
@@ -199,6 +201,7 @@ pub async fn audit_log<S: Store, F: Fn() -> Fut, Fut: Future<Output = S>>(fresh:
     assert!(all.iter().all(|r| verifier.check(r)), "concurrent appends keep one unbroken chain");
     assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), (1..=22).collect::<Vec<_>>());
     assert_eq!(AuditLog::scan(store.as_ref(), 20, 10).await.map(|v| v.len()), Ok(2));
+    assert_eq!(all[1].entry, aggregated, "an aggregated record keeps its count");
 
     let by_actor = AuditFilter { actor: Some(actor), ..AuditFilter::default() };
     assert_eq!(AuditLog::list(store.as_ref(), &by_actor, page(50)).await.map(|p| p.items.len()), Ok(1));

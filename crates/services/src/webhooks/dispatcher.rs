@@ -284,6 +284,7 @@ impl WebhookDispatcher {
                         detail: Some(reason),
                         request_id: None,
                         trace_id: None,
+                        count: 1,
                     })
                     .await;
             }
