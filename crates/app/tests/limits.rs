@@ -249,3 +249,23 @@ async fn a_refused_command_writes_no_webhook_event() {
     assert_eq!(deliveries["items"].as_array().map(Vec::len), Some(1), "{deliveries}");
     assert_eq!(listed(&app, "one").await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_client_left_frees_its_slot() {
+    let app = spawn_app_with(&["--max-streams-per-key", "1"]).await;
+    app.project("web", 4).await;
+    let (_, key) = reader_key(&app, json!({})).await;
+    let (id, first) = open_stream(&app, "web", &key).await;
+    drop(first);
+    let left = Instant::now();
+    loop {
+        let res = app.call(Method::GET, &format!("/v1/commands/{id}/events"), &key, None).await;
+        if res.status() == StatusCode::OK {
+            break;
+        }
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        // At the latest the next keep-alive write (15 s) finds the connection gone.
+        assert!(left.elapsed() < Duration::from_secs(16), "the slot of a closed stream was never freed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
