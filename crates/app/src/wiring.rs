@@ -315,6 +315,9 @@ pub async fn build(
         chrono::TimeDelta::from_std(worker_config.poll_every * 10).unwrap_or(chrono::TimeDelta::seconds(10));
     // Re-reads keys from the store itself: a signal means the cache may be stale.
     let open_requests = Arc::new(OpenRequests::new(stores.keys.clone(), clock.clone(), cfg.max_streams_per_key));
+    // Runs for the life of the runtime, like the audit checkpoints; one store read per key with
+    // open requests each second is little next to the 250 ms polls of those streams.
+    tokio::spawn(open_requests.clone().run_backstop(Duration::from_secs(1), CancellationToken::new()));
     let (keys, key_cache) =
         key_service(&stores, Duration::from_millis(cfg.key_cache_ttl_ms), clock.clone(), Some(open_requests.clone()));
     let pump = stores.signals.as_ref().map(|signals| SignalPump {

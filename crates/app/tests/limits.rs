@@ -269,3 +269,23 @@ async fn a_stream_whose_client_left_frees_its_slot() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_from_the_cli_ends_the_servers_streams_too() {
+    let app = spawn_app().await;
+    app.project("web", 4).await;
+    let (key_id, key) = reader_key(&app, json!({})).await;
+    let (_, mut res) = open_stream(&app, "web", &key).await;
+    tokio::time::timeout(Duration::from_secs(5), res.chunk()).await.expect("first chunk").expect("chunk");
+    // Another process changes the store: no signal reaches the server, only its backstop.
+    let db = format!("sqlite://{}/rdev.db", app.dir.path().display());
+    let revoked = Instant::now();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rdev-api"))
+        .args(["--database-url", &db, "keys", "revoke", &key_id])
+        .output()
+        .await
+        .expect("rdev-api keys revoke");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let took = ends_after(res, revoked, Duration::from_secs(3)).await;
+    assert!(took < Duration::from_secs(3), "the stream ended {took:?} after the CLI revoked its key");
+}

@@ -201,6 +201,21 @@ impl OpenRequests {
         }
     }
 
+    /// Re-reads every key with open requests each `every`, until `shutdown`: the backstop for a
+    /// change no signal announces (a revocation by the CLI against SQLite, a lost NOTIFY).
+    pub async fn run_backstop(self: Arc<Self>, every: std::time::Duration, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            let ids: Vec<ApiKeyId> = self.shared.lock().keys().copied().collect();
+            for id in ids {
+                self.recheck(id).await;
+            }
+        }
+    }
+
     /// Open streams of `id` on this replica (for tests and metrics).
     pub fn streams_of(&self, id: ApiKeyId) -> u32 {
         self.shared.lock().get(&id).map_or(0, |e| e.streams)
