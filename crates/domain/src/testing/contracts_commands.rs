@@ -245,6 +245,7 @@ pub async fn command_queue<S: Store, F: Fn() -> Fut, Fut: Future<Output = S>>(fr
     expired_leases_are_lost(fresh().await).await;
     concurrent_claims_are_exclusive(Arc::new(fresh().await)).await;
     concurrent_enqueues_respect_the_cap(Arc::new(fresh().await)).await;
+    concurrent_job_leases_have_one_winner(Arc::new(fresh().await)).await;
     let store = fresh().await;
     heartbeat_of(&store, &WorkerId::new("a"), 5).await;
     heartbeat_of(&store, &WorkerId::new("b"), 3).await;
@@ -482,4 +483,25 @@ async fn concurrent_enqueues_respect_the_cap<S: Store>(store: Arc<S>) {
         CommandRepository::list(store.as_ref(), &queued, PageRequest::default()).await.map(|p| p.items.len()),
         Ok(5)
     );
+}
+
+/// Replicas racing for a free job lease: exactly one gets it.
+async fn concurrent_job_leases_have_one_winner<S: Store>(store: Arc<S>) {
+    let now = now_micros();
+    let takers: Vec<_> = (0..8)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let me = WorkerId::new(format!("replica-{i}"));
+                CommandQueue::try_job_lease(store.as_ref(), "retention", &me, now, now + TimeDelta::seconds(60)).await
+            })
+        })
+        .collect();
+    let mut winners = 0;
+    for t in takers {
+        if t.await.expect("task").expect("lease") {
+            winners += 1;
+        }
+    }
+    assert_eq!(winners, 1, "one replica at a time holds a job");
 }
