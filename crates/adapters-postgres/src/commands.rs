@@ -403,21 +403,21 @@ impl CommandRepository for PgStore {
         ahead.map(|n| codec::int::<i64, u64>("queue position", n).map(|n| n + 1)).transpose()
     }
 
-    async fn stats(&self) -> DomainResult<QueueStats> {
+    async fn stats(&self, projects: Option<&[ProjectName]>) -> DomainResult<QueueStats> {
+        let only: Option<Vec<String>> = projects.map(|p| p.iter().map(|n| n.as_str().to_owned()).collect());
         let mut conn = self.conn().await?;
-        let depth: Vec<(i16, i64)> = commands::table
+        let mut depth = commands::table
             .filter(commands::status.eq(QUEUED))
             .group_by(commands::priority)
             .select((commands::priority, diesel::dsl::count_star()))
-            .load(&mut conn)
-            .await
-            .map_err(|e| db_error(e, "queue stats"))?;
-        let running: i64 = commands::table
-            .filter(commands::status.eq(RUNNING))
-            .count()
-            .get_result(&mut conn)
-            .await
-            .map_err(|e| db_error(e, "queue stats"))?;
+            .into_boxed();
+        let mut running = commands::table.filter(commands::status.eq(RUNNING)).count().into_boxed();
+        if let Some(only) = &only {
+            depth = depth.filter(commands::project_name.eq_any(only.clone()));
+            running = running.filter(commands::project_name.eq_any(only.clone()));
+        }
+        let depth: Vec<(i16, i64)> = depth.load(&mut conn).await.map_err(|e| db_error(e, "queue stats"))?;
+        let running: i64 = running.get_result(&mut conn).await.map_err(|e| db_error(e, "queue stats"))?;
         let depth = Priority::ALL
             .iter()
             .map(|p| {

@@ -228,7 +228,7 @@ async fn two_replicas_claim_each_command_once_and_keep_project_caps() {
     let worst = watcher.await.expect("watcher");
     assert_eq!(seen, expected, "every command ran exactly once");
     assert!(worst <= i64::from(CAP), "the database once held {worst} running commands of one project");
-    let stats = CommandRepository::stats(&replicas[1]).await.expect("stats");
+    let stats = CommandRepository::stats(&replicas[1], None).await.expect("stats");
     assert_eq!(stats.running, 0);
     assert!(stats.depth.iter().all(|(_, n)| *n == 0));
 }

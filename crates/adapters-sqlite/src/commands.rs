@@ -306,15 +306,22 @@ impl CommandRepository for SqliteStore {
         ahead.map(|n| codec::int::<i64, u64>("queue position", n).map(|n| n + 1)).transpose()
     }
 
-    async fn stats(&self) -> DomainResult<QueueStats> {
+    async fn stats(&self, projects: Option<&[ProjectName]>) -> DomainResult<QueueStats> {
+        let only: Option<Vec<String>> = projects.map(|p| p.iter().map(|n| n.as_str().to_owned()).collect());
         let (depth, running) = self
-            .read("queue stats", |conn| {
-                let depth: Vec<(i16, i64)> = commands::table
+            .read("queue stats", move |conn| {
+                let mut depth = commands::table
                     .filter(commands::status.eq(QUEUED))
                     .group_by(commands::priority)
                     .select((commands::priority, diesel::dsl::count_star()))
-                    .load(conn)?;
-                let running: i64 = commands::table.filter(commands::status.eq(RUNNING)).count().get_result(conn)?;
+                    .into_boxed();
+                let mut running = commands::table.filter(commands::status.eq(RUNNING)).count().into_boxed();
+                if let Some(only) = &only {
+                    depth = depth.filter(commands::project_name.eq_any(only.clone()));
+                    running = running.filter(commands::project_name.eq_any(only.clone()));
+                }
+                let depth: Vec<(i16, i64)> = depth.load(conn)?;
+                let running: i64 = running.get_result(conn)?;
                 Ok((depth, running))
             })
             .await?;

@@ -106,3 +106,23 @@ async fn a_limited_admin_sees_and_manages_only_keys_within_its_projects() {
     let revoke = app.call(Method::DELETE, &format!("/v1/api-keys/{inside_id}"), &limited, None).await;
     assert!(revoke.status().is_success(), "{}", revoke.status());
 }
+
+#[tokio::test]
+async fn a_limited_key_counts_only_its_own_projects_in_the_queue() {
+    // No worker slots, so everything stays queued and the counts are exact.
+    let app = common::spawn_app_with(&["--concurrent-commands", "0"]).await;
+    for name in ["alpha", "beta"] {
+        app.project(name, 1).await;
+    }
+    app.submit("alpha", json!({"command": ["true"]})).await;
+    for _ in 0..2 {
+        app.submit("beta", json!({"command": ["true"], "priority": "high"})).await;
+    }
+    let total = |v: &Value| v["depth"].as_object().expect("depth").values().filter_map(Value::as_u64).sum::<u64>();
+    let all: Value = app.get("/v1/queue").await.json().await.expect("json");
+    assert_eq!(total(&all), 3, "{all}");
+    let alpha = app.key_with(&["commands:read"], Some(&["alpha"])).await;
+    let mine: Value = app.call(Method::GET, "/v1/queue", &alpha, None).await.json().await.expect("json");
+    assert_eq!(total(&mine), 1, "{mine}");
+    assert_eq!(mine["depth"]["high"], 0, "beta's high-priority commands are not counted: {mine}");
+}

@@ -121,8 +121,9 @@ pub trait CommandRepository: Send + Sync {
     /// 1-based place in the dequeue order (priority, then enqueue order) while queued, else `None`.
     /// MUST return `NotFound` for an unknown id.
     async fn queue_position(&self, id: CommandId) -> DomainResult<Option<u64>>;
-    /// Depth per priority and the running count.
-    async fn stats(&self) -> DomainResult<QueueStats>;
+    /// Depth per priority and the running count, over `projects` only when given (a
+    /// project-limited caller sees its own projects' figures), over all projects otherwise.
+    async fn stats(&self, projects: Option<&[ProjectName]>) -> DomainResult<QueueStats>;
     /// Events with `seq > after`, in order, at most `limit`.
     async fn events_after(&self, id: CommandId, after: i64, limit: u32) -> DomainResult<Vec<CommandEvent>>;
     /// The captured output of a command (empty until it ends). MUST return `NotFound` for an unknown id.

@@ -233,7 +233,9 @@ impl CommandService {
     /// Depth, running and capacity. Needs `commands:read`.
     pub async fn queue(&self, actor: &Principal, live_since: chrono::TimeDelta) -> DomainResult<QueueView> {
         actor.require(Scope::CommandsRead)?;
-        let stats = self.commands.stats().await?;
+        // A project-limited key sees only its own projects' queue, like every other read.
+        let only = actor.projects.as_list();
+        let stats = self.commands.stats(only.as_deref()).await?;
         let workers = self.queue.live_workers(self.clock.now() - live_since).await?;
         Ok(QueueView { stats, workers })
     }
@@ -241,7 +243,7 @@ impl CommandService {
     /// Publishes queue depth (per priority) and running count as gauges; called at each scrape
     /// so the figures cover every replica without a background task.
     pub async fn record_queue_gauges(&self) -> DomainResult<()> {
-        let stats = self.commands.stats().await?;
+        let stats = self.commands.stats(None).await?;
         for (priority, depth) in &stats.depth {
             metrics::gauge!(crate::metrics::COMMANDS_QUEUED, "priority" => priority.as_str()).set(*depth as f64);
         }

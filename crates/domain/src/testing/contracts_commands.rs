@@ -66,7 +66,7 @@ pub async fn command_repository<S: Store, F: Fn() -> Fut, Fut: Future<Output = S
         CommandRepository::queue_position(&store, CommandId::generate()).await,
         Err(DomainError::NotFound(_))
     ));
-    let stats = CommandRepository::stats(&store).await.expect("stats");
+    let stats = CommandRepository::stats(&store, None).await.expect("stats");
     assert_eq!(
         stats.depth.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
         Priority::ALL.to_vec(),
@@ -74,6 +74,14 @@ pub async fn command_repository<S: Store, F: Fn() -> Fut, Fut: Future<Output = S
     );
     assert_eq!(stats.depth.iter().find(|(p, _)| *p == Priority::High).map(|(_, n)| *n), Some(1));
     assert_eq!(stats.running, 0);
+    let only_web = CommandRepository::stats(&store, Some(std::slice::from_ref(&web.name))).await.expect("stats");
+    assert_eq!(
+        only_web.depth.iter().find(|(p, _)| *p == Priority::High).map(|(_, n)| *n),
+        Some(0),
+        "stats over some projects count only theirs (the high one is in api)"
+    );
+    let none = CommandRepository::stats(&store, Some(&[])).await.expect("stats");
+    assert!(none.depth.iter().all(|(_, n)| *n == 0), "no projects, nothing counted");
 
     let api_only = CommandFilter { project: Some(api.name.clone()), status: None };
     let listed = CommandRepository::list(&store, &api_only, PageRequest::default()).await.expect("list");
@@ -452,7 +460,7 @@ async fn concurrent_claims_are_exclusive<S: Store>(store: Arc<S>) {
         }
     }
     assert_eq!(seen, expected, "every command claimed exactly once");
-    assert_eq!(CommandRepository::stats(store.as_ref()).await.map(|s| s.running), Ok(60));
+    assert_eq!(CommandRepository::stats(store.as_ref(), None).await.map(|s| s.running), Ok(60));
     let _ = project_name("alpha");
 }
 

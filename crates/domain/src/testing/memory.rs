@@ -302,11 +302,14 @@ impl CommandRepository for MemoryStore {
         Ok(ordered_queued(&s).iter().position(|r| r.command.id == id).map(|p| p as u64 + 1))
     }
 
-    async fn stats(&self) -> DomainResult<QueueStats> {
+    async fn stats(&self, projects: Option<&[ProjectName]>) -> DomainResult<QueueStats> {
         let s = self.lock();
         let count = |st: CommandStatus, p: Option<crate::command::Priority>| {
-            s.commands.values().filter(|r| r.command.status == st && p.is_none_or(|p| r.command.priority == p)).count()
-                as u64
+            s.commands
+                .values()
+                .filter(|r| r.command.status == st && p.is_none_or(|p| r.command.priority == p))
+                .filter(|r| projects.is_none_or(|only| only.contains(&r.command.project)))
+                .count() as u64
         };
         let depth =
             crate::command::Priority::ALL.iter().map(|p| (*p, count(CommandStatus::Queued, Some(*p)))).collect();
