@@ -22,6 +22,9 @@ pub enum AuditOutcome {
 }
 
 impl AuditOutcome {
+    /// Every outcome.
+    pub const ALL: [AuditOutcome; 4] = [Self::Success, Self::Denied, Self::Failure, Self::ClientClosed];
+
     /// Name on the wire and in stores.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -34,7 +37,7 @@ impl AuditOutcome {
 
     /// Parses the stored form.
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Success, Self::Denied, Self::Failure, Self::ClientClosed].into_iter().find(|o| o.as_str() == s)
+        Self::ALL.into_iter().find(|o| o.as_str() == s)
     }
 }
 

@@ -61,8 +61,12 @@ pub struct EnvMap(BTreeMap<String, String>);
 impl EnvMap {
     /// Most variables one map may hold.
     pub const MAX_VARS: usize = 256;
-    /// Longest value.
-    pub const MAX_VALUE_BYTES: usize = 32 * 1024;
+    /// Longest value, in characters (as JSON Schema's `maxLength` counts).
+    pub const MAX_VALUE_CHARS: usize = 32 * 1024;
+    /// Longest variable name.
+    pub const MAX_NAME_LEN: usize = 256;
+    /// The grammar of a variable name, as an ECMA-262 regular expression.
+    pub const NAME_PATTERN: &'static str = "^[A-Za-z_][A-Za-z0-9_]*$";
 
     /// Validates every name and value; errors name the offending variable.
     pub fn parse(vars: BTreeMap<String, String>) -> DomainResult<Self> {
@@ -77,8 +81,11 @@ impl EnvMap {
                     "name must match ^[A-Za-z_][A-Za-z0-9_]*$ (at most 256 characters)",
                 ));
             }
-            if value.contains('\0') || value.len() > Self::MAX_VALUE_BYTES {
-                errors.push(FieldError::new(format!("env.{name}"), "value must not contain NUL and be at most 32 KiB"));
+            if value.contains('\0') || value.chars().count() > Self::MAX_VALUE_CHARS {
+                errors.push(FieldError::new(
+                    format!("env.{name}"),
+                    "value must not contain NUL and be at most 32768 characters",
+                ));
             }
         }
         if errors.is_empty() {
@@ -115,7 +122,7 @@ fn is_env_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && name.len() <= 256
+        && name.len() <= EnvMap::MAX_NAME_LEN
 }
 
 impl TryFrom<BTreeMap<String, String>> for EnvMap {
@@ -210,8 +217,10 @@ pub enum CommandSpec {
 impl CommandSpec {
     /// Most argv entries.
     pub const MAX_ARGS: usize = 4096;
-    /// Largest argv total or script, in bytes.
+    /// Largest argv total (bytes) or script (characters).
     pub const MAX_BYTES: usize = 256 * 1024;
+    /// The characters a script needs one of besides: it must not be blank.
+    pub const BLANK: [char; 6] = [' ', '\t', '\n', '\r', '\u{b}', '\u{c}'];
 
     /// Builds a spec from the request's `command` / `script` pair: exactly one must be given.
     pub fn parse(command: Option<Vec<String>>, script: Option<String>) -> DomainResult<Self> {
@@ -237,9 +246,9 @@ impl CommandSpec {
     }
 
     fn parse_script(script: String) -> DomainResult<Self> {
-        if script.trim().is_empty() {
+        if script.chars().all(|c| Self::BLANK.contains(&c)) {
             Err(DomainError::invalid("script", "must not be empty"))
-        } else if script.len() > Self::MAX_BYTES || script.contains('\0') {
+        } else if script.chars().count() > Self::MAX_BYTES || script.contains('\0') {
             Err(DomainError::invalid("script", "at most 256 KiB, without NUL"))
         } else {
             Ok(Self::Script(script))
@@ -258,10 +267,13 @@ impl CommandSpec {
 /// Largest stdin a command may carry.
 pub const MAX_STDIN_BYTES: usize = 1024 * 1024;
 
+/// Longest `cwd`.
+pub const MAX_CWD_CHARS: usize = 4096;
+
 /// Validates a command's `cwd`: absolute or relative, no NUL, bounded.
 pub fn validate_cwd(cwd: &str) -> DomainResult<()> {
-    if cwd.is_empty() || cwd.len() > 4096 || cwd.contains('\0') {
-        Err(DomainError::invalid("cwd", "must be a non-empty path of at most 4096 bytes without NUL"))
+    if cwd.is_empty() || cwd.chars().count() > MAX_CWD_CHARS || cwd.contains('\0') {
+        Err(DomainError::invalid("cwd", "must be a non-empty path of at most 4096 characters without NUL"))
     } else {
         Ok(())
     }

@@ -24,7 +24,7 @@ impl CidrList {
             errors.push(FieldError::new("allowed_ips", "at most 256 entries"));
         }
         for (i, item) in items.iter().enumerate() {
-            let text = item.as_ref().trim();
+            let text = item.as_ref();
             let parsed = text.parse::<IpNet>().or_else(|_| text.parse::<IpAddr>().map(IpNet::from));
             match parsed {
                 Ok(net) => nets.push(net.trunc()),

@@ -23,6 +23,9 @@ pub enum PodPhase {
 }
 
 impl PodPhase {
+    /// Every phase.
+    pub const ALL: [PodPhase; 5] = [Self::Stopped, Self::Pending, Self::Running, Self::Failed, Self::Stopping];
+
     /// The wire name (`stopped`, `pending`, …).
     pub fn as_str(self) -> &'static str {
         match self {

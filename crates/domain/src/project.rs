@@ -16,6 +16,8 @@ pub struct ProjectName(String);
 impl ProjectName {
     /// Longest allowed name (a DNS label).
     pub const MAX_LEN: usize = 63;
+    /// The grammar `parse` enforces, as an ECMA-262 regular expression (for the API document).
+    pub const PATTERN: &'static str = "^[a-z][a-z0-9-]{0,61}[a-z0-9]$";
 
     /// Parses a project name, explaining what is wrong when it is not one.
     pub fn parse(s: &str) -> DomainResult<Self> {
@@ -90,6 +92,12 @@ impl Resources {
     }
 }
 
+/// The Kubernetes quantity grammar `is_quantity` accepts, as an ECMA-262 regular expression.
+pub const QUANTITY_PATTERN: &str = "^(?:[0-9]+(?:\\.[0-9]*)?|\\.[0-9]+)(?:m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$";
+
+/// Longest quantity.
+pub const MAX_QUANTITY_LEN: usize = 32;
+
 fn is_quantity(s: &str) -> bool {
     const SUFFIXES: [&str; 14] = ["", "m", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"];
     let digits_end = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
@@ -97,7 +105,7 @@ fn is_quantity(s: &str) -> bool {
     !number.is_empty()
         && number.chars().filter(|c| *c == '.').count() <= 1
         && number.chars().any(|c| c.is_ascii_digit())
-        && s.len() <= 32
+        && s.len() <= MAX_QUANTITY_LEN
         && SUFFIXES.contains(&suffix)
 }
 
@@ -148,6 +156,12 @@ pub struct ProjectSettings {
     pub max_queued_commands: Option<u32>,
 }
 
+/// Longest image reference.
+pub const MAX_IMAGE_LEN: usize = 512;
+
+/// Longest workdir.
+pub const MAX_WORKDIR_CHARS: usize = 1024;
+
 /// Highest `max_concurrent_commands` a project may ask for.
 pub const MAX_PROJECT_CONCURRENCY: u32 = 1000;
 
@@ -159,13 +173,20 @@ impl ProjectSettings {
     /// Validates the fields that have no type of their own (image, workdir, cap, resources).
     pub fn validate(&self) -> DomainResult<()> {
         let mut errors = Vec::new();
-        if self.image.trim().is_empty() || self.image.len() > 512 || self.image.chars().any(char::is_whitespace) {
+        // Image references are printable ASCII: no spaces, no controls.
+        if self.image.is_empty()
+            || self.image.len() > MAX_IMAGE_LEN
+            || !self.image.bytes().all(|b| b.is_ascii_graphic())
+        {
             errors.push(FieldError::new(
                 "image",
-                "must be a container image reference without spaces, at most 512 characters",
+                "must be a container image reference of printable ASCII without spaces, at most 512 characters",
             ));
         }
-        if !self.workdir.starts_with('/') || self.workdir.len() > 1024 || self.workdir.contains('\0') {
+        if !self.workdir.starts_with('/')
+            || self.workdir.chars().count() > MAX_WORKDIR_CHARS
+            || self.workdir.contains('\0')
+        {
             errors.push(FieldError::new("workdir", "must be an absolute path of at most 1024 characters"));
         }
         if !(1..=MAX_PROJECT_CONCURRENCY).contains(&self.max_concurrent_commands) {

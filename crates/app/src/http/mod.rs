@@ -19,7 +19,8 @@ pub use problem::{ApiError, ApiResult};
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
-    /// Page size, 1..=200 (default 50).
+    /// Page size (default 50).
+    #[param(schema_with = crate::openapi::schemas::page_limit)]
     pub limit: Option<i64>,
     /// Cursor from the previous page's `next_cursor`.
     pub cursor: Option<String>,
@@ -35,7 +36,7 @@ impl PageQuery {
 }
 
 /// A page of items on the wire.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize)]
 pub struct PageOf<T> {
     /// The items.
     pub items: Vec<T>,
@@ -50,6 +51,57 @@ impl<T> PageOf<T> {
         Self { items: page.items.into_iter().map(f).collect(), next_cursor }
     }
 }
+
+/// Declares the named page schema of one item type, so that generated clients see `items` as
+/// a list of that type rather than an inlined copy of it.
+macro_rules! page_schema {
+    ($(#[$doc:meta])* $page:ident of $item:ty) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        pub struct $page;
+
+        impl utoipa::PartialSchema for $page {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                crate::openapi::schemas::page_of(<$item as utoipa::ToSchema>::name().as_ref())
+            }
+        }
+
+        impl utoipa::ToSchema for $page {
+            fn schemas(
+                schemas: &mut Vec<(String, utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>)>,
+            ) {
+                let item = <$item as utoipa::ToSchema>::name().into_owned();
+                schemas.push((item, <$item as utoipa::PartialSchema>::schema()));
+                <$item as utoipa::ToSchema>::schemas(schemas);
+            }
+        }
+    };
+}
+
+page_schema!(
+    /// A page of projects.
+    ProjectPage of crate::routes::projects::ProjectView
+);
+page_schema!(
+    /// A page of commands.
+    CommandPage of crate::routes::commands::CommandBody
+);
+page_schema!(
+    /// A page of API keys.
+    ApiKeyPage of crate::routes::api_keys::ApiKeyView
+);
+page_schema!(
+    /// A page of audit records.
+    AuditRecordPage of crate::routes::audit::AuditRecordBody
+);
+page_schema!(
+    /// A page of webhook subscriptions.
+    WebhookPage of crate::routes::webhooks::WebhookView
+);
+page_schema!(
+    /// A page of webhook deliveries.
+    DeliveryPage of crate::routes::webhooks::DeliveryView
+);
 
 /// A resource whose unknown methods answer 405 with `Allow`.
 pub fn resource(path: &str, allow: &'static str) -> actix_web::Resource {

@@ -8,6 +8,23 @@ use serde::Serialize;
 /// Media type of problem documents.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
+/// Every `code` a problem document can carry.
+pub const PROBLEM_CODES: [&str; 13] = [
+    "unauthorized",
+    "forbidden",
+    "not_found",
+    "validation_failed",
+    "conflict",
+    "rate_limited",
+    "queue_full",
+    "payload_too_large",
+    "request_timeout",
+    "headers_too_large",
+    "unavailable",
+    "method_not_allowed",
+    "internal",
+];
+
 /// `Retry-After` of a `queue_full` answer.
 const QUEUE_FULL_RETRY_AFTER_SECONDS: u64 = 5;
 
@@ -56,9 +73,8 @@ pub struct Problem {
     /// What happened, for this request.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
-    /// Machine-readable code: unauthorized, forbidden, not_found, validation_failed, conflict,
-    /// rate_limited, queue_full, payload_too_large, request_timeout, headers_too_large,
-    /// unavailable, method_not_allowed, internal.
+    /// Machine-readable code.
+    #[schema(value_type = crate::openapi::schemas::ProblemCode)]
     pub code: &'static str,
     /// Field-level validation failures.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -68,6 +84,7 @@ pub struct Problem {
 
 /// One invalid field.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = FieldError)]
 pub struct FieldErrorSchema {
     /// The field.
     pub field: String,
@@ -211,6 +228,31 @@ mod tests {
     fn retry_after(error: &ApiError) -> Option<String> {
         let response = error.error_response();
         response.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_owned)
+    }
+
+    #[test]
+    fn every_error_code_is_a_documented_one() {
+        let errors = [
+            ApiError::Domain(DomainError::NotFound("x".into())),
+            ApiError::Domain(DomainError::Conflict("x".into())),
+            ApiError::invalid("x", "y"),
+            ApiError::Domain(DomainError::Forbidden("x".into())),
+            ApiError::Domain(DomainError::Unauthorized("x".into())),
+            ApiError::Domain(DomainError::Unavailable("x".into())),
+            ApiError::Domain(DomainError::CircuitOpen { dependency: "kube".into(), retry_after_seconds: 1 }),
+            ApiError::Domain(DomainError::QueueFull { limit: 1 }),
+            ApiError::Domain(DomainError::Internal("x".into())),
+            ApiError::PayloadTooLarge(1),
+            ApiError::RequestTimeout(1),
+            ApiError::HeadersTooLarge(1),
+            ApiError::RouteNotFound,
+            ApiError::MethodNotAllowed("GET"),
+            ApiError::RateLimited { retry_after: 1 },
+            ApiError::TooManyStreams(1),
+        ];
+        let codes: std::collections::BTreeSet<_> = errors.iter().map(ApiError::code).collect();
+        let documented: std::collections::BTreeSet<_> = PROBLEM_CODES.into_iter().collect();
+        assert_eq!(codes, documented);
     }
 
     #[test]

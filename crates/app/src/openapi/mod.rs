@@ -1,9 +1,15 @@
-//! The OpenAPI 3.1 document, generated from the handlers' annotations.
+//! The OpenAPI 3.1 document, generated from the handlers' annotations and completed by
+//! [`document::CommonResponses`].
+
+pub mod document;
+pub mod schemas;
 
 use actix_web::HttpResponse;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use self::document::{CommandOrScript, CommonResponses};
+use crate::http::{ApiKeyPage, AuditRecordPage, CommandPage, DeliveryPage, ProjectPage, WebhookPage};
 use crate::routes::{api_keys, audit, commands, events, health, me, pods, projects, webhooks};
 
 struct BearerAuth;
@@ -15,26 +21,11 @@ impl Modify for BearerAuth {
     }
 }
 
-/// Public endpoints carry `security: []` (no authentication), overriding the global bearer.
-struct PublicEndpoints;
-
-impl Modify for PublicEndpoints {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
-            if let Some(item) = openapi.paths.paths.get_mut(path) {
-                if let Some(op) = item.get.as_mut() {
-                    op.security = Some(Vec::new());
-                }
-            }
-        }
-    }
-}
-
 /// The API description.
 #[derive(Debug, OpenApi)]
 #[openapi(
     info(title = "rdev-api", description = "Run shell commands for automation in per-project development pods."),
-    modifiers(&BearerAuth, &PublicEndpoints),
+    modifiers(&BearerAuth, &CommonResponses, &CommandOrScript),
     security(("bearer" = [])),
     paths(
         health::healthz, health::readyz, health::metrics, serve, me::me,
@@ -46,12 +37,18 @@ impl Modify for PublicEndpoints {
         webhooks::create, webhooks::list, webhooks::get, webhooks::update, webhooks::delete, webhooks::test,
         webhooks::rotate_secret, webhooks::deliveries, webhooks::delivery, webhooks::redeliver,
     ),
-    components(schemas(crate::http::problem::Problem))
+    components(schemas(
+        crate::http::problem::Problem,
+        ProjectPage, CommandPage, ApiKeyPage, AuditRecordPage, WebhookPage, DeliveryPage,
+        schemas::CommandStatus, schemas::Priority, schemas::TerminationReason, schemas::ApiScope,
+        schemas::AuditOutcomeName, schemas::PodPhase, schemas::EventType, schemas::DeliveryStatus,
+        schemas::ProblemCode, schemas::Completeness, schemas::ProjectName,
+    ))
 )]
 pub struct ApiDoc;
 
 /// Serves the document.
-#[utoipa::path(get, path = "/openapi.json", tag = "health", security(()), responses((status = 200, description = "This document", body = Object)))]
+#[utoipa::path(get, path = "/openapi.json", tag = "health", operation_id = "get_openapi_document", security(()), responses((status = 200, description = "This document", body = Object)))]
 pub async fn serve() -> HttpResponse {
     HttpResponse::Ok().json(ApiDoc::openapi())
 }

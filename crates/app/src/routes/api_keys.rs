@@ -14,20 +14,24 @@ use validator::Validate;
 
 use crate::http::problem::Problem;
 use crate::http::{parse_id, resource, ApiResult, Caller, JsonBody, PageOf, PageQuery};
+use crate::openapi::schemas;
 use crate::state::AppState;
 
 /// A key as listed (never its secret).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ApiKeyView {
     /// Id.
+    #[schema(value_type = uuid::Uuid)]
     pub id: String,
     /// Name.
     pub name: String,
     /// First characters of the secret, to recognise it.
     pub prefix: String,
     /// Scopes.
+    #[schema(value_type = Vec<schemas::ApiScope>)]
     pub scopes: Vec<String>,
     /// Visible projects; null means all.
+    #[schema(schema_with = schemas::project_list)]
     pub projects: Option<Vec<String>>,
     /// Allowed client networks; empty means any.
     pub allowed_ips: Vec<String>,
@@ -82,20 +86,25 @@ impl CreatedKey {
 #[derive(Debug, Deserialize, Validate, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyRequest {
-    /// Name, 1..=200 characters.
+    /// Name.
     #[validate(length(min = 1, max = 200, message = "must be 1 to 200 characters"))]
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     /// At least one scope.
-    #[validate(length(min = 1, max = 7, message = "at least one scope is required"))]
+    #[validate(length(min = 1, message = "at least one scope is required"))]
+    #[schema(value_type = Vec<schemas::ApiScope>, min_items = 1)]
     pub scopes: Vec<String>,
     /// Projects the key may see; omit or null for all.
     #[validate(length(max = 1000, message = "at most 1000 projects"))]
+    #[schema(schema_with = schemas::project_list)]
     pub projects: Option<Vec<String>>,
-    /// Client networks (CIDRs) the key may be used from.
+    /// Client networks (CIDRs, or bare addresses) the key may be used from; empty: any.
     #[serde(default)]
+    #[schema(schema_with = schemas::cidr_list)]
     pub allowed_ips: Vec<String>,
     /// Per-key requests per second.
     #[validate(range(min = 1, max = 100000, message = "must be between 1 and 100000"))]
+    #[schema(schema_with = schemas::rate_limit_rps)]
     pub rate_limit_rps: Option<u32>,
     /// Expiry (RFC 3339).
     pub expires_at: Option<DateTime<Utc>>,
@@ -128,15 +137,16 @@ impl CreateKeyRequest {
 #[derive(Debug, Default, Deserialize, Validate, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateRequest {
-    /// How long the old secret keeps working (0..=604800 s, default 0).
+    /// How long the old secret keeps working, in seconds (default 0).
     #[validate(range(max = 604800, message = "must be between 0 and 604800"))]
     #[serde(default)]
+    #[schema(schema_with = schemas::grace_seconds)]
     pub grace_seconds: u64,
 }
 
 /// Creates a key (admin).
-#[utoipa::path(post, path = "/v1/api-keys", tag = "api-keys", request_body = CreateKeyRequest, responses(
-    (status = 201, description = "Created; the secret is in `key`", body = CreatedKey),
+#[utoipa::path(post, path = "/v1/api-keys", tag = "api-keys", operation_id = "create_api_key", request_body = CreateKeyRequest, responses(
+    (status = 201, description = "Created; the secret is in `key`", body = CreatedKey, headers(("Location" = String, description = "The key's URL"))),
     (status = 400, description = "Invalid input", body = Problem), (status = 401, description = "Unauthenticated", body = Problem),
     (status = 403, description = "Not admin", body = Problem), (status = 413, description = "Body too large", body = Problem),
     (status = 429, description = "Rate limited", body = Problem)))]
@@ -153,8 +163,8 @@ pub async fn create(
 }
 
 /// Lists keys (admin).
-#[utoipa::path(get, path = "/v1/api-keys", tag = "api-keys", params(PageQuery), responses(
-    (status = 200, description = "A page of keys", body = PageOf<ApiKeyView>),
+#[utoipa::path(get, path = "/v1/api-keys", tag = "api-keys", operation_id = "list_api_keys", params(PageQuery), responses(
+    (status = 200, description = "A page of keys", body = crate::http::ApiKeyPage),
     (status = 400, description = "Bad limit or cursor", body = Problem), (status = 401, description = "Unauthenticated", body = Problem),
     (status = 403, description = "Not admin", body = Problem), (status = 429, description = "Rate limited", body = Problem)))]
 pub async fn list(state: web::Data<AppState>, caller: Caller, q: web::Query<PageQuery>) -> ApiResult<HttpResponse> {
@@ -163,7 +173,7 @@ pub async fn list(state: web::Data<AppState>, caller: Caller, q: web::Query<Page
 }
 
 /// One key (admin).
-#[utoipa::path(get, path = "/v1/api-keys/{id}", tag = "api-keys", params(("id" = String, Path, description = "Key id (UUID)")), responses(
+#[utoipa::path(get, path = "/v1/api-keys/{id}", tag = "api-keys", operation_id = "get_api_key", params(("id" = uuid::Uuid, Path, description = "Key id")), responses(
     (status = 200, description = "The key", body = ApiKeyView), (status = 400, description = "Not a UUID", body = Problem),
     (status = 401, description = "Unauthenticated", body = Problem), (status = 403, description = "Not admin", body = Problem),
     (status = 404, description = "No such key", body = Problem), (status = 429, description = "Rate limited", body = Problem)))]
@@ -173,7 +183,7 @@ pub async fn get(state: web::Data<AppState>, caller: Caller, id: web::Path<Strin
 }
 
 /// Revokes a key (admin); effective on every replica within a second.
-#[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "api-keys", params(("id" = String, Path, description = "Key id (UUID)")), responses(
+#[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "api-keys", operation_id = "revoke_api_key", params(("id" = uuid::Uuid, Path, description = "Key id")), responses(
     (status = 200, description = "Revoked", body = ApiKeyView), (status = 400, description = "Not a UUID", body = Problem),
     (status = 401, description = "Unauthenticated", body = Problem), (status = 403, description = "Not admin", body = Problem),
     (status = 404, description = "No such key", body = Problem), (status = 429, description = "Rate limited", body = Problem)))]
@@ -183,7 +193,7 @@ pub async fn revoke(state: web::Data<AppState>, caller: Caller, id: web::Path<St
 }
 
 /// Rotates a key's secret (admin); the old one works for `grace_seconds`.
-#[utoipa::path(post, path = "/v1/api-keys/{id}/rotate", tag = "api-keys", params(("id" = String, Path, description = "Key id (UUID)")), request_body = RotateRequest, responses(
+#[utoipa::path(post, path = "/v1/api-keys/{id}/rotate", tag = "api-keys", operation_id = "rotate_api_key", params(("id" = uuid::Uuid, Path, description = "Key id")), request_body(content = Option<RotateRequest>, description = "Optional: without a body the old secret stops working at once"), responses(
     (status = 200, description = "Rotated; the new secret is in `key`", body = CreatedKey), (status = 400, description = "Invalid input", body = Problem),
     (status = 401, description = "Unauthenticated", body = Problem), (status = 403, description = "Not admin", body = Problem),
     (status = 404, description = "No such key", body = Problem), (status = 409, description = "Key revoked", body = Problem),

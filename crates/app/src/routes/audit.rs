@@ -10,18 +10,21 @@ use utoipa::ToSchema;
 
 use crate::http::problem::Problem;
 use crate::http::{parse_id, resource, ApiResult, Caller, PageOf, PageQuery};
+use crate::openapi::schemas;
 use crate::state::AppState;
 
 /// An audit record on the wire.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AuditRecordBody {
     /// Id.
+    #[schema(value_type = uuid::Uuid)]
     pub id: String,
     /// Position in the chain.
     pub seq: i64,
     /// Time.
     pub at: DateTime<Utc>,
     /// Acting key.
+    #[schema(value_type = Option<uuid::Uuid>)]
     pub actor: Option<String>,
     /// Client address.
     pub client_ip: Option<String>,
@@ -31,8 +34,8 @@ pub struct AuditRecordBody {
     pub resource: String,
     /// Project.
     pub project: Option<String>,
-    /// `success`, `denied`, `failure` or `client_closed` (the client hung up before an answer;
-    /// `detail` is `499`).
+    /// How it ended; `client_closed`: the client hung up before an answer (`detail` is `499`).
+    #[schema(value_type = schemas::AuditOutcomeName)]
     pub outcome: String,
     /// Detail (HTTP status, exit status).
     pub detail: Option<String>,
@@ -78,12 +81,15 @@ fn hex_of(bytes: &[u8; 32]) -> String {
 
 /// Filters of the audit list.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// Acting key id.
+    #[param(value_type = Option<uuid::Uuid>)]
     pub actor: Option<String>,
     /// Action, e.g. `POST /v1/projects` or `command.start`.
     pub action: Option<String>,
     /// Project name.
+    #[param(value_type = Option<schemas::ProjectName>)]
     pub project: Option<String>,
     /// At or after (RFC 3339).
     pub since: Option<DateTime<Utc>>,
@@ -92,8 +98,8 @@ pub struct AuditQuery {
 }
 
 /// Audit records (`audit:read`).
-#[utoipa::path(get, path = "/v1/audit-log", tag = "audit", params(AuditQuery, PageQuery), responses(
-    (status = 200, description = "A page of records, oldest first", body = PageOf<AuditRecordBody>), (status = 400, description = "Bad filter, limit or cursor", body = Problem),
+#[utoipa::path(get, path = "/v1/audit-log", tag = "audit", operation_id = "list_audit_log", params(AuditQuery, PageQuery), responses(
+    (status = 200, description = "A page of records, oldest first", body = crate::http::AuditRecordPage), (status = 400, description = "Bad filter, limit or cursor", body = Problem),
     (status = 401, description = "Unauthenticated", body = Problem), (status = 403, description = "Missing scope", body = Problem),
     (status = 404, description = "`project` names a project this key cannot see", body = Problem),
     (status = 429, description = "Rate limited", body = Problem)))]
@@ -124,9 +130,11 @@ pub struct VerifyBody {
     /// Records checked.
     pub checked: u64,
     /// First record that does not match.
+    #[schema(value_type = Option<uuid::Uuid>)]
     pub first_bad_id: Option<String>,
     /// `proven` when the server holds the checkpoint key and every signed checkpoint matched;
     /// `unproven` without a key (a deleted tail or a recomputed chain would not show).
+    #[schema(value_type = schemas::Completeness)]
     pub completeness: String,
     /// Signed checkpoints checked.
     pub checkpoints_checked: u64,
@@ -137,7 +145,7 @@ pub struct VerifyBody {
 }
 
 /// Verifies the hash chain (`audit:read`).
-#[utoipa::path(get, path = "/v1/audit-log/verify", tag = "audit", responses(
+#[utoipa::path(get, path = "/v1/audit-log/verify", tag = "audit", operation_id = "verify_audit_log", responses(
     (status = 200, description = "Verdict", body = VerifyBody), (status = 401, description = "Unauthenticated", body = Problem),
     (status = 403, description = "Missing scope", body = Problem), (status = 429, description = "Rate limited", body = Problem)))]
 pub async fn verify(state: web::Data<AppState>, caller: Caller) -> ApiResult<HttpResponse> {

@@ -17,29 +17,35 @@ use validator::Validate;
 use super::projects::project_in_path;
 use crate::http::problem::Problem;
 use crate::http::{parse_id, resource, ApiError, ApiResult, Caller, JsonBody, PageOf, PageQuery};
+use crate::openapi::schemas;
 use crate::state::AppState;
 
-/// `POST /v1/projects/{name}/commands` body: `command` (argv) or `script`.
+/// `POST /v1/projects/{name}/commands` body: exactly one of `command` (argv) or `script`.
 #[derive(Debug, Deserialize, Validate, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitRequest {
     /// Program and arguments, run without a shell.
+    #[schema(schema_with = schemas::argv)]
     pub command: Option<Vec<String>>,
     /// Shell text, run with `sh -c`.
+    #[schema(schema_with = schemas::script)]
     pub script: Option<String>,
     /// Extra environment (over the project's).
     #[serde(default)]
+    #[schema(schema_with = schemas::env)]
     pub env: BTreeMap<String, String>,
     /// Working directory: absolute, or relative to the project's workdir.
+    #[schema(schema_with = schemas::cwd)]
     pub cwd: Option<String>,
     /// Text fed to stdin (at most 1 MiB).
+    #[schema(schema_with = schemas::stdin)]
     pub stdin: Option<String>,
-    /// Timeout, 1..=86400 (default: the project's).
-    #[validate(range(min = 1, max = 86400, message = "must be between 1 and 86400"))]
+    /// Timeout (default: the project's).
+    #[schema(schema_with = schemas::timeout_seconds)]
     pub timeout_seconds: Option<u32>,
-    /// `low`, `normal` (default), `high` or `critical`.
+    /// Dequeue order (default `normal`).
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = schemas::Priority)]
     pub priority: Priority,
 }
 
@@ -61,26 +67,33 @@ impl SubmitRequest {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CommandBody {
     /// Id.
+    #[schema(value_type = uuid::Uuid)]
     pub id: String,
     /// Project name.
+    #[schema(value_type = schemas::ProjectName)]
     pub project: String,
-    /// `queued`, `running`, `succeeded`, `failed`, `timed_out`, `cancelled`, `lost`.
+    /// Where it is in its life.
+    #[schema(value_type = schemas::CommandStatus)]
     pub status: String,
     /// Argv, when given as one.
     pub command: Option<Vec<String>>,
     /// Script, when given as one.
     pub script: Option<String>,
     /// Command environment.
+    #[schema(schema_with = schemas::env)]
     pub env: BTreeMap<String, String>,
     /// Working directory.
     pub cwd: Option<String>,
     /// Timeout.
+    #[schema(schema_with = schemas::timeout_seconds_required)]
     pub timeout_seconds: u32,
     /// Priority.
+    #[schema(value_type = schemas::Priority)]
     pub priority: String,
     /// Exit code; null when none arrived.
     pub exit_code: Option<i32>,
-    /// `exited`, `timeout`, `cancelled`, `signal`, `oom_killed`, `worker_lost`, `pod_gone`, `start_failed`.
+    /// How it ended; null until it has.
+    #[schema(value_type = Option<schemas::TerminationReason>)]
     pub termination_reason: Option<String>,
     /// Failure detail that is not an exit code.
     pub error: Option<String>,
@@ -125,22 +138,23 @@ impl From<CommandView> for CommandBody {
     }
 }
 
+/// Longest `?wait=` of a submit, in seconds.
+pub const MAX_WAIT_SECONDS: u64 = 60;
+
 /// `?wait=S` of a submit.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WaitQuery {
-    /// Seconds to wait for the command to end, 0..=60 (0: don't wait).
-    pub wait: Option<String>,
+    /// Seconds to wait for the command to end (0: don't wait).
+    #[param(schema_with = schemas::wait_seconds)]
+    pub wait: Option<u64>,
 }
 
-fn parse_wait(raw: Option<&str>) -> ApiResult<Duration> {
-    match raw {
+fn parse_wait(wait: Option<u64>) -> ApiResult<Duration> {
+    match wait {
         None => Ok(Duration::ZERO),
-        Some(s) => s
-            .parse::<u64>()
-            .ok()
-            .filter(|n| *n <= 60)
-            .map(Duration::from_secs)
-            .ok_or_else(|| ApiError::invalid("wait", "must be an integer between 0 and 60")),
+        Some(n) if n <= MAX_WAIT_SECONDS => Ok(Duration::from_secs(n)),
+        Some(_) => Err(ApiError::invalid("wait", "must be an integer between 0 and 60")),
     }
 }
 
@@ -155,8 +169,9 @@ fn idempotency_key(req: &HttpRequest) -> ApiResult<Option<String>> {
 }
 
 /// Queues a command (`commands:write`).
-#[utoipa::path(post, path = "/v1/projects/{name}/commands", tag = "commands", params(("name" = String, Path, description = "Project name"), WaitQuery, ("Idempotency-Key" = Option<String>, Header, description = "Replays the first result for 24 h")), request_body = SubmitRequest, responses(
-    (status = 200, description = "Finished within `wait`", body = CommandBody), (status = 202, description = "Queued; `Location` names it", body = CommandBody),
+#[utoipa::path(post, path = "/v1/projects/{name}/commands", tag = "commands", operation_id = "submit_command", params(("name" = schemas::ProjectName, Path, description = "Project name"), WaitQuery, ("Idempotency-Key" = Option<String>, Header, description = "Replays the first result for 24 h")), request_body = SubmitRequest, responses(
+    (status = 200, description = "Finished within `wait`", body = CommandBody, headers(("Location" = String, description = "The command's URL"), ("Idempotent-Replayed" = String, description = "`true` when this answers an earlier request with the same `Idempotency-Key`"))),
+    (status = 202, description = "Queued; `Location` names it", body = CommandBody, headers(("Location" = String, description = "The command's URL"), ("Idempotent-Replayed" = String, description = "`true` when this answers an earlier request with the same `Idempotency-Key`"))),
     (status = 400, description = "Invalid input", body = Problem), (status = 401, description = "Unauthenticated", body = Problem),
     (status = 403, description = "Missing scope", body = Problem), (status = 404, description = "No such project", body = Problem),
     (status = 409, description = "Idempotency-Key reused with another request", body = Problem), (status = 413, description = "Body too large", body = Problem),
@@ -169,7 +184,7 @@ pub async fn submit(
     q: web::Query<WaitQuery>,
     JsonBody(body): JsonBody<SubmitRequest>,
 ) -> ApiResult<HttpResponse> {
-    let wait = parse_wait(q.wait.as_deref())?;
+    let wait = parse_wait(q.wait)?;
     let project = project_in_path(&name)?;
     let submission = body.into_submission(idempotency_key(&req)?)?;
     let enqueued = state.commands.submit(&caller.principal, &project, submission).await?;
@@ -201,14 +216,16 @@ pub async fn submit(
 
 /// `?status=` of a list.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StatusQuery {
     /// Only commands in this status.
+    #[param(value_type = Option<schemas::CommandStatus>)]
     pub status: Option<String>,
 }
 
 /// A project's commands (`commands:read`).
-#[utoipa::path(get, path = "/v1/projects/{name}/commands", tag = "commands", params(("name" = String, Path, description = "Project name"), StatusQuery, PageQuery), responses(
-    (status = 200, description = "A page of commands", body = PageOf<CommandBody>), (status = 400, description = "Bad status, limit or cursor", body = Problem),
+#[utoipa::path(get, path = "/v1/projects/{name}/commands", tag = "commands", operation_id = "list_commands", params(("name" = schemas::ProjectName, Path, description = "Project name"), StatusQuery, PageQuery), responses(
+    (status = 200, description = "A page of commands", body = crate::http::CommandPage), (status = 400, description = "Bad status, limit or cursor", body = Problem),
     (status = 401, description = "Unauthenticated", body = Problem), (status = 403, description = "Missing scope", body = Problem),
     (status = 404, description = "No such project", body = Problem), (status = 429, description = "Rate limited", body = Problem)))]
 pub async fn list(
@@ -225,7 +242,7 @@ pub async fn list(
 }
 
 /// One command (`commands:read`).
-#[utoipa::path(get, path = "/v1/commands/{id}", tag = "commands", params(("id" = String, Path, description = "Command id (UUID)")), responses(
+#[utoipa::path(get, path = "/v1/commands/{id}", tag = "commands", operation_id = "get_command", params(("id" = uuid::Uuid, Path, description = "Command id")), responses(
     (status = 200, description = "The command", body = CommandBody), (status = 400, description = "Not a UUID", body = Problem),
     (status = 401, description = "Unauthenticated", body = Problem), (status = 403, description = "Missing scope", body = Problem),
     (status = 404, description = "No such command (or not visible)", body = Problem), (status = 429, description = "Rate limited", body = Problem)))]
@@ -248,7 +265,7 @@ pub struct OutputBody {
 }
 
 /// A command's output (`commands:read`).
-#[utoipa::path(get, path = "/v1/commands/{id}/output", tag = "commands", params(("id" = String, Path, description = "Command id (UUID)")), responses(
+#[utoipa::path(get, path = "/v1/commands/{id}/output", tag = "commands", operation_id = "get_command_output", params(("id" = uuid::Uuid, Path, description = "Command id")), responses(
     (status = 200, description = "Captured output (empty until the command ends)", body = OutputBody), (status = 400, description = "Not a UUID", body = Problem),
     (status = 401, description = "Unauthenticated", body = Problem), (status = 403, description = "Missing scope", body = Problem),
     (status = 404, description = "No such command", body = Problem), (status = 429, description = "Rate limited", body = Problem)))]
@@ -263,7 +280,7 @@ pub async fn output(state: web::Data<AppState>, caller: Caller, id: web::Path<St
 }
 
 /// Cancels a command (`commands:write`).
-#[utoipa::path(post, path = "/v1/commands/{id}/cancel", tag = "commands", params(("id" = String, Path, description = "Command id (UUID)")), responses(
+#[utoipa::path(post, path = "/v1/commands/{id}/cancel", tag = "commands", operation_id = "cancel_command", params(("id" = uuid::Uuid, Path, description = "Command id")), responses(
     (status = 200, description = "Cancelled (queued) or being killed (running)", body = CommandBody), (status = 400, description = "Not a UUID", body = Problem),
     (status = 401, description = "Unauthenticated", body = Problem), (status = 403, description = "Missing scope", body = Problem),
     (status = 404, description = "No such command", body = Problem), (status = 409, description = "Already ended", body = Problem),
@@ -281,11 +298,36 @@ pub async fn cancel(
     Ok(HttpResponse::Ok().json(CommandBody::from(CommandView { command, queue_position: None })))
 }
 
+/// Queued commands by priority.
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct QueueDepth {
+    /// Queued `critical` commands.
+    pub critical: u64,
+    /// Queued `high` commands.
+    pub high: u64,
+    /// Queued `normal` commands.
+    pub normal: u64,
+    /// Queued `low` commands.
+    pub low: u64,
+}
+
+impl QueueDepth {
+    fn count(&mut self, priority: Priority, n: u64) {
+        let slot = match priority {
+            Priority::Critical => &mut self.critical,
+            Priority::High => &mut self.high,
+            Priority::Normal => &mut self.normal,
+            Priority::Low => &mut self.low,
+        };
+        *slot += n;
+    }
+}
+
 /// `/v1/queue` body.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct QueueBody {
     /// Queued commands by priority.
-    pub depth: BTreeMap<String, u64>,
+    pub depth: QueueDepth,
     /// Running commands.
     pub running: u64,
     /// Sum of `CONCURRENT_COMMANDS` over live replicas.
@@ -295,12 +337,15 @@ pub struct QueueBody {
 }
 
 /// Queue depth and capacity (`commands:read`).
-#[utoipa::path(get, path = "/v1/queue", tag = "commands", responses(
+#[utoipa::path(get, path = "/v1/queue", tag = "commands", operation_id = "get_queue", responses(
     (status = 200, description = "Queue state", body = QueueBody), (status = 401, description = "Unauthenticated", body = Problem),
     (status = 403, description = "Missing scope", body = Problem), (status = 429, description = "Rate limited", body = Problem)))]
 pub async fn queue(state: web::Data<AppState>, caller: Caller) -> ApiResult<HttpResponse> {
     let view = state.commands.queue(&caller.principal, state.http.live_worker_window).await?;
-    let depth = view.stats.depth.iter().map(|(p, n)| (p.as_str().to_owned(), *n)).collect();
+    let mut depth = QueueDepth::default();
+    for (priority, n) in &view.stats.depth {
+        depth.count(*priority, *n);
+    }
     Ok(HttpResponse::Ok().json(QueueBody {
         depth,
         running: view.stats.running,

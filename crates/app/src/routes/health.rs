@@ -20,13 +20,13 @@ pub struct Readiness {
 }
 
 /// Liveness: answers without touching any dependency.
-#[utoipa::path(get, path = "/healthz", tag = "health", security(()), responses((status = 200, description = "The process is alive", body = Object)))]
+#[utoipa::path(get, path = "/healthz", tag = "health", operation_id = "get_liveness", security(()), responses((status = 200, description = "The process is alive", body = Object)))]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
 
 /// Readiness: the database and the executor backend answer.
-#[utoipa::path(get, path = "/readyz", tag = "health", security(()), responses(
+#[utoipa::path(get, path = "/readyz", tag = "health", operation_id = "get_readiness", security(()), responses(
     (status = 200, description = "Ready", body = Readiness),
     (status = 503, description = "A dependency is not ready; the body says which", body = Readiness)))]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
@@ -51,7 +51,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// Prometheus text format.
-#[utoipa::path(get, path = "/metrics", tag = "health", security(()), responses((status = 200, description = "Prometheus exposition format", content_type = "text/plain", body = String)))]
+#[utoipa::path(get, path = "/metrics", tag = "health", operation_id = "get_metrics", security(()), responses((status = 200, description = "Prometheus exposition format", content_type = "text/plain", body = String)))]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     if let Err(e) = state.commands.record_queue_gauges().await {
         // The scrape still answers: process metrics matter most when the store is down.

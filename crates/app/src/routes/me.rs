@@ -6,7 +6,7 @@ use super::api_keys::ApiKeyView;
 use crate::http::{ApiResult, Caller};
 
 /// The calling key, without its secret.
-#[utoipa::path(get, path = "/v1/me", tag = "api-keys", responses(
+#[utoipa::path(get, path = "/v1/me", tag = "api-keys", operation_id = "get_current_api_key", responses(
     (status = 200, description = "The calling key", body = ApiKeyView),
     (status = 401, description = "Missing or invalid key", body = crate::http::problem::Problem),
     (status = 403, description = "Key not usable from this address", body = crate::http::problem::Problem),

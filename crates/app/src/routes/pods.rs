@@ -11,16 +11,19 @@ use super::projects::project_in_path;
 use crate::http::context::AuditProject;
 use crate::http::problem::Problem;
 use crate::http::{resource, ApiResult, Caller};
+use crate::openapi::schemas;
 use crate::state::AppState;
 
-/// Default and bounds of `?tail=`.
-const DEFAULT_TAIL: i64 = 100;
-const MAX_TAIL: i64 = 10_000;
+/// Default `?tail=`.
+const DEFAULT_TAIL: u64 = 100;
+/// Most lines `?tail=` may ask for.
+pub const MAX_TAIL: u64 = 10_000;
 
 /// A pod on the wire.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct PodView {
-    /// `stopped`, `pending`, `running`, `failed` or `stopping`.
+    /// Where the pod is in its life.
+    #[schema(value_type = schemas::PodPhase)]
     pub phase: String,
     /// Commands can run now.
     pub ready: bool,
@@ -53,10 +56,11 @@ pub struct PodLogs {
 
 /// `?tail=` of `GET …/pod/logs`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct LogsQuery {
-    /// Lines from the end, 1..=10000 (default 100).
-    pub tail: Option<i64>,
+    /// Lines from the end (default 100).
+    #[param(schema_with = schemas::tail_lines)]
+    pub tail: Option<u64>,
 }
 
 impl LogsQuery {
@@ -71,7 +75,7 @@ impl LogsQuery {
 }
 
 /// The project's pod (`projects:read`); always `200`, `phase: stopped` when there is none.
-#[utoipa::path(get, path = "/v1/projects/{name}/pod", tag = "pods", params(("name" = String, Path, description = "Project name")), responses(
+#[utoipa::path(get, path = "/v1/projects/{name}/pod", tag = "pods", operation_id = "get_pod", params(("name" = schemas::ProjectName, Path, description = "Project name")), responses(
     (status = 200, description = "The pod's state", body = PodView), (status = 401, description = "Unauthenticated", body = Problem),
     (status = 403, description = "Missing scope", body = Problem), (status = 404, description = "No such project (or not visible)", body = Problem),
     (status = 429, description = "Rate limited", body = Problem), (status = 503, description = "Pod backend unavailable or its circuit breaker open (Retry-After)", body = Problem)))]
@@ -81,7 +85,7 @@ pub async fn status(state: web::Data<AppState>, caller: Caller, name: web::Path<
 }
 
 /// Starts the pod (`projects:write`); idempotent, answers at once with the current state.
-#[utoipa::path(post, path = "/v1/projects/{name}/pod/start", tag = "pods", params(("name" = String, Path, description = "Project name")), responses(
+#[utoipa::path(post, path = "/v1/projects/{name}/pod/start", tag = "pods", operation_id = "start_pod", params(("name" = schemas::ProjectName, Path, description = "Project name")), responses(
     (status = 202, description = "Start requested; poll the pod until ready", body = PodView), (status = 401, description = "Unauthenticated", body = Problem),
     (status = 403, description = "Missing scope", body = Problem), (status = 404, description = "No such project (or not visible)", body = Problem),
     (status = 429, description = "Rate limited", body = Problem), (status = 503, description = "Pod backend unavailable or its circuit breaker open (Retry-After)", body = Problem)))]
@@ -98,7 +102,7 @@ pub async fn start(
 }
 
 /// Stops the pod (`projects:write`); idempotent.
-#[utoipa::path(post, path = "/v1/projects/{name}/pod/stop", tag = "pods", params(("name" = String, Path, description = "Project name")), responses(
+#[utoipa::path(post, path = "/v1/projects/{name}/pod/stop", tag = "pods", operation_id = "stop_pod", params(("name" = schemas::ProjectName, Path, description = "Project name")), responses(
     (status = 202, description = "Stop requested", body = PodView), (status = 401, description = "Unauthenticated", body = Problem),
     (status = 403, description = "Missing scope", body = Problem), (status = 404, description = "No such project (or not visible)", body = Problem),
     (status = 429, description = "Rate limited", body = Problem), (status = 503, description = "Pod backend unavailable or its circuit breaker open (Retry-After)", body = Problem)))]
@@ -115,7 +119,7 @@ pub async fn stop(
 }
 
 /// The pod's last log lines (`projects:read`).
-#[utoipa::path(get, path = "/v1/projects/{name}/pod/logs", tag = "pods", params(("name" = String, Path, description = "Project name"), LogsQuery), responses(
+#[utoipa::path(get, path = "/v1/projects/{name}/pod/logs", tag = "pods", operation_id = "get_pod_logs", params(("name" = schemas::ProjectName, Path, description = "Project name"), LogsQuery), responses(
     (status = 200, description = "Log lines, oldest first (empty without a pod)", body = PodLogs), (status = 400, description = "Bad tail", body = Problem),
     (status = 401, description = "Unauthenticated", body = Problem), (status = 403, description = "Missing scope", body = Problem),
     (status = 404, description = "No such project (or not visible)", body = Problem), (status = 429, description = "Rate limited", body = Problem),

@@ -13,6 +13,7 @@ use validator::Validate;
 
 use crate::http::problem::Problem;
 use crate::http::{resource, ApiResult, Caller, JsonBody, PageOf, PageQuery};
+use crate::openapi::schemas;
 use crate::state::AppState;
 
 /// Default per-project concurrency.
@@ -25,8 +26,10 @@ const DEFAULT_TIMEOUT_SECONDS: u32 = 600;
 #[serde(deny_unknown_fields)]
 pub struct ResourcesBody {
     /// CPU quantity (`500m`, `2`).
+    #[schema(schema_with = schemas::quantity)]
     pub cpu: Option<String>,
     /// Memory quantity (`512Mi`).
+    #[schema(schema_with = schemas::quantity)]
     pub memory: Option<String>,
 }
 
@@ -34,22 +37,28 @@ pub struct ResourcesBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ProjectView {
     /// Id.
+    #[schema(value_type = uuid::Uuid)]
     pub id: String,
     /// Name.
+    #[schema(value_type = schemas::ProjectName)]
     pub name: String,
     /// Pod image.
     pub image: String,
     /// Working directory.
     pub workdir: String,
     /// Project environment.
+    #[schema(schema_with = schemas::env)]
     pub env: BTreeMap<String, String>,
     /// Pod resources.
     pub resources: ResourcesBody,
     /// Concurrency cap.
+    #[schema(minimum = 1)]
     pub max_concurrent_commands: u32,
     /// Default timeout.
+    #[schema(schema_with = schemas::timeout_seconds_required)]
     pub default_timeout_seconds: u32,
     /// Cap on queued commands; `null`: the server's `MAX_QUEUED_COMMANDS`.
+    #[schema(schema_with = schemas::max_queued_commands)]
     pub max_queued_commands: Option<u32>,
     /// Creation.
     pub created_at: DateTime<Utc>,
@@ -79,28 +88,31 @@ impl From<Project> for ProjectView {
 #[derive(Debug, Deserialize, Validate, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProjectRequest {
-    /// `^[a-z][a-z0-9-]{0,61}[a-z0-9]$`.
+    /// The project's name.
+    #[schema(value_type = schemas::ProjectName)]
     pub name: String,
     /// Pod image.
-    #[validate(length(min = 1, max = 512, message = "must be 1 to 512 characters"))]
+    #[schema(schema_with = schemas::image_required)]
     pub image: String,
     /// Absolute working directory (default `/workspace`).
+    #[schema(schema_with = schemas::workdir)]
     pub workdir: Option<String>,
     /// Environment for every command.
     #[serde(default)]
+    #[schema(schema_with = schemas::env)]
     pub env: BTreeMap<String, String>,
     /// Pod resources.
     #[serde(default)]
     pub resources: ResourcesBody,
-    /// Concurrency cap, 1..=1000 (default 2).
-    #[validate(range(min = 1, max = 1000, message = "must be between 1 and 1000"))]
+    /// Concurrency cap (default 2).
+    #[schema(schema_with = schemas::max_concurrent_commands)]
     pub max_concurrent_commands: Option<u32>,
-    /// Default command timeout, 1..=86400 (default 600).
-    #[validate(range(min = 1, max = 86400, message = "must be between 1 and 86400"))]
+    /// Default command timeout (default 600).
+    #[schema(schema_with = schemas::timeout_seconds)]
     pub default_timeout_seconds: Option<u32>,
-    /// Cap on queued commands, 1..=100000 (default: the server's `MAX_QUEUED_COMMANDS`);
-    /// beyond it a submit answers `429` `queue_full`.
-    #[validate(range(min = 1, max = 100000, message = "must be between 1 and 100000"))]
+    /// Cap on queued commands (default: the server's `MAX_QUEUED_COMMANDS`); beyond it a
+    /// submit answers `429` `queue_full`.
+    #[schema(schema_with = schemas::max_queued_commands)]
     pub max_queued_commands: Option<u32>,
 }
 
@@ -109,22 +121,24 @@ pub struct CreateProjectRequest {
 #[serde(deny_unknown_fields)]
 pub struct UpdateProjectRequest {
     /// Pod image.
-    #[validate(length(min = 1, max = 512, message = "must be 1 to 512 characters"))]
+    #[schema(schema_with = schemas::image_optional)]
     pub image: Option<String>,
     /// Working directory.
+    #[schema(schema_with = schemas::workdir)]
     pub workdir: Option<String>,
     /// Environment (replaces the old one).
+    #[schema(schema_with = schemas::optional_env)]
     pub env: Option<BTreeMap<String, String>>,
     /// Resources (replace the old ones).
     pub resources: Option<ResourcesBody>,
     /// Concurrency cap.
-    #[validate(range(min = 1, max = 1000, message = "must be between 1 and 1000"))]
+    #[schema(schema_with = schemas::max_concurrent_commands)]
     pub max_concurrent_commands: Option<u32>,
     /// Default timeout.
-    #[validate(range(min = 1, max = 86400, message = "must be between 1 and 86400"))]
+    #[schema(schema_with = schemas::timeout_seconds)]
     pub default_timeout_seconds: Option<u32>,
-    /// Cap on queued commands, 1..=100000.
-    #[validate(range(min = 1, max = 100000, message = "must be between 1 and 100000"))]
+    /// Cap on queued commands; `null` leaves it as it is.
+    #[schema(schema_with = schemas::max_queued_commands)]
     pub max_queued_commands: Option<u32>,
 }
 
@@ -179,8 +193,8 @@ pub fn project_in_path(raw: &str) -> ApiResult<ProjectName> {
 }
 
 /// Creates a project (`projects:write`).
-#[utoipa::path(post, path = "/v1/projects", tag = "projects", request_body = CreateProjectRequest, responses(
-    (status = 201, description = "Created", body = ProjectView), (status = 400, description = "Invalid input", body = Problem),
+#[utoipa::path(post, path = "/v1/projects", tag = "projects", operation_id = "create_project", request_body = CreateProjectRequest, responses(
+    (status = 201, description = "Created", body = ProjectView, headers(("Location" = String, description = "The project's URL"))), (status = 400, description = "Invalid input", body = Problem),
     (status = 401, description = "Unauthenticated", body = Problem), (status = 403, description = "Missing scope or project not allowed", body = Problem),
     (status = 409, description = "Name taken", body = Problem), (status = 413, description = "Body too large", body = Problem),
     (status = 429, description = "Rate limited", body = Problem)))]
@@ -199,8 +213,8 @@ pub async fn create(
 }
 
 /// Lists the projects the key may see (`projects:read`).
-#[utoipa::path(get, path = "/v1/projects", tag = "projects", params(PageQuery), responses(
-    (status = 200, description = "A page of projects", body = PageOf<ProjectView>), (status = 400, description = "Bad limit or cursor", body = Problem),
+#[utoipa::path(get, path = "/v1/projects", tag = "projects", operation_id = "list_projects", params(PageQuery), responses(
+    (status = 200, description = "A page of projects", body = crate::http::ProjectPage), (status = 400, description = "Bad limit or cursor", body = Problem),
     (status = 401, description = "Unauthenticated", body = Problem), (status = 403, description = "Missing scope", body = Problem),
     (status = 429, description = "Rate limited", body = Problem)))]
 pub async fn list(state: web::Data<AppState>, caller: Caller, q: web::Query<PageQuery>) -> ApiResult<HttpResponse> {
@@ -209,7 +223,7 @@ pub async fn list(state: web::Data<AppState>, caller: Caller, q: web::Query<Page
 }
 
 /// One project (`projects:read`).
-#[utoipa::path(get, path = "/v1/projects/{name}", tag = "projects", params(("name" = String, Path, description = "Project name")), responses(
+#[utoipa::path(get, path = "/v1/projects/{name}", tag = "projects", operation_id = "get_project", params(("name" = schemas::ProjectName, Path, description = "Project name")), responses(
     (status = 200, description = "The project", body = ProjectView), (status = 401, description = "Unauthenticated", body = Problem),
     (status = 403, description = "Missing scope", body = Problem), (status = 404, description = "No such project (or not visible)", body = Problem),
     (status = 429, description = "Rate limited", body = Problem)))]
@@ -219,7 +233,7 @@ pub async fn get(state: web::Data<AppState>, caller: Caller, name: web::Path<Str
 }
 
 /// Changes a project (`projects:write`).
-#[utoipa::path(patch, path = "/v1/projects/{name}", tag = "projects", params(("name" = String, Path, description = "Project name")), request_body = UpdateProjectRequest, responses(
+#[utoipa::path(patch, path = "/v1/projects/{name}", tag = "projects", operation_id = "update_project", params(("name" = schemas::ProjectName, Path, description = "Project name")), request_body = UpdateProjectRequest, responses(
     (status = 200, description = "Updated", body = ProjectView), (status = 400, description = "Invalid input", body = Problem),
     (status = 401, description = "Unauthenticated", body = Problem), (status = 403, description = "Missing scope", body = Problem),
     (status = 404, description = "No such project", body = Problem), (status = 413, description = "Body too large", body = Problem),
@@ -236,7 +250,7 @@ pub async fn update(
 }
 
 /// Deletes a project with no queued or running commands (`projects:write`).
-#[utoipa::path(delete, path = "/v1/projects/{name}", tag = "projects", params(("name" = String, Path, description = "Project name")), responses(
+#[utoipa::path(delete, path = "/v1/projects/{name}", tag = "projects", operation_id = "delete_project", params(("name" = schemas::ProjectName, Path, description = "Project name")), responses(
     (status = 204, description = "Deleted"), (status = 401, description = "Unauthenticated", body = Problem),
     (status = 403, description = "Missing scope", body = Problem), (status = 404, description = "No such project", body = Problem),
     (status = 409, description = "Commands still queued or running", body = Problem), (status = 429, description = "Rate limited", body = Problem)))]

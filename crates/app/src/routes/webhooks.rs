@@ -19,18 +19,22 @@ use validator::Validate;
 
 use crate::http::problem::Problem;
 use crate::http::{parse_id, resource, ApiResult, Caller, JsonBody, PageOf, PageQuery};
+use crate::openapi::schemas;
 use crate::state::AppState;
 
 /// A subscription on the wire (never with its secret).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WebhookView {
     /// Id.
+    #[schema(value_type = uuid::Uuid)]
     pub id: String,
     /// Target URL.
     pub url: String,
     /// Event types it receives.
+    #[schema(value_type = Vec<schemas::EventType>)]
     pub events: Vec<String>,
     /// Projects whose events it receives; null means all.
+    #[schema(schema_with = schemas::project_list)]
     pub projects: Option<Vec<String>>,
     /// Disabled subscriptions receive nothing.
     pub enabled: bool,
@@ -79,13 +83,14 @@ impl WebhookWithSecret {
 pub struct CreateWebhookRequest {
     /// `http` or `https` URL; private, loopback and link-local targets are refused unless
     /// `WEBHOOK_ALLOW_PRIVATE_TARGETS=true`.
-    #[validate(length(min = 1, max = 2048, message = "must be 1 to 2048 characters"))]
+    #[schema(schema_with = schemas::url_required)]
     pub url: String,
     /// Event types (default: all).
-    #[validate(length(max = 32, message = "at most 32 event types"))]
+    #[schema(schema_with = schemas::event_list)]
     pub events: Option<Vec<String>>,
     /// Projects (default: all the key may see).
     #[validate(length(max = 1000, message = "at most 1000 projects"))]
+    #[schema(schema_with = schemas::project_list)]
     pub projects: Option<Vec<String>>,
 }
 
@@ -94,13 +99,14 @@ pub struct CreateWebhookRequest {
 #[serde(deny_unknown_fields)]
 pub struct UpdateWebhookRequest {
     /// New target.
-    #[validate(length(min = 1, max = 2048, message = "must be 1 to 2048 characters"))]
+    #[schema(schema_with = schemas::url_optional)]
     pub url: Option<String>,
     /// New event types.
-    #[validate(length(max = 32, message = "at most 32 event types"))]
+    #[schema(schema_with = schemas::event_list)]
     pub events: Option<Vec<String>>,
     /// New project list.
     #[validate(length(max = 1000, message = "at most 1000 projects"))]
+    #[schema(schema_with = schemas::project_list)]
     pub projects: Option<Vec<String>>,
     /// Re-enable (clears the reason) or disable.
     pub enabled: Option<bool>,
@@ -110,9 +116,10 @@ pub struct UpdateWebhookRequest {
 #[derive(Debug, Deserialize, Validate, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateSecretRequest {
-    /// How long the old secret still signs (both signatures are sent), 0..=604800 (default 0).
+    /// How long the old secret still signs (both signatures are sent), in seconds (default 0).
     #[serde(default)]
     #[validate(range(max = 604800, message = "must be between 0 and 604800 (one week)"))]
+    #[schema(schema_with = schemas::grace_seconds)]
     pub grace_seconds: u64,
 }
 
@@ -150,14 +157,19 @@ impl From<Attempt> for AttemptView {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DeliveryView {
     /// Id; also the `webhook-id` header of every attempt.
+    #[schema(value_type = uuid::Uuid)]
     pub id: String,
     /// Subscription.
+    #[schema(value_type = uuid::Uuid)]
     pub webhook_id: String,
     /// Event.
+    #[schema(value_type = uuid::Uuid)]
     pub event_id: String,
     /// Event type.
+    #[schema(value_type = schemas::EventType)]
     pub event_type: String,
-    /// `pending`, `succeeded`, `failed` or `dead`.
+    /// Where the delivery is.
+    #[schema(value_type = schemas::DeliveryStatus)]
     pub status: String,
     /// Attempts so far.
     pub attempts: u32,
@@ -166,6 +178,7 @@ pub struct DeliveryView {
     /// When the last attempt was made.
     pub last_attempt_at: Option<DateTime<Utc>>,
     /// The delivery this one redelivers.
+    #[schema(value_type = Option<uuid::Uuid>)]
     pub redelivery_of: Option<String>,
     /// Creation.
     pub created_at: DateTime<Utc>,
@@ -235,13 +248,15 @@ impl From<DeliveryDetail> for DeliveryDetailView {
 
 /// `?status=` of the delivery list, plus paging.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct DeliveryQuery {
     /// Only deliveries in this status.
+    #[param(value_type = Option<schemas::DeliveryStatus>)]
     pub status: Option<String>,
-    /// Page size, 1..=200 (default 50).
+    /// Page size (default 50).
+    #[param(schema_with = schemas::page_limit)]
     pub limit: Option<i64>,
-    /// Cursor from the previous page.
+    /// Cursor from the previous page's `next_cursor`.
     pub cursor: Option<String>,
 }
 
@@ -268,8 +283,8 @@ fn projects(raw: Option<Vec<String>>) -> Result<ProjectAccess, DomainError> {
 }
 
 /// Creates a subscription (`webhooks:manage`); the answer holds the secret, shown once.
-#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = CreateWebhookRequest, responses(
-    (status = 201, description = "Created; `secret` is shown only now", body = WebhookWithSecret),
+#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", operation_id = "create_webhook", request_body = CreateWebhookRequest, responses(
+    (status = 201, description = "Created; `secret` is shown only now", body = WebhookWithSecret, headers(("Location" = String, description = "The subscription's URL"))),
     (status = 400, description = "Invalid input, or a refused target (SSRF guard)", body = Problem),
     (status = 401, description = "Unauthenticated", body = Problem), (status = 403, description = "Missing scope or project", body = Problem),
     (status = 413, description = "Body too large", body = Problem), (status = 429, description = "Rate limited", body = Problem)))]
@@ -286,8 +301,8 @@ pub async fn create(
 }
 
 /// Lists subscriptions (`webhooks:manage`).
-#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", params(PageQuery), responses(
-    (status = 200, description = "A page of subscriptions", body = PageOf<WebhookView>), (status = 400, description = "Bad limit or cursor", body = Problem),
+#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", operation_id = "list_webhooks", params(PageQuery), responses(
+    (status = 200, description = "A page of subscriptions", body = crate::http::WebhookPage), (status = 400, description = "Bad limit or cursor", body = Problem),
     (status = 401, description = "Unauthenticated", body = Problem), (status = 403, description = "Missing scope", body = Problem),
     (status = 429, description = "Rate limited", body = Problem)))]
 pub async fn list(state: web::Data<AppState>, caller: Caller, q: web::Query<PageQuery>) -> ApiResult<HttpResponse> {
@@ -296,7 +311,7 @@ pub async fn list(state: web::Data<AppState>, caller: Caller, q: web::Query<Page
 }
 
 /// One subscription (`webhooks:manage`).
-#[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "Webhook id (UUID)")), responses(
+#[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", operation_id = "get_webhook", params(("id" = uuid::Uuid, Path, description = "Webhook id")), responses(
     (status = 200, description = "The subscription", body = WebhookView), (status = 400, description = "Bad id", body = Problem),
     (status = 401, description = "Unauthenticated", body = Problem), (status = 403, description = "Missing scope", body = Problem),
     (status = 404, description = "No such subscription", body = Problem), (status = 429, description = "Rate limited", body = Problem)))]
@@ -306,7 +321,7 @@ pub async fn get(state: web::Data<AppState>, caller: Caller, id: web::Path<Strin
 }
 
 /// Changes a subscription (`webhooks:manage`); `{"enabled": true}` re-enables a disabled one.
-#[utoipa::path(patch, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "Webhook id (UUID)")), request_body = UpdateWebhookRequest, responses(
+#[utoipa::path(patch, path = "/v1/webhooks/{id}", tag = "webhooks", operation_id = "update_webhook", params(("id" = uuid::Uuid, Path, description = "Webhook id")), request_body = UpdateWebhookRequest, responses(
     (status = 200, description = "Updated", body = WebhookView), (status = 400, description = "Invalid input or refused target", body = Problem),
     (status = 401, description = "Unauthenticated", body = Problem), (status = 403, description = "Missing scope or project", body = Problem),
     (status = 404, description = "No such subscription", body = Problem), (status = 413, description = "Body too large", body = Problem),
@@ -328,7 +343,7 @@ pub async fn update(
 }
 
 /// Deletes a subscription and its deliveries (`webhooks:manage`).
-#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "Webhook id (UUID)")), responses(
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", operation_id = "delete_webhook", params(("id" = uuid::Uuid, Path, description = "Webhook id")), responses(
     (status = 204, description = "Deleted"), (status = 400, description = "Bad id", body = Problem),
     (status = 401, description = "Unauthenticated", body = Problem), (status = 403, description = "Missing scope", body = Problem),
     (status = 404, description = "No such subscription", body = Problem), (status = 429, description = "Rate limited", body = Problem)))]
@@ -338,7 +353,7 @@ pub async fn delete(state: web::Data<AppState>, caller: Caller, id: web::Path<St
 }
 
 /// Sends a `ping` event to this subscription only (`webhooks:manage`).
-#[utoipa::path(post, path = "/v1/webhooks/{id}/test", tag = "webhooks", params(("id" = String, Path, description = "Webhook id (UUID)")), responses(
+#[utoipa::path(post, path = "/v1/webhooks/{id}/test", tag = "webhooks", operation_id = "test_webhook", params(("id" = uuid::Uuid, Path, description = "Webhook id")), responses(
     (status = 202, description = "Ping queued; see the subscription's deliveries"), (status = 400, description = "Bad id", body = Problem),
     (status = 401, description = "Unauthenticated", body = Problem), (status = 403, description = "Missing scope", body = Problem),
     (status = 404, description = "No such subscription", body = Problem), (status = 409, description = "Subscription disabled", body = Problem),
@@ -349,7 +364,7 @@ pub async fn test(state: web::Data<AppState>, caller: Caller, id: web::Path<Stri
 }
 
 /// Replaces the signing secret (`webhooks:manage`); the old one keeps signing for `grace_seconds`.
-#[utoipa::path(post, path = "/v1/webhooks/{id}/rotate-secret", tag = "webhooks", params(("id" = String, Path, description = "Webhook id (UUID)")), request_body = RotateSecretRequest, responses(
+#[utoipa::path(post, path = "/v1/webhooks/{id}/rotate-secret", tag = "webhooks", operation_id = "rotate_webhook_secret", params(("id" = uuid::Uuid, Path, description = "Webhook id")), request_body(content = Option<RotateSecretRequest>, description = "Optional: without a body the old secret stops signing at once"), responses(
     (status = 200, description = "Rotated; the new `secret` is shown only now", body = WebhookWithSecret), (status = 400, description = "Invalid input", body = Problem),
     (status = 401, description = "Unauthenticated", body = Problem), (status = 403, description = "Missing scope", body = Problem),
     (status = 404, description = "No such subscription", body = Problem), (status = 413, description = "Body too large", body = Problem),
@@ -366,8 +381,8 @@ pub async fn rotate_secret(
 }
 
 /// A subscription's deliveries, newest first (`webhooks:manage`).
-#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks", params(("id" = String, Path, description = "Webhook id (UUID)"), DeliveryQuery), responses(
-    (status = 200, description = "A page of deliveries", body = PageOf<DeliveryView>), (status = 400, description = "Bad id, status, limit or cursor", body = Problem),
+#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks", operation_id = "list_webhook_deliveries", params(("id" = uuid::Uuid, Path, description = "Webhook id"), DeliveryQuery), responses(
+    (status = 200, description = "A page of deliveries", body = crate::http::DeliveryPage), (status = 400, description = "Bad id, status, limit or cursor", body = Problem),
     (status = 401, description = "Unauthenticated", body = Problem), (status = 403, description = "Missing scope", body = Problem),
     (status = 404, description = "No such subscription", body = Problem), (status = 429, description = "Rate limited", body = Problem)))]
 pub async fn deliveries(
@@ -388,7 +403,7 @@ pub async fn deliveries(
 }
 
 /// One delivery with every attempt (`webhooks:manage`).
-#[utoipa::path(get, path = "/v1/webhook-deliveries/{id}", tag = "webhooks", params(("id" = String, Path, description = "Delivery id (UUID)")), responses(
+#[utoipa::path(get, path = "/v1/webhook-deliveries/{id}", tag = "webhooks", operation_id = "get_webhook_delivery", params(("id" = uuid::Uuid, Path, description = "Delivery id")), responses(
     (status = 200, description = "The delivery and its attempts", body = DeliveryDetailView), (status = 400, description = "Bad id", body = Problem),
     (status = 401, description = "Unauthenticated", body = Problem), (status = 403, description = "Missing scope", body = Problem),
     (status = 404, description = "No such delivery", body = Problem), (status = 429, description = "Rate limited", body = Problem)))]
@@ -398,7 +413,7 @@ pub async fn delivery(state: web::Data<AppState>, caller: Caller, id: web::Path<
 }
 
 /// Sends the delivery's event again as a new delivery (`webhooks:manage`).
-#[utoipa::path(post, path = "/v1/webhook-deliveries/{id}/redeliver", tag = "webhooks", params(("id" = String, Path, description = "Delivery id (UUID)")), responses(
+#[utoipa::path(post, path = "/v1/webhook-deliveries/{id}/redeliver", tag = "webhooks", operation_id = "redeliver_webhook_delivery", params(("id" = uuid::Uuid, Path, description = "Delivery id")), responses(
     (status = 202, description = "The new delivery", body = DeliveryView), (status = 400, description = "Bad id", body = Problem),
     (status = 401, description = "Unauthenticated", body = Problem), (status = 403, description = "Missing scope", body = Problem),
     (status = 404, description = "No such delivery", body = Problem), (status = 409, description = "Subscription disabled", body = Problem),
