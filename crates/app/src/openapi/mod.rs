@@ -4,12 +4,15 @@
 pub mod document;
 pub mod schemas;
 
-use actix_web::HttpResponse;
+use std::sync::OnceLock;
+
+use actix_web::{HttpResponse, ResponseError};
+use domain::DomainError;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use self::document::{CommandOrScript, CommonResponses};
-use crate::http::{ApiKeyPage, AuditRecordPage, CommandPage, DeliveryPage, ProjectPage, WebhookPage};
+use crate::http::{ApiError, ApiKeyPage, AuditRecordPage, CommandPage, DeliveryPage, ProjectPage, WebhookPage};
 use crate::routes::{api_keys, audit, commands, events, health, me, pods, projects, webhooks};
 
 struct BearerAuth;
@@ -50,5 +53,11 @@ pub struct ApiDoc;
 /// Serves the document.
 #[utoipa::path(get, path = "/openapi.json", tag = "health", operation_id = "get_openapi_document", security(()), responses((status = 200, description = "This document", body = Object)))]
 pub async fn serve() -> HttpResponse {
-    HttpResponse::Ok().json(ApiDoc::openapi())
+    // Built once: the document is fixed at compile time, and generating it walks every schema.
+    static DOCUMENT: OnceLock<Result<String, String>> = OnceLock::new();
+    match DOCUMENT.get_or_init(|| ApiDoc::openapi().to_json().map_err(|e| e.to_string())) {
+        Ok(body) => HttpResponse::Ok().content_type("application/json").body(body.as_str()),
+        Err(e) => ApiError::Domain(DomainError::Internal(format!("the OpenAPI document does not serialise: {e}")))
+            .error_response(),
+    }
 }
