@@ -13,7 +13,8 @@
 # Settings: RDEV_BIN (target/debug/rdev-api), OPENAPI_VENV (target/venv-openapi),
 # OPENAPI_FUZZ_EXAMPLES (100 per operation), OPENAPI_FUZZ_SEED, OPENAPI_FUZZ_WORKERS (2),
 # OPENAPI_FUZZ_TIMEOUT (seconds for the whole fuzz step, 1800), OPENAPI_KEEP=1 keeps the temporary
-# directory. Reports and logs go to target/openapi-check/. Every step runs even when an earlier
+# directory, OPENAPI_DOCUMENT=FILE checks that file instead of the served document (to try a change
+# to the document against the running server before rebuilding). Reports and logs go to target/openapi-check/. Every step runs even when an earlier
 # one failed (the walk-through and the fuzzer need the server, not the other steps); the exit code
 # is 1 when any step failed.
 set -euo pipefail
@@ -38,6 +39,15 @@ want() { [[ ",$STEPS," == *",$1,"* ]]; }
 for s in ${STEPS//,/ }; do
   case $s in validate|generate|walkthrough|fuzz) ;; *) die "unknown step '$s' in OPENAPI_STEPS (validate, generate, walkthrough, fuzz)";; esac
 done
+
+# One run at a time: runs share the venv, target/openapi-check and target/openapi-client.
+command -v flock >/dev/null || die "flock (util-linux) not found"
+mkdir -p target
+exec 9>target/.openapi-check.lock
+if ! flock -n 9; then
+  echo "check-openapi: another run holds target/.openapi-check.lock; waiting up to ${OPENAPI_LOCK_WAIT:-1200} s" >&2
+  flock -w "${OPENAPI_LOCK_WAIT:-1200}" 9 || die "another scripts/check-openapi.sh is still running"
+fi
 
 # --- tools -------------------------------------------------------------------------------------
 [ -x "$BIN" ] || die "$BIN not found: build it with 'cargo build -p app --bin rdev-api' (or set RDEV_BIN)"
@@ -97,7 +107,7 @@ SERVER_ENV=(
   LOG_FORMAT=json
 )
 say "starting $BIN serve on $BASE (data in $TMP)"
-env "${SERVER_ENV[@]}" "$BIN" serve >"$TMP/server.log" 2>&1 &
+env "${SERVER_ENV[@]}" "$BIN" serve >"$TMP/server.log" 2>&1 9>&- &
 SERVER_PID=$!
 
 server_failed() {
@@ -127,7 +137,14 @@ ADMIN_KEY_FILE=$TMP/admin.key
 echo "ready; admin key in $ADMIN_KEY_FILE"
 
 SPEC=$OUT/openapi.json
-"$PY" - "$BASE/openapi.json" "$SPEC" <<'EOF' || die "could not download $BASE/openapi.json"
+if [ -n "${OPENAPI_DOCUMENT:-}" ]; then
+  cp "$OPENAPI_DOCUMENT" "$SPEC" || die "cannot read OPENAPI_DOCUMENT=$OPENAPI_DOCUMENT"
+  echo "checking $OPENAPI_DOCUMENT, not the served document"
+  FUZZ_SOURCE=("$SPEC" --url "$BASE")
+else
+  FUZZ_SOURCE=("$BASE/openapi.json")
+fi
+[ -n "${OPENAPI_DOCUMENT:-}" ] || "$PY" - "$BASE/openapi.json" "$SPEC" <<'EOF' || die "could not download $BASE/openapi.json"
 import json, sys, urllib.request
 with urllib.request.urlopen(sys.argv[1], timeout=10) as r:
     body = r.read()
@@ -215,7 +232,7 @@ EOF
   set +e
   RDEV_FUZZ_KEY=$fuzz_key RDEV_PROTECTED_KEY_IDS="$fuzz_id,$admin_id" SCHEMATHESIS_HOOKS=scripts/openapi/hooks.py \
     timeout --kill-after=10 "$FUZZ_TIMEOUT" "$VENV/bin/schemathesis" --config-file scripts/openapi/schemathesis.toml \
-    run "$BASE/openapi.json" --checks all --max-examples "$EXAMPLES" --seed "$SEED" --workers "$WORKERS" \
+    run "${FUZZ_SOURCE[@]}" --checks all --max-examples "$EXAMPLES" --seed "$SEED" --workers "$WORKERS" \
     --request-timeout "$REQUEST_TIMEOUT" --generation-database none --no-color \
     --report junit,ndjson --report-dir "$OUT/schemathesis" >"$OUT/schemathesis.log" 2>&1
   rc=$?

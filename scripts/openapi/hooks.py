@@ -14,11 +14,17 @@ after `before_call`, so its checks still judge the request that was really sent.
   127.0.0.1 that this module serves (the server runs with WEBHOOK_ALLOW_PRIVATE_TARGETS=true), so
   no delivery or lookup leaves the machine and a well-formed URL whose random host does not
   resolve is not refused for that. The SSRF guard itself is covered by the Rust tests.
+- Cursors: a `cursor` is an opaque token, valid only as the server handed it out, so a generated
+  one is refused with 400 although it matches the schema (issue 12 allows exactly this). A
+  "schema-valid request rejected" finding is dropped when the 400 problem names no field but
+  `cursor` and the cursor sent is not one the server returned in this run; refusing a cursor it
+  did return stays a finding.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import threading
@@ -32,6 +38,8 @@ ABSENT_KEY_ID = "00000000-0000-4000-8000-000000000000"
 PROTECTED_KEY_IDS = {i.strip().lower() for i in os.environ.get("RDEV_PROTECTED_KEY_IDS", "").split(",") if i.strip()}
 KEY_OPERATIONS = {("DELETE", "/v1/api-keys/{id}"), ("POST", "/v1/api-keys/{id}/rotate")}
 WEBHOOK_OPERATIONS = {("POST", "/v1/webhooks"), ("PATCH", "/v1/webhooks/{id}")}
+OPAQUE_FIELDS = {"cursor"}
+RETURNED_CURSORS: set[str] = set()
 HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
 
 
@@ -97,3 +105,26 @@ def before_call(context, case, kwargs):  # noqa: ARG001 - the hook's signature
             case.path_parameters["id"] = ABSENT_KEY_ID
     elif key in WEBHOOK_OPERATIONS and isinstance(case.body, dict) and isinstance(case.body.get("url"), str):
         case.body["url"] = to_sink(case.body["url"])
+
+
+@schemathesis.hook
+def after_call(context, case, response):  # noqa: ARG001 - the hook's signature
+    try:
+        body = response.json()
+    except Exception:  # noqa: BLE001 - not JSON: nothing to learn
+        return
+    if isinstance(body, dict) and isinstance(body.get("next_cursor"), str):
+        RETURNED_CURSORS.add(body["next_cursor"])
+
+
+@schemathesis.hook
+def filter_failure(context, failure, case, response):  # noqa: ARG001 - the hook's signature
+    """False drops the failure: a 400 for a cursor the server never returned."""
+    if getattr(failure, "code", None) != "ST202" or response.status_code != 400:
+        return True
+    try:
+        fields = {e.get("field") for e in response.json().get("errors") or []}
+    except Exception:  # noqa: BLE001 - not a problem document: keep the finding
+        return True
+    sent = (case.query or {}).get("cursor")
+    return not (fields and fields <= OPAQUE_FIELDS and str(sent) not in RETURNED_CURSORS)

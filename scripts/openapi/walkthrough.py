@@ -191,14 +191,14 @@ def walk(base_url: str, admin_key: str) -> None:
     step("get_command, get_command_output: stdout 'hi\\n'")
 
     # Cancel a running command.
-    slow = expect(submit_command.sync_detailed(name, client=admin, body=SubmitRequest(script="sleep 30"), wait=0), 202, what="submit_command sleep 30 ?wait=0")
+    slow = expect(submit_command.sync_detailed(name, client=admin, body=SubmitRequest(script="sleep 10"), wait=0), 202, what="submit_command sleep 10 ?wait=0")
     cancelled = expect(cancel_command.sync_detailed(slow.id, client=admin), 200, type(cmd), "cancel_command")
     deadline = time.monotonic() + 20
     while value(cancelled.status) not in ("cancelled",) and time.monotonic() < deadline:
         time.sleep(0.3)
         cancelled = expect(get_command.sync_detailed(slow.id, client=admin), 200, type(cmd), "get_command after cancel")
     check(value(cancelled.status) == "cancelled", f"cancel_command: status {value(cancelled.status)!r} after 20 s")
-    step("submit sleep 30 (202), cancel_command: cancelled")
+    step("submit sleep 10 (202), cancel_command: cancelled")
 
     queue = expect(get_queue.sync_detailed(client=admin), 200, what="get_queue")
     check(isinstance(queue.capacity, int) and queue.capacity >= 1, f"get_queue: capacity {queue.capacity!r}")
