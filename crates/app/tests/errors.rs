@@ -83,7 +83,8 @@ async fn unknown_ids_routes_and_methods_are_clean_4xx() {
     problem(app.get(&format!("/v1/commands/{}", uuid::Uuid::now_v7())).await, 404, "not_found").await;
     problem(app.get(&format!("/v1/commands/{}/output", uuid::Uuid::now_v7())).await, 404, "not_found").await;
     problem(app.get("/v1/projects/nope").await, 404, "not_found").await;
-    problem(app.get("/v1/projects/NOT_VALID").await, 404, "not_found").await;
+    // A name the document's pattern refuses is refused as input, not looked up.
+    problem(app.get("/v1/projects/NOT_VALID").await, 400, "validation_failed").await;
     problem(app.get("/v1/nothing-here").await, 404, "not_found").await;
     let wrong = app.call(Method::PUT, "/v1/projects", &app.admin, None).await;
     assert_eq!(wrong.headers().get("allow").and_then(|v| v.to_str().ok()), Some("GET, POST"));

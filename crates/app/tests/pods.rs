@@ -64,6 +64,6 @@ async fn pod_routes_follow_scopes_and_project_visibility() {
         StatusCode::ACCEPTED
     );
     problem(app.get("/v1/projects/nope/pod").await, 404, "not_found").await;
-    problem(app.get("/v1/projects/Bad_Name/pod").await, 404, "not_found").await;
+    problem(app.get("/v1/projects/Bad_Name/pod").await, 400, "validation_failed").await;
     problem(app.call(Method::DELETE, "/v1/projects/mine/pod", &app.admin, None).await, 405, "method_not_allowed").await;
 }

@@ -5,7 +5,7 @@
 use utoipa::openapi::header::Header;
 use utoipa::openapi::path::{Operation, Parameter, ParameterIn, PathItem};
 use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type};
-use utoipa::openapi::{Content, Ref, RefOr, Response};
+use utoipa::openapi::{Content, Ref, RefOr, Required, Response};
 use utoipa::Modify;
 
 use super::schemas;
@@ -42,6 +42,10 @@ fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
 fn complete(op: &mut Operation, public: bool) {
     for parameter in op.parameters.iter_mut().flatten() {
         retype_parameter(parameter);
+    }
+    // Say it outright: generators differ on what an absent `required` means.
+    if let Some(body) = op.request_body.as_mut() {
+        body.required.get_or_insert(Required::False);
     }
     for (status, response) in &mut op.responses.responses {
         let RefOr::T(response) = response else { continue };

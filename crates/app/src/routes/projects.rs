@@ -187,9 +187,10 @@ impl UpdateProjectRequest {
     }
 }
 
-/// Parses the `{name}` path segment; an invalid name cannot exist, so it is a 404.
+/// Parses the `{name}` path segment: a malformed name is a `400`, as the document's pattern
+/// says (it tells nothing about which projects exist).
 pub fn project_in_path(raw: &str) -> ApiResult<ProjectName> {
-    ProjectName::parse(raw).map_err(|_| DomainError::NotFound("project".into()).into())
+    ProjectName::parse(raw).map_err(|e| e.in_field("path.").into())
 }
 
 /// Creates a project (`projects:write`).
