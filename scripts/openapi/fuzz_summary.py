@@ -42,13 +42,15 @@ def findings(report: Path) -> list[str]:
             checks = re.findall(r"^- (.+)$", text, re.M) or [element.get("message") or element.tag]
             status = re.search(r"^\[(\d{3})\] ", text, re.M)
             body = re.search(r"^\s+`(.*)`\s*$", text, re.M)
-            curl = re.search(r"^\s+(curl .+)$", text, re.M)
+            # A stateful finding lists the whole sequence; the failing request is the last.
+            curls = re.findall(r"^\s+(curl .+)$", text, re.M)
+            curl = curls[-1] if curls else None
             parts = [
                 f"{operation}",
                 " + ".join(checks),
                 f"-> {status.group(1)}" if status else "",
                 detail(body.group(1)) if body else "",
-                f"| {shorten(curl.group(1))}" if curl else "",
+                f"| {shorten(curl)}" if curl else "",
             ]
             if element.tag == "error":
                 parts.insert(1, "ERROR:")

@@ -41,7 +41,13 @@ try:
     )
     from rdev_api_client.api.pods import get_pod_logs
     from rdev_api_client.api.projects import create_project, delete_project, get_project, list_projects
-    from rdev_api_client.api.webhooks import create_webhook, get_webhook_delivery, list_webhook_deliveries, list_webhooks, test_webhook
+    from rdev_api_client.api.webhooks import (
+        create_webhook,
+        get_webhook_delivery,
+        list_webhook_deliveries,
+        list_webhooks,
+        test_webhook,
+    )
     from rdev_api_client.models import (
         CreateKeyRequest,
         CreateProjectRequest,
@@ -102,7 +108,10 @@ def is_uuid(x, what: str) -> None:
 
 def problem(response, status: int, code: str, what: str) -> Problem:
     p = expect(response, status, Problem, what)
-    check(response.headers.get("content-type", "").startswith("application/problem+json"), f"{what}: content type {response.headers.get('content-type')}")
+    check(
+        response.headers.get("content-type", "").startswith("application/problem+json"),
+        f"{what}: content type {response.headers.get('content-type')}",
+    )
     check(p.status == status, f"{what}: problem status {p.status}")
     is_enum(p.code, f"{what}: Problem.code")
     check(value(p.code) == code, f"{what}: problem code {value(p.code)!r}, expected {code!r}")
@@ -133,16 +142,27 @@ def walk(base_url: str, admin_key: str) -> None:
         print(f"  ok  {message}")
 
     # Projects.
-    created = expect(create_project.sync_detailed(client=admin, body=CreateProjectRequest(name=name, image="debian:stable")), 201, what="create_project")
+    created = expect(
+        create_project.sync_detailed(client=admin, body=CreateProjectRequest(name=name, image="debian:stable")),
+        201,
+        what="create_project",
+    )
     check(created.name == name, f"create_project: name {created.name!r}")
     is_uuid(created.id, "ProjectView.id")
-    expect(create_project.sync_detailed(client=admin, body=CreateProjectRequest(name=other, image="debian:stable")), 201, what="create_project (second)")
+    expect(
+        create_project.sync_detailed(client=admin, body=CreateProjectRequest(name=other, image="debian:stable")),
+        201,
+        what="create_project (second)",
+    )
     got = expect(get_project.sync_detailed(name, client=admin), 200, type(created), "get_project")
     check(got.id == created.id, "get_project: another id")
     page = expect(list_projects.sync_detailed(client=admin), 200, what="list_projects")
     listed = [p for p in page.items if p.name == name]
     check(len(listed) == 1, f"list_projects: {name} listed {len(listed)} times")
-    check(type(listed[0]) is type(created), f"list_projects: items are {type(listed[0]).__name__}, not {type(created).__name__} (page items should be a $ref)")
+    check(
+        type(listed[0]) is type(created),
+        f"list_projects: items are {type(listed[0]).__name__}, not {type(created).__name__} (page items should be a $ref)",
+    )
     step(f"create_project, get_project, list_projects ({type(created).__name__})")
 
     # Submit with wait and an Idempotency-Key.
@@ -154,13 +174,18 @@ def walk(base_url: str, admin_key: str) -> None:
     is_enum(cmd.status, "CommandBody.status")
     check(value(cmd.status) == "succeeded", f"submit_command: status {value(cmd.status)!r} ({cmd.error!r})")
     check(cmd.exit_code == 0, f"submit_command: exit_code {cmd.exit_code!r}")
-    check(first.headers.get("location") == f"/v1/commands/{cmd.id}", f"submit_command: Location {first.headers.get('location')!r}")
+    check(
+        first.headers.get("location") == f"/v1/commands/{cmd.id}", f"submit_command: Location {first.headers.get('location')!r}"
+    )
     step(f"submit_command echo hi: {int(first.status_code)}, status {cmd.status!r}, exit 0")
 
     replay = submit_command.sync_detailed(name, client=admin, body=body, wait=30, idempotency_key=key)
     again = expect(replay, 200, type(cmd), "submit_command replay")
     check(again.id == cmd.id, f"replay: another command {again.id} (first {cmd.id})")
-    check(replay.headers.get("idempotent-replayed") == "true", f"replay: Idempotent-Replayed {replay.headers.get('idempotent-replayed')!r}")
+    check(
+        replay.headers.get("idempotent-replayed") == "true",
+        f"replay: Idempotent-Replayed {replay.headers.get('idempotent-replayed')!r}",
+    )
     reuse = submit_command.sync_detailed(name, client=admin, body=SubmitRequest(command=["echo", "other"]), idempotency_key=key)
     problem(reuse, 409, "conflict", "submit_command with the key of another request")
     step("Idempotency-Key: replayed (Idempotent-Replayed: true), reused with another body 409")
@@ -168,7 +193,11 @@ def walk(base_url: str, admin_key: str) -> None:
     # More commands, then page through them one at a time.
     ids = {cmd.id}
     for word in ("two", "three"):
-        more = expect(submit_command.sync_detailed(name, client=admin, body=SubmitRequest(command=["echo", word]), wait=30), 200, what="submit_command")
+        more = expect(
+            submit_command.sync_detailed(name, client=admin, body=SubmitRequest(command=["echo", word]), wait=30),
+            200,
+            what="submit_command",
+        )
         ids.add(more.id)
     seen, cursor = [], UNSET
     for _ in range(20):
@@ -181,7 +210,10 @@ def walk(base_url: str, admin_key: str) -> None:
     check(sorted(map(str, seen)) == sorted(map(str, ids)), f"list_commands paging: saw {seen}, submitted {ids}")
     succeeded = type(cmd.status)("succeeded")
     page = expect(list_commands.sync_detailed(name, client=admin, status=succeeded), 200, what="list_commands status=succeeded")
-    check({c.id for c in page.items} == ids and all(value(c.status) == "succeeded" for c in page.items), "list_commands status=succeeded: wrong items")
+    check(
+        {c.id for c in page.items} == ids and all(value(c.status) == "succeeded" for c in page.items),
+        "list_commands status=succeeded: wrong items",
+    )
     step(f"list_commands: {len(seen)} commands one page at a time, status filter")
 
     got = expect(get_command.sync_detailed(cmd.id, client=admin), 200, type(cmd), "get_command")
@@ -191,7 +223,11 @@ def walk(base_url: str, admin_key: str) -> None:
     step("get_command, get_command_output: stdout 'hi\\n'")
 
     # Cancel a running command.
-    slow = expect(submit_command.sync_detailed(name, client=admin, body=SubmitRequest(script="sleep 10"), wait=0), 202, what="submit_command sleep 10 ?wait=0")
+    slow = expect(
+        submit_command.sync_detailed(name, client=admin, body=SubmitRequest(script="sleep 10"), wait=0),
+        202,
+        what="submit_command sleep 10 ?wait=0",
+    )
     cancelled = expect(cancel_command.sync_detailed(slow.id, client=admin), 200, type(cmd), "cancel_command")
     deadline = time.monotonic() + 20
     while value(cancelled.status) not in ("cancelled",) and time.monotonic() < deadline:
@@ -204,17 +240,27 @@ def walk(base_url: str, admin_key: str) -> None:
     check(isinstance(queue.capacity, int) and queue.capacity >= 1, f"get_queue: capacity {queue.capacity!r}")
     depth = queue.depth
     for priority in ("critical", "high", "normal", "low"):
-        check(isinstance(getattr(depth, priority, None), int), f"get_queue: depth.{priority} is not a named integer field ({type(depth).__name__})")
+        check(
+            isinstance(getattr(depth, priority, None), int),
+            f"get_queue: depth.{priority} is not a named integer field ({type(depth).__name__})",
+        )
     step(f"get_queue: capacity {queue.capacity}, depth {depth.to_dict()}")
 
     # Typed problems.
     problem(get_command.sync_detailed(uuid.uuid4(), client=admin), 404, "not_found", "get_command of an unknown id")
-    bad = problem(submit_command.sync_detailed(name, client=admin, body=SubmitRequest(command=["true"], timeout_seconds=0)), 400, "validation_failed", "submit_command timeout_seconds=0")
+    bad = problem(
+        submit_command.sync_detailed(name, client=admin, body=SubmitRequest(command=["true"], timeout_seconds=0)),
+        400,
+        "validation_failed",
+        "submit_command timeout_seconds=0",
+    )
     check(any(e.field == "timeout_seconds" for e in (bad.errors or [])), f"400 problem: errors {bad.errors!r}")
     step("problems: 404 not_found, 400 validation_failed on timeout_seconds, as Problem")
 
     # A scoped key: reads one project's commands, may not submit, cannot see the other project.
-    new_key = CreateKeyRequest.from_dict({"name": f"walk-reader-{suffix}", "scopes": ["commands:read", "projects:read"], "projects": [name]})
+    new_key = CreateKeyRequest.from_dict(
+        {"name": f"walk-reader-{suffix}", "scopes": ["commands:read", "projects:read"], "projects": [name]}
+    )
     created_key = expect(create_api_key.sync_detailed(client=admin, body=new_key), 201, what="create_api_key")
     check(created_key.key.startswith("rdev_"), "create_api_key: no secret")
     is_uuid(created_key.id, "CreatedKey.id")
@@ -223,7 +269,12 @@ def walk(base_url: str, admin_key: str) -> None:
     reader = AuthenticatedClient(base_url=base_url, token=created_key.key, timeout=30.0)
     page = expect(list_commands.sync_detailed(name, client=reader), 200, what="list_commands with the scoped key")
     check({c.id for c in page.items} >= ids, "list_commands with the scoped key: commands missing")
-    problem(submit_command.sync_detailed(name, client=reader, body=SubmitRequest(command=["true"])), 403, "forbidden", "submit_command with a read-only key")
+    problem(
+        submit_command.sync_detailed(name, client=reader, body=SubmitRequest(command=["true"])),
+        403,
+        "forbidden",
+        "submit_command with a read-only key",
+    )
     problem(get_project.sync_detailed(other, client=reader), 404, "not_found", "get_project of a project outside the key")
     step("create_api_key (commands:read, projects:read on one project): reads 200, submit 403, other project 404")
 
@@ -241,7 +292,11 @@ def walk(base_url: str, admin_key: str) -> None:
     threading.Thread(target=sink.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{sink.server_address[1]}/hook"
-        hook = expect(create_webhook.sync_detailed(client=admin, body=CreateWebhookRequest.from_dict({"url": url, "projects": [name]})), 201, what="create_webhook")
+        hook = expect(
+            create_webhook.sync_detailed(client=admin, body=CreateWebhookRequest.from_dict({"url": url, "projects": [name]})),
+            201,
+            what="create_webhook",
+        )
         check(hook.secret.startswith("whsec_"), "create_webhook: no secret")
         is_uuid(hook.id, "WebhookWithSecret.id")
         page = expect(list_webhooks.sync_detailed(client=admin), 200, what="list_webhooks")
@@ -249,15 +304,26 @@ def walk(base_url: str, admin_key: str) -> None:
         expect(test_webhook.sync_detailed(hook.id, client=admin), 202, what="test_webhook")
         deadline, delivered = time.monotonic() + 30, None
         while time.monotonic() < deadline and delivered is None:
-            page = expect(list_webhook_deliveries.sync_detailed(hook.id, client=admin, limit=50), 200, what="list_webhook_deliveries")
+            page = expect(
+                list_webhook_deliveries.sync_detailed(hook.id, client=admin, limit=50), 200, what="list_webhook_deliveries"
+            )
             delivered = next((d for d in page.items if value(d.event_type) == "ping" and value(d.status) == "succeeded"), None)
             if delivered is None:
                 time.sleep(0.5)
-        check(delivered is not None, f"list_webhook_deliveries: no succeeded ping within 30 s ({[(value(d.event_type), value(d.status)) for d in page.items]})")
+        check(
+            delivered is not None,
+            f"list_webhook_deliveries: no succeeded ping within 30 s ({[(value(d.event_type), value(d.status)) for d in page.items]})",
+        )
         is_enum(delivered.status, "DeliveryView.status")
         detail = expect(get_webhook_delivery.sync_detailed(delivered.id, client=admin), 200, what="get_webhook_delivery")
         check(len(detail.attempt_log) >= 1, "get_webhook_delivery: no attempt")
-        check(any(r["body"] and r["body"].get("type") == "ping" and "webhook-signature" in {k.lower() for k in r["headers"]} for r in Sink.received), "the sink received no signed ping")
+        check(
+            any(
+                r["body"] and r["body"].get("type") == "ping" and "webhook-signature" in {k.lower() for k in r["headers"]}
+                for r in Sink.received
+            ),
+            "the sink received no signed ping",
+        )
         step("create_webhook, list_webhooks, test_webhook, list_webhook_deliveries: ping succeeded, get_webhook_delivery")
     finally:
         sink.shutdown()
