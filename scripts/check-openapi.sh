@@ -63,7 +63,8 @@ if ! cmp -s "$REQS" "$VENV/.openapi-requirements"; then
 fi
 PY=$VENV/bin/python
 # The generator runs ruff (its dependency) on what it writes; it finds it on PATH.
-export PATH="$PWD/$VENV/bin:$PATH"
+case $VENV in /*) ;; *) VENV=$PWD/$VENV ;; esac
+export PATH="$VENV/bin:$PATH"
 
 # --- server ------------------------------------------------------------------------------------
 rm -rf "$OUT" && mkdir -p "$OUT"
@@ -115,7 +116,7 @@ server_failed() {
   tail -n 30 "$TMP/server.log" >&2 || true
   die "$1"
 }
-"$PY" - "$BASE" "$TMP/admin.key" "$SERVER_PID" <<'EOF' || server_failed "the server did not become ready within 60 s"
+"$PY" - "$BASE" "$TMP/admin.key" "$SERVER_PID" <<'EOF' || server_failed "the server did not become ready (exited, or no /readyz and admin key within 60 s)"
 import os, sys, time, urllib.request
 base, key_file, pid = sys.argv[1], sys.argv[2], int(sys.argv[3])
 deadline = time.monotonic() + 60
@@ -165,6 +166,8 @@ run_step() {
   ( set -e; "step_$name" )
   rc=$?
   set -e
+  # Interrupted (a tool that catches SIGINT exits 130 on its own): stop here, the trap cleans up.
+  [ "$rc" != 130 ] || exit 130
   TIME[$name]=$((SECONDS - start))
   if [ "$rc" = 0 ]; then RESULT[$name]=passed; else RESULT[$name]=FAILED; fi
   echo "-- $name: ${RESULT[$name]} (${TIME[$name]} s)"
@@ -211,7 +214,7 @@ step_walkthrough() {
   [ -d "$CLIENT_DIR/rdev_api_client" ] || { echo "no generated client in $CLIENT_DIR: run the generate step" >&2; return 1; }
   "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps --no-build-isolation --force-reinstall "./$CLIENT_DIR" \
     || { echo "pip could not install the generated client" >&2; return 1; }
-  timeout 180 "$PY" scripts/openapi/walkthrough.py --base-url "$BASE" --admin-key-file "$ADMIN_KEY_FILE"
+  timeout --foreground 180 "$PY" scripts/openapi/walkthrough.py --base-url "$BASE" --admin-key-file "$ADMIN_KEY_FILE"
 }
 
 step_fuzz() {
@@ -230,13 +233,15 @@ EOF
   ) || { echo "GET /v1/me with the admin key failed" >&2; return 1; }
   echo "fuzzing with key $fuzz_id: $EXAMPLES examples per operation, seed $SEED, $WORKERS workers, at most $FUZZ_TIMEOUT s"
   set +e
+  # --foreground keeps schemathesis in this process group, so Ctrl-C reaches it (and then the trap).
   RDEV_FUZZ_KEY=$fuzz_key RDEV_PROTECTED_KEY_IDS="$fuzz_id,$admin_id" SCHEMATHESIS_HOOKS=scripts/openapi/hooks.py \
-    timeout --kill-after=10 "$FUZZ_TIMEOUT" "$VENV/bin/schemathesis" --config-file scripts/openapi/schemathesis.toml \
+    timeout --foreground --kill-after=10 "$FUZZ_TIMEOUT" "$VENV/bin/schemathesis" --config-file scripts/openapi/schemathesis.toml \
     run "${FUZZ_SOURCE[@]}" --checks all --max-examples "$EXAMPLES" --seed "$SEED" --workers "$WORKERS" \
     --request-timeout "$REQUEST_TIMEOUT" --generation-database none --no-color \
     --report junit,ndjson --report-dir "$OUT/schemathesis" >"$OUT/schemathesis.log" 2>&1
   rc=$?
   set -e
+  [ "$rc" != 130 ] || return 130
   "$PY" scripts/openapi/fuzz_summary.py "$OUT/schemathesis.log" "$OUT/schemathesis" || true
   if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
     echo "schemathesis did not finish within $FUZZ_TIMEOUT s (OPENAPI_FUZZ_TIMEOUT)" >&2; return 1
@@ -256,4 +261,4 @@ for s in validate generate walkthrough fuzz; do
   [ "${RESULT[$s]}" = FAILED ] && failed=1
 done
 [ "$failed" = 0 ] || die "the OpenAPI document failed the checks above (logs in $OUT/)"
-echo "OpenAPI document: valid, generates a full client, walks through, fuzzes clean"
+echo "OpenAPI checks passed: ${STEPS//,/, }"
