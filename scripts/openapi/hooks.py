@@ -11,7 +11,7 @@ after `before_call`, so its checks still judge the request that was really sent.
   other key, including those the fuzzer creates, is revoked and rotated for real.
 - Webhook targets: a subscription makes the server POST to its `url`, and the server resolves the
   host when the subscription is created. A generated `http(s)` URL is pointed at a sink on
-  127.0.0.1 that this module serves (the server runs with WEBHOOK_ALLOW_PRIVATE_TARGETS=true), so
+  127.0.0.1, named `localhost`, that this module serves (the server runs with WEBHOOK_ALLOW_PRIVATE_TARGETS=true), so
   no delivery or lookup leaves the machine and a well-formed URL whose random host does not
   resolve is not refused for that. The SSRF guard itself is covered by the Rust tests.
 - Cursors: a `cursor` is an opaque token, valid only as the server handed it out, so a generated
@@ -66,7 +66,9 @@ class _Sink(BaseHTTPRequestHandler):
 _sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
 _sink.daemon_threads = True
 threading.Thread(target=_sink.serve_forever, name="webhook-sink", daemon=True).start()
-SINK = f"127.0.0.1:{_sink.server_address[1]}"
+# By name: the document's URL pattern takes DNS names (an IP literal would turn a valid case into
+# an invalid one); `localhost` resolves to loopback, which WEBHOOK_ALLOW_PRIVATE_TARGETS allows.
+SINK = f"localhost:{_sink.server_address[1]}"
 
 
 def _valid_host(host: str) -> bool:

@@ -291,7 +291,7 @@ def walk(base_url: str, admin_key: str) -> None:
     sink = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
     threading.Thread(target=sink.serve_forever, daemon=True).start()
     try:
-        url = f"http://127.0.0.1:{sink.server_address[1]}/hook"
+        url = f"http://localhost:{sink.server_address[1]}/hook"
         hook = expect(
             create_webhook.sync_detailed(client=admin, body=CreateWebhookRequest.from_dict({"url": url, "projects": [name]})),
             201,
