@@ -6,6 +6,7 @@ pub mod context;
 pub mod limits;
 pub mod middleware;
 pub mod problem;
+pub mod whole;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use domain::pagination::{Cursor, Limit, Page, PageRequest};

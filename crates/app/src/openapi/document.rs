@@ -43,9 +43,18 @@ fn complete(op: &mut Operation, public: bool) {
     for parameter in op.parameters.iter_mut().flatten() {
         retype_parameter(parameter);
     }
-    // Say it outright: generators differ on what an absent `required` means.
     if let Some(body) = op.request_body.as_mut() {
+        // Say it outright: generators differ on what an absent `required` means.
         body.required.get_or_insert(Required::False);
+        // An optional body is left out, never sent as JSON `null` (the server refuses that).
+        for content in body.content.values_mut() {
+            if let Some(RefOr::T(Schema::OneOf(one_of))) = &content.schema {
+                let not_null: Vec<_> = one_of.items.iter().filter(|s| !is_null(s)).cloned().collect();
+                if let [single] = not_null.as_slice() {
+                    content.schema = Some(single.clone());
+                }
+            }
+        }
     }
     for (status, response) in &mut op.responses.responses {
         let RefOr::T(response) = response else { continue };
@@ -79,6 +88,10 @@ fn retype_parameter(parameter: &mut Parameter) {
             }
         }
     }
+}
+
+fn is_null(schema: &RefOr<Schema>) -> bool {
+    matches!(schema, RefOr::T(Schema::Object(o)) if o.schema_type == SchemaType::Type(Type::Null))
 }
 
 fn problem_ref() -> RefOr<Schema> {

@@ -197,11 +197,21 @@ pub fn optional_env() -> Schema {
 /// Text without NUL.
 pub const NO_NUL: &str = "^[^\\u0000]*$";
 
-/// A list of project names; `null` means all.
+/// A key's list of project names (empty: none); `null` means all.
 pub fn project_list() -> Schema {
+    projects(0)
+}
+
+/// A subscription's list of project names, at least one; `null` means all.
+pub fn project_list_nonempty() -> Schema {
+    projects(1)
+}
+
+fn projects(min: usize) -> Schema {
     ArrayBuilder::new()
         .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
         .items(RefOr::Ref(utoipa::openapi::Ref::from_schema_name("ProjectName")))
+        .min_items((min > 0).then_some(min))
         .max_items(Some(MAX_LISTED_PROJECTS))
         .into()
 }
@@ -307,23 +317,23 @@ pub fn cidr_list() -> Schema {
 }
 
 /// The URLs the server takes: `http(s)://host[:port][/path][?query]`, the host a name whose last
-/// label starts with a letter (a numeric one would be read as an IPv4 address), no credentials,
-/// no fragment.
-const URL_PATTERN: &str = concat!(
-    "^[hH][tT][tT][pP][sS]?://",
-    "(?:[A-Za-z0-9-]{1,63}\\.){0,8}[A-Za-z][A-Za-z0-9-]{0,62}",
-    "(?::(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?",
-    "(?:/[A-Za-z0-9._~!$&'()*+,;=:@/-]*)?",
-    "(?:\\?[A-Za-z0-9._~!$&'()*+,;=:@/?-]*)?$"
-);
+/// label starts with a letter (a numeric one would be read as an IPv4 address), an IPv4 address
+/// or a bracketed IPv6 one; no credentials, no fragment.
+fn url_pattern() -> String {
+    // The last label starts with a letter: a numeric one would make the host an IPv4 address.
+    let name = "(?:[A-Za-z0-9-]+\\.)*[A-Za-z][A-Za-z0-9-]*";
+    let port = "(?::(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?";
+    let path = "(?:/[A-Za-z0-9._~!$&'()*+,;=:@/%-]*)?";
+    let query = "(?:\\?[A-Za-z0-9._~!$&'()*+,;=:@/?%-]*)?";
+    format!("^[hH][tT][tT][pP][sS]?://(?:{name}|{IPV4}|\\[{IPV6}\\]){port}{path}{query}$")
+}
 
 /// A webhook target URL.
 pub fn url(required: bool) -> Schema {
-    let schema = ObjectBuilder::new()
-        .format(Some(SchemaFormat::Custom("uri".to_owned())))
-        .pattern(Some(URL_PATTERN))
-        .min_length(Some(1))
-        .max_length(Some(WebhookUrl::MAX_LEN));
+    // The pattern alone is the contract: `format: uri` would refuse a stray `%` that the server,
+    // like browsers, takes.
+    let schema =
+        ObjectBuilder::new().pattern(Some(url_pattern())).min_length(Some(1)).max_length(Some(WebhookUrl::MAX_LEN));
     nullable(required, schema, Type::String)
 }
 
@@ -337,13 +347,16 @@ pub fn url_optional() -> Schema {
     url(false)
 }
 
+/// Most entries an event list may have (repeats included).
+pub const MAX_EVENT_ENTRIES: usize = 32;
+
 /// Event types; `null`: all.
 pub fn event_list() -> Schema {
     ArrayBuilder::new()
         .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
         .items(RefOr::Ref(utoipa::openapi::Ref::from_schema_name("EventType")))
         .min_items(Some(1))
-        .max_items(Some(Event::ALL.len()))
+        .max_items(Some(MAX_EVENT_ENTRIES))
         .into()
 }
 
@@ -371,3 +384,25 @@ pub fn idempotency_key() -> Schema {
 pub fn last_event_id() -> Schema {
     ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0u64)).maximum(Some(i64::MAX)).into()
 }
+
+/// One Server-Sent Event of a command's stream: `id` (its sequence number, for
+/// `Last-Event-ID`), `event` (`output`, `status` or `exit`) and `data` (JSON text).
+#[derive(Debug)]
+pub struct CommandEvent;
+
+impl utoipa::PartialSchema for CommandEvent {
+    fn schema() -> RefOr<Schema> {
+        let string = || ObjectBuilder::new().schema_type(Type::String);
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property("id", string().pattern(Some("^[0-9]+$")))
+            .property("event", string().enum_values(Some(["output", "status", "exit"])))
+            .property("data", string().description(Some("JSON: `{stream, data}`, `{status}`, or the command")))
+            .required("id")
+            .required("event")
+            .required("data")
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for CommandEvent {}

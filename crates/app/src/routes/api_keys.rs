@@ -104,6 +104,7 @@ pub struct CreateKeyRequest {
     pub allowed_ips: Vec<String>,
     /// Per-key requests per second.
     #[validate(range(min = 1, max = 100000, message = "must be between 1 and 100000"))]
+    #[serde(default, deserialize_with = "crate::http::whole::option")]
     #[schema(schema_with = schemas::rate_limit_rps)]
     pub rate_limit_rps: Option<u32>,
     /// Expiry (RFC 3339).
@@ -139,7 +140,7 @@ impl CreateKeyRequest {
 pub struct RotateRequest {
     /// How long the old secret keeps working, in seconds (default 0).
     #[validate(range(max = 604800, message = "must be between 0 and 604800"))]
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::whole::required")]
     #[schema(schema_with = schemas::grace_seconds)]
     pub grace_seconds: u64,
 }

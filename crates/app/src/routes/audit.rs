@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use domain::audit::{AuditRecord, Completeness};
 use domain::ids::ApiKeyId;
 use domain::ports::AuditFilter;
+use domain::project::ProjectName;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -97,6 +98,11 @@ pub struct AuditQuery {
     pub until: Option<DateTime<Utc>>,
 }
 
+/// A `?project=` filter names a project: anything else is a 400, as the document says.
+fn project_filter(raw: &str) -> ApiResult<String> {
+    Ok(ProjectName::parse(raw).map_err(|e| e.in_field("project."))?.into())
+}
+
 /// Audit records (`audit:read`).
 #[utoipa::path(get, path = "/v1/audit-log", tag = "audit", operation_id = "list_audit_log", params(AuditQuery, PageQuery), responses(
     (status = 200, description = "A page of records, oldest first", body = crate::http::AuditRecordPage), (status = 400, description = "Bad filter, limit or cursor", body = Problem),
@@ -112,7 +118,7 @@ pub async fn list(
     let filter = AuditFilter {
         actor: f.actor.as_deref().map(parse_id::<ApiKeyId>).transpose()?,
         action: f.action.clone(),
-        project: f.project.clone(),
+        project: f.project.as_deref().map(project_filter).transpose()?,
         since: f.since,
         until: f.until,
         outcome: None,

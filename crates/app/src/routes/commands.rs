@@ -41,6 +41,7 @@ pub struct SubmitRequest {
     #[schema(schema_with = schemas::stdin)]
     pub stdin: Option<String>,
     /// Timeout (default: the project's).
+    #[serde(default, deserialize_with = "crate::http::whole::option")]
     #[schema(schema_with = schemas::timeout_seconds)]
     pub timeout_seconds: Option<u32>,
     /// Dequeue order (default `normal`).

@@ -36,7 +36,7 @@ struct Tail {
 
 /// Streams a command's output, status changes and exit.
 #[utoipa::path(get, path = "/v1/commands/{id}/events", tag = "commands", operation_id = "stream_command_events", params(("id" = uuid::Uuid, Path, description = "Command id"), ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id (a non-negative integer)")), responses(
-    (status = 200, description = "text/event-stream of `output`, `status` and `exit` events", content_type = "text/event-stream", body = String),
+    (status = 200, description = "text/event-stream of `output`, `status` and `exit` events", content_type = "text/event-stream", body = crate::openapi::schemas::CommandEvent),
     (status = 400, description = "Not a UUID, or a bad Last-Event-ID", body = Problem), (status = 401, description = "Unauthenticated", body = Problem),
     (status = 403, description = "Missing scope", body = Problem), (status = 404, description = "No such command", body = Problem),
     (status = 429, description = "Rate limited, or the key already holds `MAX_STREAMS_PER_KEY` streams", body = Problem)))]

@@ -21,9 +21,10 @@ const DEFAULT_MAX_CONCURRENT: u32 = 2;
 /// Default command timeout.
 const DEFAULT_TIMEOUT_SECONDS: u32 = 600;
 
-/// Pod resources on the wire.
+/// Pod resources on the wire. Read from a JSON object only: a derived struct would also take an
+/// array (`[cpu, memory]`), which the document does not allow.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, try_from = "ResourcesObject")]
 pub struct ResourcesBody {
     /// CPU quantity (`500m`, `2`).
     #[schema(schema_with = schemas::quantity)]
@@ -31,6 +32,21 @@ pub struct ResourcesBody {
     /// Memory quantity (`512Mi`).
     #[schema(schema_with = schemas::quantity)]
     pub memory: Option<String>,
+}
+
+/// The object form of [`ResourcesBody`].
+type ResourcesObject = BTreeMap<String, Option<String>>;
+
+impl TryFrom<ResourcesObject> for ResourcesBody {
+    type Error = String;
+
+    fn try_from(mut fields: ResourcesObject) -> Result<Self, String> {
+        let body = Self { cpu: fields.remove("cpu").flatten(), memory: fields.remove("memory").flatten() };
+        match fields.keys().next() {
+            Some(unknown) => Err(format!("unknown field `{unknown}`, expected `cpu` or `memory`")),
+            None => Ok(body),
+        }
+    }
 }
 
 /// A project on the wire.
@@ -105,13 +121,16 @@ pub struct CreateProjectRequest {
     #[serde(default)]
     pub resources: ResourcesBody,
     /// Concurrency cap (default 2).
+    #[serde(default, deserialize_with = "crate::http::whole::option")]
     #[schema(schema_with = schemas::max_concurrent_commands)]
     pub max_concurrent_commands: Option<u32>,
     /// Default command timeout (default 600).
+    #[serde(default, deserialize_with = "crate::http::whole::option")]
     #[schema(schema_with = schemas::timeout_seconds)]
     pub default_timeout_seconds: Option<u32>,
     /// Cap on queued commands (default: the server's `MAX_QUEUED_COMMANDS`); beyond it a
     /// submit answers `429` `queue_full`.
+    #[serde(default, deserialize_with = "crate::http::whole::option")]
     #[schema(schema_with = schemas::max_queued_commands)]
     pub max_queued_commands: Option<u32>,
 }
@@ -132,12 +151,15 @@ pub struct UpdateProjectRequest {
     /// Resources (replace the old ones).
     pub resources: Option<ResourcesBody>,
     /// Concurrency cap.
+    #[serde(default, deserialize_with = "crate::http::whole::option")]
     #[schema(schema_with = schemas::max_concurrent_commands)]
     pub max_concurrent_commands: Option<u32>,
     /// Default timeout.
+    #[serde(default, deserialize_with = "crate::http::whole::option")]
     #[schema(schema_with = schemas::timeout_seconds)]
     pub default_timeout_seconds: Option<u32>,
     /// Cap on queued commands; `null` leaves it as it is.
+    #[serde(default, deserialize_with = "crate::http::whole::option")]
     #[schema(schema_with = schemas::max_queued_commands)]
     pub max_queued_commands: Option<u32>,
 }
@@ -234,7 +256,7 @@ pub async fn get(state: web::Data<AppState>, caller: Caller, name: web::Path<Str
 }
 
 /// Changes a project (`projects:write`).
-#[utoipa::path(patch, path = "/v1/projects/{name}", tag = "projects", operation_id = "update_project", params(("name" = schemas::ProjectName, Path, description = "Project name")), request_body = UpdateProjectRequest, responses(
+#[utoipa::path(patch, path = "/v1/projects/{name}", tag = "projects", operation_id = "update_project", params(("name" = schemas::ProjectName, Path, description = "Project name")), request_body(content = Option<UpdateProjectRequest>, description = "Optional: an empty change leaves the project as it is"), responses(
     (status = 200, description = "Updated", body = ProjectView), (status = 400, description = "Invalid input", body = Problem),
     (status = 401, description = "Unauthenticated", body = Problem), (status = 403, description = "Missing scope", body = Problem),
     (status = 404, description = "No such project", body = Problem), (status = 413, description = "Body too large", body = Problem),

@@ -90,7 +90,7 @@ pub struct CreateWebhookRequest {
     pub events: Option<Vec<String>>,
     /// Projects (default: all the key may see).
     #[validate(length(max = 1000, message = "at most 1000 projects"))]
-    #[schema(schema_with = schemas::project_list)]
+    #[schema(schema_with = schemas::project_list_nonempty)]
     pub projects: Option<Vec<String>>,
 }
 
@@ -106,7 +106,7 @@ pub struct UpdateWebhookRequest {
     pub events: Option<Vec<String>>,
     /// New project list.
     #[validate(length(max = 1000, message = "at most 1000 projects"))]
-    #[schema(schema_with = schemas::project_list)]
+    #[schema(schema_with = schemas::project_list_nonempty)]
     pub projects: Option<Vec<String>>,
     /// Re-enable (clears the reason) or disable.
     pub enabled: Option<bool>,
@@ -117,7 +117,7 @@ pub struct UpdateWebhookRequest {
 #[serde(deny_unknown_fields)]
 pub struct RotateSecretRequest {
     /// How long the old secret still signs (both signatures are sent), in seconds (default 0).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::whole::required")]
     #[validate(range(max = 604800, message = "must be between 0 and 604800 (one week)"))]
     #[schema(schema_with = schemas::grace_seconds)]
     pub grace_seconds: u64,
@@ -266,6 +266,9 @@ fn url(raw: &str) -> Result<WebhookUrl, DomainError> {
 
 fn events(raw: Option<Vec<String>>) -> Result<EventSet, DomainError> {
     let Some(names) = raw else { return Ok(EventSet::all()) };
+    if names.len() > schemas::MAX_EVENT_ENTRIES {
+        return Err(DomainError::invalid("events", format!("at most {} entries", schemas::MAX_EVENT_ENTRIES)));
+    }
     let parsed = names.iter().map(|n| n.parse::<EventType>()).collect::<Result<Vec<_>, _>>();
     EventSet::new(parsed.map_err(|e| e.in_field("events."))?).map_err(|e| e.in_field("events."))
 }
@@ -321,7 +324,7 @@ pub async fn get(state: web::Data<AppState>, caller: Caller, id: web::Path<Strin
 }
 
 /// Changes a subscription (`webhooks:manage`); `{"enabled": true}` re-enables a disabled one.
-#[utoipa::path(patch, path = "/v1/webhooks/{id}", tag = "webhooks", operation_id = "update_webhook", params(("id" = uuid::Uuid, Path, description = "Webhook id")), request_body = UpdateWebhookRequest, responses(
+#[utoipa::path(patch, path = "/v1/webhooks/{id}", tag = "webhooks", operation_id = "update_webhook", params(("id" = uuid::Uuid, Path, description = "Webhook id")), request_body(content = Option<UpdateWebhookRequest>, description = "Optional: an empty change leaves the subscription as it is"), responses(
     (status = 200, description = "Updated", body = WebhookView), (status = 400, description = "Invalid input or refused target", body = Problem),
     (status = 401, description = "Unauthenticated", body = Problem), (status = 403, description = "Missing scope or project", body = Problem),
     (status = 404, description = "No such subscription", body = Problem), (status = 413, description = "Body too large", body = Problem),

@@ -26,7 +26,24 @@ impl WebhookUrl {
         if s.len() > Self::MAX_LEN {
             return Err(bad("must be at most 2048 characters"));
         }
+        // Only what RFC 3986 allows unescaped: the URL parser would quietly percent-encode the rest
+        // (spaces, quotes, non-ASCII), so the stored URL would not be the one given.
+        if let Some(c) = s.chars().find(|c| !Self::is_url_char(*c)) {
+            return Err(bad(&format!("{c:?} must be percent-encoded")));
+        }
         let url = url::Url::parse(s).map_err(|e| bad(&format!("must be an absolute http or https URL ({e})")))?;
+        if let Some(url::Host::Domain(name)) = url.host() {
+            let last_starts_with_letter =
+                name.rsplit('.').next().is_some_and(|l| l.starts_with(|c: char| c.is_ascii_alphabetic()));
+            if !name.split('.').all(Self::is_label) || !last_starts_with_letter {
+                return Err(bad(
+                    "the host must be an IP address or a DNS name of labels of letters, digits and '-', the last starting with a letter",
+                ));
+            }
+        }
+        if url.port() == Some(0) {
+            return Err(bad("port 0 cannot be connected to"));
+        }
         if !matches!(url.scheme(), "http" | "https") {
             return Err(bad("only http and https URLs are allowed"));
         }
@@ -40,6 +57,14 @@ impl WebhookUrl {
             return Err(bad("must not contain a fragment"));
         }
         Ok(Self(url.into()))
+    }
+
+    fn is_url_char(c: char) -> bool {
+        c.is_ascii_alphanumeric() || "-._~:/?[]@!$&'()*+,;=%".contains(c)
+    }
+
+    fn is_label(label: &str) -> bool {
+        !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
     }
 
     /// The normalised URL text.
@@ -297,6 +322,14 @@ mod tests {
     #[test]
     fn urls_must_be_http_with_a_host_and_no_credentials() {
         assert_eq!(WebhookUrl::parse("HTTPS://Example.COM/hook?x=1").unwrap().as_str(), "https://example.com/hook?x=1");
+        for refused in
+            ["http://ex*ample.com/", "http://a.1b/", "http://exa mple.com/", "http://example.com/ä", "http://h:0/"]
+        {
+            assert!(WebhookUrl::parse(refused).is_err(), "{refused}");
+        }
+        for taken in ["http://10.0.0.1:8080/x", "http://[::1]/", "http://a-1.b2.example/p?q=1&r=%41"] {
+            assert!(WebhookUrl::parse(taken).is_ok(), "{taken}");
+        }
         for bad in [
             "ftp://example.com/",
             "file:///etc/passwd",
