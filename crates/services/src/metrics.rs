@@ -34,3 +34,10 @@ pub const CIRCUIT_BREAKER_TRANSITIONS_TOTAL: &str = "circuit_breaker_transitions
 pub const DEPENDENCY_UP: &str = "dependency_up";
 /// Counter: rows the retention job deleted, by `kind` (`commands`, `webhook_deliveries`).
 pub const RETENTION_DELETED_TOTAL: &str = "retention_deleted_total";
+/// Counter: spans the OpenTelemetry exporter delivered to the collector.
+pub const OTEL_SPANS_EXPORTED_TOTAL: &str = "otel_spans_exported_total";
+/// Counter: spans dropped instead of exported, by `reason` (`queue_full`: the bounded export
+/// queue was full; `export_failed`: the collector refused or could not be reached).
+pub const OTEL_SPANS_DROPPED_TOTAL: &str = "otel_spans_dropped_total";
+/// Counter: CPU profiles taken through `/debug/pprof/profile`.
+pub const CPU_PROFILES_TOTAL: &str = "cpu_profiles_total";

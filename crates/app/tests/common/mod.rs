@@ -4,6 +4,8 @@
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 #![allow(clippy::expect_used, reason = "test harness: a failed expectation is a failed test")]
 
+pub mod otlp;
+
 use std::sync::Arc;
 use std::time::Duration;
 
