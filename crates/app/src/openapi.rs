@@ -4,7 +4,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{api_keys, audit, commands, events, health, me, pods, projects, webhooks};
+use crate::routes::{api_keys, audit, commands, debug, events, health, me, pods, projects, webhooks};
 
 struct BearerAuth;
 
@@ -45,6 +45,7 @@ impl Modify for PublicEndpoints {
         events::events, audit::list, audit::verify,
         webhooks::create, webhooks::list, webhooks::get, webhooks::update, webhooks::delete, webhooks::test,
         webhooks::rotate_secret, webhooks::deliveries, webhooks::delivery, webhooks::redeliver,
+        debug::profile,
     ),
     components(schemas(crate::http::problem::Problem))
 )]
