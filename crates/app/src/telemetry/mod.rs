@@ -17,6 +17,28 @@ use tracing_subscriber::{EnvFilter, Layer, Registry};
 use crate::config::LogFormat;
 pub use traces::{TracingConfig, TracingError};
 
+/// Environment variables read outside the `clap` configuration: by the log filter and by the
+/// OpenTelemetry SDK and exporter (the standard names; docs/configuration.md#tracing).
+pub const ENVIRONMENT: &[&str] = &[
+    "RUST_LOG",
+    "OTEL_SDK_DISABLED",
+    "OTEL_SERVICE_NAME",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    "OTEL_EXPORTER_OTLP_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+    "OTEL_BSP_SCHEDULE_DELAY",
+    "OTEL_BSP_MAX_QUEUE_SIZE",
+    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+];
+
 /// What `init` set up; `shutdown` flushes the spans still queued.
 #[derive(Debug, Default)]
 pub struct Telemetry {
@@ -52,6 +74,8 @@ pub fn init(format: LogFormat, tracing: &TracingConfig) -> Result<Telemetry, Tra
 
 /// `init` with another log filter for when `RUST_LOG` is unset (tests keep their output quiet).
 pub fn init_with(format: LogFormat, default_filter: &str, tracing: &TracingConfig) -> Result<Telemetry, TracingError> {
+    // The recorder first: the exporter's counters are registered as it is built.
+    metrics_handle();
     // The W3C propagator is set even with tracing off: it costs nothing until a span has an id.
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let provider = traces::provider(tracing)?;
@@ -107,6 +131,7 @@ pub fn metrics_handle() -> PrometheusHandle {
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("a metrics recorder was already installed");
             }
+            services::metrics::register_series();
             handle
         })
         .clone()

@@ -181,6 +181,10 @@ pub fn provider(config: &TracingConfig) -> Result<Option<SdkTracerProvider>, Tra
         Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(url).build(),
     }
     .map_err(|e| TracingError::Exporter(e.to_string()))?;
+    for reason in ["queue_full", "export_failed"] {
+        metrics::counter!(OTEL_SPANS_DROPPED_TOTAL, "reason" => reason).increment(0);
+    }
+    metrics::counter!(OTEL_SPANS_EXPORTED_TOTAL).increment(0);
     let queued = Arc::new(AtomicUsize::new(0));
     let batch = BatchConfigBuilder::default()
         .with_max_queue_size(config.batch.max_queue_size)
