@@ -169,29 +169,31 @@ fn server_span(req: &ServiceRequest, ctx: &RequestContext) -> tracing::Span {
     // The resource map knows the route's pattern before routing has run.
     let route = req.match_pattern();
     let method = req.method().as_str();
-    let name = match &route {
-        Some(route) => format!("{method} {route}"),
-        None => method.to_owned(),
-    };
-    let host = req.connection_info().host().to_owned();
-    let server_address = host
-        .rsplit_once(':')
-        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
-        .map_or(host.as_str(), |(h, _)| h);
     let span = tracing::info_span!(
         "http.request",
-        otel.name = %name,
+        otel.name = tracing::field::Empty,
         otel.kind = "server",
         otel.status_code = tracing::field::Empty,
         http.request.method = %method,
         http.route = route.as_deref().unwrap_or_default(),
         url.path = %req.path(),
-        server.address = %server_address,
+        server.address = tracing::field::Empty,
         http.response.status_code = tracing::field::Empty,
         request_id = %ctx.request_id,
     );
-    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderCarrier(req.headers())));
-    span.set_parent(parent);
+    // What only an exported span needs is not computed when tracing is off.
+    if crate::telemetry::exporting() {
+        let name = match &route {
+            Some(route) => format!("{method} {route}"),
+            None => method.to_owned(),
+        };
+        span.record("otel.name", name);
+        let host = req.connection_info().host().to_owned();
+        let port = host.rsplit_once(':').filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()));
+        span.record("server.address", port.map_or(host.as_str(), |(h, _)| h));
+        let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderCarrier(req.headers())));
+        span.set_parent(parent);
+    }
     span
 }
 

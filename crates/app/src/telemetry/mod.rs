@@ -4,6 +4,8 @@
 pub mod log_ids;
 pub mod traces;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -38,6 +40,14 @@ pub const ENVIRONMENT: &[&str] = &[
     "OTEL_BSP_MAX_QUEUE_SIZE",
     "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
 ];
+
+/// Set once spans are exported, so hot paths skip work only an exported span needs.
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process exports spans.
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
 
 /// What `init` set up; `shutdown` flushes the spans still queued.
 #[derive(Debug, Default)]
@@ -97,12 +107,15 @@ pub fn init_with(format: LogFormat, default_filter: &str, tracing: &TracingConfi
         opentelemetry::global::set_tracer_provider(provider.clone());
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer(services::trace_context::TRACER_NAME))
+            // Fewer attributes per span: the span names say where, and export costs per byte.
+            .with_location(false)
             .with_threads(false)
             .with_tracked_inactivity(false)
             .with_filter(LevelFilter::INFO)
     });
-    if let Err(e) = tracing_subscriber::registry().with(logs).with(spans).try_init() {
-        eprintln!("logging was already set up: {e}");
+    match tracing_subscriber::registry().with(logs).with(spans).try_init() {
+        Ok(()) => EXPORTING.store(provider.is_some(), Ordering::Relaxed),
+        Err(e) => eprintln!("logging was already set up: {e}"),
     }
     Ok(Telemetry { provider })
 }

@@ -39,6 +39,8 @@ pub struct Receiver {
     spans: Arc<Mutex<Vec<ReceivedSpan>>>,
     /// Export requests received, decodable or not.
     requests: Arc<Mutex<usize>>,
+    /// Spans decoded, kept or not.
+    count: Arc<Mutex<usize>>,
     server: actix_web::dev::ServerHandle,
 }
 
@@ -49,23 +51,39 @@ impl Drop for Receiver {
     }
 }
 
-/// Starts a receiver on `addr` (`127.0.0.1:0` for any free port).
+/// Starts a receiver on `addr` (`127.0.0.1:0` for any free port) that keeps every span.
 pub async fn start(addr: &str) -> std::io::Result<Receiver> {
+    start_with(addr, true).await
+}
+
+/// Starts a receiver that decodes and counts spans but keeps none: a collector whose own cost
+/// stays small (benchmarks).
+pub async fn start_counting(addr: &str) -> std::io::Result<Receiver> {
+    start_with(addr, false).await
+}
+
+async fn start_with(addr: &str, keep: bool) -> std::io::Result<Receiver> {
     let spans = Arc::new(Mutex::new(Vec::new()));
     let requests = Arc::new(Mutex::new(0));
-    let (s, r) = (Arc::clone(&spans), Arc::clone(&requests));
+    let count = Arc::new(Mutex::new(0));
+    let (s, r, c) = (Arc::clone(&spans), Arc::clone(&requests), Arc::clone(&count));
     let server = HttpServer::new(move || {
-        let (spans, requests) = (Arc::clone(&s), Arc::clone(&r));
+        let (spans, requests, count) = (Arc::clone(&s), Arc::clone(&r), Arc::clone(&c));
         App::new().route(
             "/v1/traces",
             web::post().to(move |body: web::Bytes| {
-                let (spans, requests) = (Arc::clone(&spans), Arc::clone(&requests));
+                let (spans, requests, count) = (Arc::clone(&spans), Arc::clone(&requests), Arc::clone(&count));
                 async move {
                     *requests.lock().expect("lock") += 1;
                     let Ok(request) = ExportTraceServiceRequest::decode(body) else {
                         return HttpResponse::BadRequest().finish();
                     };
-                    spans.lock().expect("lock").extend(flatten(request));
+                    let n: usize =
+                        request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
+                    *count.lock().expect("lock") += n;
+                    if keep {
+                        spans.lock().expect("lock").extend(flatten(request));
+                    }
                     HttpResponse::Ok()
                         .content_type("application/x-protobuf")
                         .body(ExportTraceServiceResponse::default().encode_to_vec())
@@ -79,7 +97,7 @@ pub async fn start(addr: &str) -> std::io::Result<Receiver> {
     let server = server.run();
     let handle = server.handle();
     tokio::spawn(server);
-    Ok(Receiver { url: format!("http://127.0.0.1:{port}/v1/traces"), spans, requests, server: handle })
+    Ok(Receiver { url: format!("http://127.0.0.1:{port}/v1/traces"), spans, requests, count, server: handle })
 }
 
 fn flatten(request: ExportTraceServiceRequest) -> Vec<ReceivedSpan> {
@@ -124,6 +142,11 @@ impl Receiver {
     /// Everything received so far.
     pub fn spans(&self) -> Vec<ReceivedSpan> {
         self.spans.lock().expect("lock").clone()
+    }
+
+    /// How many spans arrived.
+    pub fn span_count(&self) -> usize {
+        *self.count.lock().expect("lock")
     }
 
     /// How many export requests arrived.
