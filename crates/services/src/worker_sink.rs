@@ -119,7 +119,7 @@ mod tests {
     use domain::testing::{ManualClock, MemoryStore};
 
     fn sink(budget: usize) -> StoreSink {
-        let project = domain::testing::sample_project("p", 1);
+        let project = domain::testing::sample_project("sink", 1);
         let command = domain::testing::sample_command(&project, domain::command::Priority::Normal, None).into_command();
         StoreSink::new(
             Arc::new(MemoryStore::new()),
