@@ -142,7 +142,8 @@ fn median(values: &[f64]) -> f64 {
 }
 
 async fn counter(client: &reqwest::Client, server: &Server, name: &str) -> f64 {
-    let metrics = client.get(format!("{}/metrics", server.base)).send().await.expect("metrics").text().await.expect("text");
+    let metrics =
+        client.get(format!("{}/metrics", server.base)).send().await.expect("metrics").text().await.expect("text");
     metrics.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }
 
@@ -183,7 +184,9 @@ async fn main() {
 
     let (t_off, t_on, ratio) = (median(&rps_off), median(&rps_on), median(&ratios));
     println!("tracing overhead ({CONNECTIONS} connections, {ROUNDS} pairs of {} s rounds, medians):", ROUND.as_secs());
-    println!("  GET /v1/me      baseline (tracing off) {t_off:>8.0} req/s   exported {t_on:>8.0} req/s   ratio {ratio:.3}");
+    println!(
+        "  GET /v1/me      baseline (tracing off) {t_off:>8.0} req/s   exported {t_on:>8.0} req/s   ratio {ratio:.3}"
+    );
     let spread: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
     println!("                  ratio of each pair: {}", spread.join(" "));
     let (p50_off, p50_on) = (percentile(&lat_off, 0.5), percentile(&lat_on, 0.5));

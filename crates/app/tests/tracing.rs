@@ -198,3 +198,42 @@ async fn server_errors_are_span_errors_and_client_errors_are_not() {
     assert_eq!(server.attr("http.response.status_code"), Some("400"));
     assert_ne!(server.status, 2, "a 4xx is the client's error, not the server span's");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_webhook_delivery_is_a_client_span_whose_traceparent_reaches_the_receiver() {
+    use adapters_webhook::testing::{Receiver, Reply};
+    let collector = receiver().await;
+    let app = common::spawn_app_with(&["--webhook-allow-private-targets"]).await;
+    let hooks = Receiver::start().await.expect("webhook receiver");
+    hooks.script([Reply::status(500)]);
+    let res = app.post("/v1/webhooks", json!({"url": hooks.url("/traced"), "events": ["command.succeeded"]})).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    app.project("hooked", 1).await;
+    app.run("hooked", json!({"command": ["true"]})).await;
+    // The first attempt fails (500) and is retried at once; both carry their own span's id.
+    let got = hooks.wait_for(2, Duration::from_secs(20)).await;
+    assert!(got.len() >= 2, "{got:?}");
+    for delivery in &got[..2] {
+        let traceparent = delivery.header("traceparent").expect("a traceparent header");
+        let sent = domain::trace::TraceContext::parse(traceparent, None).expect("well-formed");
+        let span_id = &traceparent[36..52];
+        let spans = collector
+            .wait_for(Duration::from_secs(10), |s| {
+                s.iter().any(|s| s.span_id == span_id && s.name == "webhook.deliver")
+            })
+            .await;
+        let span = one(&spans, "delivery", |s| s.span_id == span_id && s.name == "webhook.deliver");
+        assert_eq!(span.trace_id, sent.trace_id());
+        assert_eq!(span.attr("server.address"), Some("127.0.0.1"));
+    }
+    let statuses: Vec<i32> = collector
+        .spans()
+        .iter()
+        .filter(|s| {
+            s.name == "webhook.deliver"
+                && got[..2].iter().any(|d| d.header("traceparent").is_some_and(|t| t.contains(&s.span_id)))
+        })
+        .map(|s| s.status)
+        .collect();
+    assert!(statuses.contains(&2), "the 500 answer is a span error: {statuses:?}");
+}
