@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use common::{problem, spawn_app};
 use pprof::protos::Message;
 use reqwest::{Method, StatusCode};
+use serde_json::json;
 
 /// Keeps one core busy in a function whose name the profile must show.
 #[inline(never)]
@@ -76,8 +77,17 @@ async fn the_profile_endpoint_is_in_the_openapi_document() {
     let op = &doc["paths"]["/debug/pprof/profile"]["get"];
     assert_eq!(op["operationId"], "cpu_profile", "{op}");
     assert!(op["responses"]["200"]["content"]["application/octet-stream"].is_object(), "{op}");
+    let body = &op["responses"]["200"]["content"]["application/octet-stream"]["schema"]["$ref"];
+    let name = body.as_str().and_then(|r| r.rsplit('/').next()).expect("a schema reference");
+    let schema = &doc["components"]["schemas"][name];
+    assert_eq!(
+        (&schema["type"], &schema["format"]),
+        (&json!("string"), &json!("binary")),
+        "binary, not an array: {schema}"
+    );
     assert!(op["responses"]["409"].is_object() && op["responses"]["400"].is_object());
     let seconds =
         op["parameters"].as_array().expect("parameters").iter().find(|p| p["name"] == "seconds").expect("seconds");
     assert_eq!(seconds["in"], "query");
+    assert_eq!((seconds["schema"]["minimum"].as_u64(), seconds["schema"]["maximum"].as_u64()), (Some(1), Some(60)));
 }

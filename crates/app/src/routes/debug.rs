@@ -17,14 +17,21 @@ pub struct DebugListener;
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ProfileQuery {
-    /// Length of the profile in whole seconds, 1..=60 (default 30).
+    /// Length of the profile in whole seconds, 1..=60 (default 30). Read as text so that a bad
+    /// value gets this field's own validation message.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 60, default = 30)]
     pub seconds: Option<String>,
 }
+
+/// A CPU profile: gzip-less pprof protobuf (`perftools.profiles.Profile`).
+#[derive(Debug, utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct PprofProfile(pub Vec<u8>);
 
 /// Samples this replica's CPU for `seconds` and answers the profile in pprof's protobuf format
 /// (`go tool pprof`). `admin` only (or a loopback peer on `DEBUG_LISTEN_ADDR`); one at a time.
 #[utoipa::path(get, path = "/debug/pprof/profile", tag = "debug", operation_id = "cpu_profile", params(ProfileQuery), responses(
-    (status = 200, description = "The CPU profile (pprof protobuf)", content_type = "application/octet-stream", body = Vec<u8>),
+    (status = 200, description = "The CPU profile (pprof protobuf)", content_type = "application/octet-stream", body = PprofProfile),
     (status = 400, description = "`seconds` is not a whole number from 1 to 60", body = Problem),
     (status = 401, description = "Unauthenticated", body = Problem),
     (status = 403, description = "Not an admin key", body = Problem),
