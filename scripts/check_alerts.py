@@ -1,5 +1,7 @@
 """Checks the built manifests beyond the schemas: the alerts the issue asks for exist, each links
-a runbook file that exists, and every rdev-api metric an alert uses is one the code exports."""
+a runbook file that exists and states the alert's `for:` duration, and every rdev-api metric an
+alert uses is one the code exports. (The metrics, endpoints and variables the runbooks name are
+checked against a running server by crates/app/tests/runbooks.rs.)"""
 import pathlib
 import re
 import sys
@@ -22,6 +24,12 @@ def exported_metrics():
     return names
 
 
+def stated_duration(duration):
+    """`5m` -> `for 5 minutes`, `1h` -> `for 1 hour`: how runbooks state an alert's `for:`."""
+    number, unit = int(duration[:-1]), {"s": "second", "m": "minute", "h": "hour"}[duration[-1]]
+    return f"for {number} {unit}{'' if number == 1 else 's'}"
+
+
 def main(path):
     docs = [d for d in yaml.safe_load_all(open(path)) if d]
     rules = [d for d in docs if d["kind"] == "PrometheusRule"]
@@ -37,6 +45,10 @@ def main(path):
             runbook = url.split("/blob/main/", 1)[-1]
             if not runbook.startswith("docs/operations/") or not (ROOT / runbook).is_file():
                 problems.append(f"{name}: runbook {url!r} is not a file under docs/operations/")
+            elif "for" in rule:
+                text = " ".join((ROOT / runbook).read_text().split())
+                if stated_duration(rule["for"]) not in text:
+                    problems.append(f"{name}: {runbook} does not say '{stated_duration(rule['for'])}' (for: {rule['for']})")
             for metric in set(re.findall(r"\b([a-z_]+)(?:\{|\[)", rule["expr"])):
                 base = re.sub(r"_(bucket|sum|count)$", "", metric)
                 if metric not in EXTERNAL and base not in exported and metric not in exported:

@@ -88,6 +88,7 @@ pub(crate) async fn execute(
         biased;
         connected = connect => match connected {
             Ok(process) => {
+                sink.started().await;
                 let result = supervise(backend, &before, &request, process, sink, &cancel, deadline).await;
                 guard.disarm();
                 return result;

@@ -18,6 +18,7 @@ use domain::output::{CommandEvent, CommandOutput};
 use domain::pagination::{Page, PageRequest};
 use domain::ports::{cancelled_before_start, CommandFilter, CommandRepository, Enqueued, QueueStats};
 use domain::project::ProjectName;
+use domain::trace::TraceContext;
 use domain::{DomainError, DomainResult, Timestamp};
 
 use crate::codec;
@@ -30,12 +31,12 @@ use crate::{webhooks, PgStore, StoreError, StoreResult};
 pub(crate) const QUEUED: &str = CommandStatus::Queued.as_str();
 pub(crate) const RUNNING: &str = CommandStatus::Running.as_str();
 
-/// Stores a queued command (`$1`…`$13`) and its first event, numbered 1, in one statement.
+/// Stores a queued command (`$1`…`$15`) and its first event, numbered 1, in one statement.
 const ENQUEUE: &str = "\
 WITH queued AS ( \
     INSERT INTO commands (id, project_id, project_name, spec, env, cwd, stdin, timeout_seconds, priority, \
-        status, created_by, queued_at, event_seq, idempotency_key, idempotency_fingerprint) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'queued', $10, $11, 1, $12, $13) \
+        status, created_by, queued_at, event_seq, idempotency_key, idempotency_fingerprint, traceparent, tracestate) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'queued', $10, $11, 1, $12, $13, $14, $15) \
     RETURNING * \
 ), first_event AS ( \
     INSERT INTO command_events (command_id, seq, kind, stream, data, at) \
@@ -83,6 +84,8 @@ pub(crate) struct CommandRow {
     queued_at: Timestamp,
     started_at: Option<Timestamp>,
     finished_at: Option<Timestamp>,
+    traceparent: Option<String>,
+    tracestate: Option<String>,
 }
 
 impl CommandRow {
@@ -116,6 +119,8 @@ impl CommandRow {
             queued_at: self.queued_at,
             started_at: self.started_at,
             finished_at: self.finished_at,
+            // A stored value that no longer parses only loses the link to the trace.
+            trace: self.traceparent.and_then(|p| TraceContext::parse(&p, self.tracestate.as_deref())),
         })
     }
 }
@@ -136,6 +141,8 @@ struct NewCommandRow {
     queued_at: Timestamp,
     idempotency_key: Option<String>,
     idempotency_fingerprint: Option<String>,
+    traceparent: Option<String>,
+    tracestate: Option<String>,
 }
 
 impl NewCommandRow {
@@ -154,6 +161,8 @@ impl NewCommandRow {
             queued_at: c.queued_at,
             idempotency_key: c.idempotency.as_ref().map(|i| i.key.clone()),
             idempotency_fingerprint: c.idempotency.as_ref().map(|i| i.fingerprint.clone()),
+            traceparent: c.trace.as_ref().map(|t| t.traceparent().to_owned()),
+            tracestate: c.trace.as_ref().and_then(|t| t.tracestate()).map(str::to_owned),
         })
     }
 }
@@ -285,6 +294,8 @@ async fn insert_with_event(conn: &mut AsyncPgConnection, row: &NewCommandRow) ->
         .bind::<Timestamptz, _>(row.queued_at)
         .bind::<Nullable<Text>, _>(row.idempotency_key.as_deref())
         .bind::<Nullable<Text>, _>(row.idempotency_fingerprint.as_deref())
+        .bind::<Nullable<Text>, _>(row.traceparent.as_deref())
+        .bind::<Nullable<Text>, _>(row.tracestate.as_deref())
         .cached()
         .get_result(conn)
         .await

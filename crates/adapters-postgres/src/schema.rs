@@ -73,6 +73,8 @@ diesel::table! {
         stderr -> Bytea,
         stdout_truncated -> Bool,
         stderr_truncated -> Bool,
+        traceparent -> Nullable<Text>,
+        tracestate -> Nullable<Text>,
     }
 }
 

@@ -56,6 +56,7 @@ pub(crate) async fn execute(
         }
     };
     let Spawned { mut child, group, stdin, stdout, stderr } = spawned;
+    sink.started().await;
     let mut guard = GroupGuard::new(group);
     // Fires once the child has ended (and, after a kill, its group has been killed).
     let ended = CancellationToken::new();

@@ -192,7 +192,7 @@ async fn read_report(report: OwnedFd) -> io::Result<String> {
 
 fn spawned(mut child: Child, cwd: &Path) -> Result<Spawned, StartError> {
     let pid = child.id().and_then(|id| i32::try_from(id).ok()).ok_or(StartError::NoPid)?;
-    tracing::debug!(pid, cwd = %cwd.display(), "command started");
+    tracing::debug!(pid, cwd = %cwd.display(), "child process spawned");
     Ok(Spawned {
         group: Pid::from_raw(pid),
         stdin: child.stdin.take(),

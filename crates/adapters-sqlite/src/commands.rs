@@ -15,6 +15,7 @@ use domain::output::{CommandEvent, CommandOutput, EventKind};
 use domain::pagination::{Page, PageRequest};
 use domain::ports::{cancelled_before_start, CommandFilter, CommandRepository, Enqueued, QueueStats};
 use domain::project::ProjectName;
+use domain::trace::TraceContext;
 use domain::{DomainError, DomainResult, Timestamp};
 
 use crate::codec::{self, micros};
@@ -47,6 +48,8 @@ pub(crate) struct CommandRow {
     queued_at: i64,
     started_at: Option<i64>,
     finished_at: Option<i64>,
+    traceparent: Option<String>,
+    tracestate: Option<String>,
 }
 
 impl CommandRow {
@@ -75,6 +78,8 @@ impl CommandRow {
             queued_at: codec::time(self.queued_at)?,
             started_at: codec::time_opt(self.started_at)?,
             finished_at: codec::time_opt(self.finished_at)?,
+            // A stored value that no longer parses only loses the link to the trace.
+            trace: self.traceparent.and_then(|p| TraceContext::parse(&p, self.tracestate.as_deref())),
         })
     }
 }
@@ -97,6 +102,8 @@ struct NewCommandRow {
     queued_at: i64,
     idempotency_key: Option<String>,
     idempotency_fingerprint: Option<String>,
+    traceparent: Option<String>,
+    tracestate: Option<String>,
 }
 
 impl NewCommandRow {
@@ -116,6 +123,8 @@ impl NewCommandRow {
             queued_at: micros(c.queued_at),
             idempotency_key: c.idempotency.as_ref().map(|i| i.key.clone()),
             idempotency_fingerprint: c.idempotency.as_ref().map(|i| i.fingerprint.clone()),
+            traceparent: c.trace.as_ref().map(|t| t.traceparent().to_owned()),
+            tracestate: c.trace.as_ref().and_then(|t| t.tracestate()).map(str::to_owned),
         })
     }
 }

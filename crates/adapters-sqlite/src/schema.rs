@@ -72,6 +72,8 @@ diesel::table! {
         stderr -> Text,
         stdout_truncated -> Bool,
         stderr_truncated -> Bool,
+        traceparent -> Nullable<Text>,
+        tracestate -> Nullable<Text>,
     }
 }
 

@@ -46,10 +46,18 @@ pub async fn serve(db: &Database, cfg: &ServeConfig) -> Result<ExitCode, Startup
     tracing::info!(listen_addr = %bound, executor = ?cfg.executor, "rdev-api serving");
     eprintln!("rdev-api: listening on http://{bound}");
     let auth_failures = Arc::clone(&service.state.auth_failures);
+    let debug = match cfg.debug_listen_addr {
+        Some(addr) => Some(debug_server(&service.state, addr)?),
+        None => None,
+    };
     let server = crate::server::server(service.state, listener, cfg.shutdown_grace_seconds)
         .map_err(|source| StartupError::Io { path: cfg.listen_addr.to_string(), source })?;
     // actix stops on SIGTERM/SIGINT after in-flight requests; then the worker drains.
     let served = server.await;
+    if let Some(debug) = debug {
+        // A profile in progress is not worth delaying shutdown for.
+        debug.stop(false).await;
+    }
     // No request is left to fail: the counts of still-open windows are written now, not lost.
     auth_failures.flush_all().await;
     shutdown.cancel();
@@ -61,6 +69,21 @@ pub async fn serve(db: &Database, cfg: &ServeConfig) -> Result<ExitCode, Startup
     }
     served.map_err(|source| StartupError::Io { path: cfg.listen_addr.to_string(), source })?;
     Ok(0)
+}
+
+/// Binds `DEBUG_LISTEN_ADDR` and starts serving profiles there; the handle stops it.
+fn debug_server(
+    state: &crate::state::AppState,
+    addr: std::net::SocketAddr,
+) -> Result<actix_web::dev::ServerHandle, StartupError> {
+    let io = |source| StartupError::Io { path: addr.to_string(), source };
+    let listener = TcpListener::bind(addr).map_err(io)?;
+    let bound = listener.local_addr().map_or_else(|_| addr.to_string(), |a| a.to_string());
+    let server = crate::server::debug_server(state.clone(), listener).map_err(io)?;
+    let handle = server.handle();
+    tokio::spawn(server);
+    tracing::info!(debug_listen_addr = %bound, "serving /debug/pprof/profile on its own listener");
+    Ok(handle)
 }
 
 /// The server's own files and its working directory: the sandbox hides each of them should a

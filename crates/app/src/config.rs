@@ -195,6 +195,11 @@ pub struct ServeConfig {
     /// Address to listen on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
     pub listen_addr: SocketAddr,
+    /// A second listener for `/debug/pprof/profile` alone, which then leaves the main port;
+    /// loopback peers there (`kubectl port-forward`) need no key. Unset: profiles are served on
+    /// the main port to admin keys.
+    #[arg(long, env = "DEBUG_LISTEN_ADDR")]
+    pub debug_listen_addr: Option<SocketAddr>,
     /// Executor backend.
     #[arg(long, env = "EXECUTOR", value_enum, default_value = "process")]
     pub executor: ExecutorKind,

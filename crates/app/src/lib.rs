@@ -4,6 +4,7 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod openapi;
+pub mod profiling;
 pub mod routes;
 pub mod server;
 pub mod state;

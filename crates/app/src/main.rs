@@ -16,7 +16,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    app::telemetry::init_logs(cli.log_format);
+    let telemetry = app::telemetry::init(cli.log_format, &app::telemetry::TracingConfig::from_env()?)?;
     let db = cli.database();
     let code = match cli.command {
         None => {
@@ -28,6 +28,8 @@ async fn run() -> anyhow::Result<()> {
         Some(Command::Keys(cmd)) => app::cli::keys(&db, cmd).await,
         Some(Command::Audit(cmd)) => app::cli::audit(&db, cmd).await,
     };
+    // Spans of the last requests and commands go out before the process ends.
+    telemetry.shutdown().await;
     match code {
         Ok(0) => Ok(()),
         Ok(code) => std::process::exit(code),

@@ -4,6 +4,7 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 
 use crate::http::{self, middleware::observe};
+use crate::routes::debug::{self, DebugListener};
 use crate::state::AppState;
 
 /// Builds the HTTP server on an already bound listener (tests bind port 0).
@@ -12,6 +13,7 @@ pub fn server(
     listener: std::net::TcpListener,
     shutdown_timeout_secs: u64,
 ) -> std::io::Result<actix_web::dev::Server> {
+    let debug_here = !state.http.debug_on_own_listener;
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {
         App::new()
@@ -23,9 +25,33 @@ pub fn server(
             .wrap(from_fn(http::limits::header_limit))
             .wrap(from_fn(observe))
             .configure(crate::routes::configure)
+            .configure(|cfg| {
+                if debug_here {
+                    debug::configure(cfg);
+                }
+            })
             .default_service(web::to(http::route_not_found))
     })
     .shutdown_timeout(shutdown_timeout_secs)
+    .listen(listener)?
+    .run();
+    Ok(server)
+}
+
+/// The `DEBUG_LISTEN_ADDR` server: `/debug/pprof/profile` alone, observed like the main port.
+pub fn debug_server(state: AppState, listener: std::net::TcpListener) -> std::io::Result<actix_web::dev::Server> {
+    let data = web::Data::new(state);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .app_data(DebugListener)
+            .app_data(http::query_config())
+            .wrap(from_fn(observe))
+            .configure(debug::configure)
+            .default_service(web::to(http::route_not_found))
+    })
+    // One profile at a time: a second worker would only answer 409s.
+    .workers(1)
     .listen(listener)?
     .run();
     Ok(server)

@@ -26,6 +26,8 @@ pub struct HttpSettings {
     pub body_read_timeout: std::time::Duration,
     /// A worker counts as live for `/v1/queue` if seen this recently.
     pub live_worker_window: chrono::TimeDelta,
+    /// `DEBUG_LISTEN_ADDR` is set: `/debug/pprof/*` is served there, not on the main port.
+    pub debug_on_own_listener: bool,
 }
 
 /// Shared by every handler (cheap to clone).

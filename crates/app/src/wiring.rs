@@ -373,6 +373,7 @@ pub async fn build(
             max_request_bytes: cfg.max_request_bytes,
             body_read_timeout: Duration::from_secs(cfg.body_read_timeout_seconds),
             live_worker_window,
+            debug_on_own_listener: cfg.debug_listen_addr.is_some(),
         },
     };
     Ok(Service { state, worker: QueueWorker::new(ports, worker_config), pump, dispatcher, retention })

@@ -14,8 +14,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 /// Route registrations, read from the sources: `resource("<path>", "<methods>")`.
-const ROUTE_SOURCES: [&str; 10] = [
+const ROUTE_SOURCES: [&str; 11] = [
     include_str!("../src/routes/mod.rs"),
+    include_str!("../src/routes/debug.rs"),
     include_str!("../src/routes/api_keys.rs"),
     include_str!("../src/routes/audit.rs"),
     include_str!("../src/routes/commands.rs"),
@@ -73,9 +74,15 @@ fn in_docs() -> Operations {
     out
 }
 
-/// A concrete URL for a templated path: a valid name or a fresh UUID in each placeholder.
+/// A concrete URL for a templated path: a valid name or a fresh UUID in each placeholder; the
+/// profile gets its shortest run.
 fn concrete(path: &str) -> String {
-    path.replace("{name}", "no-such-project").replace("{id}", "0190a0b0-0000-7000-8000-000000000000")
+    let url = path.replace("{name}", "no-such-project").replace("{id}", "0190a0b0-0000-7000-8000-000000000000");
+    if url == "/debug/pprof/profile" {
+        format!("{url}?seconds=1")
+    } else {
+        url
+    }
 }
 
 #[tokio::test]

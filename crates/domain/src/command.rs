@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::api_key::ApiKeyId;
 use crate::ids::{CommandId, ProjectId};
 use crate::project::ProjectName;
+use crate::trace::TraceContext;
 use crate::{DomainError, DomainResult, FieldError, Timestamp};
 
 /// A command timeout in seconds, 1..=86400.
@@ -516,6 +517,8 @@ pub struct NewCommand {
     /// The project's effective queue cap: the store refuses the command with `QueueFull` when
     /// the project already has this many queued, checked atomically with the insert.
     pub max_queued: u32,
+    /// The trace of the request that queued it, which its run on any replica joins.
+    pub trace: Option<TraceContext>,
 }
 
 /// A command and everything known about its run.
@@ -557,6 +560,8 @@ pub struct Command {
     pub started_at: Option<Timestamp>,
     /// End time.
     pub finished_at: Option<Timestamp>,
+    /// The trace of the request that queued it, which its run joins.
+    pub trace: Option<TraceContext>,
 }
 
 impl NewCommand {
@@ -581,6 +586,7 @@ impl NewCommand {
             queued_at: self.queued_at,
             started_at: None,
             finished_at: None,
+            trace: self.trace,
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod signal;
 #[cfg(feature = "testing")]
 #[allow(clippy::expect_used, clippy::unwrap_used, reason = "test support: a failed expectation is a failed test")]
 pub mod testing;
+pub mod trace;
 pub mod webhook;
 
 pub use error::{DomainError, DomainResult, FieldError};

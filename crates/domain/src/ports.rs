@@ -298,6 +298,9 @@ pub struct ExecResult {
 pub trait OutputSink: Send + Sync {
     /// Called with each chunk, in order per stream.
     async fn emit(&self, stream: OutputStream, data: &[u8]);
+    /// Called once when the command has started (spawned, or its exec stream open), before
+    /// any output; executors that cannot tell call it never. Sinks that do not care ignore it.
+    async fn started(&self) {}
 }
 
 /// Runs commands somewhere (local processes, Kubernetes pods).

@@ -210,6 +210,11 @@ impl CircuitBreaker {
     /// A closed breaker called `name` in metrics, logs and `/readyz`.
     pub fn new(name: &'static str, config: BreakerConfig) -> Arc<Self> {
         metrics::gauge!(m::CIRCUIT_BREAKER_STATE, "breaker" => name).set(BreakerState::Closed.gauge());
+        // Every transition series from the start, so `increase()` sees the first one.
+        for to in [BreakerState::Closed, BreakerState::HalfOpen, BreakerState::Open] {
+            metrics::counter!(m::CIRCUIT_BREAKER_TRANSITIONS_TOTAL, "breaker" => name, "to" => to.as_str())
+                .increment(0);
+        }
         Arc::new(Self { name, core: Mutex::new(BreakerCore::new(config)) })
     }
 

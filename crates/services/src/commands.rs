@@ -15,6 +15,7 @@ use domain::ports::{Clock, CommandFilter, CommandRepository, Enqueued, QueueStat
 use domain::project::ProjectName;
 use domain::{DomainError, DomainResult};
 use sha2::{Digest, Sha256};
+use tracing::Instrument;
 
 use crate::access::Principal;
 use crate::projects::ProjectService;
@@ -101,6 +102,31 @@ impl CommandService {
 
     /// Queues a command (or replays an idempotent one). Needs `commands:write`.
     pub async fn submit(&self, actor: &Principal, project: &ProjectName, s: Submission) -> DomainResult<Enqueued> {
+        let span = tracing::info_span!(
+            "command.enqueue",
+            otel.kind = "producer",
+            otel.status_code = tracing::field::Empty,
+            project = %project,
+            priority = s.priority.as_str(),
+            command_id = tracing::field::Empty,
+        );
+        let submitted = self.submit_in(actor, project, s, &span).instrument(span.clone()).await;
+        if let Err(e) = &submitted {
+            // Refusals of the client's input are its error, not ours (as a 4xx is for HTTP spans).
+            if matches!(e, DomainError::Internal(_) | DomainError::Unavailable(_)) {
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+        submitted
+    }
+
+    async fn submit_in(
+        &self,
+        actor: &Principal,
+        project: &ProjectName,
+        s: Submission,
+        span: &tracing::Span,
+    ) -> DomainResult<Enqueued> {
         actor.require(Scope::CommandsWrite)?;
         if let Some(cwd) = &s.cwd {
             validate_cwd(cwd)?;
@@ -127,7 +153,10 @@ impl CommandService {
             idempotency,
             queued_at: self.clock.now(),
             max_queued: project.max_queued_commands.unwrap_or(self.max_queued),
+            // The enqueue span is the parent of the claim and the run, wherever they happen.
+            trace: crate::trace_context::of_span(span),
         };
+        span.record("command_id", tracing::field::display(new.id));
         let enqueued = self.commands.enqueue(new).await?;
         if !enqueued.replayed {
             tracing::info!(command_id = %enqueued.command.id, project = %project.name, "command queued");

@@ -17,6 +17,7 @@ pub mod queue_bus;
 pub mod rate_limit;
 pub mod retention;
 pub mod signals;
+pub mod trace_context;
 pub mod webhooks;
 pub mod worker;
 mod worker_sink;

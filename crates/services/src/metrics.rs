@@ -34,3 +34,44 @@ pub const CIRCUIT_BREAKER_TRANSITIONS_TOTAL: &str = "circuit_breaker_transitions
 pub const DEPENDENCY_UP: &str = "dependency_up";
 /// Counter: rows the retention job deleted, by `kind` (`commands`, `webhook_deliveries`).
 pub const RETENTION_DELETED_TOTAL: &str = "retention_deleted_total";
+/// Counter: spans the OpenTelemetry exporter delivered to the collector.
+pub const OTEL_SPANS_EXPORTED_TOTAL: &str = "otel_spans_exported_total";
+/// Counter: spans dropped instead of exported, by `reason` (`queue_full`: the bounded export
+/// queue was full; `export_failed`: the collector refused or could not be reached).
+pub const OTEL_SPANS_DROPPED_TOTAL: &str = "otel_spans_dropped_total";
+/// Counter: CPU profiles taken through `/debug/pprof/profile`.
+pub const CPU_PROFILES_TOTAL: &str = "cpu_profiles_total";
+
+/// Creates every series whose labels are known in advance, at zero, so that `/metrics` lists
+/// them from the start: `increase()` and `rate()` in alerts only see an increment that follows
+/// a sample, and runbooks can point at series that have not moved yet. Adds nothing to a series
+/// that exists already (tests build several services in one process).
+pub fn register_series() {
+    use crate::webhooks::{
+        WEBHOOK_DELIVERIES_TOTAL, WEBHOOK_DELIVERY_DURATION_SECONDS, WEBHOOK_ENDPOINTS_DISABLED_TOTAL,
+    };
+    for status in ["succeeded", "failed", "timed_out", "cancelled", "lost"] {
+        metrics::counter!(COMMANDS_TOTAL, "status" => status).increment(0);
+    }
+    for reason in ["missing_key", "invalid_key", "ip_not_allowed", "rate_limited"] {
+        metrics::counter!(AUTH_FAILURES_TOTAL, "reason" => reason).increment(0);
+    }
+    for kind in ["commands", "webhook_deliveries"] {
+        metrics::counter!(RETENTION_DELETED_TOTAL, "kind" => kind).increment(0);
+    }
+    for outcome in ["succeeded", "retrying", "failed", "dead", "deferred", "stale"] {
+        metrics::counter!(WEBHOOK_DELIVERIES_TOTAL, "outcome" => outcome).increment(0);
+    }
+    for reason in ["gone", "failing"] {
+        metrics::counter!(WEBHOOK_ENDPOINTS_DISABLED_TOTAL, "reason" => reason).increment(0);
+    }
+    metrics::counter!(STORE_ERRORS_TOTAL, "operation" => "claim").increment(0);
+    for counter in [COMMANDS_LOST_TOTAL, RATE_LIMITED_TOTAL, AUDIT_WRITE_FAILURES_TOTAL, CPU_PROFILES_TOTAL] {
+        metrics::counter!(counter).increment(0);
+    }
+    metrics::gauge!(COMMANDS_ACTIVE).increment(0.0);
+    // Histograms have no neutral sample; registering them makes their (empty) series visible.
+    for histogram in [COMMAND_QUEUE_WAIT_SECONDS, COMMAND_DURATION_SECONDS, WEBHOOK_DELIVERY_DURATION_SECONDS] {
+        drop(metrics::histogram!(histogram));
+    }
+}

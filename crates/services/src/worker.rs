@@ -21,7 +21,9 @@ use crate::breaker::CircuitBreaker;
 use crate::metrics as m;
 use crate::pods::PodEvents;
 use crate::queue_bus::QueueBus;
-use crate::worker_sink::StoreSink;
+use crate::trace_context;
+use crate::worker_sink::{SinkTarget, StoreSink};
+use tracing::Instrument;
 
 /// How the worker behaves; defaults follow DESIGN.md §3.
 #[derive(Debug, Clone)]
@@ -161,10 +163,12 @@ impl QueueWorker {
             }
         }
         while let Ok(permit) = Arc::clone(slots).try_acquire_owned() {
+            let asked = std::time::SystemTime::now();
             let claimed =
                 self.ports.queue.claim_next(&self.config.worker_id, self.ports.clock.now(), self.config.lease).await;
             match claimed {
                 Ok(Some(claim)) => {
+                    trace_context::record_claim(&claim.command, &self.config.worker_id, asked);
                     let me = Arc::clone(self);
                     running.spawn(async move { me.execute(claim, permit).await });
                 }
@@ -196,7 +200,27 @@ impl QueueWorker {
         tracing::info!("queue worker stopped");
     }
 
-    async fn execute(self: Arc<Self>, claim: Claim, _slot: OwnedSemaphorePermit) {
+    /// Runs a claimed command inside its `command.run` span, which continues the trace of the
+    /// request that queued it (on whichever replica that was).
+    async fn execute(self: Arc<Self>, claim: Claim, slot: OwnedSemaphorePermit) {
+        let command = &claim.command;
+        let span = tracing::info_span!(
+            "command.run",
+            otel.kind = "consumer",
+            otel.status_code = tracing::field::Empty,
+            command_id = %command.id,
+            project = %command.project,
+            priority = command.priority.as_str(),
+            replica = %self.config.worker_id,
+            command.status = tracing::field::Empty,
+            command.exit_code = tracing::field::Empty,
+            command.termination_reason = tracing::field::Empty,
+        );
+        trace_context::continue_trace(&span, command.trace.as_ref());
+        self.execute_in(claim, slot, span.clone()).instrument(span).await;
+    }
+
+    async fn execute_in(self: Arc<Self>, claim: Claim, _slot: OwnedSemaphorePermit, span: tracing::Span) {
         let Claim { command, fence } = claim;
         let cancel = CancellationToken::new();
         let poke = self.ports.bus.register(command.id, cancel.clone());
@@ -222,16 +246,20 @@ impl QueueWorker {
                     Arc::clone(&self.ports.queue),
                     Arc::clone(&self.ports.clock),
                     Arc::clone(&self.ports.bus),
-                    command.id,
-                    fence,
+                    SinkTarget { command: &command, fence, replica: &self.config.worker_id },
                     self.config.max_output_bytes,
                 );
-                let r = self.ports.executor.run(request, &sink, cancel.clone()).await;
+                let exec = tracing::info_span!("command.exec", otel.status_code = tracing::field::Empty);
+                let r = self.ports.executor.run(request, &sink, cancel.clone()).instrument(exec.clone()).await;
+                if r.termination.completion().status != CommandStatus::Succeeded {
+                    exec.record("otel.status_code", "ERROR");
+                }
                 (self.completion_for(&r.termination, &cancel), output_of(r.stdout, r.stderr))
             }
             Err(termination) => (self.completion_for(&termination, &cancel), CommandOutput::default()),
         };
         renewer.abort();
+        record_outcome(&span, &completion);
         if lease_lost.is_cancelled() {
             tracing::warn!(command_id = %command.id, "lease lost while running: result discarded");
         } else {
@@ -268,8 +296,11 @@ impl QueueWorker {
             Termination::StartFailed(format!("the project could not be read: {e}"))
         })?;
         let spec = PodSpec::from(&project);
+        let ensure =
+            tracing::info_span!("pod.ensure", project = %command.project, otel.status_code = tracing::field::Empty);
         tokio::select! {
-            ready = self.ensure_pod(&spec) => ready.map_err(|reason| {
+            ready = self.ensure_pod(&spec).instrument(ensure.clone()) => ready.map_err(|reason| {
+                ensure.record("otel.status_code", "ERROR");
                 tracing::warn!(command_id = %command.id, %reason, "pod not ready");
                 Termination::StartFailed(format!("the project's pod is not ready: {reason}"))
             })?,
@@ -394,6 +425,18 @@ impl QueueWorker {
     }
 }
 
+/// Notes how the command ended on its run span; anything but success marks the span an error.
+fn record_outcome(span: &tracing::Span, completion: &Completion) {
+    span.record("command.status", completion.status.as_str());
+    span.record("command.termination_reason", completion.reason.as_str());
+    if let Some(code) = completion.exit_code {
+        span.record("command.exit_code", code);
+    }
+    if completion.status != CommandStatus::Succeeded {
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
 fn output_of(stdout: domain::output::CapturedOutput, stderr: domain::output::CapturedOutput) -> CommandOutput {
     CommandOutput {
         stdout: stdout.text(),
@@ -420,7 +463,7 @@ fn system_entry(
         outcome,
         detail,
         request_id: None,
-        trace_id: None,
+        trace_id: c.trace.as_ref().map(|t| t.trace_id().to_owned()),
         count: 1,
     }
 }

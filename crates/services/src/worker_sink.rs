@@ -4,9 +4,11 @@
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use domain::ids::CommandId;
+use domain::command::Command;
+use domain::ids::{CommandId, WorkerId};
 use domain::output::OutputStream;
 use domain::ports::{Clock, CommandQueue, OutputSink};
+use domain::project::ProjectName;
 
 use crate::queue_bus::QueueBus;
 
@@ -17,6 +19,13 @@ struct StreamState {
     stopped: bool,
 }
 
+/// The claimed command a sink stores output for, and who runs it (for the start log line).
+pub(crate) struct SinkTarget<'a> {
+    pub(crate) command: &'a Command,
+    pub(crate) fence: i64,
+    pub(crate) replica: &'a WorkerId,
+}
+
 /// Stores output events for one claimed command.
 pub(crate) struct StoreSink {
     pub(crate) queue: Arc<dyn CommandQueue>,
@@ -24,6 +33,9 @@ pub(crate) struct StoreSink {
     pub(crate) bus: Arc<QueueBus>,
     pub(crate) id: CommandId,
     pub(crate) fence: i64,
+    project: ProjectName,
+    replica: WorkerId,
+    trace_id: Option<String>,
     /// Event bytes per stream; past it, the stream's events stop (the final output keeps the tail).
     pub(crate) budget: usize,
     streams: Mutex<[StreamState; 2]>,
@@ -34,11 +46,22 @@ impl StoreSink {
         queue: Arc<dyn CommandQueue>,
         clock: Arc<dyn Clock>,
         bus: Arc<QueueBus>,
-        id: CommandId,
-        fence: i64,
+        target: SinkTarget<'_>,
         budget: usize,
     ) -> Self {
-        Self { queue, clock, bus, id, fence, budget, streams: Mutex::new(Default::default()) }
+        let SinkTarget { command, fence, replica } = target;
+        Self {
+            queue,
+            clock,
+            bus,
+            id: command.id,
+            fence,
+            project: command.project.clone(),
+            replica: replica.clone(),
+            trace_id: command.trace.as_ref().map(|t| t.trace_id().to_owned()),
+            budget,
+            streams: Mutex::new(Default::default()),
+        }
     }
 
     /// Takes the longest valid UTF-8 prefix of pending + data, keeping an incomplete trailing
@@ -76,6 +99,18 @@ impl OutputSink for StoreSink {
             Err(e) => tracing::warn!(command_id = %self.id, error = %e, "could not store output event"),
         }
     }
+
+    /// The one "command started" line of every executor: operators grep for it by command id or
+    /// trace id, on whichever replica ran it.
+    async fn started(&self) {
+        tracing::info!(
+            command_id = %self.id,
+            project = %self.project,
+            replica = %self.replica,
+            trace_id = self.trace_id.as_deref().unwrap_or(""),
+            "command started"
+        );
+    }
 }
 
 #[cfg(test)]
@@ -84,12 +119,13 @@ mod tests {
     use domain::testing::{ManualClock, MemoryStore};
 
     fn sink(budget: usize) -> StoreSink {
+        let project = domain::testing::sample_project("sink", 1);
+        let command = domain::testing::sample_command(&project, domain::command::Priority::Normal, None).into_command();
         StoreSink::new(
             Arc::new(MemoryStore::new()),
             Arc::new(ManualClock::at_fixed_start()),
             Arc::new(QueueBus::default()),
-            CommandId::generate(),
-            1,
+            SinkTarget { command: &command, fence: 1, replica: &WorkerId::new("w") },
             budget,
         )
     }

@@ -17,6 +17,7 @@ use domain::network::client_ip;
 use domain::rate_limit::RateDecision;
 use services::audit::AuditService;
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use futures::future::OptionFuture;
 use services::auth_failures::FailedAuth;
@@ -38,19 +39,20 @@ pub async fn observe(
     let context = context_of(&req, state.as_ref().map(|s| s.get_ref()));
     req.extensions_mut().insert(context.clone());
     let method = req.method().clone();
-    let span = tracing::info_span!("http", method = %method, path = %req.path(), request_id = %context.request_id, trace_id = context.trace_id.as_deref().unwrap_or(""));
+    let span = server_span(&req, &context);
     let actor = AuditActor::default();
     req.extensions_mut().insert(actor.clone());
     // Dropped with this future when the client hangs up before the answer: it then writes the
     // `client_closed` record from a task of its own. Disarmed below once an answer exists.
     let mut hang_up = HangUpGuard::arm(&req, state.as_ref(), &context, &method, actor);
-    let res = next.call(req).instrument(span).await;
+    let res = next.call(req).instrument(span.clone()).await;
     hang_up.disarm();
     let mut res = match res {
         Ok(res) => res,
         Err(e) => {
             // An error the inner service did not turn into a response still gets its one record.
             let status = e.as_response_error().status_code();
+            record_status(&span, status);
             record_metrics(&method, "unmatched", status, started);
             return Err(e);
         }
@@ -58,6 +60,7 @@ pub async fn observe(
 
     let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());
     let status = res.status();
+    record_status(&span, status);
     record_metrics(&method, &route, status, started);
     set_header(&mut res, REQUEST_ID, &context.request_id);
     if let Some(decision) = rate_decision(res.request()) {
@@ -156,6 +159,62 @@ impl Drop for HangUpGuard {
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move { audit.record(entry).await });
         }
+    }
+}
+
+/// The server span of a request, named and attributed as the HTTP semantic conventions say. It
+/// continues the caller's W3C `traceparent`/`tracestate`; a malformed one is ignored and the
+/// request starts a new trace.
+fn server_span(req: &ServiceRequest, ctx: &RequestContext) -> tracing::Span {
+    // The resource map knows the route's pattern before routing has run.
+    let route = req.match_pattern();
+    let method = req.method().as_str();
+    let span = tracing::info_span!(
+        "http.request",
+        otel.name = tracing::field::Empty,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %method,
+        http.route = route.as_deref().unwrap_or_default(),
+        url.path = %req.path(),
+        server.address = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        request_id = %ctx.request_id,
+    );
+    // What only an exported span needs is not computed when tracing is off.
+    if crate::telemetry::exporting() {
+        let name = match &route {
+            Some(route) => format!("{method} {route}"),
+            None => method.to_owned(),
+        };
+        span.record("otel.name", name);
+        let host = req.connection_info().host().to_owned();
+        let port = host.rsplit_once(':').filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()));
+        span.record("server.address", port.map_or(host.as_str(), |(h, _)| h));
+        let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderCarrier(req.headers())));
+        span.set_parent(parent);
+    }
+    span
+}
+
+/// Request headers as a propagator carrier.
+struct HeaderCarrier<'a>(&'a actix_web::http::header::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HeaderCarrier<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(actix_web::http::header::HeaderName::as_str).collect()
+    }
+}
+
+/// The response status on the server span; a 5xx makes it an error (a 4xx is the client's).
+fn record_status(span: &tracing::Span, status: StatusCode) {
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
     }
 }
 

@@ -13,7 +13,7 @@ use utoipa::{Modify, OpenApi};
 
 use self::document::{CommandOrScript, CommonResponses};
 use crate::http::{ApiError, ApiKeyPage, AuditRecordPage, CommandPage, DeliveryPage, ProjectPage, WebhookPage};
-use crate::routes::{api_keys, audit, commands, events, health, me, pods, projects, webhooks};
+use crate::routes::{api_keys, audit, commands, debug, events, health, me, pods, projects, webhooks};
 
 struct BearerAuth;
 
@@ -39,6 +39,7 @@ impl Modify for BearerAuth {
         events::events, audit::list, audit::verify,
         webhooks::create, webhooks::list, webhooks::get, webhooks::update, webhooks::delete, webhooks::test,
         webhooks::rotate_secret, webhooks::deliveries, webhooks::delivery, webhooks::redeliver,
+        debug::profile,
     ),
     components(schemas(
         crate::http::problem::Problem,

@@ -3,6 +3,7 @@
 pub mod api_keys;
 pub mod audit;
 pub mod commands;
+pub mod debug;
 pub mod events;
 pub mod health;
 pub mod me;

@@ -4,6 +4,8 @@
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 #![allow(clippy::expect_used, reason = "test harness: a failed expectation is a failed test")]
 
+pub mod otlp;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,6 +50,17 @@ pub async fn spawn_app_with(flags: &[&str]) -> TestApp {
     if !on_kube {
         return spawn_replica(&db, None, flags, dir).await;
     }
+    spawn_on_kube(&db, flags, dir).await
+}
+
+/// The service with `EXECUTOR=kube` on a fresh kube-sim, whatever `RDEV_TEST_EXECUTOR` says.
+pub async fn spawn_app_on_kube(flags: &[&str]) -> TestApp {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite://{}/rdev.db", dir.path().display());
+    spawn_on_kube(&db, flags, dir).await
+}
+
+async fn spawn_on_kube(db: &str, flags: &[&str], dir: tempfile::TempDir) -> TestApp {
     let sim =
         kube_sim::KubeSim::start(kube_sim::SimConfig::for_tests(dir.path().join("pods"))).await.expect("kube-sim");
     let kubeconfig = dir.path().join("kubeconfig");
@@ -55,7 +68,7 @@ pub async fn spawn_app_with(flags: &[&str]) -> TestApp {
     let kubeconfig = kubeconfig.display().to_string();
     let mut all = vec!["--executor", "kube", "--kubeconfig", &kubeconfig, "--kube-namespace", "rdev-projects"];
     all.extend_from_slice(flags);
-    let mut app = spawn_replica(&db, None, &all, dir).await;
+    let mut app = spawn_replica(db, None, &all, dir).await;
     app.sim = Some(sim);
     app
 }

@@ -9,7 +9,7 @@ use chrono::TimeDelta;
 
 use super::contracts_store::heartbeat_of;
 use super::{now_micros, project_name, sample_command, sample_project, Store};
-use crate::command::{CommandStatus, Completion, Idempotency, Priority, Termination, TerminationReason};
+use crate::command::{CommandStatus, Completion, Idempotency, NewCommand, Priority, Termination, TerminationReason};
 use crate::ids::{ApiKeyId, CommandId, WorkerId};
 use crate::output::{CommandOutput, EventKind, OutputStream};
 use crate::pagination::{Limit, PageRequest};
@@ -249,6 +249,7 @@ async fn idempotency<S: Store>(store: &S, project: &crate::project::Project) {
 /// `CommandQueue`: priority order under caps, fencing, leases, reaping, exactly-once claims.
 pub async fn command_queue<S: Store, F: Fn() -> Fut, Fut: Future<Output = S>>(fresh: F) {
     priority_order_under_a_cap(fresh().await).await;
+    trace_context_reaches_the_claim(fresh().await).await;
     fencing_and_finishing(fresh().await).await;
     expired_leases_are_lost(fresh().await).await;
     concurrent_claims_are_exclusive(Arc::new(fresh().await)).await;
@@ -309,6 +310,28 @@ async fn priority_order_under_a_cap<S: Store>(store: S) {
             .expect("finish")
             .expect("fresh fence");
     }
+}
+
+/// The replica that claims a command MUST get the trace context it was queued with, so its run
+/// joins the caller's trace; a command queued without one has none.
+async fn trace_context_reaches_the_claim<S: Store>(store: S) {
+    let traced = sample_project("traced", 5);
+    ProjectRepository::create(&store, &traced).await.expect("project");
+    let trace = crate::trace::TraceContext::parse(
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        Some("rojo=00f067aa0ba902b7"),
+    );
+    assert!(trace.is_some());
+    let with = NewCommand { trace: trace.clone(), ..sample_command(&traced, Priority::High, None) };
+    let queued = CommandRepository::enqueue(&store, with).await.expect("enqueue").command;
+    assert_eq!(queued.trace, trace, "enqueue MUST return the stored trace context");
+    CommandRepository::enqueue(&store, sample_command(&traced, Priority::Low, None)).await.expect("enqueue");
+    let first = CommandQueue::claim_next(&store, &worker(), now_micros(), LEASE).await.expect("claim").expect("one");
+    assert_eq!(first.command.trace, trace, "the claim MUST carry the trace context");
+    let read = CommandRepository::get(&store, queued.id).await.expect("get");
+    assert_eq!(read.trace, trace);
+    let second = CommandQueue::claim_next(&store, &worker(), now_micros(), LEASE).await.expect("claim").expect("one");
+    assert_eq!(second.command.trace, None);
 }
 
 async fn fencing_and_finishing<S: Store>(store: S) {

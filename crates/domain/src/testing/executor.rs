@@ -32,10 +32,11 @@ const HANG_SLACK: Duration = Duration::from_secs(30);
 /// How soon after its timeout (or cancel) a killed command must be reported as ended.
 const KILL_DEADLINE: Duration = Duration::from_secs(15);
 
-/// An `OutputSink` that keeps every chunk with the moment it arrived.
+/// An `OutputSink` that keeps every chunk with the moment it arrived, and each start report.
 #[derive(Debug, Default)]
 pub struct RecordingSink {
     chunks: Mutex<Vec<RecordedChunk>>,
+    starts: Mutex<Vec<Instant>>,
 }
 
 /// One chunk a `RecordingSink` received.
@@ -65,6 +66,11 @@ impl RecordingSink {
         self.chunks().into_iter().filter(|c| c.stream == stream).flat_map(|c| c.data).collect()
     }
 
+    /// When the executor reported the command started, once per report.
+    pub fn starts(&self) -> Vec<Instant> {
+        self.starts.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
     /// All bytes received for one stream, as text (invalid UTF-8 replaced).
     pub fn text(&self, stream: OutputStream) -> String {
         String::from_utf8_lossy(&self.bytes(stream)).into_owned()
@@ -76,6 +82,10 @@ impl OutputSink for RecordingSink {
     async fn emit(&self, stream: OutputStream, data: &[u8]) {
         let chunk = RecordedChunk { stream, data: data.to_vec(), at: Instant::now() };
         self.chunks.lock().unwrap_or_else(PoisonError::into_inner).push(chunk);
+    }
+
+    async fn started(&self) {
+        self.starts.lock().unwrap_or_else(PoisonError::into_inner).push(Instant::now());
     }
 }
 
@@ -188,6 +198,11 @@ async fn argv_runs_the_program_without_a_shell(executor: &dyn Executor, project:
     out.assert_exited(0, what);
     assert_eq!(out.stdout(), "two  spaces $HOME *\n", "{what}: arguments MUST reach the program verbatim");
     assert_eq!(out.stderr(), "", "{what}: nothing on stderr");
+    // The worker logs "command started" from this report, whichever executor runs the command.
+    let starts = out.sink.starts();
+    assert_eq!(starts.len(), 1, "{what}: the start MUST be reported once");
+    let first_output = out.sink.chunks().first().map(|c| c.at);
+    assert!(first_output.is_none_or(|at| starts[0] <= at), "{what}: the start MUST be reported before any output");
 }
 
 async fn script_runs_under_sh(executor: &dyn Executor, project: &ProjectName) {

@@ -138,6 +138,7 @@ pub fn sample_command(project: &Project, priority: Priority, by: Option<ApiKeyId
         idempotency: None,
         queued_at: now_micros(),
         max_queued: 1000,
+        trace: None,
     }
 }
 

@@ -214,7 +214,21 @@ impl WebhookDispatcher {
         tracing::info!("webhook dispatcher stopped");
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(delivery_id = %leased.delivery.id, webhook_id = %leased.webhook.id, attempt = leased.delivery.attempts + 1))]
+    /// One attempt in a `webhook.deliver` client span; the receiver gets its `traceparent`.
+    #[tracing::instrument(
+        name = "webhook.deliver",
+        skip_all,
+        fields(
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            delivery_id = %leased.delivery.id,
+            webhook_id = %leased.webhook.id,
+            attempt = leased.delivery.attempts + 1,
+            http.request.method = "POST",
+            server.address = %leased.webhook.url.to_url().host_str().unwrap_or_default(),
+            http.response.status_code = tracing::field::Empty,
+        )
+    )]
     async fn deliver(self: Arc<Self>, leased: LeasedDelivery, _slot: OwnedSemaphorePermit) {
         let LeasedDelivery { delivery, webhook, event, fence, .. } = leased;
         let now = self.ports.clock.now();
@@ -231,11 +245,18 @@ impl WebhookDispatcher {
             timestamp: now,
             payload: event.payload.as_str().to_owned(),
             secrets: webhook.signing_secrets(now),
-            traceparent: None,
+            traceparent: crate::trace_context::of_span(&tracing::Span::current()).map(|t| t.traceparent().to_owned()),
         };
         let outcome = self.ports.sender.send(&request).await;
+        let span = tracing::Span::current();
+        if let Some(status) = outcome.status {
+            span.record("http.response.status_code", status);
+        }
         metrics::histogram!(WEBHOOK_DELIVERY_DURATION_SECONDS).record(outcome.latency.as_secs_f64());
         let class = classify(&outcome);
+        if !class.is_success() {
+            span.record("otel.status_code", "ERROR");
+        }
         let done_at = self.ports.clock.now();
         self.breakers.record(webhook.id, done_at, class.is_success());
         let next =

@@ -1,0 +1,2 @@
+ALTER TABLE commands DROP COLUMN tracestate;
+ALTER TABLE commands DROP COLUMN traceparent;
