@@ -18,11 +18,15 @@ run:
 	./target/release/rdev-api serve
 
 ## Every test of the workspace (unit, property, contract, HTTP), the HTTP suites again with
-## EXECUTOR=kube on kube-sim, then the k8s manifests.
+## EXECUTOR=kube on kube-sim, the k8s manifests, then the OpenAPI document as a user's tools see it
+## (validator, generated client, schemathesis with OPENAPI_FUZZ_EXAMPLES per operation).
+OPENAPI_FUZZ_EXAMPLES ?= 100
 test:
 	cargo test --workspace --all-features --no-fail-fast
 	RDEV_TEST_EXECUTOR=kube cargo test -p app --all-features --no-fail-fast --test commands --test auth --test errors
 	scripts/validate-k8s.sh
+	cargo build -p app --bin rdev-api
+	OPENAPI_FUZZ_EXAMPLES=$(OPENAPI_FUZZ_EXAMPLES) scripts/check-openapi.sh
 
 build:
 	cargo build --workspace --all-targets
