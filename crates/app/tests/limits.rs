@@ -264,8 +264,10 @@ async fn a_stream_whose_client_left_frees_its_slot() {
             break;
         }
         assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
-        // At the latest the next keep-alive write (15 s) finds the connection gone.
-        assert!(left.elapsed() < Duration::from_secs(16), "the slot of a closed stream was never freed");
+        // A keep-alive write every 15 s of idling finds the connection gone: the first write to a
+        // closed socket may still succeed (the peer's reset arrives after it), so allow a second
+        // one, and the idle clock runs slower than the wall clock on a loaded machine.
+        assert!(left.elapsed() < Duration::from_secs(40), "the slot of a closed stream was never freed");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
