@@ -15,13 +15,24 @@ use common::otlp::{self, ReceivedSpan};
 use common::{spawn_app, spawn_replica, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tokio::sync::OnceCell;
 
-/// The receiver every test of this binary exports to.
+/// The receiver every test of this binary exports to. It and the exporter run on a thread and
+/// runtime of their own: set up on the first test's runtime, they would stop when that test ends
+/// and every later test would wait for spans in vain.
 async fn receiver() -> &'static otlp::Receiver {
-    static RECEIVER: OnceCell<otlp::Receiver> = OnceCell::const_new();
-    RECEIVER
-        .get_or_init(|| async {
+    static RECEIVER: tokio::sync::OnceCell<otlp::Receiver> = tokio::sync::OnceCell::const_new();
+    RECEIVER.get_or_init(start_receiver_thread).await
+}
+
+async fn start_receiver_thread() -> otlp::Receiver {
+    let (ready, started) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("receiver runtime");
+        runtime.block_on(async {
             let receiver = otlp::start("127.0.0.1:0").await.expect("receiver");
             let mut config = app::telemetry::TracingConfig::http(&receiver.url);
             config.batch.schedule_delay = Duration::from_millis(100);
@@ -29,9 +40,11 @@ async fn receiver() -> &'static otlp::Receiver {
             assert!(telemetry.exporting());
             // The provider lives as long as the process; the global keeps it.
             std::mem::forget(telemetry);
-            receiver
-        })
-        .await
+            let _ = ready.send(receiver);
+            std::future::pending::<()>().await;
+        });
+    });
+    started.await.expect("the receiver thread started")
 }
 
 fn tempdir() -> tempfile::TempDir {
