@@ -47,7 +47,7 @@ pub async fn serve(db: &Database, cfg: &ServeConfig) -> Result<ExitCode, Startup
     eprintln!("rdev-api: listening on http://{bound}");
     let auth_failures = Arc::clone(&service.state.auth_failures);
     let debug = match cfg.debug_listen_addr {
-        Some(addr) => Some(debug_server(&service.state, addr)?),
+        Some(addr) => Some(debug_server(&service.state, addr, crate::routes::debug::DebugListener::new(&cfg))?),
         None => None,
     };
     let server = crate::server::server(service.state, listener, cfg.shutdown_grace_seconds)
@@ -75,14 +75,15 @@ pub async fn serve(db: &Database, cfg: &ServeConfig) -> Result<ExitCode, Startup
 fn debug_server(
     state: &crate::state::AppState,
     addr: std::net::SocketAddr,
+    marker: crate::routes::debug::DebugListener,
 ) -> Result<actix_web::dev::ServerHandle, StartupError> {
     let io = |source| StartupError::Io { path: addr.to_string(), source };
     let listener = TcpListener::bind(addr).map_err(io)?;
     let bound = listener.local_addr().map_or_else(|_| addr.to_string(), |a| a.to_string());
-    let server = crate::server::debug_server(state.clone(), listener).map_err(io)?;
+    let server = crate::server::debug_server(state.clone(), listener, marker).map_err(io)?;
     let handle = server.handle();
     tokio::spawn(server);
-    tracing::info!(debug_listen_addr = %bound, "serving /debug/pprof/profile on its own listener");
+    tracing::info!(debug_listen_addr = %bound, trust_loopback = marker.trust_loopback, "serving /debug/pprof/profile on its own listener");
     Ok(handle)
 }
 

@@ -39,12 +39,16 @@ pub fn server(
 }
 
 /// The `DEBUG_LISTEN_ADDR` server: `/debug/pprof/profile` alone, observed like the main port.
-pub fn debug_server(state: AppState, listener: std::net::TcpListener) -> std::io::Result<actix_web::dev::Server> {
+pub fn debug_server(
+    state: AppState,
+    listener: std::net::TcpListener,
+    marker: DebugListener,
+) -> std::io::Result<actix_web::dev::Server> {
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
-            .app_data(DebugListener)
+            .app_data(marker)
             .app_data(http::query_config())
             .wrap(from_fn(observe))
             .configure(debug::configure)

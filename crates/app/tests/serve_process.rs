@@ -41,8 +41,9 @@ async fn serve(traces_url: &str) -> Server {
         .env("DEBUG_LISTEN_ADDR", format!("127.0.0.1:{debug}"))
         .env("BOOTSTRAP_ADMIN_KEY_FILE", &key_file)
         .env("WORKSPACES_DIR", dir.path().join("workspaces"))
-        // No command runs here; the sandbox has its own tests.
-        .env("PROCESS_SANDBOX", "off")
+        // Commands get no network of their own, so a loopback peer of the debug port is an
+        // operator, not a command.
+        .env("PROCESS_NETWORK", "none")
         .env("LOG_FORMAT", "json")
         .env("RUST_LOG", "error")
         .env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", traces_url)

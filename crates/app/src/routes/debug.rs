@@ -9,9 +9,22 @@ use crate::http::{ApiResult, Caller};
 use crate::profiling::{self, ProfileError};
 
 /// Marks the app served on `DEBUG_LISTEN_ADDR`, where a loopback peer (`kubectl port-forward`,
-/// a shell in the pod) may profile without a key.
+/// a shell in the pod) may profile without a key, but only where no command shares the server's
+/// loopback: a command of any project could otherwise profile the server, keyless.
 #[derive(Debug, Clone, Copy)]
-pub struct DebugListener;
+pub struct DebugListener {
+    /// Loopback peers are operators: commands run in pods, or in an empty network namespace.
+    pub trust_loopback: bool,
+}
+
+impl DebugListener {
+    /// Trusts loopback only when commands cannot reach it.
+    pub fn new(cfg: &crate::config::ServeConfig) -> Self {
+        use crate::config::{ExecutorKind, ProcessNetwork, SandboxSwitch};
+        let isolated_network = cfg.process_sandbox == SandboxSwitch::On && cfg.process_network == ProcessNetwork::None;
+        Self { trust_loopback: cfg.executor == ExecutorKind::Kube || isolated_network }
+    }
+}
 
 /// `?seconds=N`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -39,8 +52,8 @@ pub struct PprofProfile(pub Vec<u8>);
     (status = 429, description = "Rate limited", body = Problem),
     (status = 500, description = "The profiler failed", body = Problem)))]
 pub async fn profile(req: HttpRequest, q: web::Query<ProfileQuery>) -> ApiResult<HttpResponse> {
-    let loopback_on_debug_port =
-        req.app_data::<DebugListener>().is_some() && req.peer_addr().is_some_and(|a| a.ip().is_loopback());
+    let loopback_on_debug_port = req.app_data::<DebugListener>().is_some_and(|l| l.trust_loopback)
+        && req.peer_addr().is_some_and(|a| a.ip().is_loopback());
     if !loopback_on_debug_port {
         let caller = Caller::extract(&req).await?;
         caller.principal.require(Scope::Admin)?;
@@ -60,4 +73,27 @@ pub async fn profile(req: HttpRequest, q: web::Query<ProfileQuery>) -> ApiResult
 /// Registers the route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(crate::http::resource("/debug/pprof/profile", "GET").route(web::get().to(profile)));
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::DebugListener;
+    use crate::config::{Cli, Command};
+
+    fn trusted(flags: &[&str]) -> bool {
+        let args = ["rdev-api", "serve"].iter().chain(flags).copied();
+        let cli = Cli::try_parse_from(args).expect("parse");
+        let Some(Command::Serve(cfg)) = cli.command else { panic!("serve expected") };
+        DebugListener::new(&cfg).trust_loopback
+    }
+
+    #[test]
+    fn loopback_is_trusted_only_where_no_command_shares_it() {
+        assert!(!trusted(&[]), "sandboxed commands on the host network reach the server's loopback");
+        assert!(!trusted(&["--process-sandbox", "off", "--process-network", "none"]), "unsandboxed: no namespace");
+        assert!(trusted(&["--process-network", "none"]));
+        assert!(trusted(&["--executor", "kube"]));
+    }
 }
