@@ -47,7 +47,7 @@ pub async fn serve(db: &Database, cfg: &ServeConfig) -> Result<ExitCode, Startup
     eprintln!("rdev-api: listening on http://{bound}");
     let auth_failures = Arc::clone(&service.state.auth_failures);
     let debug = match cfg.debug_listen_addr {
-        Some(addr) => Some(debug_server(&service.state, addr, crate::routes::debug::DebugListener::new(&cfg))?),
+        Some(addr) => Some(debug_server(&service.state, addr, crate::routes::debug::DebugListener::new(cfg))?),
         None => None,
     };
     let server = crate::server::server(service.state, listener, cfg.shutdown_grace_seconds)
