@@ -24,10 +24,13 @@ pub mod testing;
 mod tls;
 mod webhooks;
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use domain::ids::WorkerId;
 use domain::ports::HealthCheck;
 use domain::{DomainError, DomainResult};
 
@@ -46,6 +49,25 @@ const MIGRATION_LOCK: i64 = 0x7264_6576_6d69_6772; // "rdevmigr"
 pub struct PgStore {
     connections: Connections,
     url: String,
+    /// The sessions that hold this process's replicas' presence locks, by replica.
+    presence: PresenceSessions,
+}
+
+/// Replicas' presence sessions: each holds its replica's presence lock while it lives.
+#[derive(Clone, Default)]
+pub(crate) struct PresenceSessions(std::sync::Arc<tokio::sync::Mutex<HashMap<WorkerId, AsyncPgConnection>>>);
+
+impl PresenceSessions {
+    /// The sessions, locked (one hold or release at a time).
+    pub(crate) async fn lock(&self) -> tokio::sync::MutexGuard<'_, HashMap<WorkerId, AsyncPgConnection>> {
+        self.0.lock().await
+    }
+}
+
+impl std::fmt::Debug for PresenceSessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PresenceSessions").finish_non_exhaustive()
+    }
 }
 
 impl PgStore {
@@ -59,7 +81,11 @@ impl PgStore {
     pub async fn connect(url: &str, pool_size: u32) -> DomainResult<PgStore> {
         connection::target(url).map_err(|e| DomainError::invalid("DATABASE_URL", e))?;
         let first = open(url).await?;
-        Ok(PgStore { connections: Connections::new(url, pool_size, Some(first)), url: url.to_owned() })
+        Ok(PgStore {
+            connections: Connections::new(url, pool_size, Some(first)),
+            url: url.to_owned(),
+            presence: PresenceSessions::default(),
+        })
     }
 
     /// Runs the migrations that have not run yet; running it again changes nothing. Replicas

@@ -127,7 +127,7 @@ fn lost() -> Completion {
         status: CommandStatus::Lost,
         exit_code: None,
         reason: TerminationReason::WorkerLost,
-        error: Some("the worker running the command stopped renewing its lease".into()),
+        error: Some(domain::command::LEASE_EXPIRED_LOST.into()),
     }
 }
 
@@ -213,7 +213,6 @@ async fn finish_held(
 
 /// Marks every running command whose lease ended before `now` as lost.
 async fn reap(conn: &mut AsyncPgConnection, now: Timestamp) -> StoreResult<Vec<CommandRow>> {
-    let c = lost();
     // Rows another reaper (or the late worker's own finish) holds are theirs to settle.
     let expired: Vec<Uuid> = commands::table
         .filter(commands::status.eq(RUNNING))
@@ -223,10 +222,27 @@ async fn reap(conn: &mut AsyncPgConnection, now: Timestamp) -> StoreResult<Vec<C
         .skip_locked()
         .load(conn)
         .await?;
-    if expired.is_empty() {
+    end_lost(conn, expired, &lost(), now).await
+}
+
+/// Marks the running commands of `owner` as lost while no session holds its presence lock.
+async fn reap_owner(conn: &mut AsyncPgConnection, owner: &str, now: Timestamp) -> StoreResult<Vec<CommandRow>> {
+    let owned: Vec<Owned> = diesel::sql_query(OWNED_BY_ABSENT).bind::<Text, _>(owner).load(conn).await?;
+    let ids = owned.into_iter().map(|o| o.id).collect();
+    end_lost(conn, ids, &absent_owner_lost(), now).await
+}
+
+/// Ends the running commands `ids` (locked by the caller) with `c`, their events and webhooks.
+async fn end_lost(
+    conn: &mut AsyncPgConnection,
+    ids: Vec<Uuid>,
+    c: &Completion,
+    now: Timestamp,
+) -> StoreResult<Vec<CommandRow>> {
+    if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let expired = commands::table.filter(commands::id.eq_any(expired));
+    let expired = commands::table.filter(commands::id.eq_any(ids));
     let mut ended: Vec<(CommandRow, i64, i64)> = diesel::update(expired)
         .set((
             commands::status.eq(c.status.as_str()),
@@ -244,12 +260,107 @@ async fn reap(conn: &mut AsyncPgConnection, now: Timestamp) -> StoreResult<Vec<C
     ended.sort_by_key(|(_, _, seq)| *seq);
     let mut rows = Vec::with_capacity(ended.len());
     for (row, last, _) in ended {
-        events::insert(conn, row.id(), last, &events::ending(&c), now).await?;
+        events::insert(conn, row.id(), last, &events::ending(c), now).await?;
         webhooks::record_command_event(conn, &row.clone().into_domain()?, now).await?;
         rows.push(row);
     }
     Ok(rows)
 }
+
+/// What a command whose replica's session ended becomes.
+fn absent_owner_lost() -> Completion {
+    Completion {
+        status: CommandStatus::Lost,
+        exit_code: None,
+        reason: TerminationReason::WorkerLost,
+        error: Some(domain::command::ABSENT_OWNER_LOST.into()),
+    }
+}
+
+/// The first key of every presence lock (`pg_try_advisory_lock(PRESENCE_LOCKS, hashtext(owner))`):
+/// "rdev" in ASCII, so they are told apart from other advisory locks. Two owners whose names
+/// hash alike would only make one of them look present while the other is gone; the lease
+/// still settles that one.
+macro_rules! presence_lock_of {
+    ($owner:literal) => {
+        concat!("l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 AND l.classid = 1919182198::oid \
+            AND l.objid = hashtext(", $owner, ")::oid \
+            AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())")
+    };
+}
+
+/// Takes the presence lock of owner `$1` for this session, without waiting.
+const TAKE_PRESENCE: &str = "SELECT pg_try_advisory_lock(1919182198, hashtext($1)) AS held";
+
+/// Owners of running commands whose presence lock no session holds.
+const ABSENT_OWNERS: &str = concat!(
+    "SELECT DISTINCT c.lease_owner AS owner FROM commands c \
+     WHERE c.status = 'running' AND c.lease_owner IS NOT NULL \
+       AND NOT EXISTS (SELECT 1 FROM pg_locks l WHERE ",
+    presence_lock_of!("c.lease_owner"),
+    ")"
+);
+
+/// The running commands of owner `$1`, locked, if no session holds its presence lock; rows
+/// another reaper or a late finish holds are theirs to settle.
+const OWNED_BY_ABSENT: &str = concat!(
+    "SELECT c.id FROM commands c \
+     WHERE c.status = 'running' AND c.lease_owner = $1 \
+       AND NOT EXISTS (SELECT 1 FROM pg_locks l WHERE ",
+    presence_lock_of!("$1"),
+    ") FOR UPDATE OF c SKIP LOCKED"
+);
+
+/// Puts command `$1` held by fence `$2` back in the queue (unless a client asked to cancel it)
+/// with the event `Status(Queued)` at `$3`.
+const HAND_BACK: &str = "\
+WITH back AS ( \
+    UPDATE commands SET status = 'queued', started_at = NULL, lease_owner = NULL, lease_expires_at = NULL, \
+        event_seq = event_seq + 1 \
+    WHERE id = $1 AND status = 'running' AND fence = $2 AND NOT cancel_requested \
+    RETURNING id, event_seq \
+) \
+INSERT INTO command_events (command_id, seq, kind, stream, data, at) \
+SELECT id, event_seq, 'status', NULL, convert_to('queued', 'UTF8'), $3 FROM back";
+
+#[derive(Debug, QueryableByName)]
+struct Owned {
+    #[diesel(sql_type = SqlUuid)]
+    id: Uuid,
+}
+
+#[derive(Debug, QueryableByName)]
+struct Owner {
+    #[diesel(sql_type = Text)]
+    owner: String,
+}
+
+#[derive(Debug, QueryableByName)]
+struct Held {
+    #[diesel(sql_type = Bool)]
+    held: bool,
+}
+
+/// Takes `worker`'s presence lock on a connection of its own, which then holds it for as long
+/// as the session lives; `None` when another session holds it still.
+async fn take_presence(url: &str, worker: &WorkerId) -> DomainResult<Option<AsyncPgConnection>> {
+    let mut conn = crate::open(url).await?;
+    let taken: Held = diesel::sql_query(TAKE_PRESENCE)
+        .bind::<Text, _>(worker.as_str())
+        .get_result(&mut conn)
+        .await
+        .map_err(|e| db_error(e, "take presence"))?;
+    Ok(taken.held.then_some(conn))
+}
+
+/// Whether a presence session still answers.
+async fn alive(conn: &mut AsyncPgConnection) -> bool {
+    let ping = diesel_async::SimpleAsyncConnection::batch_execute(conn, "SELECT 1");
+    matches!(tokio::time::timeout(PRESENCE_PING_TIMEOUT, ping).await, Ok(Ok(())))
+}
+
+/// How long a presence session may take to answer before it counts as lost.
+const PRESENCE_PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn lease_end(now: Timestamp, lease: Duration) -> DomainResult<Timestamp> {
     TimeDelta::from_std(lease)
@@ -377,6 +488,72 @@ impl CommandQueue for PgStore {
             .transaction::<_, StoreError, _>(async |conn| reap(conn, now).await)
             .await
             .map_err(|e| e.into_domain("reap expired leases"))?;
+        rows.into_iter().map(CommandRow::into_domain).collect()
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(command_id = %id, fence))]
+    async fn hand_back(&self, id: CommandId, fence: i64, at: Timestamp) -> DomainResult<bool> {
+        let id = id.as_uuid();
+        let mut conn = self.conn().await?;
+        let handed: StoreResult<bool> = async {
+            let changed = diesel::sql_query(HAND_BACK)
+                .bind::<SqlUuid, _>(id)
+                .bind::<BigInt, _>(fence)
+                .bind::<Timestamptz, _>(at)
+                .execute(&mut conn)
+                .await?;
+            if changed == 0 {
+                must_exist(&mut conn, id).await?;
+            }
+            Ok(changed > 0)
+        }
+        .await;
+        handed.map_err(|e| e.into_domain("hand back command"))
+    }
+
+    #[tracing::instrument(level = "trace", skip_all, fields(worker = %worker))]
+    async fn hold_presence(&self, worker: &WorkerId, _now: Timestamp) -> DomainResult<bool> {
+        let mut held = self.presence.lock().await;
+        if let Some(conn) = held.get_mut(worker) {
+            if alive(conn).await {
+                return Ok(true);
+            }
+            tracing::warn!(worker = %worker, "the presence session was lost; taking it again");
+            held.remove(worker);
+        }
+        match take_presence(&self.url, worker).await? {
+            Some(conn) => {
+                held.insert(worker.clone(), conn);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn release_presence(&self, worker: &WorkerId) -> DomainResult<()> {
+        let conn = self.presence.lock().await.remove(worker);
+        if let Some(mut conn) = conn {
+            // Unlocked before the connection goes, so others see the absence at once.
+            let unlock = diesel_async::SimpleAsyncConnection::batch_execute(&mut conn, "SELECT pg_advisory_unlock_all()");
+            unlock.await.map_err(|e| db_error(e, "release presence"))?;
+        }
+        Ok(())
+    }
+
+    async fn absent_owners(&self, _now: Timestamp) -> DomainResult<Vec<WorkerId>> {
+        let mut conn = self.conn().await?;
+        let owners: Vec<Owner> =
+            diesel::sql_query(ABSENT_OWNERS).load(&mut conn).await.map_err(|e| db_error(e, "absent owners"))?;
+        Ok(owners.into_iter().map(|o| WorkerId::new(o.owner)).collect())
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(owner = %owner))]
+    async fn reap_absent(&self, owner: &WorkerId, now: Timestamp) -> DomainResult<Vec<Command>> {
+        let mut conn = self.conn().await?;
+        let rows = conn
+            .transaction::<_, StoreError, _>(async |conn| reap_owner(conn, owner.as_str(), now).await)
+            .await
+            .map_err(|e| e.into_domain("reap absent owner"))?;
         rows.into_iter().map(CommandRow::into_domain).collect()
     }
 

@@ -430,3 +430,53 @@ async fn the_store_recovers_by_itself_after_the_server_restarts() {
     let next = tokio::time::timeout(Duration::from_secs(2), signals.next()).await.expect("signal after restart");
     assert_eq!(next, Some(Signal::KeyChanged(key)));
 }
+
+#[tokio::test]
+async fn a_replica_whose_session_ends_is_absent_at_once_and_one_that_holds_it_never_is() {
+    let db = TestDatabase::create().await;
+    let (dying, watcher) = (db.store().await, db.store().await);
+    let web = sample_project("web", 5);
+    ProjectRepository::create(&dying, &web).await.expect("project");
+    let (doomed, survivor) = (WorkerId::new("doomed-1"), WorkerId::new("survivor-1"));
+    assert_eq!(dying.hold_presence(&doomed, now_micros()).await, Ok(true));
+    assert_eq!(watcher.hold_presence(&survivor, now_micros()).await, Ok(true));
+    assert_eq!(
+        watcher.hold_presence(&doomed, now_micros()).await,
+        Ok(false),
+        "a presence another session holds cannot be taken"
+    );
+    let mut ids = Vec::new();
+    for (store, owner) in [(&dying, &doomed), (&watcher, &survivor)] {
+        CommandRepository::enqueue(store, sample_command(&web, Priority::Normal, None)).await.expect("enqueue");
+        ids.push(store.claim_next(owner, now_micros(), LEASE).await.expect("claim").expect("one").command.id);
+    }
+    assert_eq!(watcher.absent_owners(now_micros()).await, Ok(vec![]));
+
+    // The doomed replica's presence session dies the way a killed process's does: the server
+    // ends it. Nothing else of that store is touched.
+    let killed: i64 = raw(db.url())
+        .await
+        .query_one(
+            "SELECT count(pg_terminate_backend(l.pid)) FROM pg_locks l \
+             WHERE l.locktype = 'advisory' AND l.objid = hashtext('doomed-1')::oid AND l.objsubid = 2",
+            &[],
+        )
+        .await
+        .expect("terminate")
+        .get(0);
+    assert_eq!(killed, 1, "one session held the doomed presence");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while watcher.absent_owners(now_micros()).await != Ok(vec![doomed.clone()]) {
+        assert!(Instant::now() < deadline, "the ended session's owner is seen absent");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reaped = watcher.reap_absent(&doomed, now_micros()).await.expect("reap");
+    assert_eq!(reaped.iter().map(|c| (c.id, c.status)).collect::<Vec<_>>(), vec![(ids[0], CommandStatus::Lost)]);
+    assert_eq!(watcher.reap_absent(&survivor, now_micros()).await, Ok(vec![]), "a held presence is never reaped");
+    assert_eq!(CommandRepository::get(&watcher, ids[1]).await.map(|c| c.status), Ok(CommandStatus::Running));
+
+    // The doomed replica notices its session is gone and takes its presence again; commands
+    // already reaped stay lost.
+    assert_eq!(dying.hold_presence(&doomed, now_micros()).await, Ok(true), "taken again on a new session");
+    assert_eq!(CommandRepository::get(&watcher, ids[0]).await.map(|c| c.status), Ok(CommandStatus::Lost));
+}

@@ -13,7 +13,7 @@ use diesel::SqliteConnection;
 use domain::command::{Command, CommandStatus, Completion, TerminationReason};
 use domain::ids::{CommandId, WorkerId};
 use domain::output::{CommandOutput, EventKind, OutputStream};
-use domain::ports::{Claim, CommandQueue, LeaseStatus, WorkerCapacity};
+use domain::ports::{Claim, CommandQueue, LeaseStatus, WorkerCapacity, PRESENCE_TTL};
 use domain::{DomainError, DomainResult, Timestamp};
 
 use crate::codec::{self, micros};
@@ -32,7 +32,7 @@ fn lost() -> Completion {
         status: CommandStatus::Lost,
         exit_code: None,
         reason: TerminationReason::WorkerLost,
-        error: Some("the worker running the command stopped renewing its lease".into()),
+        error: Some(domain::command::LEASE_EXPIRED_LOST.into()),
     }
 }
 
@@ -122,6 +122,72 @@ fn finish_held(
     rows::end(conn, id, completion, at).map(Some)
 }
 
+/// What a command whose replica went away ends as.
+fn absent_owner_lost() -> Completion {
+    Completion {
+        status: CommandStatus::Lost,
+        exit_code: None,
+        reason: TerminationReason::WorkerLost,
+        error: Some(domain::command::ABSENT_OWNER_LOST.into()),
+    }
+}
+
+/// Puts a running command held by `fence` back in the queue unless a client asked to cancel it.
+fn hand_back_held(conn: &mut SqliteConnection, id: &str, fence: i64, at: Timestamp) -> StoreResult<bool> {
+    let (status, current, cancel_requested) = lease_state(conn, id)?;
+    if status != RUNNING || current != fence || cancel_requested {
+        return Ok(false);
+    }
+    diesel::update(commands::table.filter(commands::id.eq(id)))
+        .set((
+            commands::status.eq(QUEUED),
+            commands::started_at.eq(None::<i64>),
+            commands::lease_owner.eq(None::<String>),
+            commands::lease_expires_at.eq(None::<i64>),
+        ))
+        .execute(conn)?;
+    events::append(conn, id, &[EventKind::Status(CommandStatus::Queued)], at)?;
+    Ok(true)
+}
+
+/// The oldest confirmation that still counts as present at `now`: SQLite has no sessions, so a
+/// replica is present while it keeps confirming (its worker does every half second).
+fn present_since(now: Timestamp) -> i64 {
+    micros(now).saturating_sub(i64::try_from(PRESENCE_TTL.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// Owners of running commands that have not confirmed their presence since `since`.
+fn absent(conn: &mut SqliteConnection, since: i64) -> StoreResult<Vec<String>> {
+    let present = workers::table.filter(workers::last_seen.ge(since)).select(workers::id);
+    Ok(commands::table
+        .filter(commands::status.eq(RUNNING))
+        .filter(commands::lease_owner.is_not_null())
+        .filter(commands::lease_owner.assume_not_null().ne_all(present))
+        .select(commands::lease_owner.assume_not_null())
+        .distinct()
+        .load(conn)?)
+}
+
+/// Ends the running commands of `owner` as lost unless it confirmed its presence since `since`.
+fn reap_owner(conn: &mut SqliteConnection, owner: &str, since: i64, now: Timestamp) -> StoreResult<Vec<CommandRow>> {
+    let present: i64 = workers::table
+        .filter(workers::id.eq(owner))
+        .filter(workers::last_seen.ge(since))
+        .count()
+        .get_result(conn)?;
+    if present > 0 {
+        return Ok(Vec::new());
+    }
+    let owned: Vec<String> = commands::table
+        .filter(commands::status.eq(RUNNING))
+        .filter(commands::lease_owner.eq(owner))
+        .order(commands::seq.asc())
+        .select(commands::id)
+        .load(conn)?;
+    let lost = absent_owner_lost();
+    owned.iter().map(|id| rows::end(conn, id, &lost, now)).collect()
+}
+
 fn lease_micros(lease: Duration) -> DomainResult<i64> {
     i64::try_from(lease.as_micros()).map_err(|_| DomainError::Internal(format!("lease {lease:?} is too long")))
 }
@@ -202,6 +268,49 @@ impl CommandQueue for SqliteStore {
                 expired.iter().map(|id| rows::end(conn, id, &lost, now)).collect::<StoreResult<Vec<_>>>()
             })
             .await?;
+        rows.into_iter().map(CommandRow::into_domain).collect()
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(command_id = %id, fence))]
+    async fn hand_back(&self, id: CommandId, fence: i64, at: Timestamp) -> DomainResult<bool> {
+        let id = id.to_string();
+        self.write("hand back command", move |conn| hand_back_held(conn, &id, fence, at)).await
+    }
+
+    #[tracing::instrument(level = "trace", skip_all, fields(worker = %worker))]
+    async fn hold_presence(&self, worker: &WorkerId, now: Timestamp) -> DomainResult<bool> {
+        let id = worker.as_str().to_owned();
+        self.write("hold presence", move |conn| {
+            diesel::insert_into(workers::table)
+                .values((workers::id.eq(&id), workers::capacity.eq(0), workers::last_seen.eq(micros(now))))
+                .on_conflict(workers::id)
+                .do_update()
+                .set(workers::last_seen.eq(micros(now)))
+                .execute(conn)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn release_presence(&self, worker: &WorkerId) -> DomainResult<()> {
+        let id = worker.as_str().to_owned();
+        self.write("release presence", move |conn| {
+            diesel::delete(workers::table.filter(workers::id.eq(&id))).execute(conn)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn absent_owners(&self, now: Timestamp) -> DomainResult<Vec<WorkerId>> {
+        let owners = self.read("absent owners", move |conn| absent(conn, present_since(now))).await?;
+        Ok(owners.into_iter().map(WorkerId::new).collect())
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(owner = %owner))]
+    async fn reap_absent(&self, owner: &WorkerId, now: Timestamp) -> DomainResult<Vec<Command>> {
+        let owner = owner.as_str().to_owned();
+        let rows =
+            self.write("reap absent owner", move |conn| reap_owner(conn, &owner, present_since(now), now)).await?;
         rows.into_iter().map(CommandRow::into_domain).collect()
     }
 

@@ -371,11 +371,13 @@ pub enum TerminationReason {
     PodGone,
     /// It never started (cwd missing, program not found).
     StartFailed,
+    /// Its replica shut down before it finished, and killed it.
+    ReplicaShutdown,
 }
 
 impl TerminationReason {
     /// Every reason.
-    pub const ALL: [TerminationReason; 8] = [
+    pub const ALL: [TerminationReason; 9] = [
         Self::Exited,
         Self::Timeout,
         Self::Cancelled,
@@ -384,6 +386,7 @@ impl TerminationReason {
         Self::WorkerLost,
         Self::PodGone,
         Self::StartFailed,
+        Self::ReplicaShutdown,
     ];
 
     /// Name on the wire and in stores.
@@ -397,6 +400,7 @@ impl TerminationReason {
             Self::WorkerLost => "worker_lost",
             Self::PodGone => "pod_gone",
             Self::StartFailed => "start_failed",
+            Self::ReplicaShutdown => "replica_shutdown",
         }
     }
 }
@@ -410,6 +414,13 @@ impl FromStr for TerminationReason {
             .ok_or_else(|| DomainError::Internal(format!("unknown termination reason {s}")))
     }
 }
+
+/// The error of a command whose replica went away (its session with the store ended).
+pub const ABSENT_OWNER_LOST: &str = "the replica running the command went away: its session with the store ended";
+/// The error of a command whose worker stopped renewing its lease.
+pub const LEASE_EXPIRED_LOST: &str = "the worker running the command stopped renewing its lease";
+/// The error of a command its replica killed when its shutdown grace ran out.
+pub const REPLICA_SHUT_DOWN: &str = "replica shut down";
 
 /// How an execution ended, as the executor saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -430,6 +441,9 @@ pub enum Termination {
     PodGone(String),
     /// The executor lost track of it: no exit status arrived.
     Unknown(String),
+    /// The backend could not be reached before anything started; the command may go back to
+    /// the queue (it ends `start_failed` when it does not).
+    Unreachable(String),
 }
 
 /// Final state a termination maps to: status, exit code, reason, and an error text.
@@ -460,6 +474,7 @@ impl Termination {
             Self::OomKilled => (CommandStatus::Failed, None, R::OomKilled, Some("killed by the OOM killer".into())),
             Self::PodGone(why) => (CommandStatus::Failed, None, R::PodGone, Some(why.clone())),
             Self::Unknown(why) => (CommandStatus::Failed, None, R::WorkerLost, Some(why.clone())),
+            Self::Unreachable(why) => (CommandStatus::Failed, None, R::StartFailed, Some(why.clone())),
         };
         Completion { status, exit_code, reason, error }
     }

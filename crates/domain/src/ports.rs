@@ -161,7 +161,13 @@ pub struct WorkerCapacity {
     pub capacity: u32,
 }
 
-/// The queue as workers see it. Commands are never claimed twice and never re-run.
+/// How long a presence confirmed without a session lasts (stores without sessions, such as
+/// SQLite, judge presence by the last confirmation; workers confirm every half second).
+pub const PRESENCE_TTL: Duration = Duration::from_secs(3);
+
+/// The queue as workers see it. Commands are never claimed twice and never re-run: a command
+/// that started and lost its worker ends `lost`; only one that provably never started (its
+/// backend unreachable before the exec) is handed back to the queue.
 #[async_trait]
 pub trait CommandQueue: Send + Sync {
     /// Claims the queued command with the highest priority, then the earliest enqueue, among
@@ -195,6 +201,26 @@ pub trait CommandQueue: Send + Sync {
     /// Marks every running command whose lease ended before `now` as `Lost` (reason
     /// `worker_lost`, events `Status(Lost)`, `Exit`) and returns them. Never re-queues.
     async fn reap_expired(&self, now: Timestamp) -> DomainResult<Vec<Command>>;
+    /// Hands a claimed command that never started back to the queue, at its old place
+    /// (priority, then enqueue order): `Queued` again without `started_at`, lease or owner, with
+    /// the event `Status(Queued)`. MUST change nothing and return false when `fence` no longer
+    /// holds it or a client asked to cancel it (the worker then ends it itself).
+    async fn hand_back(&self, id: CommandId, fence: i64, at: Timestamp) -> DomainResult<bool>;
+    /// Takes, or confirms, `worker`'s presence: the sign that a live replica stands behind the
+    /// commands it owns. It lasts as long as the replica's session with the store (its database
+    /// connection) or, where the store has no sessions, as long as it is confirmed at least
+    /// every [`PRESENCE_TTL`]. Returns whether it is held now, taken again after a lost session
+    /// if need be. A worker claims nothing while it does not hold its presence.
+    async fn hold_presence(&self, worker: &WorkerId, now: Timestamp) -> DomainResult<bool>;
+    /// Gives `worker`'s presence up at once (a replica that drained, or a test's dead replica).
+    async fn release_presence(&self, worker: &WorkerId) -> DomainResult<()>;
+    /// Owners of running commands whose presence is not held at `now`: their replica died or
+    /// lost its session with the store.
+    async fn absent_owners(&self, now: Timestamp) -> DomainResult<Vec<WorkerId>>;
+    /// Marks every running command of `owner` as `Lost` (reason `worker_lost`, events
+    /// `Status(Lost)`, `Exit`) if its presence is still not held at `now`, and returns them.
+    /// MUST change nothing while `owner` holds its presence. Never re-queues.
+    async fn reap_absent(&self, owner: &WorkerId, now: Timestamp) -> DomainResult<Vec<Command>>;
     /// Records that `worker` is alive with `capacity` slots.
     async fn heartbeat(&self, worker: &WorkerId, capacity: u32, now: Timestamp) -> DomainResult<()>;
     /// Workers whose last heartbeat is at or after `since`.

@@ -252,6 +252,8 @@ pub async fn command_queue<S: Store, F: Fn() -> Fut, Fut: Future<Output = S>>(fr
     trace_context_reaches_the_claim(fresh().await).await;
     fencing_and_finishing(fresh().await).await;
     expired_leases_are_lost(fresh().await).await;
+    absent_owners_are_lost(fresh().await).await;
+    commands_that_never_started_go_back(fresh().await).await;
     concurrent_claims_are_exclusive(Arc::new(fresh().await)).await;
     concurrent_enqueues_respect_the_cap(Arc::new(fresh().await)).await;
     concurrent_job_leases_have_one_winner(Arc::new(fresh().await)).await;
@@ -442,6 +444,101 @@ async fn expired_leases_are_lost<S: Store>(store: S) {
         "a lost command is never re-run"
     );
     assert_eq!(CommandRepository::get(&store, id).await.map(|c| c.status), Ok(CommandStatus::Lost));
+}
+
+async fn absent_owners_are_lost<S: Store>(store: S) {
+    let web = sample_project("web", 5);
+    ProjectRepository::create(&store, &web).await.expect("project");
+    let (alive, dead) = (WorkerId::new("alive"), WorkerId::new("dead"));
+    let mut claims = Vec::new();
+    for w in [&alive, &dead] {
+        assert_eq!(CommandQueue::hold_presence(&store, w, now_micros()).await, Ok(true), "presence is taken");
+        CommandRepository::enqueue(&store, sample_command(&web, Priority::Normal, None)).await.expect("enqueue");
+        claims.push(CommandQueue::claim_next(&store, w, now_micros(), LEASE).await.expect("claim").expect("one"));
+    }
+    assert_eq!(CommandQueue::hold_presence(&store, &alive, now_micros()).await, Ok(true), "confirming keeps it");
+    assert_eq!(CommandQueue::absent_owners(&store, now_micros()).await, Ok(vec![]), "both present");
+    assert_eq!(
+        CommandQueue::reap_absent(&store, &dead, now_micros()).await,
+        Ok(vec![]),
+        "MUST change nothing while the owner is present"
+    );
+    CommandQueue::release_presence(&store, &dead).await.expect("release");
+    assert_eq!(CommandQueue::absent_owners(&store, now_micros()).await, Ok(vec![dead.clone()]));
+    let reaped = CommandQueue::reap_absent(&store, &dead, now_micros()).await.expect("reap");
+    assert_eq!(
+        reaped.iter().map(|c| (c.id, c.status, c.termination_reason)).collect::<Vec<_>>(),
+        vec![(claims[1].command.id, CommandStatus::Lost, Some(TerminationReason::WorkerLost))],
+        "only the absent owner's command"
+    );
+    let events = CommandRepository::events_after(&store, claims[1].command.id, 0, 10).await.expect("events");
+    assert_eq!(
+        events.iter().map(|e| e.kind.clone()).collect::<Vec<_>>(),
+        vec![
+            EventKind::Status(CommandStatus::Queued),
+            EventKind::Status(CommandStatus::Running),
+            EventKind::Status(CommandStatus::Lost),
+            EventKind::Exit
+        ]
+    );
+    let late = Termination::Exited(0).completion();
+    let id = claims[1].command.id;
+    assert_eq!(
+        CommandQueue::finish(&store, id, claims[1].fence, &late, &CommandOutput::default(), now_micros()).await,
+        Ok(None),
+        "the absent worker's late result changes nothing"
+    );
+    assert_eq!(CommandQueue::absent_owners(&store, now_micros()).await, Ok(vec![]), "nothing of it runs any more");
+    assert_eq!(CommandQueue::reap_absent(&store, &dead, now_micros()).await, Ok(vec![]), "reaped once");
+    assert_eq!(
+        CommandRepository::get(&store, claims[0].command.id).await.map(|c| c.status),
+        Ok(CommandStatus::Running),
+        "the present owner's command runs on"
+    );
+    assert_eq!(CommandQueue::claim_next(&store, &alive, now_micros(), LEASE).await, Ok(None), "never re-run");
+}
+
+async fn commands_that_never_started_go_back<S: Store>(store: S) {
+    let solo = sample_project("solo", 1);
+    ProjectRepository::create(&store, &solo).await.expect("project");
+    let mut ids = Vec::new();
+    for p in [Priority::High, Priority::Normal] {
+        ids.push(CommandRepository::enqueue(&store, sample_command(&solo, p, None)).await.expect("enqueue").command.id);
+    }
+    let claim = CommandQueue::claim_next(&store, &worker(), now_micros(), LEASE).await.expect("claim").expect("one");
+    assert_eq!(claim.command.id, ids[0]);
+    assert_eq!(CommandQueue::hand_back(&store, ids[0], claim.fence + 1, now_micros()).await, Ok(false), "stale fence");
+    assert_eq!(CommandQueue::hand_back(&store, ids[0], claim.fence, now_micros()).await, Ok(true));
+    let back = CommandRepository::get(&store, ids[0]).await.expect("get");
+    assert_eq!((back.status, back.started_at), (CommandStatus::Queued, None));
+    assert_eq!(CommandRepository::queue_position(&store, ids[0]).await, Ok(Some(1)), "its old place");
+    assert_eq!(
+        CommandQueue::finish(&store, ids[0], claim.fence, &Termination::Exited(0).completion(), &CommandOutput::default(), now_micros()).await,
+        Ok(None),
+        "the old claim's fence holds nothing"
+    );
+    let again = CommandQueue::claim_next(&store, &worker(), now_micros(), LEASE).await.expect("claim").expect("one");
+    assert_eq!(again.command.id, ids[0], "the cap freed and the command claimed again first");
+    assert!(again.fence > claim.fence);
+    let kinds: Vec<EventKind> = CommandRepository::events_after(&store, ids[0], 0, 10)
+        .await
+        .expect("events")
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [CommandStatus::Queued, CommandStatus::Running, CommandStatus::Queued, CommandStatus::Running]
+            .map(EventKind::Status)
+            .to_vec()
+    );
+    CommandRepository::request_cancel(&store, ids[0], now_micros()).await.expect("cancel");
+    assert_eq!(
+        CommandQueue::hand_back(&store, ids[0], again.fence, now_micros()).await,
+        Ok(false),
+        "a command a client cancelled is not handed back"
+    );
+    assert_eq!(CommandRepository::get(&store, ids[0]).await.map(|c| c.status), Ok(CommandStatus::Running));
 }
 
 async fn concurrent_claims_are_exclusive<S: Store>(store: Arc<S>) {

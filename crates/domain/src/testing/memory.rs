@@ -1,7 +1,7 @@
 //! `MemoryStore`: every store port over plain collections behind one mutex. It is the
 //! reference the contract suites are written against, and the fake services tests use.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -26,6 +26,7 @@ struct Row {
     seq: i64,
     fence: i64,
     lease_until: Option<Timestamp>,
+    owner: Option<WorkerId>,
     idempotency: Option<(String, String)>,
     output: CommandOutput,
     events: Vec<CommandEvent>,
@@ -44,6 +45,7 @@ impl Row {
         self.command.error = c.error.clone();
         self.command.finished_at = Some(at);
         self.lease_until = None;
+        self.owner = None;
         self.push_event(EventKind::Status(c.status), at);
         self.push_event(EventKind::Exit, at);
     }
@@ -61,6 +63,7 @@ struct State {
     windows: HashMap<(String, i64), u64>,
     workers: HashMap<String, (u32, Timestamp)>,
     job_leases: HashMap<String, (WorkerId, Timestamp)>,
+    present: HashSet<WorkerId>,
     webhooks: WebhookTables,
 }
 
@@ -255,6 +258,7 @@ impl CommandRepository for MemoryStore {
             seq: s.next_seq,
             fence: 0,
             lease_until: None,
+            owner: None,
             idempotency,
             output: CommandOutput::default(),
             events: Vec::new(),
@@ -343,6 +347,16 @@ impl CommandRepository for MemoryStore {
     }
 }
 
+/// What a command ends as when its owner's presence is gone.
+fn absent_owner_lost() -> Completion {
+    Completion {
+        status: CommandStatus::Lost,
+        exit_code: None,
+        reason: TerminationReason::WorkerLost,
+        error: Some(crate::command::ABSENT_OWNER_LOST.into()),
+    }
+}
+
 fn running_in(s: &State, project: &ProjectName) -> u32 {
     s.commands.values().filter(|r| &r.command.project == project && r.command.status == CommandStatus::Running).count()
         as u32
@@ -351,7 +365,6 @@ fn running_in(s: &State, project: &ProjectName) -> u32 {
 #[async_trait]
 impl CommandQueue for MemoryStore {
     async fn claim_next(&self, worker: &WorkerId, now: Timestamp, lease: Duration) -> DomainResult<Option<Claim>> {
-        let _ = worker;
         let mut s = self.lock();
         let pick = ordered_queued(&s)
             .into_iter()
@@ -369,6 +382,7 @@ impl CommandQueue for MemoryStore {
         row.command.started_at = Some(now);
         row.fence = fence;
         row.lease_until = Some(now + lease);
+        row.owner = Some(worker.clone());
         row.push_event(EventKind::Status(CommandStatus::Running), now);
         let command = row.command.clone();
         s.webhooks.record_command(&command, now);
@@ -428,12 +442,66 @@ impl CommandQueue for MemoryStore {
             status: CommandStatus::Lost,
             exit_code: None,
             reason: TerminationReason::WorkerLost,
-            error: Some("the worker running the command stopped renewing its lease".into()),
+            error: Some(crate::command::LEASE_EXPIRED_LOST.into()),
         };
         let mut reaped = Vec::new();
         for row in s.commands.values_mut() {
             if row.command.status == CommandStatus::Running && row.lease_until.is_some_and(|l| l < now) {
                 row.end(&lost, now);
+                reaped.push(row.command.clone());
+            }
+        }
+        for command in &reaped {
+            s.webhooks.record_command(command, now);
+        }
+        Ok(reaped)
+    }
+
+    async fn hand_back(&self, id: CommandId, fence: i64, at: Timestamp) -> DomainResult<bool> {
+        let mut s = self.lock();
+        let row = s.commands.get_mut(&id).ok_or_else(|| not_found("command"))?;
+        if row.command.status != CommandStatus::Running || row.fence != fence || row.command.cancel_requested {
+            return Ok(false);
+        }
+        row.command.status = CommandStatus::Queued;
+        row.command.started_at = None;
+        row.lease_until = None;
+        row.owner = None;
+        row.push_event(EventKind::Status(CommandStatus::Queued), at);
+        Ok(true)
+    }
+
+    async fn hold_presence(&self, worker: &WorkerId, _now: Timestamp) -> DomainResult<bool> {
+        self.lock().present.insert(worker.clone());
+        Ok(true)
+    }
+
+    async fn release_presence(&self, worker: &WorkerId) -> DomainResult<()> {
+        self.lock().present.remove(worker);
+        Ok(())
+    }
+
+    async fn absent_owners(&self, _now: Timestamp) -> DomainResult<Vec<WorkerId>> {
+        let s = self.lock();
+        let absent: HashSet<&WorkerId> = s
+            .commands
+            .values()
+            .filter(|r| r.command.status == CommandStatus::Running)
+            .filter_map(|r| r.owner.as_ref())
+            .filter(|o| !s.present.contains(*o))
+            .collect();
+        Ok(absent.into_iter().cloned().collect())
+    }
+
+    async fn reap_absent(&self, owner: &WorkerId, now: Timestamp) -> DomainResult<Vec<Command>> {
+        let mut s = self.lock();
+        if s.present.contains(owner) {
+            return Ok(Vec::new());
+        }
+        let mut reaped = Vec::new();
+        for row in s.commands.values_mut() {
+            if row.command.status == CommandStatus::Running && row.owner.as_ref() == Some(owner) {
+                row.end(&absent_owner_lost(), now);
                 reaped.push(row.command.clone());
             }
         }
