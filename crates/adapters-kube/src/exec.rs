@@ -67,6 +67,12 @@ pub(crate) async fn execute(
     }
     let (before, enter_workdir) = match ready_pod(backend, &request).await {
         Ok(found) => found,
+        // Nothing was sent to the pod yet: an unreachable API leaves the command free to go
+        // back to the queue.
+        Err(e @ KubeError::ApiUnavailable(_)) => {
+            tracing::info!(error = %e, "command not started: the API is unreachable");
+            return without_output(Termination::Unreachable(e.to_string()));
+        }
         Err(e) => {
             tracing::info!(error = %e, "command not started");
             return without_output(Termination::StartFailed(e.to_string()));

@@ -20,11 +20,17 @@ use crate::wiring::{self, StartupError};
 /// What a CLI run ends with: the process exit code.
 pub type ExitCode = i32;
 
-/// `rdev-api serve`: the HTTP API and the queue worker until SIGTERM/SIGINT.
+/// `rdev-api serve`: the HTTP API and the queue worker until SIGTERM/SIGINT, then the drain:
+/// `/readyz` fails and event streams end at once, nothing more is claimed, running commands get
+/// `SHUTDOWN_GRACE_SECONDS` to finish (the rest are killed and end `lost`), then the HTTP
+/// server stops.
 pub async fn serve(db: &Database, cfg: &ServeConfig) -> Result<ExitCode, StartupError> {
+    cfg.lease_timing().map_err(StartupError::Config)?;
     let mut cfg = cfg.clone();
     cfg.sandbox_hidden_paths = server_files(db, &cfg);
     let cfg = &cfg;
+    // Taken over from the default before anything runs, so an early SIGTERM drains too.
+    let signals = TerminationSignals::install().map_err(|source| StartupError::Io { path: "signals".into(), source })?;
     let stores = stores::open(&db.url, OpenOptions { migrate: cfg.migrate_on_start, pool_size: db.pool_size }).await?;
     let service = wiring::build(stores, cfg, crate::telemetry::metrics_handle()).await?;
     if let Some(path) = &cfg.bootstrap_admin_key_file {
@@ -34,41 +40,84 @@ pub async fn serve(db: &Database, cfg: &ServeConfig) -> Result<ExitCode, Startup
     }
     let listener = TcpListener::bind(cfg.listen_addr)
         .map_err(|source| StartupError::Io { path: cfg.listen_addr.to_string(), source })?;
-    let shutdown = CancellationToken::new();
-    let worker = tokio::spawn(Arc::clone(&service.worker).run(shutdown.clone()));
+    // `drain` stops claims, deliveries and retention; `stop` what must last until the end.
+    let (drain, stop) = (CancellationToken::new(), CancellationToken::new());
+    let worker = tokio::spawn(Arc::clone(&service.worker).run(drain.clone()));
     if let Some(pump) = service.pump {
-        tokio::spawn(pump.run(shutdown.clone()));
+        // Cancel requests from other replicas still reach the commands finishing in the grace.
+        tokio::spawn(pump.run(stop.clone()));
     }
-    let dispatcher = tokio::spawn(service.dispatcher.run(shutdown.clone()));
-    tokio::spawn(service.retention.run(shutdown.clone()));
+    let dispatcher = tokio::spawn(service.dispatcher.run(drain.clone()));
+    tokio::spawn(service.retention.run(drain.clone()));
     // The bound address, so that `LISTEN_ADDR=…:0` tells where it actually listens.
     let bound = listener.local_addr().map_or_else(|_| cfg.listen_addr.to_string(), |a| a.to_string());
     tracing::info!(listen_addr = %bound, executor = ?cfg.executor, "rdev-api serving");
     eprintln!("rdev-api: listening on http://{bound}");
     let auth_failures = Arc::clone(&service.state.auth_failures);
+    let draining = service.state.draining.clone();
     let debug = match cfg.debug_listen_addr {
         Some(addr) => Some(debug_server(&service.state, addr, crate::routes::debug::DebugListener::new(cfg))?),
         None => None,
     };
-    let server = crate::server::server(service.state, listener, cfg.shutdown_grace_seconds)
+    let server = crate::server::server(service.state, listener, HTTP_STOP_SECONDS)
         .map_err(|source| StartupError::Io { path: cfg.listen_addr.to_string(), source })?;
-    // actix stops on SIGTERM/SIGINT after in-flight requests; then the worker drains.
-    let served = server.await;
-    if let Some(debug) = debug {
-        // A profile in progress is not worth delaying shutdown for.
-        debug.stop(false).await;
-    }
-    // No request is left to fail: the counts of still-open windows are written now, not lost.
-    auth_failures.flush_all().await;
-    shutdown.cancel();
+    let http = server.handle();
+    let mut served = tokio::spawn(server);
+    let early_end = tokio::select! {
+        signal = signals.next() => {
+            tracing::info!(signal, grace_seconds = cfg.shutdown_grace_seconds, "draining: no new claims, running commands get the grace");
+            None
+        }
+        ended = &mut served => Some(ended),
+    };
+    draining.cancel();
+    drain.cancel();
     if let Err(e) = worker.await {
         tracing::error!(error = %e, "queue worker panicked");
     }
     if let Err(e) = dispatcher.await {
         tracing::error!(error = %e, "webhook dispatcher panicked");
     }
+    if let Some(debug) = debug {
+        // A profile in progress is not worth delaying shutdown for.
+        debug.stop(false).await;
+    }
+    http.stop(true).await;
+    let served = match early_end {
+        Some(ended) => ended,
+        None => served.await,
+    };
+    // No request is left to fail: the counts of still-open windows are written now, not lost.
+    auth_failures.flush_all().await;
+    stop.cancel();
+    let served = served.map_err(|e| std::io::Error::other(e.to_string())).and_then(|r| r);
     served.map_err(|source| StartupError::Io { path: cfg.listen_addr.to_string(), source })?;
+    tracing::info!("rdev-api stopped");
     Ok(0)
+}
+
+/// Seconds requests still in flight get once the drain is over, before the HTTP server stops.
+const HTTP_STOP_SECONDS: u64 = 5;
+
+/// SIGTERM and SIGINT, taken over from their default (which ends the process at once).
+struct TerminationSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl TerminationSignals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
+    }
+
+    /// The name of the next one that arrives.
+    async fn next(mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
 }
 
 /// Binds `DEBUG_LISTEN_ADDR` and starts serving profiles there; the handle stops it.

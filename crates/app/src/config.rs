@@ -4,6 +4,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use std::time::Duration;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use domain::network::CidrList;
 
@@ -302,17 +304,59 @@ pub struct ServeConfig {
     /// TTL of the API key cache, in milliseconds (bounds cross-replica revocation delay).
     #[arg(long, env = "KEY_CACHE_TTL_MS", default_value_t = 500)]
     pub key_cache_ttl_ms: u64,
-    /// Lease of a running command: renewed every quarter of it; a replica silent for longer
-    /// loses its commands (`lost`), found by any replica's reaper within another quarter.
-    #[arg(long, env = "LEASE_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    /// Lease of a running command. A replica that is alive but silent (stopped, cut off from
+    /// the database) for longer loses its commands (`lost`), found by any replica's reaper
+    /// within one renewal interval more; one that dies is found within 5 s without it.
+    #[arg(long, env = "LEASE_SECONDS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(2..=3600))]
     pub lease_seconds: u64,
+    /// How often a running command's lease is renewed (and expired leases looked for);
+    /// a quarter of `LEASE_SECONDS` when unset.
+    #[arg(long, env = "LEASE_RENEW_SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub lease_renew_seconds: Option<u64>,
     /// Apply pending migrations when `serve` starts (SQLite always does). With Postgres,
     /// replicas serialize on an advisory lock, so several may start at once.
     #[arg(long, env = "MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]
     pub migrate_on_start: bool,
 }
 
+/// The longest a silent replica's commands may stay `running` after its last lease renewal.
+pub const MAX_SILENT_LOSS: Duration = Duration::from_secs(30);
+
+/// How running commands' leases are kept and settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseTiming {
+    /// The lease a claim or renewal grants.
+    pub lease: Duration,
+    /// How often leases are renewed, and expired ones looked for.
+    pub renew_every: Duration,
+}
+
 impl ServeConfig {
+    /// The lease settings, checked against the rules they serve: a lease survives one failed
+    /// renewal, and a silent replica's commands are `lost` within 30 s of its last renewal.
+    pub fn lease_timing(&self) -> Result<LeaseTiming, String> {
+        let lease = Duration::from_secs(self.lease_seconds);
+        let renew_every = self.lease_renew_seconds.map_or(lease / 4, Duration::from_secs);
+        if renew_every * 2 > lease {
+            return Err(format!(
+                "LEASE_RENEW_SECONDS ({}) must be at most half of LEASE_SECONDS ({}), so that one failed \
+                 renewal does not lose a running command",
+                renew_every.as_secs_f64(),
+                self.lease_seconds
+            ));
+        }
+        if lease + renew_every > MAX_SILENT_LOSS {
+            return Err(format!(
+                "LEASE_SECONDS ({}) plus LEASE_RENEW_SECONDS ({}) must not exceed {}: a silent replica's \
+                 commands are reported lost within that many seconds of its last renewal",
+                self.lease_seconds,
+                renew_every.as_secs_f64(),
+                MAX_SILENT_LOSS.as_secs()
+            ));
+        }
+        Ok(LeaseTiming { lease, renew_every })
+    }
+
     /// The serve settings from the environment alone (for a bare `rdev-api`).
     pub fn try_parse_from_env() -> Result<ServeConfig, clap::Error> {
         #[derive(Parser)]
@@ -382,5 +426,26 @@ mod tests {
         assert_eq!((c.concurrent_commands, c.rate_limit_rps, c.rate_limit_window_seconds), (5, 10, 10));
         assert_eq!((c.max_output_bytes, c.max_request_bytes), (1 << 20, 1 << 20));
         assert!(cli.database_url.is_sqlite());
+        let timing = c.lease_timing().expect("the defaults keep the lease rules");
+        assert_eq!((timing.lease, timing.renew_every), (Duration::from_secs(20), Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn lease_settings_that_break_the_rules_are_refused_by_name() {
+        let serve = |args: &[&str]| {
+            let cli = Cli::try_parse_from([&["rdev-api", "serve"], args].concat()).expect("parse");
+            let Some(Command::Serve(c)) = cli.command else { panic!("serve expected") };
+            c.lease_timing()
+        };
+        let short = serve(&["--lease-seconds", "4", "--lease-renew-seconds", "5"]).expect_err("renewal after expiry");
+        assert!(short.contains("LEASE_RENEW_SECONDS (5)") && short.contains("LEASE_SECONDS (4)"), "{short}");
+        let half = serve(&["--lease-seconds", "10", "--lease-renew-seconds", "6"]).expect_err("one miss loses it");
+        assert!(half.contains("at most half"), "{half}");
+        let long = serve(&["--lease-seconds", "60"]).expect_err("a silent replica found too late");
+        assert!(long.contains("LEASE_SECONDS (60)") && long.contains("30"), "{long}");
+        assert_eq!(
+            serve(&["--lease-seconds", "6", "--lease-renew-seconds", "2"]),
+            Ok(LeaseTiming { lease: Duration::from_secs(6), renew_every: Duration::from_secs(2) })
+        );
     }
 }

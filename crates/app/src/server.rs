@@ -33,6 +33,8 @@ pub fn server(
             .default_service(web::to(http::route_not_found))
     })
     .shutdown_timeout(shutdown_timeout_secs)
+    // `serve` handles SIGTERM itself: the drain comes before the HTTP server stops.
+    .disable_signals()
     .listen(listener)?
     .run();
     Ok(server)
@@ -56,6 +58,7 @@ pub fn debug_server(
     })
     // One profile at a time: a second worker would only answer 409s.
     .workers(1)
+    .disable_signals()
     .listen(listener)?
     .run();
     Ok(server)

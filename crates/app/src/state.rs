@@ -62,4 +62,6 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// HTTP settings.
     pub http: HttpSettings,
+    /// Fires when the replica starts draining (SIGTERM): `/readyz` fails and event streams end.
+    pub draining: tokio_util::sync::CancellationToken,
 }

@@ -307,10 +307,12 @@ pub async fn build(
     let mut worker_config = WorkerConfig::new(replica.clone(), cfg.concurrent_commands as usize);
     worker_config.max_output_bytes = cfg.max_output_bytes;
     worker_config.shutdown_grace = Duration::from_secs(cfg.shutdown_grace_seconds);
-    worker_config.lease = Duration::from_secs(cfg.lease_seconds);
-    // DESIGN: a 60 s lease renewed every 15 s, expired leases found within 2 minutes of a death.
-    worker_config.renew_every = worker_config.lease / 4;
-    worker_config.reap_every = worker_config.lease / 4;
+    let timing = cfg.lease_timing().map_err(StartupError::Config)?;
+    worker_config.lease = timing.lease;
+    // A dead replica is found through its presence within seconds; the lease, renewed this
+    // often, settles one that is alive but silent.
+    worker_config.renew_every = timing.renew_every;
+    worker_config.reap_every = timing.renew_every;
     let live_worker_window =
         chrono::TimeDelta::from_std(worker_config.poll_every * 10).unwrap_or(chrono::TimeDelta::seconds(10));
     // Re-reads keys from the store itself: a signal means the cache may be stale.
@@ -375,6 +377,7 @@ pub async fn build(
             live_worker_window,
             debug_on_own_listener: cfg.debug_listen_addr.is_some(),
         },
+        draining: CancellationToken::new(),
     };
     Ok(Service { state, worker: QueueWorker::new(ports, worker_config), pump, dispatcher, retention })
 }

@@ -9,6 +9,7 @@ pub mod breaker;
 pub mod cache;
 pub mod clock;
 pub mod commands;
+pub mod liveness;
 pub mod metrics;
 pub mod open_requests;
 pub mod pods;

@@ -22,8 +22,11 @@ pub const RATE_LIMITED_TOTAL: &str = "rate_limited_total";
 pub const AUTH_FAILURES_TOTAL: &str = "auth_failures_total";
 /// Counter: audit records that could not be written.
 pub const AUDIT_WRITE_FAILURES_TOTAL: &str = "audit_write_failures_total";
-/// Counter: commands marked lost after their lease ran out.
+/// Counter: commands that ended `lost`, by `cause`: `session` (their replica went away),
+/// `lease` (their lease ran out), `shutdown` (killed when a replica's shutdown grace ran out).
 pub const COMMANDS_LOST_TOTAL: &str = "commands_lost_total";
+/// Counter: claimed commands handed back to the queue unstarted because their backend was unreachable.
+pub const COMMANDS_HANDED_BACK_TOTAL: &str = "commands_handed_back_total";
 /// Counter: errors talking to the store, by `operation`.
 pub const STORE_ERRORS_TOTAL: &str = "store_errors_total";
 /// Gauge: circuit breaker state by `breaker` (0 closed, 1 half-open, 2 open).
@@ -66,7 +69,10 @@ pub fn register_series() {
         metrics::counter!(WEBHOOK_ENDPOINTS_DISABLED_TOTAL, "reason" => reason).increment(0);
     }
     metrics::counter!(STORE_ERRORS_TOTAL, "operation" => "claim").increment(0);
-    for counter in [COMMANDS_LOST_TOTAL, RATE_LIMITED_TOTAL, AUDIT_WRITE_FAILURES_TOTAL, CPU_PROFILES_TOTAL] {
+    for cause in ["session", "lease", "shutdown"] {
+        metrics::counter!(COMMANDS_LOST_TOTAL, "cause" => cause).increment(0);
+    }
+    for counter in [COMMANDS_HANDED_BACK_TOTAL, RATE_LIMITED_TOTAL, AUDIT_WRITE_FAILURES_TOTAL, CPU_PROFILES_TOTAL] {
         metrics::counter!(counter).increment(0);
     }
     metrics::gauge!(COMMANDS_ACTIVE).increment(0.0);

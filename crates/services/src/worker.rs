@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::AuditService;
 use crate::breaker::CircuitBreaker;
+use crate::liveness::Liveness;
 use crate::metrics as m;
 use crate::pods::PodEvents;
 use crate::queue_bus::QueueBus;
@@ -94,6 +95,7 @@ pub struct WorkerPorts {
 pub struct QueueWorker {
     ports: WorkerPorts,
     config: WorkerConfig,
+    liveness: Arc<Liveness>,
     shutting_down: CancellationToken,
 }
 
@@ -106,18 +108,28 @@ impl std::fmt::Debug for QueueWorker {
 impl QueueWorker {
     /// A worker over `ports`.
     pub fn new(ports: WorkerPorts, config: WorkerConfig) -> Arc<Self> {
-        Arc::new(Self { ports, config, shutting_down: CancellationToken::new() })
+        let liveness = Liveness::new(
+            Arc::clone(&ports.queue),
+            Arc::clone(&ports.clock),
+            Arc::clone(&ports.bus),
+            ports.audit.clone(),
+            config.worker_id.clone(),
+            u32::try_from(config.concurrency).unwrap_or(u32::MAX),
+            config.reap_every,
+        );
+        Arc::new(Self { ports, config, liveness, shutting_down: CancellationToken::new() })
     }
 
-    /// Claims and runs commands until `shutdown` fires, then lets running commands finish for
-    /// `shutdown_grace` and hands the rest back as lost (they are never re-run).
+    /// Claims and runs commands until `shutdown` fires (nothing is claimed from that moment),
+    /// then lets running commands finish for `shutdown_grace`, kills the rest, which end `lost`
+    /// (they are never re-run), and gives the replica's presence up.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let slots = Arc::new(Semaphore::new(self.config.concurrency));
         let mut running = JoinSet::new();
-        let mut last_reap = tokio::time::Instant::now() - self.config.reap_every;
+        let liveness_stop = CancellationToken::new();
+        let liveness = tokio::spawn(Arc::clone(&self.liveness).run(liveness_stop.clone()));
         tracing::info!(worker = %self.config.worker_id, concurrency = self.config.concurrency, "queue worker started");
         while !shutdown.is_cancelled() {
-            self.heartbeat_and_reap(&mut last_reap).await;
             self.fill_slots(&slots, &mut running).await;
             while running.try_join_next().is_some() {}
             tokio::select! {
@@ -127,37 +139,24 @@ impl QueueWorker {
             }
         }
         self.drain(running).await;
-    }
-
-    async fn heartbeat_and_reap(&self, last_reap: &mut tokio::time::Instant) {
-        let now = self.ports.clock.now();
-        if let Err(e) = self.ports.queue.heartbeat(&self.config.worker_id, self.config.concurrency as u32, now).await {
-            tracing::warn!(error = %e, "worker heartbeat failed");
-        }
-        if last_reap.elapsed() < self.config.reap_every {
-            return;
-        }
-        *last_reap = tokio::time::Instant::now();
-        match self.ports.queue.reap_expired(now).await {
-            Ok(lost) => {
-                for command in lost {
-                    metrics::counter!(m::COMMANDS_LOST_TOTAL).increment(1);
-                    metrics::counter!(m::COMMANDS_TOTAL, "status" => CommandStatus::Lost.as_str()).increment(1);
-                    tracing::warn!(command_id = %command.id, project = %command.project, "command lost: its worker stopped renewing the lease");
-                    self.audit_end(&command).await;
-                    self.ports.bus.command_state_changed(command.id);
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "reaping expired leases failed"),
+        // Presence and leases are kept up through the drain, so no other replica takes the
+        // commands that are still finishing for lost.
+        liveness_stop.cancel();
+        if let Err(e) = liveness.await {
+            tracing::error!(error = %e, "the liveness task panicked");
         }
     }
 
     async fn fill_slots(self: &Arc<Self>, slots: &Arc<Semaphore>, running: &mut JoinSet<()>) {
+        // Without its presence this replica would look dead to the others, which would declare
+        // whatever it claimed lost.
+        if !self.liveness.present() {
+            return;
+        }
         if let Some(breaker) = &self.ports.breaker {
             // Ask the backend before claiming (through the breaker, so this is also the
             // half-open probe): while it is down, commands wait in the queue rather than being
-            // claimed and failed. Only an outage in the instant between this check and the pod
-            // start can still fail a command (`start_failed`).
+            // claimed. One claimed in the instant before an outage goes back (`hand_back`).
             if slots.available_permits() == 0 || !breaker.admits_work() || self.ports.executor.check().await.is_err() {
                 return;
             }
@@ -240,7 +239,7 @@ impl QueueWorker {
             cancel.clone(),
             lease_lost.clone(),
         ));
-        let (completion, output) = match self.prepare(&command, &cancel).await {
+        let (termination, output) = match self.prepare(&command, &cancel).await {
             Ok(request) => {
                 let sink = StoreSink::new(
                     Arc::clone(&self.ports.queue),
@@ -254,16 +253,27 @@ impl QueueWorker {
                 if r.termination.completion().status != CommandStatus::Succeeded {
                     exec.record("otel.status_code", "ERROR");
                 }
-                (self.completion_for(&r.termination, &cancel), output_of(r.stdout, r.stderr))
+                (r.termination, output_of(r.stdout, r.stderr))
             }
-            Err(termination) => (self.completion_for(&termination, &cancel), CommandOutput::default()),
+            Err(termination) => (termination, CommandOutput::default()),
         };
         renewer.abort();
-        record_outcome(&span, &completion);
-        if lease_lost.is_cancelled() {
-            tracing::warn!(command_id = %command.id, "lease lost while running: result discarded");
+        let handed_back = match &termination {
+            Termination::Unreachable(why) if !cancel.is_cancelled() && !lease_lost.is_cancelled() => {
+                self.hand_back(&command, fence, why).await
+            }
+            _ => false,
+        };
+        let completion = self.completion_for(&termination, &cancel);
+        if handed_back {
+            span.record("command.status", CommandStatus::Queued.as_str());
         } else {
-            self.record_end(&command, fence, &completion, &output).await;
+            record_outcome(&span, &completion);
+            if lease_lost.is_cancelled() {
+                tracing::warn!(command_id = %command.id, "lease lost while running: result discarded");
+            } else {
+                self.record_end(&command, fence, &completion, &output).await;
+            }
         }
         self.ports.bus.unregister(command.id);
         metrics::gauge!(m::COMMANDS_ACTIVE).decrement(1.0);
@@ -271,7 +281,7 @@ impl QueueWorker {
         self.ports.bus.wake_worker();
     }
 
-    /// A cancel during shutdown is the replica handing the command back, not the client's.
+    /// A cancel during shutdown is the replica killing the command, not the client's.
     fn completion_for(&self, t: &Termination, cancel: &CancellationToken) -> Completion {
         let completion = t.completion();
         if completion.reason == TerminationReason::Cancelled
@@ -281,11 +291,35 @@ impl QueueWorker {
             return Completion {
                 status: CommandStatus::Lost,
                 exit_code: None,
-                reason: TerminationReason::WorkerLost,
-                error: Some("the replica shut down before the command finished".into()),
+                reason: TerminationReason::ReplicaShutdown,
+                error: Some(domain::command::REPLICA_SHUT_DOWN.into()),
             };
         }
         completion
+    }
+
+    /// Puts a command that never started back in the queue; false when it could not be (its
+    /// fence is stale, a client cancelled it, the store is away), and it ends as it is.
+    async fn hand_back(&self, command: &Command, fence: i64, why: &str) -> bool {
+        match self.ports.queue.hand_back(command.id, fence, self.ports.clock.now()).await {
+            Ok(true) => {
+                metrics::counter!(m::COMMANDS_HANDED_BACK_TOTAL).increment(1);
+                tracing::warn!(command_id = %command.id, reason = why, "backend unreachable: command handed back to the queue");
+                let mut entry = system_entry(self.ports.clock.now(), "command.hand_back", command, AuditOutcome::Failure, None);
+                entry.detail = Some(format!("not started, back in the queue: {why}"));
+                self.ports.audit.record(entry).await;
+                // Not before the backend is back: this replica's next claim waits for the
+                // breaker, and a pause keeps a worker without one from spinning.
+                tokio::time::sleep(HAND_BACK_PAUSE).await;
+                self.ports.bus.wake_worker();
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                tracing::warn!(command_id = %command.id, error = %e, "handing the command back failed");
+                false
+            }
+        }
     }
 
     /// Reads the project, makes sure its pod is ready, and builds the request; the termination
@@ -299,10 +333,10 @@ impl QueueWorker {
         let ensure =
             tracing::info_span!("pod.ensure", project = %command.project, otel.status_code = tracing::field::Empty);
         tokio::select! {
-            ready = self.ensure_pod(&spec).instrument(ensure.clone()) => ready.map_err(|reason| {
+            ready = self.ensure_pod(&spec).instrument(ensure.clone()) => ready.map_err(|failure| {
                 ensure.record("otel.status_code", "ERROR");
-                tracing::warn!(command_id = %command.id, %reason, "pod not ready");
-                Termination::StartFailed(format!("the project's pod is not ready: {reason}"))
+                tracing::warn!(command_id = %command.id, reason = %failure.reason(), "pod not ready");
+                failure.into_termination()
             })?,
             () = cancel.cancelled() => return Err(Termination::Cancelled),
         }
@@ -310,20 +344,20 @@ impl QueueWorker {
     }
 
     /// Starts the project's pod when it is not ready and waits for it.
-    async fn ensure_pod(&self, spec: &PodSpec) -> Result<(), String> {
+    async fn ensure_pod(&self, spec: &PodSpec) -> Result<(), PodFailure> {
         let pods = &self.ports.pods;
-        let status = pods.status(&spec.project).await.map_err(|e| e.to_string())?;
+        let status = pods.status(&spec.project).await.map_err(PodFailure::from)?;
         if status.ready {
             return Ok(());
         }
         tracing::info!(project = %spec.project, phase = status.phase.as_str(), "starting the project's pod");
-        pods.start(spec).await.map_err(|e| e.to_string())?;
-        let status = pods.wait_ready(&spec.project, self.config.pod_ready_timeout).await.map_err(|e| e.to_string())?;
+        pods.start(spec).await.map_err(PodFailure::from)?;
+        let status = pods.wait_ready(&spec.project, self.config.pod_ready_timeout).await.map_err(PodFailure::from)?;
         self.ports.pod_events.observed(&spec.project, &status).await;
         if status.ready {
             Ok(())
         } else {
-            Err(status.reason.unwrap_or_else(|| format!("pod is {}", status.phase.as_str())))
+            Err(PodFailure::NotReady(status.reason.unwrap_or_else(|| format!("pod is {}", status.phase.as_str()))))
         }
     }
 
@@ -379,6 +413,9 @@ impl QueueWorker {
             match self.ports.queue.finish(command.id, fence, completion, output, self.ports.clock.now()).await {
                 Ok(Some(done)) => {
                     metrics::counter!(m::COMMANDS_TOTAL, "status" => done.status.as_str()).increment(1);
+                    if done.termination_reason == Some(TerminationReason::ReplicaShutdown) {
+                        metrics::counter!(m::COMMANDS_LOST_TOTAL, "cause" => "shutdown").increment(1);
+                    }
                     if let (Some(s), Some(f)) = (done.started_at, done.finished_at) {
                         metrics::histogram!(m::COMMAND_DURATION_SECONDS)
                             .record((f - s).to_std().unwrap_or_default().as_secs_f64());
@@ -414,15 +451,54 @@ impl QueueWorker {
     }
 
     async fn audit_end(&self, c: &Command) {
-        let outcome = if c.status == CommandStatus::Succeeded { AuditOutcome::Success } else { AuditOutcome::Failure };
-        let detail = format!(
-            "status={} exit_code={:?} reason={:?}",
-            c.status,
-            c.exit_code,
-            c.termination_reason.map(|r| r.as_str())
-        );
-        self.ports.audit.record(system_entry(self.ports.clock.now(), "command.end", c, outcome, Some(detail))).await;
+        self.ports.audit.record(end_entry(self.ports.clock.now(), c)).await;
     }
+}
+
+/// Pauses a worker slot after a hand-back, so an unreachable backend is not retried in a loop.
+const HAND_BACK_PAUSE: Duration = Duration::from_secs(1);
+
+/// Why a command's pod could not be made ready.
+#[derive(Debug)]
+enum PodFailure {
+    /// The backend could not be reached (or its breaker is open): nothing started.
+    Unreachable(String),
+    /// The backend answered, and the pod did not become ready.
+    NotReady(String),
+}
+
+impl PodFailure {
+    fn reason(&self) -> &str {
+        match self {
+            Self::Unreachable(why) | Self::NotReady(why) => why,
+        }
+    }
+
+    fn into_termination(self) -> Termination {
+        match self {
+            Self::Unreachable(why) => Termination::Unreachable(format!("the project's pod cannot be reached: {why}")),
+            Self::NotReady(why) => Termination::StartFailed(format!("the project's pod is not ready: {why}")),
+        }
+    }
+}
+
+impl From<domain::DomainError> for PodFailure {
+    fn from(e: domain::DomainError) -> Self {
+        match e {
+            domain::DomainError::Unavailable(_) | domain::DomainError::CircuitOpen { .. } => {
+                Self::Unreachable(e.to_string())
+            }
+            other => Self::NotReady(other.to_string()),
+        }
+    }
+}
+
+/// The audit record of a command's end.
+pub(crate) fn end_entry(at: domain::Timestamp, c: &Command) -> AuditEntry {
+    let outcome = if c.status == CommandStatus::Succeeded { AuditOutcome::Success } else { AuditOutcome::Failure };
+    let detail =
+        format!("status={} exit_code={:?} reason={:?}", c.status, c.exit_code, c.termination_reason.map(|r| r.as_str()));
+    system_entry(at, "command.end", c, outcome, Some(detail))
 }
 
 /// Notes how the command ended on its run span; anything but success marks the span an error.

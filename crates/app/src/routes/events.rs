@@ -86,6 +86,12 @@ async fn next_chunk(mut tail: Tail) -> Option<(Result<Bytes, actix_web::Error>, 
             tracing::info!(command_id = %tail.id, "event stream closed: its API key was revoked or expired");
             return None;
         }
+        // The events are in the store: the client resumes on another replica with
+        // `Last-Event-ID`, which SSE clients send by themselves when they reconnect.
+        if tail.state.draining.is_cancelled() {
+            tracing::info!(command_id = %tail.id, "event stream closed: the replica is draining");
+            return None;
+        }
         let batch = match tail.state.commands.events_after(&tail.principal, tail.id, tail.after, BATCH).await {
             Ok(b) => b,
             Err(e) => {
@@ -103,6 +109,7 @@ async fn next_chunk(mut tail: Tail) -> Option<(Result<Bytes, actix_web::Error>, 
         tokio::select! {
             _ = tokio::time::timeout(POLL, tail.changes.changed()) => {}
             () = tail.open.ended() => {}
+            () = tail.state.draining.cancelled() => {}
         }
         idle += POLL;
     }

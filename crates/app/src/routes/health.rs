@@ -17,6 +17,9 @@ pub struct Readiness {
     /// How commands are confined: `sandbox` (process executor), `pod` (Kubernetes), or
     /// `off: …` when `PROCESS_SANDBOX=off` runs them unconfined.
     pub confinement: &'static str,
+    /// True once the replica received SIGTERM: it claims nothing more, its event streams end,
+    /// and its running commands get `SHUTDOWN_GRACE_SECONDS` to finish.
+    pub draining: bool,
 }
 
 /// Liveness: answers without touching any dependency.
@@ -28,7 +31,7 @@ pub async fn healthz() -> HttpResponse {
 /// Readiness: the database and the executor backend answer.
 #[utoipa::path(get, path = "/readyz", tag = "health", operation_id = "get_readiness", security(()), responses(
     (status = 200, description = "Ready", body = Readiness),
-    (status = 503, description = "A dependency is not ready; the body says which", body = Readiness)))]
+    (status = 503, description = "A dependency is not ready, or the replica is draining; the body says which", body = Readiness)))]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let verdict = |r: domain::DomainResult<()>| r.map_or_else(|e| e.to_string(), |()| "ok".to_owned());
     let (db, exec) = tokio::join!(state.store_health.check(), state.executor.check());
@@ -37,11 +40,13 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         let up = if result.is_ok() { 1.0 } else { 0.0 };
         metrics::gauge!(services::metrics::DEPENDENCY_UP, "dependency" => dependency).set(up);
     }
+    let draining = state.draining.is_cancelled();
     let body = Readiness {
-        ready: db.is_ok() && exec.is_ok(),
+        ready: db.is_ok() && exec.is_ok() && !draining,
         database: verdict(db),
         executor: verdict(exec),
         confinement: state.confinement,
+        draining,
     };
     if body.ready {
         HttpResponse::Ok().json(body)

@@ -4,6 +4,7 @@
 mod contracts_commands;
 mod contracts_store;
 pub mod executor;
+pub mod fakes;
 mod memory;
 mod memory_webhooks;
 pub mod pods;

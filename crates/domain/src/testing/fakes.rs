@@ -1,0 +1,165 @@
+//! Fakes of the outside-world ports (`Executor`, `PodManager`, `WebhookSender`) for tests of
+//! the services that drive them, such as the queue worker: scripted, instant, and recording.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use crate::command::Termination;
+use crate::ids::CommandId;
+use crate::output::{CapturedOutput, OutputStream};
+use crate::pod::{PodPhase, PodSpec, PodStatus};
+use crate::ports::{ExecRequest, ExecResult, Executor, OutputSink, PodManager};
+use crate::project::ProjectName;
+use crate::webhook::{SendOutcome, WebhookRequest, WebhookSender, WebhookUrl};
+use crate::{DomainError, DomainResult};
+
+/// An executor that follows the command's own words instead of running it:
+/// `sleep-ms N` sleeps N milliseconds then exits 0, `exit N` exits N at once, anything else
+/// exits 0 at once. Cancel and the timeout end a sleep as a real executor would. While set
+/// unreachable it starts nothing and reports `Unreachable`. Every start is recorded.
+#[derive(Debug, Default)]
+pub struct FakeExecutor {
+    unreachable: AtomicBool,
+    started: Mutex<Vec<CommandId>>,
+}
+
+impl FakeExecutor {
+    /// A reachable executor that has run nothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes the backend unreachable (true) or reachable again.
+    pub fn set_unreachable(&self, unreachable: bool) {
+        self.unreachable.store(unreachable, Ordering::SeqCst);
+    }
+
+    /// The commands started so far, in start order (a command listed twice ran twice).
+    pub fn started(&self) -> Vec<CommandId> {
+        self.started.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+fn result(termination: Termination, stdout: &str) -> ExecResult {
+    let stdout = CapturedOutput { data: stdout.as_bytes().to_vec(), truncated: false };
+    ExecResult { termination, stdout, stderr: CapturedOutput::default() }
+}
+
+#[async_trait]
+impl Executor for FakeExecutor {
+    async fn run(&self, request: ExecRequest, sink: &dyn OutputSink, cancel: CancellationToken) -> ExecResult {
+        if self.unreachable.load(Ordering::SeqCst) {
+            return result(Termination::Unreachable("the fake backend is unreachable".into()), "");
+        }
+        self.started.lock().unwrap_or_else(PoisonError::into_inner).push(request.command_id);
+        sink.started().await;
+        sink.emit(OutputStream::Stdout, b"started\n").await;
+        let word = |i: usize| request.argv.get(i).map(String::as_str);
+        let number = word(1).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+        match word(0) {
+            Some("sleep-ms") => {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(number)) => result(Termination::Exited(0), "started\n"),
+                    () = cancel.cancelled() => result(Termination::Cancelled, "started\n"),
+                    () = tokio::time::sleep(request.timeout) => result(Termination::TimedOut, "started\n"),
+                }
+            }
+            Some("exit") => result(Termination::Exited(i32::try_from(number).unwrap_or(1)), "started\n"),
+            _ => result(Termination::Exited(0), "started\n"),
+        }
+    }
+
+    async fn check(&self) -> DomainResult<()> {
+        Ok(())
+    }
+}
+
+/// Pods that are ready the moment they are asked for; while set unreachable every call
+/// answers `Unavailable`, as a backend that cannot be reached does. Clones share the switch.
+#[derive(Debug, Default, Clone)]
+pub struct FakePods {
+    unreachable: std::sync::Arc<AtomicBool>,
+}
+
+impl FakePods {
+    /// Reachable pods.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes the backend unreachable (true) or reachable again.
+    pub fn set_unreachable(&self, unreachable: bool) {
+        self.unreachable.store(unreachable, Ordering::SeqCst);
+    }
+
+    fn reach(&self) -> DomainResult<()> {
+        if self.unreachable.load(Ordering::SeqCst) {
+            Err(DomainError::Unavailable("the fake pod backend is unreachable".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn ready(project: &ProjectName) -> PodStatus {
+    PodStatus {
+        phase: PodPhase::Running,
+        ready: true,
+        pod_name: Some(format!("fake-{project}")),
+        started_at: None,
+        reason: None,
+    }
+}
+
+#[async_trait]
+impl PodManager for FakePods {
+    async fn status(&self, project: &ProjectName) -> DomainResult<PodStatus> {
+        self.reach().map(|()| ready(project))
+    }
+    async fn start(&self, spec: &PodSpec) -> DomainResult<PodStatus> {
+        self.reach().map(|()| ready(&spec.project))
+    }
+    async fn wait_ready(&self, project: &ProjectName, _timeout: Duration) -> DomainResult<PodStatus> {
+        self.reach().map(|()| ready(project))
+    }
+    async fn stop(&self, _project: &ProjectName) -> DomainResult<PodStatus> {
+        self.reach().map(|()| PodStatus::stopped())
+    }
+    async fn logs(&self, _project: &ProjectName, _tail: u32) -> DomainResult<Vec<String>> {
+        self.reach().map(|()| Vec::new())
+    }
+}
+
+/// A webhook sender that accepts every target and answers every send with 200, recording it.
+#[derive(Debug, Default)]
+pub struct FakeSender {
+    sent: Mutex<Vec<WebhookRequest>>,
+}
+
+impl FakeSender {
+    /// A sender that has sent nothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// What was sent, in order.
+    pub fn sent(&self) -> Vec<WebhookRequest> {
+        self.sent.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+#[async_trait]
+impl WebhookSender for FakeSender {
+    async fn check_target(&self, _url: &WebhookUrl) -> DomainResult<()> {
+        Ok(())
+    }
+
+    async fn send(&self, request: &WebhookRequest) -> SendOutcome {
+        self.sent.lock().unwrap_or_else(PoisonError::into_inner).push(request.clone());
+        SendOutcome { status: Some(200), latency: Duration::from_millis(1), ..SendOutcome::default() }
+    }
+}
