@@ -292,6 +292,14 @@ macro_rules! presence_lock_of {
 /// Takes the presence lock of owner `$1` for this session, without waiting.
 const TAKE_PRESENCE: &str = "SELECT pg_try_advisory_lock(1919182198, hashtext($1)) AS held";
 
+/// Ends the other sessions that hold owner `$1`'s presence lock. Worker ids are unique per
+/// process, so such a session is this replica's own old one, lingering on a half-open
+/// connection the server has not noticed is dead (it would keep the lock for hours).
+const END_LINGERING_PRESENCE: &str = concat!(
+    "SELECT count(pg_terminate_backend(l.pid)) AS ended FROM pg_locks l WHERE l.pid <> pg_backend_pid() AND ",
+    presence_lock_of!("$1")
+);
+
 /// Owners of running commands whose presence lock no session holds.
 const ABSENT_OWNERS: &str = concat!(
     "SELECT DISTINCT c.lease_owner AS owner FROM commands c \
@@ -336,13 +344,20 @@ struct Owner {
 }
 
 #[derive(Debug, QueryableByName)]
+struct Ended {
+    #[diesel(sql_type = BigInt)]
+    ended: i64,
+}
+
+#[derive(Debug, QueryableByName)]
 struct Held {
     #[diesel(sql_type = Bool)]
     held: bool,
 }
 
 /// Takes `worker`'s presence lock on a connection of its own, which then holds it for as long
-/// as the session lives; `None` when another session holds it still.
+/// as the session lives; `None` when an old session holds it still, which is then ended so
+/// that the next attempt succeeds.
 async fn take_presence(url: &str, worker: &WorkerId) -> DomainResult<Option<AsyncPgConnection>> {
     let mut conn = crate::open(url).await?;
     let taken: Held = diesel::sql_query(TAKE_PRESENCE)
@@ -350,7 +365,16 @@ async fn take_presence(url: &str, worker: &WorkerId) -> DomainResult<Option<Asyn
         .get_result(&mut conn)
         .await
         .map_err(|e| db_error(e, "take presence"))?;
-    Ok(taken.held.then_some(conn))
+    if taken.held {
+        return Ok(Some(conn));
+    }
+    let ended: Ended = diesel::sql_query(END_LINGERING_PRESENCE)
+        .bind::<Text, _>(worker.as_str())
+        .get_result(&mut conn)
+        .await
+        .map_err(|e| db_error(e, "end a lingering presence session"))?;
+    tracing::warn!(worker = %worker, sessions = ended.ended, "an old session held this replica's presence; ended it");
+    Ok(None)
 }
 
 /// Whether a presence session still answers.
