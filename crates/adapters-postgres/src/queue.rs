@@ -283,9 +283,13 @@ fn absent_owner_lost() -> Completion {
 /// still settles that one.
 macro_rules! presence_lock_of {
     ($owner:literal) => {
-        concat!("l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 AND l.classid = 1919182198::oid \
-            AND l.objid = hashtext(", $owner, ")::oid \
-            AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())")
+        concat!(
+            "l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 AND l.classid = 1919182198::oid \
+            AND l.objid = hashtext(",
+            $owner,
+            ")::oid \
+            AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        )
     };
 }
 
@@ -558,7 +562,8 @@ impl CommandQueue for PgStore {
         let conn = self.presence.lock().await.remove(worker);
         if let Some(mut conn) = conn {
             // Unlocked before the connection goes, so others see the absence at once.
-            let unlock = diesel_async::SimpleAsyncConnection::batch_execute(&mut conn, "SELECT pg_advisory_unlock_all()");
+            let unlock =
+                diesel_async::SimpleAsyncConnection::batch_execute(&mut conn, "SELECT pg_advisory_unlock_all()");
             unlock.await.map_err(|e| db_error(e, "release presence"))?;
         }
         Ok(())

@@ -170,11 +170,8 @@ fn absent(conn: &mut SqliteConnection, since: i64) -> StoreResult<Vec<String>> {
 
 /// Ends the running commands of `owner` as lost unless it confirmed its presence since `since`.
 fn reap_owner(conn: &mut SqliteConnection, owner: &str, since: i64, now: Timestamp) -> StoreResult<Vec<CommandRow>> {
-    let present: i64 = workers::table
-        .filter(workers::id.eq(owner))
-        .filter(workers::last_seen.ge(since))
-        .count()
-        .get_result(conn)?;
+    let present: i64 =
+        workers::table.filter(workers::id.eq(owner)).filter(workers::last_seen.ge(since)).count().get_result(conn)?;
     if present > 0 {
         return Ok(Vec::new());
     }

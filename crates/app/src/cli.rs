@@ -30,7 +30,8 @@ pub async fn serve(db: &Database, cfg: &ServeConfig) -> Result<ExitCode, Startup
     cfg.sandbox_hidden_paths = server_files(db, &cfg);
     let cfg = &cfg;
     // Taken over from the default before anything runs, so an early SIGTERM drains too.
-    let signals = TerminationSignals::install().map_err(|source| StartupError::Io { path: "signals".into(), source })?;
+    let signals =
+        TerminationSignals::install().map_err(|source| StartupError::Io { path: "signals".into(), source })?;
     let stores = stores::open(&db.url, OpenOptions { migrate: cfg.migrate_on_start, pool_size: db.pool_size }).await?;
     let service = wiring::build(stores, cfg, crate::telemetry::metrics_handle()).await?;
     if let Some(path) = &cfg.bootstrap_admin_key_file {

@@ -305,7 +305,8 @@ impl QueueWorker {
             Ok(true) => {
                 metrics::counter!(m::COMMANDS_HANDED_BACK_TOTAL).increment(1);
                 tracing::warn!(command_id = %command.id, reason = why, "backend unreachable: command handed back to the queue");
-                let mut entry = system_entry(self.ports.clock.now(), "command.hand_back", command, AuditOutcome::Failure, None);
+                let mut entry =
+                    system_entry(self.ports.clock.now(), "command.hand_back", command, AuditOutcome::Failure, None);
                 entry.detail = Some(format!("not started, back in the queue: {why}"));
                 self.ports.audit.record(entry).await;
                 // Not before the backend is back: this replica's next claim waits for the
@@ -496,8 +497,12 @@ impl From<domain::DomainError> for PodFailure {
 /// The audit record of a command's end.
 pub(crate) fn end_entry(at: domain::Timestamp, c: &Command) -> AuditEntry {
     let outcome = if c.status == CommandStatus::Succeeded { AuditOutcome::Success } else { AuditOutcome::Failure };
-    let detail =
-        format!("status={} exit_code={:?} reason={:?}", c.status, c.exit_code, c.termination_reason.map(|r| r.as_str()));
+    let detail = format!(
+        "status={} exit_code={:?} reason={:?}",
+        c.status,
+        c.exit_code,
+        c.termination_reason.map(|r| r.as_str())
+    );
     system_entry(at, "command.end", c, outcome, Some(detail))
 }
 

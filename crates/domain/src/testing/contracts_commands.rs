@@ -513,7 +513,15 @@ async fn commands_that_never_started_go_back<S: Store>(store: S) {
     assert_eq!((back.status, back.started_at), (CommandStatus::Queued, None));
     assert_eq!(CommandRepository::queue_position(&store, ids[0]).await, Ok(Some(1)), "its old place");
     assert_eq!(
-        CommandQueue::finish(&store, ids[0], claim.fence, &Termination::Exited(0).completion(), &CommandOutput::default(), now_micros()).await,
+        CommandQueue::finish(
+            &store,
+            ids[0],
+            claim.fence,
+            &Termination::Exited(0).completion(),
+            &CommandOutput::default(),
+            now_micros()
+        )
+        .await,
         Ok(None),
         "the old claim's fence holds nothing"
     );
