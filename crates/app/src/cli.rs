@@ -158,15 +158,25 @@ pub async fn migrate(db: &Database) -> Result<ExitCode, StartupError> {
     Ok(0)
 }
 
-/// `rdev-api keys create|revoke`.
+/// `rdev-api keys create|revoke`. Each run is audited like an API request, with the CLI as
+/// the actor (no key id, the operating-system user in the detail); the outcome is recorded
+/// whether or not it succeeded.
 #[expect(clippy::print_stdout, reason = "the key (or its JSON) is the command's output")]
 pub async fn keys(db: &Database, cmd: KeysCommand) -> Result<ExitCode, StartupError> {
     let stores = open_for_cli(db).await?;
+    let audit = Arc::clone(&stores.audit);
     let (keys, _) = wiring::key_service(&stores, std::time::Duration::from_millis(1), Arc::new(SystemClock), None);
     match cmd {
         KeysCommand::Create { name, scopes, projects, json } => {
-            let new = new_key(name, &scopes, &projects)?;
-            let (key, secret) = keys.create(&Principal::system(), new).await?;
+            let what = format!("name={name:?} scopes={scopes:?} projects={projects:?}");
+            let created = match new_key(name, &scopes, &projects) {
+                Ok(new) => keys.create(&Principal::system(), new).await.map_err(StartupError::from),
+                Err(e) => Err(e),
+            };
+            let resource =
+                created.as_ref().map_or_else(|_| "api_key".to_owned(), |(key, _)| format!("api_key/{}", key.id));
+            cli_audit(audit.as_ref(), "cli keys create", resource, &created, what).await?;
+            let (key, secret) = created?;
             if json {
                 println!("{}", serde_json::json!({"id": key.id.to_string(), "key": secret.expose()}));
             } else {
@@ -175,12 +185,49 @@ pub async fn keys(db: &Database, cmd: KeysCommand) -> Result<ExitCode, StartupEr
             }
         }
         KeysCommand::Revoke { id } => {
-            let id: ApiKeyId = id.parse()?;
-            keys.revoke(&Principal::system(), id).await?;
-            eprintln!("rdev-api: revoked key {id}");
+            let revoked = match id.parse::<ApiKeyId>() {
+                Ok(id) => keys.revoke(&Principal::system(), id).await.map(|_| id).map_err(StartupError::from),
+                Err(e) => Err(StartupError::from(e)),
+            };
+            cli_audit(audit.as_ref(), "cli keys revoke", format!("api_key/{id}"), &revoked, String::new()).await?;
+            eprintln!("rdev-api: revoked key {}", revoked?);
         }
     }
     Ok(0)
+}
+
+/// Appends the audit record of a CLI action; a record that cannot be written fails the run
+/// (after the action, which the error message says), since an unaudited change is the one
+/// thing the log exists to prevent going unnoticed.
+async fn cli_audit<T>(
+    log: &dyn domain::ports::AuditLog,
+    action: &str,
+    resource: String,
+    result: &Result<T, StartupError>,
+    what: String,
+) -> Result<(), StartupError> {
+    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
+    let (outcome, why) = match result {
+        Ok(_) => (domain::audit::AuditOutcome::Success, String::new()),
+        Err(e) => (domain::audit::AuditOutcome::Failure, format!(" error={e}")),
+    };
+    let entry = domain::audit::AuditEntry {
+        at: domain::to_micros_precision(chrono::Utc::now()),
+        actor: None,
+        client_ip: None,
+        action: action.to_owned(),
+        resource,
+        project: None,
+        outcome,
+        detail: Some(format!("actor=cli os_user={user} {what}{why}").trim_end().to_owned()),
+        request_id: None,
+        trace_id: None,
+        count: 1,
+    };
+    log.append(entry)
+        .await
+        .map(|_| ())
+        .map_err(|e| StartupError::Config(format!("{action} ran, but its audit record could not be written: {e}")))
 }
 
 fn new_key(name: String, scopes: &[String], projects: &[String]) -> Result<NewKey, StartupError> {

@@ -248,3 +248,52 @@ async fn signed_checkpoints_expose_a_deleted_tail_and_a_recomputed_chain() {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Runs the CLI against the test server's database.
+async fn cli(app: &common::TestApp, args: &[&str]) -> std::process::Output {
+    let db = format!("sqlite://{}/rdev.db", app.dir.path().display());
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_rdev-api"))
+        .args(["--database-url", &db])
+        .args(args)
+        .env("USER", "ops-alice")
+        .output()
+        .await
+        .expect("rdev-api runs")
+}
+
+#[tokio::test]
+async fn keys_made_and_revoked_from_the_cli_are_audited_with_the_cli_as_actor_even_when_refused() {
+    let app = spawn_app().await;
+    let made = cli(&app, &["keys", "create", "--name", "ci", "--scope", "commands:read", "--json"]).await;
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let id = serde_json::from_slice::<Value>(&made.stdout).expect("json")["id"].as_str().expect("id").to_owned();
+    let revoked = cli(&app, &["keys", "revoke", &id]).await;
+    assert!(revoked.status.success(), "{}", String::from_utf8_lossy(&revoked.stderr));
+    let refused = cli(&app, &["keys", "revoke", "not-a-key-id"]).await;
+    assert!(!refused.status.success(), "an unknown id is refused");
+
+    let v: Value = app.get("/v1/audit-log?limit=200").await.json().await.expect("json");
+    let by_cli: Vec<(String, String, String)> = v["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|r| r["action"].as_str().is_some_and(|a| a.starts_with("cli ")))
+        .map(|r| {
+            let detail = r["detail"].as_str().unwrap_or_default();
+            assert!(detail.starts_with("actor=cli os_user=ops-alice"), "{detail}");
+            assert!(r["actor"].is_null(), "no key acted: {r}");
+            let field = |k: &str| r[k].as_str().unwrap_or_default().to_owned();
+            (field("action"), field("resource"), field("outcome"))
+        })
+        .collect();
+    assert_eq!(
+        by_cli,
+        vec![
+            ("cli keys create".into(), format!("api_key/{id}"), "success".into()),
+            ("cli keys revoke".into(), format!("api_key/{id}"), "success".into()),
+            ("cli keys revoke".into(), "api_key/not-a-key-id".into(), "failure".into()),
+        ]
+    );
+    let verdict = cli(&app, &["audit", "verify"]).await;
+    assert!(verdict.status.success(), "the chain holds: {}", String::from_utf8_lossy(&verdict.stdout));
+}
