@@ -5,13 +5,20 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use domain::command::{CommandSpec, CommandStatus, Priority, TerminationReason, ABSENT_OWNER_LOST, REPLICA_SHUT_DOWN};
+use domain::command::{
+    CommandSpec, CommandStatus, Completion, Priority, TerminationReason, TimeoutSeconds, ABSENT_OWNER_LOST,
+    LEASE_EXPIRED_LOST, REPLICA_SHUT_DOWN,
+};
 use domain::ids::{CommandId, WorkerId};
 use domain::output::EventKind;
-use domain::ports::{CommandQueue, CommandRepository, PodManager, ProjectRepository};
+use domain::output::{CommandOutput, OutputStream};
+use domain::ports::{
+    Claim, CommandQueue, CommandRepository, LeaseStatus, PodManager, ProjectRepository, WorkerCapacity,
+};
 use domain::project::Project;
 use domain::testing::fakes::{FakeExecutor, FakePods, FakeSender};
 use domain::testing::{sample_command, sample_project, MemoryStore};
+use domain::{DomainError, DomainResult, Timestamp};
 use services::audit::AuditService;
 use services::breaker::{BreakerConfig, BreakerPods, CircuitBreaker};
 use services::clock::SystemClock;
@@ -38,6 +45,18 @@ fn replica_with(
     pods: Arc<dyn PodManager>,
     breaker: Option<Arc<CircuitBreaker>>,
 ) -> Replica {
+    build(store, store.clone(), name, pods, breaker, |config| config.shutdown_grace = grace)
+}
+
+/// A replica over `store`, whose queue port is `queue` (the store itself, or a decorator of it).
+fn build(
+    store: &Arc<MemoryStore>,
+    queue: Arc<dyn CommandQueue>,
+    name: &str,
+    pods: Arc<dyn PodManager>,
+    breaker: Option<Arc<CircuitBreaker>>,
+    tune: impl FnOnce(&mut WorkerConfig),
+) -> Replica {
     let clock = Arc::new(SystemClock);
     let executor = Arc::new(FakeExecutor::new());
     let webhooks = Arc::new(WebhookService::new(
@@ -48,7 +67,7 @@ fn replica_with(
         Arc::new(DispatchWake::default()),
     ));
     let ports = WorkerPorts {
-        queue: store.clone(),
+        queue,
         projects: store.clone(),
         executor: executor.clone(),
         pods,
@@ -60,7 +79,8 @@ fn replica_with(
     };
     let mut config = WorkerConfig::new(WorkerId::new(name), 4);
     config.poll_every = Duration::from_millis(20);
-    config.shutdown_grace = grace;
+    config.renew_every = Duration::from_millis(50);
+    tune(&mut config);
     Replica { worker: QueueWorker::new(ports, config), executor }
 }
 
@@ -71,8 +91,13 @@ async fn project(store: &MemoryStore) -> Project {
 }
 
 async fn enqueue(store: &MemoryStore, project: &Project, argv: &[&str]) -> CommandId {
+    enqueue_with_timeout(store, project, argv, 30).await
+}
+
+async fn enqueue_with_timeout(store: &MemoryStore, project: &Project, argv: &[&str], seconds: u32) -> CommandId {
     let mut new = sample_command(project, Priority::Normal, None);
     new.spec = CommandSpec::Argv(argv.iter().map(|a| (*a).to_owned()).collect());
+    new.timeout = TimeoutSeconds::new(seconds).unwrap();
     CommandRepository::enqueue(store, new).await.unwrap().command.id
 }
 
@@ -192,4 +217,152 @@ async fn an_outage_hands_claimed_commands_back_and_they_run_once_the_backend_ret
     assert_eq!(replica.executor.started(), vec![id], "run exactly once, once the backend was back");
     stop.cancel();
     running.await.unwrap();
+}
+
+/// Runs one replica over `store` until `body` is done.
+async fn with_replica<F: std::future::Future<Output = ()>>(replica: &Replica, body: F) {
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(Arc::clone(&replica.worker).run(stop.clone()));
+    body.await;
+    stop.cancel();
+    running.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancels_timeouts_and_exits_end_as_they_happened() {
+    let store = Arc::new(MemoryStore::new());
+    let web = project(&store).await;
+    let r = replica(&store, "plain", Duration::from_secs(5), Arc::new(FakePods::new()));
+    with_replica(&r, async {
+        let queued_cancel = enqueue_with_timeout(&store, &web, &["echo"], 30).await;
+        CommandRepository::request_cancel(store.as_ref(), queued_cancel, domain::testing::now_micros()).await.unwrap();
+        let running_cancel = enqueue(&store, &web, &["sleep-ms", "60000"]).await;
+        let timed_out = enqueue_with_timeout(&store, &web, &["sleep-ms", "60000"], 1).await;
+        let failed = enqueue(&store, &web, &["exit", "3"]).await;
+        until_status(&store, running_cancel, CommandStatus::Running, Duration::from_secs(5)).await;
+        CommandRepository::request_cancel(store.as_ref(), running_cancel, domain::testing::now_micros()).await.unwrap();
+        until_status(&store, running_cancel, CommandStatus::Cancelled, Duration::from_secs(5)).await;
+        until_status(&store, timed_out, CommandStatus::TimedOut, Duration::from_secs(5)).await;
+        until_status(&store, failed, CommandStatus::Failed, Duration::from_secs(5)).await;
+        let exit = CommandRepository::get(store.as_ref(), failed).await.unwrap();
+        assert_eq!((exit.exit_code, exit.termination_reason), (Some(3), Some(TerminationReason::Exited)));
+        assert_eq!(status(&store, queued_cancel).await, CommandStatus::Cancelled);
+        assert!(!r.executor.started().contains(&queued_cancel), "cancelled before it ran");
+        let out = CommandRepository::output(store.as_ref(), failed).await.unwrap();
+        assert_eq!(out.stdout, "started\n", "the output is stored with the end");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_whose_lease_was_taken_keeps_the_reapers_verdict_not_the_late_result() {
+    let store = Arc::new(MemoryStore::new());
+    let web = project(&store).await;
+    let r = replica(&store, "silent", Duration::from_secs(5), Arc::new(FakePods::new()));
+    with_replica(&r, async {
+        let id = enqueue(&store, &web, &["sleep-ms", "60000"]).await;
+        until_status(&store, id, CommandStatus::Running, Duration::from_secs(5)).await;
+        // Another replica's reaper, later than this lease: the command is lost from then on.
+        let later = domain::testing::now_micros() + chrono::TimeDelta::minutes(5);
+        let reaped = CommandQueue::reap_expired(store.as_ref(), later).await.unwrap();
+        assert_eq!(reaped.iter().map(|c| c.id).collect::<Vec<_>>(), vec![id]);
+        // The worker learns at its next renewal, kills the command, and writes nothing.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !r.executor.ended().iter().any(|(ended, _)| *ended == id) {
+            assert!(Instant::now() < deadline, "the worker killed the command");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(r.executor.ended(), vec![(id, domain::command::Termination::Cancelled)]);
+        // A wrong late write would land right after the run ended; there is no event to wait
+        // for when the right thing (nothing) happens, so give it a moment.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let lost = CommandRepository::get(store.as_ref(), id).await.unwrap();
+        assert_eq!((lost.status, lost.error.as_deref()), (CommandStatus::Lost, Some(LEASE_EXPIRED_LOST)));
+        let events = CommandRepository::events_after(store.as_ref(), id, 0, 100).await.unwrap();
+        assert_eq!(events.iter().filter(|e| e.kind == EventKind::Exit).count(), 1, "one end only");
+    })
+    .await;
+}
+
+/// A queue whose first `finish` calls fail as an unreachable store does.
+struct FlakyFinish {
+    inner: Arc<MemoryStore>,
+    failures_left: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl CommandQueue for FlakyFinish {
+    async fn claim_next(&self, w: &WorkerId, now: Timestamp, lease: Duration) -> DomainResult<Option<Claim>> {
+        self.inner.claim_next(w, now, lease).await
+    }
+    async fn renew_lease(&self, id: CommandId, fence: i64, until: Timestamp) -> DomainResult<LeaseStatus> {
+        self.inner.renew_lease(id, fence, until).await
+    }
+    async fn append_output(
+        &self,
+        id: CommandId,
+        f: i64,
+        s: OutputStream,
+        d: &str,
+        at: Timestamp,
+    ) -> DomainResult<bool> {
+        self.inner.append_output(id, f, s, d, at).await
+    }
+    async fn finish(
+        &self,
+        id: CommandId,
+        fence: i64,
+        c: &Completion,
+        o: &CommandOutput,
+        at: Timestamp,
+    ) -> DomainResult<Option<domain::command::Command>> {
+        let left = self.failures_left.load(std::sync::atomic::Ordering::SeqCst);
+        if left > 0 {
+            self.failures_left.store(left - 1, std::sync::atomic::Ordering::SeqCst);
+            return Err(DomainError::Unavailable("the store is away".into()));
+        }
+        self.inner.finish(id, fence, c, o, at).await
+    }
+    async fn reap_expired(&self, now: Timestamp) -> DomainResult<Vec<domain::command::Command>> {
+        self.inner.reap_expired(now).await
+    }
+    async fn hand_back(&self, id: CommandId, fence: i64, at: Timestamp) -> DomainResult<bool> {
+        self.inner.hand_back(id, fence, at).await
+    }
+    async fn hold_presence(&self, w: &WorkerId, now: Timestamp) -> DomainResult<bool> {
+        self.inner.hold_presence(w, now).await
+    }
+    async fn release_presence(&self, w: &WorkerId) -> DomainResult<()> {
+        self.inner.release_presence(w).await
+    }
+    async fn absent_owners(&self, now: Timestamp) -> DomainResult<Vec<WorkerId>> {
+        self.inner.absent_owners(now).await
+    }
+    async fn reap_absent(&self, w: &WorkerId, now: Timestamp) -> DomainResult<Vec<domain::command::Command>> {
+        self.inner.reap_absent(w, now).await
+    }
+    async fn heartbeat(&self, w: &WorkerId, capacity: u32, now: Timestamp) -> DomainResult<()> {
+        self.inner.heartbeat(w, capacity, now).await
+    }
+    async fn live_workers(&self, since: Timestamp) -> DomainResult<WorkerCapacity> {
+        self.inner.live_workers(since).await
+    }
+    async fn try_job_lease(&self, job: &str, w: &WorkerId, now: Timestamp, until: Timestamp) -> DomainResult<bool> {
+        self.inner.try_job_lease(job, w, now, until).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_the_store_refused_for_a_while_is_recorded_once_it_is_back() {
+    let store = Arc::new(MemoryStore::new());
+    let web = project(&store).await;
+    let flaky = Arc::new(FlakyFinish { inner: store.clone(), failures_left: 2.into() });
+    let r = build(&store, flaky.clone(), "patient", Arc::new(FakePods::new()), None, |_| {});
+    with_replica(&r, async {
+        let id = enqueue(&store, &web, &["exit", "0"]).await;
+        until_status(&store, id, CommandStatus::Succeeded, Duration::from_secs(10)).await;
+        assert_eq!(flaky.failures_left.load(std::sync::atomic::Ordering::SeqCst), 0, "both failures were met");
+        assert_eq!(r.executor.started(), vec![id], "retried the write, not the command");
+    })
+    .await;
 }

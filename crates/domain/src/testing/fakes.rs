@@ -25,6 +25,7 @@ use crate::{DomainError, DomainResult};
 pub struct FakeExecutor {
     unreachable: AtomicBool,
     started: Mutex<Vec<CommandId>>,
+    ended: Mutex<Vec<(CommandId, Termination)>>,
 }
 
 impl FakeExecutor {
@@ -42,6 +43,11 @@ impl FakeExecutor {
     pub fn started(&self) -> Vec<CommandId> {
         self.started.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
+
+    /// The runs that ended so far, with how they ended, in end order.
+    pub fn ended(&self) -> Vec<(CommandId, Termination)> {
+        self.ended.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
 }
 
 fn result(termination: Termination, stdout: &str) -> ExecResult {
@@ -56,6 +62,19 @@ impl Executor for FakeExecutor {
             return result(Termination::Unreachable("the fake backend is unreachable".into()), "");
         }
         self.started.lock().unwrap_or_else(PoisonError::into_inner).push(request.command_id);
+        let id = request.command_id;
+        let result = self.act(request, sink, cancel).await;
+        self.ended.lock().unwrap_or_else(PoisonError::into_inner).push((id, result.termination.clone()));
+        result
+    }
+
+    async fn check(&self) -> DomainResult<()> {
+        Ok(())
+    }
+}
+
+impl FakeExecutor {
+    async fn act(&self, request: ExecRequest, sink: &dyn OutputSink, cancel: CancellationToken) -> ExecResult {
         sink.started().await;
         sink.emit(OutputStream::Stdout, b"started\n").await;
         let word = |i: usize| request.argv.get(i).map(String::as_str);
@@ -71,10 +90,6 @@ impl Executor for FakeExecutor {
             Some("exit") => result(Termination::Exited(i32::try_from(number).unwrap_or(1)), "started\n"),
             _ => result(Termination::Exited(0), "started\n"),
         }
-    }
-
-    async fn check(&self) -> DomainResult<()> {
-        Ok(())
     }
 }
 
