@@ -11,6 +11,7 @@ pub mod clock;
 pub mod commands;
 pub mod metrics;
 pub mod open_requests;
+pub mod pod_watch;
 pub mod pods;
 pub mod projects;
 pub mod queue_bus;
