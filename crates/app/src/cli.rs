@@ -41,6 +41,7 @@ pub async fn serve(db: &Database, cfg: &ServeConfig) -> Result<ExitCode, Startup
     }
     let dispatcher = tokio::spawn(service.dispatcher.run(shutdown.clone()));
     tokio::spawn(service.retention.run(shutdown.clone()));
+    let pod_watch = service.pod_watch.map(|watch| tokio::spawn(watch.run(shutdown.clone())));
     // The bound address, so that `LISTEN_ADDR=…:0` tells where it actually listens.
     let bound = listener.local_addr().map_or_else(|_| cfg.listen_addr.to_string(), |a| a.to_string());
     tracing::info!(listen_addr = %bound, executor = ?cfg.executor, "rdev-api serving");
@@ -66,6 +67,12 @@ pub async fn serve(db: &Database, cfg: &ServeConfig) -> Result<ExitCode, Startup
     }
     if let Err(e) = dispatcher.await {
         tracing::error!(error = %e, "webhook dispatcher panicked");
+    }
+    // The pod watch gives its lease up on the way out, so another replica leads at once.
+    if let Some(task) = pod_watch {
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, "pod watch panicked");
+        }
     }
     served.map_err(|source| StartupError::Io { path: cfg.listen_addr.to_string(), source })?;
     Ok(0)
