@@ -72,6 +72,8 @@ async fn the_eviction_subresource_deletes_the_pod() {
     assert_eq!((status, other["message"].as_str()), (400, Some("name in URL does not match name in Eviction object")));
     let (status, _) = t.post_json(&format!("{PODS}/w2/eviction"), &json!({"kind": "Pod"})).await;
     assert_eq!(status, 400);
+    let (status, _) = t.post_json(&format!("{PODS}/w2/eviction"), &json!({"kind": "Eviction"})).await;
+    assert_eq!(status, 400, "an Eviction must name its pod");
     let response = t.http.post(t.url(&format!("{PODS}/w2/eviction"))).body("nope").send().await.unwrap();
     assert_eq!(response.status().as_u16(), 400);
     t.sim.shutdown().await;

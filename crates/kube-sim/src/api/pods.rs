@@ -264,7 +264,8 @@ fn eviction_options(body: &[u8], pod: &str) -> Result<DeleteOptions, ApiError> {
     if !matches!(version, "policy/v1" | "policy/v1beta1") {
         return Err(ApiError::bad_request(format!("unsupported Eviction version {version}: use policy/v1")));
     }
-    if eviction.pointer("/metadata/name").and_then(Value::as_str).is_some_and(|n| n != pod) {
+    // The apiserver compares the names as they are: an Eviction without one does not match.
+    if eviction.pointer("/metadata/name").and_then(Value::as_str) != Some(pod) {
         return Err(ApiError::bad_request("name in URL does not match name in Eviction object"));
     }
     let options = eviction.get("deleteOptions").filter(|o| !o.is_null()).map(Value::to_string).unwrap_or_default();
