@@ -152,13 +152,8 @@ impl KubePodWatch {
                     return;
                 }
                 _ = renew.tick() => {
-                    match elector.renew(&mut held, &tracker.snapshot()).await {
-                        Ok(()) => {}
-                        Err(crate::KubeError::Conflict(why)) => {
-                            tracing::warn!(lease = %elector.name, %why, "lost the lease");
-                            return;
-                        }
-                        Err(e) => tracing::warn!(lease = %elector.name, error = %e, "could not renew the lease"),
+                    if !still_ours(elector, elector.renew(&mut held, &tracker.snapshot()).await) {
+                        return;
                     }
                     // Changes the sink refused before are offered again.
                     self.report(&mut tracker, &[], sink, self.report_until(held.renewed_at)).await;
@@ -169,6 +164,10 @@ impl KubePodWatch {
                             tracing::info!("the pod watch is back");
                         }
                         let projects = tracker.apply(event);
+                        let adopted = tracker.take_adopted();
+                        if adopted && !still_ours(elector, elector.renew(&mut held, &tracker.snapshot()).await) {
+                            return;
+                        }
                         if !projects.is_empty() {
                             self.report(&mut tracker, &projects, sink, until).await;
                         }
@@ -214,6 +213,22 @@ impl KubePodWatch {
                 }
             }
             tracker.remember(step.project, step.after);
+        }
+    }
+}
+
+/// Whether a renewal leaves the lease ours: a 409 means another replica wrote it (lost); any
+/// other failure leaves it ours until it runs out.
+fn still_ours(elector: &Elector, renewed: Result<(), crate::KubeError>) -> bool {
+    match renewed {
+        Ok(()) => true,
+        Err(crate::KubeError::Conflict(why)) => {
+            tracing::warn!(lease = %elector.name, %why, "lost the lease");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(lease = %elector.name, error = %e, "could not renew the lease");
+            true
         }
     }
 }

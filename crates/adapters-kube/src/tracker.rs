@@ -58,6 +58,9 @@ pub(crate) struct Tracker {
     listed: bool,
     /// Take the first full list as already reported (no earlier holder left its states).
     adopt: bool,
+    /// A list was just adopted: save the states with the lease now, before anything else
+    /// happens, so a next leader does not adopt a later list and miss what changed in between.
+    adopted: bool,
 }
 
 fn project_of(pod: &Pod) -> Option<ProjectName> {
@@ -83,6 +86,7 @@ impl Tracker {
             current: BTreeMap::new(),
             listing: None,
             listed: false,
+            adopted: false,
         }
     }
 
@@ -116,6 +120,7 @@ impl Tracker {
                             self.remember(step.project, step.after);
                         }
                     }
+                    self.adopted = true;
                     return Vec::new();
                 }
                 projects
@@ -147,6 +152,11 @@ impl Tracker {
         if self.reported.get(project).is_none_or(Reported::stopped) {
             self.reported.insert(project.clone(), Reported { uid, restarts: 0, occurrence: String::new() });
         }
+    }
+
+    /// Whether a list was adopted since the last call (its states are to be saved at once).
+    pub(crate) fn take_adopted(&mut self) -> bool {
+        std::mem::take(&mut self.adopted)
     }
 
     /// Records `after` as reported (a reported stop forgets the project).
@@ -343,6 +353,7 @@ mod tests {
         let mut tracker = Tracker::new("main", None);
         let projects = listed(&mut tracker, vec![recorded("running-ready")]);
         assert!(projects.is_empty() && tracker.pending(&[]).is_empty());
+        assert!(tracker.take_adopted() && !tracker.take_adopted(), "adopted once, to be saved at once");
         let projects = tracker.apply(Event::Apply(recorded("evicted")));
         assert_eq!(report(&mut tracker, &projects).len(), 1);
         let mut broken = Tracker::new("main", Some("not json"));
