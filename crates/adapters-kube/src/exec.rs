@@ -17,7 +17,7 @@ use crate::error::{bounded, KubeError};
 use crate::exit::{stream_end, StreamEnd};
 use crate::manifest::pod_name;
 use crate::output::{deliver, feed_stdin, pump, ControlSplitter};
-use crate::status::{is_going_away, oom_killed_since, pod_status, restart_count, working_dir};
+use crate::status::{ended, is_going_away, oom_killed_since, pod_status, restart_count, working_dir};
 use crate::wrapper::{control_tag, run_argv, Control};
 use crate::KubeBackend;
 
@@ -294,7 +294,14 @@ async fn after_stream(
         Ok(Some(pod)) if oom_killed_since(&pod, container, before.started_at, before.restarts) => {
             return Termination::OomKilled;
         }
-        Ok(Some(_)) => String::new(),
+
+        // An evicted pod stays (phase Failed) until deleted, but nothing of it runs any more.
+        Ok(Some(pod)) => match ended(&pod) {
+            Some(why) => {
+                return Termination::PodGone(format!("pod {} ended while the command ran: {why}", before.name))
+            }
+            None => String::new(),
+        },
         Err(e) => format!(" (the pod could not be read: {e})"),
     };
     match end {

@@ -1,7 +1,9 @@
 //! rdev-api's Kubernetes backend: one development pod per project, and commands run in it
 //! through `pods/exec` (kube-rs, WebSocket `v5.channel.k8s.io` with `v4` fallback).
 //!
-//! [`KubeBackend`] implements both [`PodManager`] and [`Executor`].
+//! [`KubeBackend`] implements both [`PodManager`] and [`Executor`]; [`KubePodWatch`] implements
+//! [`domain::ports::PodWatch`] (leader election through a Lease, then list + watch of the managed
+//! pods).
 //!
 //! - **Pods** are named `rdev-<project>`, labelled `app.kubernetes.io/managed-by=rdev-api` and
 //!   `rdev.dev/project=<project>`, built from the project's image, workdir (`workingDir`), env and
@@ -37,10 +39,13 @@ mod error;
 mod exec;
 mod exit;
 mod kill;
+mod leader;
 mod manifest;
 mod output;
+mod pod_watch;
 mod pods;
 mod status;
+mod tracker;
 mod wrapper;
 
 use std::path::Path;
@@ -59,7 +64,9 @@ use tracing::Instrument;
 
 pub use config::KubeConfig;
 pub use error::KubeError;
+pub use leader::REPORTED_ANNOTATION;
 pub use manifest::{pod_manifest, pod_name, MANAGED_BY, MANAGED_BY_LABEL, PROJECT_LABEL};
+pub use pod_watch::{KubePodWatch, PodWatchConfig};
 pub use status::pod_status;
 pub use wrapper::TRACKING_ENV;
 

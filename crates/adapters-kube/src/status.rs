@@ -64,6 +64,22 @@ pub fn is_going_away(pod: &Pod, uid: Option<&str>) -> bool {
     pod.metadata.deletion_timestamp.is_some() || (uid.is_some() && pod.metadata.uid.as_deref() != uid)
 }
 
+/// Why the pod ended for good (phase `Failed` or `Succeeded`, e.g. an eviction), `None` while
+/// it may still run commands or restart its container.
+pub fn ended(pod: &Pod) -> Option<String> {
+    let status = pod.status.as_ref()?;
+    let phase = status.phase.as_deref()?;
+    if !matches!(phase, "Failed" | "Succeeded") {
+        return None;
+    }
+    Some(
+        status
+            .reason
+            .as_deref()
+            .map_or_else(|| format!("ended ({phase})"), |reason| with_message(reason, status.message.as_deref())),
+    )
+}
+
 /// How many times the container has restarted (0 when unknown).
 pub fn restart_count(pod: &Pod, container: &str) -> i32 {
     container_status(pod, container).map_or(0, |c| c.restart_count)
@@ -182,6 +198,8 @@ mod tests {
         let status = pod_status(&recorded("evicted"), "main");
         assert_eq!(status.phase, PodPhase::Failed);
         assert_eq!(status.reason.as_deref(), Some("Evicted: The node was low on resource: memory."));
+        assert_eq!(ended(&recorded("evicted")).as_deref(), Some("Evicted: The node was low on resource: memory."));
+        assert_eq!(ended(&recorded("running-ready")), None);
     }
 
     #[test]

@@ -139,6 +139,29 @@ async fn an_oom_kill_mid_command_is_oom_killed() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_eviction_mid_command_is_pod_gone_within_seconds() {
+    let h = Harness::start().await;
+    h.ready_pod("evicted").await;
+    let backend = h.backend.clone();
+    let request = script("evicted", "echo working; sleep 30");
+    let run = tokio::spawn(async move {
+        let sink = domain::testing::executor::RecordingSink::new();
+        backend.run(request, &sink, CancellationToken::new()).await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(h.control_post(&format!("/_sim/pods/{}/rdev-evicted/evict", common::NAMESPACE)).await, 200);
+    let evicted = std::time::Instant::now();
+    let result = tokio::time::timeout(Duration::from_secs(10), run).await.unwrap().unwrap();
+    assert!(evicted.elapsed() < Duration::from_secs(2), "ended {:?} after the eviction", evicted.elapsed());
+    assert!(
+        matches!(&result.termination, Termination::PodGone(why) if why.contains("Evicted")),
+        "{:?}",
+        result.termination
+    );
+    assert_eq!(result.termination.completion().reason.as_str(), "pod_gone");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_missing_exit_status_is_a_failure_never_success() {
     let h = Harness::start().await;
     h.ready_pod("silent").await;

@@ -50,6 +50,7 @@ pub async fn serve(db: &Database, cfg: &ServeConfig) -> Result<ExitCode, Startup
     }
     let dispatcher = tokio::spawn(service.dispatcher.run(drain.clone()));
     tokio::spawn(service.retention.run(drain.clone()));
+    let pod_watch = service.pod_watch.map(|watch| tokio::spawn(watch.run(drain.clone())));
     // The bound address, so that `LISTEN_ADDR=…:0` tells where it actually listens.
     let bound = listener.local_addr().map_or_else(|_| cfg.listen_addr.to_string(), |a| a.to_string());
     tracing::info!(listen_addr = %bound, executor = ?cfg.executor, "rdev-api serving");
@@ -78,6 +79,12 @@ pub async fn serve(db: &Database, cfg: &ServeConfig) -> Result<ExitCode, Startup
     }
     if let Err(e) = dispatcher.await {
         tracing::error!(error = %e, "webhook dispatcher panicked");
+    }
+    // The pod watch gives its lease up on the way out, so another replica leads at once.
+    if let Some(task) = pod_watch {
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, "pod watch panicked");
+        }
     }
     if let Some(debug) = debug {
         // A profile in progress is not worth delaying shutdown for.

@@ -211,6 +211,14 @@ pub struct ServeConfig {
     /// How long the Kubernetes circuit breaker stays open before it lets probe calls through.
     #[arg(long, env = "KUBE_BREAKER_OPEN_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
     pub kube_breaker_open_seconds: u64,
+    /// How long the pod watch's leader lease lasts (kube executor): the leader renews it every
+    /// third of it, and a replica that died is replaced as leader within about this long.
+    #[arg(long, env = "POD_WATCH_LEASE_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=300))]
+    pub pod_watch_lease_seconds: u64,
+    /// Name of the pod watch's Lease in `KUBE_NAMESPACE` (kube executor); replicas that share it
+    /// elect one leader among them.
+    #[arg(long, env = "POD_WATCH_LEASE_NAME", default_value = "rdev-api-pod-watch")]
+    pub pod_watch_lease_name: String,
     /// Kubeconfig file for the kube executor; without it the standard inference applies
     /// (`KUBECONFIG`, `~/.kube/config`, then the in-cluster service account).
     #[arg(long)]

@@ -5,12 +5,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use adapters_kube::{KubeBackend, KubeConfig};
+use adapters_kube::{KubeBackend, KubeConfig, KubePodWatch, PodWatchConfig};
 use adapters_process::{NetworkMode, ProcessConfig, ProcessExecutor, Sandbox, SandboxConfig};
 use adapters_webhook::{HttpWebhookSender, SenderConfig};
 use domain::audit::CheckpointKey;
 use domain::ids::WorkerId;
-use domain::ports::{ApiKeyRepository, Clock, Executor, PodManager};
+use domain::ports::{ApiKeyRepository, Clock, Executor, PodManager, PodWatch};
 use domain::rate_limit::RateLimitPolicy;
 use domain::webhook::WebhookSender;
 use domain::DomainError;
@@ -22,6 +22,7 @@ use services::cache::{CacheConfig, CachedRepository};
 use services::clock::SystemClock;
 use services::commands::CommandService;
 use services::open_requests::OpenRequests;
+use services::pod_watch::PodWatchService;
 use services::pods::{PodEvents, PodService};
 use services::projects::ProjectService;
 use services::queue_bus::QueueBus;
@@ -77,6 +78,8 @@ pub struct Service {
     pub dispatcher: Arc<WebhookDispatcher>,
     /// Deletes old finished commands and webhook deliveries (one replica at a time).
     pub retention: RetentionJob,
+    /// Follows every project pod cluster-wide while this replica leads (kube executor only).
+    pub pod_watch: Option<PodWatchService>,
 }
 
 /// The webhook service and dispatcher over `stores`' webhook ports.
@@ -329,7 +332,13 @@ pub async fn build(
         open_requests: open_requests.clone(),
     });
     let (webhook_service, dispatcher) = webhooks(&stores, cfg, &audit, &clock, &replica, bus.subscribe_state())?;
-    let pod_events = PodEvents::new(webhook_service.clone());
+    let watch = pod_watch(cfg).await?;
+    let pod_events = if watch.is_some() {
+        PodEvents::cluster_watched(webhook_service.clone())
+    } else {
+        PodEvents::new(webhook_service.clone())
+    };
+    let pod_watch = watch.map(|w| PodWatchService::new(w, pod_events.clone(), replica.clone()));
     let retention = RetentionJob::new(
         RetentionPorts {
             commands: stores.commands.clone(),
@@ -379,7 +388,35 @@ pub async fn build(
         },
         draining: CancellationToken::new(),
     };
-    Ok(Service { state, worker: QueueWorker::new(ports, worker_config), pump, dispatcher, retention })
+    Ok(Service { state, worker: QueueWorker::new(ports, worker_config), pump, dispatcher, retention, pod_watch })
+}
+
+/// The cluster-wide pod watch for `EXECUTOR=kube` (its own client, paced by its own backoff
+/// rather than the circuit breaker); `None` for the process executor, whose pods are local.
+async fn pod_watch(cfg: &ServeConfig) -> Result<Option<Arc<dyn PodWatch>>, StartupError> {
+    if cfg.executor != ExecutorKind::Kube {
+        return Ok(None);
+    }
+    let name = &cfg.pod_watch_lease_name;
+    let valid = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let name_ok = name.len() <= 253
+        && name.starts_with(valid)
+        && name.ends_with(valid)
+        && name.chars().all(|c| valid(c) || c == '-' || c == '.');
+    if !name_ok {
+        return Err(StartupError::Config(format!(
+            "POD_WATCH_LEASE_NAME {name:?} is not a valid object name (lowercase letters, digits, '-' and '.')"
+        )));
+    }
+    let kube_config = KubeConfig::new(&cfg.kube_namespace);
+    let kube = KubeBackend::from_kubeconfig(cfg.kubeconfig.as_deref(), kube_config)
+        .await
+        .map_err(|e| StartupError::Config(format!("EXECUTOR=kube: {e}")))?;
+    let config = PodWatchConfig {
+        lease_name: name.clone(),
+        ..PodWatchConfig::new(Duration::from_secs(cfg.pod_watch_lease_seconds))
+    };
+    Ok(Some(Arc::new(KubePodWatch::new(&kube, config))))
 }
 
 fn worker_id() -> WorkerId {

@@ -146,3 +146,61 @@ async fn the_breaker_keeps_commands_queued_while_the_api_fails_and_closes_again(
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(app.get("/v1/projects/flaky/pod").await.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn an_eviction_mid_command_is_one_pod_failed_event_and_ends_the_command_pod_gone() {
+    let (app, sim, _dir) =
+        app_on_sim_with(&["--webhook-allow-private-targets", "--pod-watch-lease-seconds", "2"]).await;
+    let receiver = Receiver::start().await.expect("receiver");
+    let events = json!({"url": receiver.url("/pods"), "events": ["pod.ready", "pod.stopped", "pod.failed"]});
+    assert_eq!(app.post("/v1/webhooks", events).await.status(), StatusCode::CREATED);
+    app.project("evict", 1).await;
+    let queued = app.submit("evict", json!({"script": "echo started; sleep 60"})).await;
+    let id = queued["id"].as_str().expect("id").to_owned();
+    let until = Instant::now() + Duration::from_secs(20);
+    let processes = format!("{}/_sim/pods/{NAMESPACE}/rdev-evict/processes", sim.base_url());
+    loop {
+        let v: Value = app.get(&format!("/v1/commands/{id}")).await.json().await.expect("json");
+        let running = match reqwest::get(&processes).await {
+            Ok(res) => {
+                res.json::<Value>().await.ok().is_some_and(|p| p["pids"].as_array().is_some_and(|p| !p.is_empty()))
+            }
+            Err(_) => false,
+        };
+        if v["status"] == "running" && running {
+            break;
+        }
+        assert!(Instant::now() < until, "the command never ran: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let url = format!("{}/_sim/pods/{NAMESPACE}/rdev-evict/evict", sim.base_url());
+    let evicted = reqwest::Client::new().post(url).send().await.expect("evict");
+    assert_eq!(evicted.status(), StatusCode::OK);
+    let at = Instant::now();
+    let done = loop {
+        let v: Value = app.get(&format!("/v1/commands/{id}")).await.json().await.expect("json");
+        if v["status"] != "running" {
+            break v;
+        }
+        assert!(at.elapsed() < Duration::from_secs(3), "the command still runs {:?} after the eviction", at.elapsed());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (done["status"].as_str(), done["termination_reason"].as_str()),
+        (Some("failed"), Some("pod_gone")),
+        "{done}"
+    );
+    assert_eq!(done["exit_code"], Value::Null);
+
+    receiver.wait_for(2, Duration::from_secs(20)).await;
+    // Renewals, bookmarks and the worker's own look at the pod pass: nothing more arrives.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(pod_events(&receiver.received(), "evict"), ["pod.ready", "pod.failed"]);
+    let failed = receiver
+        .received()
+        .iter()
+        .filter_map(|r| serde_json::from_str::<Value>(&r.body).ok())
+        .find(|body| body["type"] == "pod.failed")
+        .expect("pod.failed");
+    assert!(failed["data"]["reason"].as_str().unwrap_or_default().starts_with("Evicted"), "{failed}");
+}

@@ -60,6 +60,20 @@ impl PodStatus {
     }
 }
 
+/// One change of a managed pod's state, as the cluster-wide pod watch reports it
+/// ([`crate::ports::PodWatch`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodChange {
+    /// The project whose pod changed.
+    pub project: ProjectName,
+    /// The state it is in now.
+    pub status: PodStatus,
+    /// Names this occurrence of the state the same way for every observer and every leader
+    /// (the pod's uid, the state, the restart or end it follows), so that a change reported
+    /// twice, by two leaders one after the other, is recognised as one.
+    pub occurrence: String,
+}
+
 /// What a pod is created from: the project's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodSpec {

@@ -13,7 +13,7 @@ use crate::command::{Command, CommandStatus, Completion, EnvMap, NewCommand, Pri
 use crate::ids::{ApiKeyId, CommandId, WorkerId};
 use crate::output::{CapturedOutput, CommandEvent, CommandOutput, OutputStream};
 use crate::pagination::{Page, PageRequest};
-use crate::pod::{PodSpec, PodStatus};
+use crate::pod::{PodChange, PodSpec, PodStatus};
 use crate::project::{Project, ProjectName};
 use crate::rate_limit::{RateDecision, RateLimitPolicy};
 use crate::signal::Signal;
@@ -366,6 +366,37 @@ pub trait PodManager: Send + Sync {
     async fn stop(&self, project: &ProjectName) -> DomainResult<PodStatus>;
     /// The last `tail` lines of the pod's log (empty when there is no pod).
     async fn logs(&self, project: &ProjectName, tail: u32) -> DomainResult<Vec<String>>;
+}
+
+/// Where a [`PodWatch`] reports the changes it sees.
+#[async_trait]
+pub trait PodChangeSink: Send + Sync {
+    /// Takes one change (announces it). `Err` means it was not taken: the watch MUST offer the
+    /// change again later rather than count it as reported.
+    async fn changed(&self, change: &PodChange) -> DomainResult<()>;
+}
+
+/// Follows every pod rdev-api manages, cluster-wide, on one replica at a time: the one that
+/// holds the cluster-wide lease. Every implementation MUST:
+///
+/// - report to the sink only while it holds the lease, and stop reporting before the lease
+///   can have run out for the other replicas (so two leaders never report in one lease term);
+/// - report a pod only when it enters a state that is an event (ready, failed, stopped; see
+///   [`crate::webhook::pod_event_type`]), once per [`PodChange::occurrence`]: not again on a
+///   re-list (a watch that expired), a repeated event or an unrelated update of the pod;
+/// - report `failed` with the pod's or the container's reason (`Evicted`, `OOMKilled`, …) for
+///   failures nobody asked for (an OOM kill of a container that restarts counts), and
+///   `stopped` for a pod that is gone, including one that went while no replica led;
+/// - on taking the lease over, report what the previous leader had not reported; it MAY
+///   repeat a change the previous leader reported in its last moments, with the same
+///   `occurrence`, so the sink can recognise it;
+/// - keep retrying with backoff, never spinning, while the cluster API cannot be reached.
+#[async_trait]
+pub trait PodWatch: Send + Sync {
+    /// Campaigns for the lease as `holder` and, while holding it, reports each change to
+    /// `sink`, until `cancel` fires; then stops reporting, gives the lease up so that another
+    /// replica can lead at once, and returns.
+    async fn run(&self, holder: &WorkerId, sink: &dyn PodChangeSink, cancel: CancellationToken);
 }
 
 /// The completion a queued command gets when it is cancelled before it ran.

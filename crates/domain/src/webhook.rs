@@ -23,7 +23,7 @@ use uuid::Uuid;
 use crate::DomainError;
 
 pub use breaker::{Breaker, BreakerConfig, BreakerState};
-pub use events::{command_event, command_event_type, ping_event, pod_event, pod_event_type};
+pub use events::{command_event, command_event_type, ping_event, pod_change_event, pod_event, pod_event_type};
 pub use model::{
     truncate_snippet, Attempt, AttemptReport, Delivery, DeliveryDetail, DeliveryFilter, DeliveryStatus, Disabled,
     FanOut, LeaseRequest, LeasedDelivery, NextStep, OutboxEvent, PreviousWebhookSecret, Webhook,

@@ -167,6 +167,40 @@ async fn finish(sim: &Sim, key: &PodKey, uid: &str) -> Option<Value> {
     Some(removed)
 }
 
+/// Node-pressure signals the kubelet evicts for (`resource` of `POST /_sim/pods/{ns}/{name}/evict`).
+pub(crate) const EVICTION_RESOURCES: [&str; 3] = ["memory", "ephemeral-storage", "pid"];
+
+/// The kubelet evicts a running pod under node pressure: its status says so first, then every
+/// process of the pod dies (137). The object stays (phase `Failed`) until someone deletes it.
+pub(crate) fn evict(sim: &Sim, namespace: &str, name: &str, resource: &str) -> Result<Value, ApiError> {
+    if !EVICTION_RESOURCES.contains(&resource) {
+        return Err(ApiError::bad_request(format!(
+            "unsupported eviction resource {resource:?}: supported values: \"{}\"",
+            EVICTION_RESOURCES.join("\", \"")
+        )));
+    }
+    let current = sim.pod(namespace, name).ok_or_else(|| ApiError::not_found("pods", name))?;
+    let uid = pod::meta_str(&current, "uid").unwrap_or_default().to_owned();
+    if !pod::is_scheduled(&current) {
+        return Err(ApiError::bad_request(format!("pod {name} does not have a host assigned")));
+    }
+    if matches!(pod::phase(&current), "Succeeded" | "Failed") {
+        return Err(ApiError::bad_request(format!("pod {name} has already terminated")));
+    }
+    let key = (namespace.to_owned(), name.to_owned());
+    let message = pod::eviction_message(resource);
+    let updated = sim.update_pod(&key, &uid, |p| {
+        pod::evict(p, Utc::now(), &message);
+        true
+    });
+    let updated = updated.ok_or_else(|| ApiError::not_found("pods", name))?;
+    for container in pod::container_names(&updated) {
+        append_log(sim, namespace, name, &container, &format!("kube-sim: pod evicted: {message}\n"));
+    }
+    sim.processes.kill_pod(&uid, None);
+    Ok(updated)
+}
+
 /// The kernel OOM-kills a container: its status says so first, then its processes die (137).
 pub(crate) fn oom_kill(sim: &Sim, namespace: &str, name: &str, container: Option<&str>) -> Result<Value, ApiError> {
     let current = sim.pod(namespace, name).ok_or_else(|| ApiError::not_found("pods", name))?;

@@ -2,8 +2,9 @@
 //!
 //! It speaks the wire formats that kube-rs and `kubectl` expect (see `shared/kube-protocol.md`)
 //! for what rdev-api uses: discovery, namespaces (get, list), pods (create, get, list and watch
-//! with label and field selectors, delete), `pods/log` and `pods/exec` over WebSocket
-//! (`v5.channel.k8s.io`, `v4.channel.k8s.io`). Plain HTTP on loopback; optional bearer token.
+//! with label and field selectors, delete, `pods/eviction`), `pods/log` and `pods/exec` over
+//! WebSocket (`v5.channel.k8s.io`, `v4.channel.k8s.io`), and `coordination.k8s.io/v1` leases
+//! (create, get, list, replace, delete). Plain HTTP on loopback; optional bearer token.
 //!
 //! # How the simulated cluster behaves
 //!
@@ -17,6 +18,16 @@
 //! - **Deletion** with a grace period sets `deletionTimestamp`, then after `min(grace, 1 s)` kills
 //!   every exec process of the pod and removes it (DELETED). Grace 0, an unscheduled pod or a
 //!   finished pod is removed at once. The pod's directory is removed with the pod.
+//! - **Watches** replay the history after their `resourceVersion` (`410 Expired` as an ERROR
+//!   event for one older than the history holds), end after `timeoutSeconds`, and with
+//!   `allowWatchBookmarks=true` carry a BOOKMARK every [`SimConfig::bookmark_interval`] and
+//!   one before they end. A compaction ends every live watch with the `410` ERROR event.
+//! - **Leases** are stored as created; a replace (PUT) needs the current
+//!   `metadata.resourceVersion` (409 Conflict on another, 422 without one) and creates a
+//!   missing lease; the resourceVersion counter is shared with pods, as etcd's revision is.
+//! - **Evictions**: `pods/{name}/eviction` (policy/v1) deletes the pod as its `deleteOptions`
+//!   say (no PodDisruptionBudget exists); a kubelet eviction under node pressure (control
+//!   endpoint) fails the pod (`Evicted`) and kills its processes.
 //! - **Exec** runs `command` as a local process, not in a container: cwd is the pod's directory
 //!   ([`KubeSim::pod_dir`], `pods_root/<namespace>/<pod>`), the environment is `PATH` (a minimal
 //!   default), `HOME` (the pod's directory), `HOSTNAME` (the pod name), the container's literal
@@ -58,14 +69,23 @@
 //! - `POST /_sim/pods/{ns}/{name}/oom[?container=c]` OOM-kills the container (Never: pod
 //!   Failed; Always/OnFailure: `lastState.terminated.reason=OOMKilled`, `restartCount`+1) and
 //!   SIGKILLs its execs (137). Answers the Pod.
+//! - `POST /_sim/pods/{ns}/{name}/evict[?resource=memory|ephemeral-storage|pid]` evicts the
+//!   pod as the kubelet does under node pressure: phase `Failed`, reason `Evicted`, message
+//!   `The node was low on resource: <resource>. `, a `DisruptionTarget` condition, containers
+//!   terminated (137, `ContainerStatusUnknown`), then its execs SIGKILLed (137). Answers the Pod.
+//! - `POST /_sim/compact` compacts the watch history: every earlier resourceVersion is too old
+//!   (`410 Expired`), live watches end with that error. Answers `{"resourceVersion":"N"}`.
+//! - `GET /_sim/stats` answers `{"api_requests":N}`: Kubernetes API requests so far, refused
+//!   and faulted ones included.
 //! - `GET /_sim/pods/{ns}/{name}/processes` lists the running exec processes:
 //!   `{"pids":[…],"processes":[{"pid":…,"container":"main","command":[…]}]}`.
 //! - `POST /_sim/pods/{ns}/{name}/log[?container=c]` appends the request body to the container log.
 //!
 //! # Not simulated
 //!
-//! PATCH/PUT of pods, `pods/attach`, port-forward, SPDY (kubectl falls back to it only after a
-//! failed WebSocket upgrade, and then gets the same error `Status`), the OpenAPI documents
+//! PATCH/PUT of pods, watches of leases, PodDisruptionBudgets, `pods/attach`, port-forward,
+//! SPDY (kubectl falls back to it only after a failed WebSocket upgrade, and then gets the same
+//! error `Status`), the OpenAPI documents
 //! (`kubectl create -f` needs `--validate=false`), streaming lists (`sendInitialEvents` gets the
 //! 422 that makes clients fall back to list + watch), list pagination (`limit` is ignored, no
 //! `continue`), Table output for watches, log `timestamps`/`sinceSeconds`/`previous`, init
@@ -76,6 +96,7 @@ mod exec;
 mod faults;
 mod kubeconfig;
 mod kubelet;
+mod lease;
 mod pod;
 mod processes;
 mod query;
@@ -102,16 +123,20 @@ pub struct SimConfig {
     pub pods_root: PathBuf,
     /// Bearer token every Kubernetes API request must carry; `None` accepts anonymous requests.
     pub token: Option<String>,
+    /// How often a watch with `allowWatchBookmarks=true` gets a BOOKMARK (the apiserver: about
+    /// once a minute).
+    pub bookmark_interval: Duration,
 }
 
 impl SimConfig {
-    /// Loopback on a free port, pods ready after 200 ms, no token.
+    /// Loopback on a free port, pods ready after 200 ms, no token, a bookmark every second.
     pub fn for_tests(pods_root: PathBuf) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             ready_delay: Duration::from_millis(200),
             pods_root,
             token: None,
+            bookmark_interval: Duration::from_secs(1),
         }
     }
 }
@@ -175,6 +200,17 @@ impl KubeSim {
     /// Replaces the injected faults (same as `POST /_sim/faults`).
     pub fn set_faults(&self, faults: Faults) {
         self.sim.faults.set(faults);
+    }
+
+    /// Compacts the watch history (same as `POST /_sim/compact`): watches from any earlier
+    /// resourceVersion get `410 Expired`, live ones end with it. Returns the new resourceVersion.
+    pub fn compact(&self) -> u64 {
+        self.sim.compact()
+    }
+
+    /// Kubernetes API requests seen so far (same as `GET /_sim/stats`).
+    pub fn api_requests(&self) -> u64 {
+        self.sim.api_requests()
     }
 
     /// Clears the injected faults (same as `DELETE /_sim/faults`).

@@ -27,6 +27,9 @@ struct Args {
     /// Parent of the pods' directories (default: a fresh directory under the system temp dir).
     #[arg(long)]
     pods_root: Option<PathBuf>,
+    /// Seconds between the BOOKMARK events of watches that allow them.
+    #[arg(long, default_value_t = 60)]
+    bookmark_interval_seconds: u64,
     /// Bearer token required on API requests (also written into the kubeconfig).
     #[arg(long, env = "KUBE_SIM_TOKEN")]
     token: Option<String>,
@@ -48,6 +51,7 @@ async fn main() -> std::io::Result<()> {
         ready_delay: Duration::from_millis(args.ready_delay_ms),
         pods_root: pods_root.clone(),
         token: args.token,
+        bookmark_interval: Duration::from_secs(args.bookmark_interval_seconds.max(1)),
     };
     let sim = KubeSim::start(config).await?;
     sim.write_kubeconfig(&args.kubeconfig_out, &args.namespace)?;

@@ -14,8 +14,8 @@ pub(crate) const NODE_NAME: &str = "kube-sim-node";
 pub(crate) const HOST_IP: &str = "10.0.0.1";
 
 /// Condition types in the order the kubelet lists them.
-const CONDITION_ORDER: [&str; 5] =
-    ["PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady", "PodScheduled"];
+const CONDITION_ORDER: [&str; 6] =
+    ["DisruptionTarget", "PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady", "PodScheduled"];
 
 /// A timestamp as Go's `metav1.Time` renders it (RFC 3339, UTC, seconds).
 pub(crate) fn timestamp(at: DateTime<Utc>) -> String {
@@ -460,6 +460,44 @@ fn replace_container_status(pod: &mut Value, name: &str, updated: Value) {
     }
 }
 
+/// What the kubelet's eviction manager tells an evicted pod (`nodeLowMessageFmt`).
+pub(crate) fn eviction_message(resource: &str) -> String {
+    format!("The node was low on resource: {resource}. ")
+}
+
+/// The kubelet evicted the pod under node pressure: every container killed, the pod `Failed`
+/// with reason `Evicted` whatever its restart policy, and a `DisruptionTarget` condition.
+pub(crate) fn evict(pod: &mut Value, now: DateTime<Utc>, message: &str) {
+    let now_s = timestamp(now);
+    let statuses: Vec<Value> = pod
+        .pointer("/status/containerStatuses")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|mut s| {
+            if s.pointer("/state/terminated").is_none() {
+                let mut state = terminated_state(&s, 137, "ContainerStatusUnknown", &now_s);
+                state["terminated"]["message"] =
+                    json!("The container could not be located when the pod was terminated");
+                s["state"] = state;
+            }
+            s["ready"] = json!(false);
+            s["started"] = json!(false);
+            s
+        })
+        .collect();
+    with_status(pod, |s| {
+        s.insert("phase".into(), json!("Failed"));
+        s.insert("reason".into(), json!("Evicted"));
+        s.insert("message".into(), json!(message));
+        s.insert("containerStatuses".into(), Value::Array(statuses));
+    });
+    set_condition(pod, "DisruptionTarget", "True", Some("TerminationByKubelet"), Some(message.to_owned()), &now_s);
+    set_condition(pod, "Ready", "False", Some("PodFailed"), None, &now_s);
+    set_condition(pod, "ContainersReady", "False", Some("PodFailed"), None, &now_s);
+}
+
 /// A graceful delete began: the kubelet has `grace_seconds` to stop the containers.
 pub(crate) fn mark_deleting(pod: &mut Value, now: DateTime<Utc>, grace_seconds: i64) {
     let deadline = now + chrono::Duration::seconds(grace_seconds);
@@ -565,10 +603,26 @@ mod tests {
         start_containers(&mut pod, now, "10.244.0.5");
         let kinds: Vec<&str> =
             pod["status"]["conditions"].as_array().unwrap().iter().map(|c| c["type"].as_str().unwrap()).collect();
-        assert_eq!(kinds, CONDITION_ORDER.to_vec());
+        assert_eq!(kinds, CONDITION_ORDER[1..].to_vec());
         assert!(container_running(&pod, "main"));
         assert_eq!(phase(&pod), "Running");
         assert!(pod["status"]["conditions"][2].get("reason").is_none());
+    }
+
+    #[test]
+    fn an_evicted_pod_fails_whatever_its_restart_policy() {
+        let mut pod = created();
+        let now = Utc::now();
+        schedule(&mut pod, now);
+        kubelet_accepts(&mut pod, now);
+        start_containers(&mut pod, now, "10.244.0.5");
+        evict(&mut pod, now, &eviction_message("memory"));
+        assert_eq!(phase(&pod), "Failed");
+        assert_eq!(pod["status"]["reason"], "Evicted");
+        assert_eq!(pod["status"]["message"], "The node was low on resource: memory. ");
+        assert_eq!(pod["status"]["conditions"][0]["type"], "DisruptionTarget");
+        assert_eq!(container_status(&pod, "main").unwrap()["state"]["terminated"]["exitCode"], 137);
+        assert!(!container_running(&pod, "main"));
     }
 
     #[test]

@@ -173,6 +173,8 @@ pub(crate) const POD_FIELDS: &[&str] = &[
 
 /// Fields a namespace `fieldSelector` may name.
 pub(crate) const NAMESPACE_FIELDS: &[&str] = &["metadata.name", "status.phase"];
+/// Field selectors the apiserver accepts for leases (the generic object-meta ones).
+pub(crate) const LEASE_FIELDS: &[&str] = &["metadata.name", "metadata.namespace"];
 
 impl FieldSelector {
     /// Parses the selector, refusing fields outside `supported` as the apiserver does.

@@ -104,6 +104,7 @@ async fn gate(sim: Arc<Sim>, router: Router, request: Request<Incoming>) -> Resu
     if is_control(request.uri().path()) {
         return Ok(route(router, request).await);
     }
+    sim.count_request();
     let faults = sim.faults.get();
     if faults.refuse_connections == Some(true) {
         return Err(Dropped);

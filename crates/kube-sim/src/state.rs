@@ -1,9 +1,10 @@
-//! The simulated cluster's store: pods and namespaces, one resourceVersion counter, a bounded
-//! event history for watches, and the broadcast that live watches follow.
+//! The simulated cluster's store: pods, leases and namespaces, one resourceVersion counter, a
+//! bounded event history for pod watches, and the broadcast that live watches follow.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::Utc;
@@ -12,6 +13,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::faults::FaultSwitch;
+use crate::lease;
 use crate::pod;
 use crate::processes::ProcessTable;
 use crate::status::ApiError;
@@ -79,6 +81,7 @@ struct Store {
     /// Every pod event with a resourceVersion above this is still in `history`.
     floor: u64,
     pods: BTreeMap<PodKey, Value>,
+    leases: BTreeMap<PodKey, Value>,
     history: VecDeque<Arc<Event>>,
     namespaces: BTreeMap<String, Value>,
     next_ip: u32,
@@ -99,6 +102,10 @@ pub(crate) struct Sim {
     pub shutdown: CancellationToken,
     /// Running exec processes per pod.
     pub processes: ProcessTable,
+    /// Bumped by every compaction; live watches end with a 410 when it changes.
+    compactions: tokio::sync::watch::Sender<u64>,
+    /// Kubernetes API requests seen (control requests excluded), for `GET /_sim/stats`.
+    api_requests: AtomicU64,
 }
 
 impl Sim {
@@ -113,6 +120,7 @@ impl Sim {
             rv: FIRST_RESOURCE_VERSION,
             floor: FIRST_RESOURCE_VERSION,
             pods: BTreeMap::new(),
+            leases: BTreeMap::new(),
             history: VecDeque::new(),
             namespaces: BTreeMap::new(),
             next_ip: 5,
@@ -129,7 +137,36 @@ impl Sim {
             faults: FaultSwitch::default(),
             shutdown: CancellationToken::new(),
             processes: ProcessTable::default(),
+            compactions: tokio::sync::watch::Sender::new(0),
+            api_requests: AtomicU64::new(0),
         }
+    }
+
+    /// Counts one Kubernetes API request.
+    pub(crate) fn count_request(&self) {
+        self.api_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Kubernetes API requests seen so far.
+    pub(crate) fn api_requests(&self) -> u64 {
+        self.api_requests.load(Ordering::Relaxed)
+    }
+
+    /// Follows compactions: a live watch ends with `410 Expired` when the value changes.
+    pub(crate) fn compactions(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.compactions.subscribe()
+    }
+
+    /// Compacts the history as etcd does: every resourceVersion up to now becomes too old to
+    /// resume from (watches from one get `410 Expired`), live watches end with that error, and
+    /// a fresh list (at a new resourceVersion) is the way back. Returns that resourceVersion.
+    pub(crate) fn compact(&self) -> u64 {
+        let mut store = self.lock();
+        store.rv += 1;
+        store.floor = store.rv;
+        store.history.clear();
+        self.compactions.send_modify(|n| *n += 1);
+        store.rv
     }
 
     fn lock(&self) -> MutexGuard<'_, Store> {
@@ -277,12 +314,108 @@ impl Sim {
         Ok(WatchStart { rv: store.rv, initial, feed: self.events.subscribe() })
     }
 
+    /// One lease.
+    pub(crate) fn lease(&self, namespace: &str, name: &str) -> Option<Value> {
+        self.lock().leases.get(&(namespace.to_owned(), name.to_owned())).cloned()
+    }
+
+    /// The leases of `namespace` (every namespace for `None`), with the list's resourceVersion.
+    pub(crate) fn leases(&self, namespace: Option<&str>) -> (u64, Vec<Value>) {
+        let store = self.lock();
+        let leases =
+            store.leases.iter().filter(|((ns, _), _)| namespace.is_none_or(|n| n == ns)).map(|(_, l)| l.clone());
+        (store.rv, leases.collect())
+    }
+
+    /// Stores a new lease; 409 AlreadyExists when the name is taken.
+    pub(crate) fn insert_lease(&self, mut object: Value) -> Result<Value, ApiError> {
+        let key = object_key(&object);
+        let mut store = self.lock();
+        insert_namespace(&mut store, &key.0);
+        if store.leases.contains_key(&key) {
+            return Err(ApiError::already_exists_in(lease::GROUP, lease::RESOURCE, &key.1));
+        }
+        bump(&mut store, &mut object);
+        store.leases.insert(key, object.clone());
+        Ok(object)
+    }
+
+    /// Replaces a lease whose stored resourceVersion is the body's (422 without one, 409
+    /// Conflict on another), keeping what the server owns (uid, creationTimestamp). A missing
+    /// lease is created, as leases allow create-on-update. Returns the stored object and
+    /// whether it was created.
+    pub(crate) fn replace_lease(&self, decoded: lease::Decoded) -> Result<(Value, bool), ApiError> {
+        let lease::Decoded { mut object, resource_version, uid } = decoded;
+        let key = object_key(&object);
+        let mut store = self.lock();
+        let Some(current) = store.leases.get(&key) else {
+            drop(store);
+            lease::stamp_created(&mut object, &uuid::Uuid::new_v4().to_string(), Utc::now());
+            return self.insert_lease(object).map(|o| (o, true));
+        };
+        let Some(expected) = resource_version else {
+            let message = "Invalid value: 0x0: must be specified for an update".to_owned();
+            return Err(ApiError::invalid_in(
+                Some(lease::GROUP),
+                lease::RESOURCE,
+                &key.1,
+                &[("FieldValueInvalid", message, "metadata.resourceVersion")],
+            ));
+        };
+        if pod::meta_str(current, "resourceVersion") != Some(expected.as_str()) {
+            return Err(ApiError::conflict_in(lease::GROUP, lease::RESOURCE, &key.1, lease::OPTIMISTIC_LOCK.into()));
+        }
+        lease::keep_server_fields(&mut object, uid.as_deref(), current)?;
+        bump(&mut store, &mut object);
+        store.leases.insert(key, object.clone());
+        Ok((object, false))
+    }
+
+    /// Removes a lease after checking the delete preconditions; 404 when there is none.
+    pub(crate) fn remove_lease(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: Option<&str>,
+        resource_version: Option<&str>,
+    ) -> Result<Value, ApiError> {
+        let key = (namespace.to_owned(), name.to_owned());
+        let mut store = self.lock();
+        let current =
+            store.leases.get(&key).ok_or_else(|| ApiError::not_found_in(lease::GROUP, lease::RESOURCE, name))?;
+        let failed = |what: &str, expected: &str, actual: &str| {
+            ApiError::conflict_in(
+                lease::GROUP,
+                lease::RESOURCE,
+                name,
+                format!("Precondition failed: {what} in precondition: {expected}, {what} in object meta: {actual}"),
+            )
+        };
+        let (actual_uid, actual_rv) = (
+            pod::meta_str(current, "uid").unwrap_or_default().to_owned(),
+            pod::meta_str(current, "resourceVersion").unwrap_or_default().to_owned(),
+        );
+        if let Some(expected) = uid.filter(|u| *u != actual_uid) {
+            return Err(failed("UID", expected, &actual_uid));
+        }
+        if let Some(expected) = resource_version.filter(|r| *r != actual_rv) {
+            return Err(failed("ResourceVersion", expected, &actual_rv));
+        }
+        store.rv += 1;
+        store.leases.remove(&key).ok_or_else(|| ApiError::not_found_in(lease::GROUP, lease::RESOURCE, name))
+    }
+
     /// Kills every exec process of every pod (shutdown).
     pub(crate) fn kill_all_processes(&self) {
         let uids: Vec<String> =
             self.lock().pods.values().filter_map(|p| pod::meta_str(p, "uid").map(str::to_owned)).collect();
         self.processes.kill_all(&uids);
     }
+}
+
+fn object_key(object: &Value) -> PodKey {
+    let namespace = pod::meta_str(object, "namespace").unwrap_or_default().to_owned();
+    (namespace, pod::meta_str(object, "name").unwrap_or_default().to_owned())
 }
 
 fn bump(store: &mut Store, object: &mut Value) -> u64 {
@@ -368,6 +501,20 @@ mod tests {
         }
         assert!(sim.watch(Some(FIRST_RESOURCE_VERSION + 5)).is_err());
         assert!(sim.watch(Some(sim.current_rv())).is_ok());
+    }
+
+    #[test]
+    fn compaction_expires_everything_before_it() {
+        let sim = sim();
+        sim.insert_pod(pod("a")).unwrap();
+        let before = sim.current_rv();
+        let compactions = sim.compactions();
+        let after = sim.compact();
+        assert!(after > before);
+        assert!(compactions.has_changed().unwrap());
+        assert_eq!(sim.watch(Some(before)).unwrap_err(), Expired { requested: before, oldest: after });
+        assert!(sim.watch(Some(after)).unwrap().initial.is_empty());
+        assert_eq!(sim.watch(None).unwrap().initial.len(), 1, "a fresh watch still sees the pods");
     }
 
     #[test]

@@ -29,6 +29,12 @@ impl ApiError {
             .with_details(json!({"name": name, "kind": resource}))
     }
 
+    /// 404 for a named object of a resource in a named API group (`leases.coordination.k8s.io`).
+    pub(crate) fn not_found_in(group: &str, resource: &str, name: &str) -> Self {
+        Self::new(404, "NotFound", format!("{resource}.{group} \"{name}\" not found"))
+            .with_details(json!({"name": name, "group": group, "kind": resource}))
+    }
+
     /// 404 for a path no route serves.
     pub(crate) fn no_route() -> Self {
         Self::new(404, "NotFound", "the server could not find the requested resource").with_details(json!({}))
@@ -38,6 +44,18 @@ impl ApiError {
     pub(crate) fn already_exists(resource: &str, name: &str) -> Self {
         Self::new(409, "AlreadyExists", format!("{resource} \"{name}\" already exists"))
             .with_details(json!({"name": name, "kind": resource}))
+    }
+
+    /// 409 for a create whose name is taken, in a named API group.
+    pub(crate) fn already_exists_in(group: &str, resource: &str, name: &str) -> Self {
+        Self::new(409, "AlreadyExists", format!("{resource}.{group} \"{name}\" already exists"))
+            .with_details(json!({"name": name, "group": group, "kind": resource}))
+    }
+
+    /// 409 for a stale resourceVersion or a failed precondition, in a named API group.
+    pub(crate) fn conflict_in(group: &str, resource: &str, name: &str, message: String) -> Self {
+        Self::new(409, "Conflict", format!("Operation cannot be fulfilled on {resource}.{group} \"{name}\": {message}"))
+            .with_details(json!({"name": name, "group": group, "kind": resource}))
     }
 
     /// 409 for a failed delete precondition.
@@ -53,6 +71,17 @@ impl ApiError {
 
     /// 422 for an invalid object: `<Kind> "<name>" is invalid: <field>: <what>`.
     pub(crate) fn invalid(kind: &str, name: &str, causes: &[(&'static str, String, &str)]) -> Self {
+        Self::invalid_in(None, kind, name, causes)
+    }
+
+    /// 422 as [`ApiError::invalid`], for a kind of a named API group
+    /// (`Lease.coordination.k8s.io "x" is invalid: …`, details with `group`).
+    pub(crate) fn invalid_in(
+        group: Option<&str>,
+        kind: &str,
+        name: &str,
+        causes: &[(&'static str, String, &str)],
+    ) -> Self {
         let summary: Vec<String> = causes.iter().map(|(_, message, field)| format!("{field}: {message}")).collect();
         let summary = if summary.len() == 1 { summary.join("") } else { format!("[{}]", summary.join(", ")) };
         let causes: Vec<Value> = causes
@@ -63,9 +92,16 @@ impl ApiError {
         if !name.is_empty() {
             details.insert("name".into(), json!(name));
         }
+        let qualified = match group {
+            Some(group) => {
+                details.insert("group".into(), json!(group));
+                format!("{kind}.{group}")
+            }
+            None => kind.to_owned(),
+        };
         details.insert("kind".into(), json!(kind));
         details.insert("causes".into(), Value::Array(causes));
-        Self::new(422, "Invalid", format!("{kind} \"{name}\" is invalid: {summary}"))
+        Self::new(422, "Invalid", format!("{qualified} \"{name}\" is invalid: {summary}"))
             .with_details(Value::Object(details))
     }
 
@@ -170,6 +206,23 @@ mod tests {
         let expected = json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure",
             "message":"pods \"x\" not found","reason":"NotFound","details":{"name":"x","kind":"pods"},"code":404});
         assert_eq!(ApiError::not_found("pods", "x").to_status(), expected);
+    }
+
+    #[test]
+    fn group_resources_are_qualified() {
+        let status = ApiError::not_found_in("coordination.k8s.io", "leases", "l").to_status();
+        assert_eq!(status["message"], "leases.coordination.k8s.io \"l\" not found");
+        assert_eq!(status["details"], json!({"name": "l", "group": "coordination.k8s.io", "kind": "leases"}));
+        let invalid = ApiError::invalid_in(
+            Some("coordination.k8s.io"),
+            "Lease",
+            "l",
+            &[("FieldValueInvalid", "Invalid value: 0: must be greater than 0".into(), "spec.leaseDurationSeconds")],
+        );
+        assert_eq!(
+            invalid.to_status()["message"],
+            "Lease.coordination.k8s.io \"l\" is invalid: spec.leaseDurationSeconds: Invalid value: 0: must be greater than 0"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assert_matches_fixture, fixture, pod_body, start, start_with, VOLATILE};
+use common::{assert_matches_fixture, fixture, pod_body, read_events, start, start_with, VOLATILE};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
@@ -95,25 +95,6 @@ async fn list_honours_label_and_field_selectors() {
     let (status, _) = t.get_json("/api/v1/namespaces/default/pods?labelSelector=a+b").await;
     assert_eq!(status, 400);
     t.sim.shutdown().await;
-}
-
-/// Reads watch lines until `count` events arrived (at most 5 s).
-async fn read_events(response: reqwest::Response, count: usize) -> Vec<Value> {
-    let mut stream = response.bytes_stream();
-    let mut buffer = Vec::new();
-    let mut events = Vec::new();
-    let read = async {
-        while events.len() < count {
-            let Some(chunk) = stream.next().await else { break };
-            buffer.extend_from_slice(&chunk.unwrap());
-            while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buffer.drain(..=end).collect();
-                events.push(serde_json::from_slice::<Value>(&line).unwrap());
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), read).await.expect("watch events did not arrive");
-    events
 }
 
 #[tokio::test]

@@ -12,6 +12,7 @@ pub mod commands;
 pub mod liveness;
 pub mod metrics;
 pub mod open_requests;
+pub mod pod_watch;
 pub mod pods;
 pub mod projects;
 pub mod queue_bus;

@@ -1,13 +1,14 @@
 //! `PodService`: the project's development pod as clients see it (status, start, stop, logs),
-//! with the same visibility rules as projects, and `PodEvents`, which turns the pod states a
-//! replica causes into `pod.*` webhook events.
+//! with the same visibility rules as projects, and `PodEvents`, which turns pod states into
+//! `pod.*` webhook events: the states a replica causes itself, or, when a cluster-wide pod
+//! watch runs (`crate::pod_watch`), only the changes that watch reports.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use domain::api_key::Scope;
-use domain::pod::{PodPhase, PodSpec, PodStatus};
+use domain::pod::{PodChange, PodPhase, PodSpec, PodStatus};
 use domain::ports::PodManager;
 use domain::project::ProjectName;
 use domain::webhook::{pod_event_type, EventType};
@@ -20,24 +21,60 @@ use crate::webhooks::WebhookService;
 /// How often a stopping pod is looked at until it is gone.
 const STOP_POLL: Duration = Duration::from_millis(500);
 
+/// Who announces pod states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Announcer {
+    /// Each replica announces the states it observes itself (the process executor).
+    Replica,
+    /// The cluster-wide pod watch announces every change, once; replicas announce nothing.
+    ClusterWatch,
+}
+
 /// Announces pod states as `pod.ready` / `pod.failed` / `pod.stopped` webhook events: each
-/// change once per replica, not every observation of the same state.
+/// change once per replica, not every observation of the same state; or, behind a cluster-wide
+/// pod watch, each change once cluster-wide.
 #[derive(Clone)]
 #[expect(missing_debug_implementations, reason = "holds a service without Debug")]
 pub struct PodEvents {
     webhooks: Arc<WebhookService>,
     last: Arc<Mutex<HashMap<ProjectName, EventType>>>,
+    announcer: Announcer,
 }
 
 impl PodEvents {
-    /// Events go to `webhooks`.
+    /// Events go to `webhooks`, announced by the replica that observes them.
     pub fn new(webhooks: Arc<WebhookService>) -> Self {
-        Self { webhooks, last: Arc::default() }
+        Self { webhooks, last: Arc::default(), announcer: Announcer::Replica }
+    }
+
+    /// Events go to `webhooks`, announced only from what the cluster-wide pod watch reports
+    /// ([`PodEvents::reported`]); what a replica observes itself ([`PodEvents::observed`])
+    /// is announced by the watch when it happens, so it is not announced again here.
+    pub fn cluster_watched(webhooks: Arc<WebhookService>) -> Self {
+        Self { announcer: Announcer::ClusterWatch, ..Self::new(webhooks) }
+    }
+
+    /// Whether a cluster-wide pod watch announces the events.
+    pub fn is_cluster_watched(&self) -> bool {
+        self.announcer == Announcer::ClusterWatch
+    }
+
+    /// Announces a change the cluster-wide pod watch reported (once per occurrence, whichever
+    /// leader reports it).
+    ///
+    /// # Errors
+    /// When the event cannot be recorded; the watch then offers the change again.
+    pub async fn reported(&self, change: &PodChange) -> DomainResult<()> {
+        self.webhooks.pod_change_reported(change).await
     }
 
     /// Records that `project`'s pod was seen in `status`; announces it when that state is an
-    /// event and differs from the last one this replica announced for the project.
+    /// event and differs from the last one this replica announced for the project. Behind a
+    /// cluster-wide pod watch it announces nothing: the watch sees the same change.
     pub async fn observed(&self, project: &ProjectName, status: &PodStatus) {
+        if self.announcer == Announcer::ClusterWatch {
+            return;
+        }
         let Some(kind) = pod_event_type(status) else { return };
         if self.remember(project, Some(kind)) == Some(kind) {
             return;

@@ -131,6 +131,9 @@ async fn start(db: &app::config::Database, cfg: &ServeConfig, dir: tempfile::Tem
     }
     tokio::spawn(service.dispatcher.run(shutdown.clone()));
     tokio::spawn(service.retention.run(shutdown.clone()));
+    if let Some(watch) = service.pod_watch {
+        tokio::spawn(watch.run(shutdown.clone()));
+    }
     let server = app::server::server(service.state, listener, 1).expect("server");
     let handle = server.handle();
     tokio::spawn(server);

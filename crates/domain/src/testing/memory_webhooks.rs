@@ -177,8 +177,13 @@ impl WebhookRepository for MemoryStore {
 #[async_trait]
 impl DeliveryQueue for MemoryStore {
     async fn append_event(&self, event: &OutboxEvent) -> DomainResult<()> {
-        self.with_webhooks(|t| t.events.push(EventRow { event: event.clone(), dispatched: false }));
-        Ok(())
+        self.with_webhooks(|t| {
+            if t.events.iter().any(|e| e.event.id == event.id) {
+                return Err(DomainError::Conflict(format!("webhook event {} exists", event.id)));
+            }
+            t.events.push(EventRow { event: event.clone(), dispatched: false });
+            Ok(())
+        })
     }
 
     async fn fan_out(&self, now: Timestamp, limit: u32) -> DomainResult<FanOut> {

@@ -329,6 +329,8 @@ async fn fan_out_respects_filters<S: WebhookStore>(store: S) {
     for _ in 0..3 {
         store.append_event(&sample_event(PodReady, Some("web"), None)).await.expect("append");
     }
+    let again = store.append_event(&events[0]).await;
+    assert!(matches!(again, Err(DomainError::Conflict(_))), "an event id is stored once: {again:?}");
     assert_eq!(store.fan_out(now_micros(), 2).await.expect("fan out").events, 2, "at most limit events");
     assert_eq!(store.fan_out(now_micros(), 2).await.expect("fan out").events, 1);
 }

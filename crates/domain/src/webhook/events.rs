@@ -2,12 +2,13 @@
 //! byte-for-byte the same payloads.
 
 use serde_json::json;
+use sha2::{Digest, Sha256};
 
 use super::model::OutboxEvent;
 use super::values::{EventPayload, EventType};
 use super::{EventId, WebhookId};
 use crate::command::{Command, CommandStatus};
-use crate::pod::{PodPhase, PodStatus};
+use crate::pod::{PodChange, PodPhase, PodStatus};
 use crate::project::ProjectName;
 use crate::{DomainResult, Timestamp};
 
@@ -92,6 +93,23 @@ pub fn pod_event(project: &ProjectName, status: &PodStatus, at: Timestamp) -> Op
     })
 }
 
+/// The event of a reported pod change. Its id is derived from the change's project and
+/// occurrence, so the same change reported twice (by two leaders in turn) is the same outbox
+/// event, which the store refuses to hold twice.
+pub fn pod_change_event(change: &PodChange, at: Timestamp) -> Option<OutboxEvent> {
+    let mut event = pod_event(&change.project, &change.status, at)?;
+    let digest = Sha256::new()
+        .chain_update(b"rdev-api pod change\0")
+        .chain_update(change.project.as_str().as_bytes())
+        .chain_update(b"\0")
+        .chain_update(change.occurrence.as_bytes())
+        .finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    event.id = EventId::from_uuid(uuid::Builder::from_custom_bytes(bytes).into_uuid());
+    Some(event)
+}
+
 /// A `ping` for one subscription only (`POST /v1/webhooks/{id}/test`).
 pub fn ping_event(webhook: WebhookId, at: Timestamp) -> DomainResult<OutboxEvent> {
     let data = json!({ "webhook_id": webhook.to_string(), "message": "ping from rdev-api" });
@@ -132,6 +150,22 @@ mod tests {
         assert_eq!(body["data"]["project"], "web");
         status.phase = PodPhase::Pending;
         assert!(pod_event(&project, &status, at).is_none());
+    }
+
+    #[test]
+    fn a_pod_change_has_the_same_event_id_whoever_reports_it() {
+        let project = ProjectName::parse("web").unwrap();
+        let status = PodStatus { phase: PodPhase::Failed, reason: Some("Evicted".into()), ..PodStatus::stopped() };
+        let change = PodChange { project, status, occurrence: "uid-1/failed".into() };
+        let at = chrono::DateTime::from_timestamp(1_767_225_600, 0).unwrap();
+        let first = pod_change_event(&change, at).unwrap();
+        let again = pod_change_event(&change, at + chrono::TimeDelta::seconds(5)).unwrap();
+        assert_eq!(first.id, again.id);
+        assert_eq!(first.event_type, EventType::PodFailed);
+        let other = PodChange { occurrence: "uid-2/failed".into(), ..change.clone() };
+        assert_ne!(pod_change_event(&other, at).unwrap().id, first.id);
+        let pending = PodChange { status: PodStatus { phase: PodPhase::Pending, ..PodStatus::stopped() }, ..change };
+        assert!(pod_change_event(&pending, at).is_none(), "not an event");
     }
 
     #[test]

@@ -56,7 +56,8 @@ pub trait WebhookRepository: Send + Sync {
 /// enqueue, a finish with a stale fence) MUST write no event.
 #[async_trait]
 pub trait DeliveryQueue: Send + Sync {
-    /// Appends an event written outside a command transition (pod events, pings).
+    /// Appends an event written outside a command transition (pod events, pings). MUST return
+    /// `Conflict`, and store nothing, when an event with the same id is already in the outbox.
     async fn append_event(&self, event: &OutboxEvent) -> DomainResult<()>;
     /// Takes up to `limit` events not yet dispatched, oldest first, and creates one pending
     /// delivery, due at `now`, for every subscription that `Webhook::wants` each; the events

@@ -58,6 +58,35 @@ pub(crate) async fn oom(
     }
 }
 
+/// `POST /_sim/pods/{ns}/{name}/evict[?resource=memory|ephemeral-storage|pid]`: the kubelet
+/// evicts the pod under node pressure; answers the updated Pod.
+pub(crate) async fn evict(
+    State(sim): State<Arc<Sim>>,
+    Path((ns, name)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let query = Query::parse(raw.as_deref());
+    let resource = query.get("resource").filter(|r| !r.is_empty()).unwrap_or("memory");
+    match kubelet::evict(&sim, &ns, &name, resource) {
+        Ok(pod) => json_response(StatusCode::OK, &pod),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `POST /_sim/compact`: compacts the watch history (see `Sim::compact`); answers
+/// `{"resourceVersion":"N"}`, the oldest version a watch can resume from afterwards.
+pub(crate) async fn compact(State(sim): State<Arc<Sim>>) -> Response {
+    let rv = sim.compact();
+    tracing::info!(resource_version = rv, "history compacted");
+    json_response(StatusCode::OK, &json!({"resourceVersion": rv.to_string()}))
+}
+
+/// `GET /_sim/stats`: `{"api_requests":N}`, every Kubernetes API request so far (control
+/// requests excluded), refused and faulted ones included.
+pub(crate) async fn stats(State(sim): State<Arc<Sim>>) -> Response {
+    json_response(StatusCode::OK, &json!({"api_requests": sim.api_requests()}))
+}
+
 /// `GET /_sim/pods/{ns}/{name}/processes`: `{"pids":[…],"processes":[{"pid","container","command"}]}`.
 pub(crate) async fn processes(State(sim): State<Arc<Sim>>, Path((ns, name)): Path<(String, String)>) -> Response {
     let Some(current) = sim.pod(&ns, &name) else {

@@ -25,9 +25,35 @@ pub(crate) async fn api() -> Response {
     )
 }
 
-/// `GET /apis`: no named groups.
+/// The one named group served: `coordination.k8s.io` (leases).
+fn coordination() -> serde_json::Value {
+    let version = json!({"groupVersion": "coordination.k8s.io/v1", "version": "v1"});
+    json!({"name": "coordination.k8s.io", "versions": [version.clone()], "preferredVersion": version})
+}
+
+/// `GET /apis`: the named groups (legacy discovery).
 pub(crate) async fn apis() -> Response {
-    json_response(StatusCode::OK, &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}))
+    json_response(StatusCode::OK, &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [coordination()]}))
+}
+
+/// `GET /apis/coordination.k8s.io`: the group and its versions.
+pub(crate) async fn coordination_group() -> Response {
+    let mut group = coordination();
+    group["kind"] = json!("APIGroup");
+    group["apiVersion"] = json!("v1");
+    json_response(StatusCode::OK, &group)
+}
+
+/// `GET /apis/coordination.k8s.io/v1`: leases, with the verbs a real server lists (the ones
+/// kube-sim lacks answer 405).
+pub(crate) async fn coordination_v1() -> Response {
+    json_response(
+        StatusCode::OK,
+        &json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "coordination.k8s.io/v1", "resources": [
+            {"name": "leases", "singularName": "lease", "namespaced": true, "kind": "Lease",
+             "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]},
+        ]}),
+    )
 }
 
 /// `GET /api/v1`: the resources the simulator serves, with the verbs a real server lists (the
@@ -41,6 +67,8 @@ pub(crate) async fn api_v1() -> Response {
             {"name": "pods", "singularName": "pod", "namespaced": true, "kind": "Pod",
              "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
              "shortNames": ["po"], "categories": ["all"]},
+            {"name": "pods/eviction", "singularName": "", "namespaced": true, "group": "policy", "version": "v1",
+             "kind": "Eviction", "verbs": ["create"]},
             {"name": "pods/exec", "singularName": "", "namespaced": true, "kind": "PodExecOptions", "verbs": ["create", "get"]},
             {"name": "pods/log", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"]},
             {"name": "pods/status", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get", "patch", "update"]},

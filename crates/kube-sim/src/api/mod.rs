@@ -3,6 +3,7 @@
 mod control;
 mod discovery;
 mod exec;
+mod leases;
 mod logs;
 mod namespaces;
 mod pods;
@@ -25,6 +26,8 @@ pub(crate) fn router(sim: Arc<Sim>) -> Router {
         .route("/api", get(discovery::api))
         .route("/apis", get(discovery::apis))
         .route("/api/v1", get(discovery::api_v1))
+        .route("/apis/coordination.k8s.io", get(discovery::coordination_group))
+        .route("/apis/coordination.k8s.io/v1", get(discovery::coordination_v1))
         .route("/healthz", get(discovery::ok))
         .route("/livez", get(discovery::ok))
         .route("/readyz", get(discovery::ok))
@@ -36,8 +39,18 @@ pub(crate) fn router(sim: Arc<Sim>) -> Router {
         .route("/api/v1/namespaces/{ns}/pods/{name}/status", get(pods::get))
         .route("/api/v1/namespaces/{ns}/pods/{name}/log", get(logs::logs))
         .route("/api/v1/namespaces/{ns}/pods/{name}/exec", get(exec::exec).post(exec::exec))
+        .route("/api/v1/namespaces/{ns}/pods/{name}/eviction", post(pods::evict))
+        .route("/apis/coordination.k8s.io/v1/leases", get(leases::list_all))
+        .route("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases", get(leases::list).post(leases::create))
+        .route(
+            "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}",
+            get(leases::get).put(leases::replace).delete(leases::delete),
+        )
         .route("/_sim/faults", get(control::get_faults).post(control::set_faults).delete(control::clear_faults))
+        .route("/_sim/compact", post(control::compact))
+        .route("/_sim/stats", get(control::stats))
         .route("/_sim/pods/{ns}/{name}/oom", post(control::oom))
+        .route("/_sim/pods/{ns}/{name}/evict", post(control::evict))
         .route("/_sim/pods/{ns}/{name}/processes", get(control::processes))
         .route("/_sim/pods/{ns}/{name}/log", post(control::append_log))
         .fallback(no_route)

@@ -154,7 +154,7 @@ fn list_or_watch(sim: Arc<Sim>, ns: Option<String>, raw: Option<String>, headers
 }
 
 /// Reads DeleteOptions from the query and the optional JSON body.
-fn delete_options(query: &Query, body: &[u8]) -> Result<DeleteOptions, ApiError> {
+pub(crate) fn delete_options(query: &Query, body: &[u8]) -> Result<DeleteOptions, ApiError> {
     let mut opts = DeleteOptions { dry_run: query.has("dryRun"), ..DeleteOptions::default() };
     if let Some(grace) = query.get("gracePeriodSeconds").filter(|g| !g.is_empty()) {
         let grace =
@@ -224,4 +224,50 @@ pub(crate) async fn delete_collection(
         StatusCode::OK,
         &json!({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": rv}, "items": items}),
     )
+}
+
+/// `POST /api/v1/namespaces/{ns}/pods/{name}/eviction` with a `policy/v1` (or `v1beta1`)
+/// Eviction: the pod is deleted as its `deleteOptions` say (no PodDisruptionBudget stands in
+/// the way in the sim); answers `201` with a Success Status.
+pub(crate) async fn evict(
+    State(sim): State<Arc<Sim>>,
+    Path((ns, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let evicted = match eviction_options(&body, &name) {
+        Ok(opts) => match known_namespace(&sim, &ns) {
+            Ok(()) => kubelet::delete_pod(&sim, &ns, &name, &opts).await,
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    };
+    match evicted {
+        Ok(_) => json_response(
+            StatusCode::CREATED,
+            &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+        ),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The delete options of an Eviction body, after checking that it is one and names this pod.
+fn eviction_options(body: &[u8], pod: &str) -> Result<DeleteOptions, ApiError> {
+    let eviction: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}")))?;
+    if !eviction.is_object() {
+        return Err(ApiError::bad_request("the body of the request was in an unknown format"));
+    }
+    if let Some(kind) = eviction.get("kind").and_then(Value::as_str).filter(|k| *k != "Eviction") {
+        return Err(ApiError::bad_request(format!("the kind {kind} is not Eviction")));
+    }
+    let version = eviction.get("apiVersion").and_then(Value::as_str).unwrap_or("policy/v1");
+    if !matches!(version, "policy/v1" | "policy/v1beta1") {
+        return Err(ApiError::bad_request(format!("unsupported Eviction version {version}: use policy/v1")));
+    }
+    // The apiserver compares the names as they are: an Eviction without one does not match.
+    if eviction.pointer("/metadata/name").and_then(Value::as_str) != Some(pod) {
+        return Err(ApiError::bad_request("name in URL does not match name in Eviction object"));
+    }
+    let options = eviction.get("deleteOptions").filter(|o| !o.is_null()).map(Value::to_string).unwrap_or_default();
+    delete_options(&Query::default(), options.as_bytes())
 }

@@ -126,6 +126,25 @@ impl TestSim {
     }
 }
 
+/// Reads watch lines until `count` events arrived (at most 5 s).
+pub async fn read_events(response: reqwest::Response, count: usize) -> Vec<Value> {
+    let mut stream = response.bytes_stream();
+    let mut buffer = Vec::new();
+    let mut events = Vec::new();
+    let read = async {
+        while events.len() < count {
+            let Some(chunk) = stream.next().await else { break };
+            buffer.extend_from_slice(&chunk.unwrap());
+            while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buffer.drain(..=end).collect();
+                events.push(serde_json::from_slice::<Value>(&line).unwrap());
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read).await.expect("watch events did not arrive");
+    events
+}
+
 pub fn fixture(name: &str) -> Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()

@@ -8,13 +8,13 @@ use std::time::Duration;
 use chrono::TimeDelta;
 use domain::api_key::{ProjectAccess, Scope};
 use domain::pagination::{Page, PageRequest};
-use domain::pod::PodStatus;
+use domain::pod::{PodChange, PodStatus};
 use domain::ports::Clock;
 use domain::project::ProjectName;
 use domain::webhook::{
-    ping_event, pod_event, Attempt, Delivery, DeliveryDetail, DeliveryFilter, DeliveryId, DeliveryQueue,
-    DeliveryStatus, EventSet, OutboxEvent, PreviousWebhookSecret, Webhook, WebhookId, WebhookRepository, WebhookSecret,
-    WebhookSender, WebhookUrl,
+    ping_event, pod_change_event, pod_event, Attempt, Delivery, DeliveryDetail, DeliveryFilter, DeliveryId,
+    DeliveryQueue, DeliveryStatus, EventSet, OutboxEvent, PreviousWebhookSecret, Webhook, WebhookId, WebhookRepository,
+    WebhookSecret, WebhookSender, WebhookUrl,
 };
 use domain::{DomainError, DomainResult};
 use rand::RngCore;
@@ -276,6 +276,24 @@ impl WebhookService {
             .await
             .map_err(|_| DomainError::NotFound("webhook delivery".into()))?;
         Ok(detail)
+    }
+
+    /// Records the event of a change the cluster-wide pod watch reported. Its id comes from the
+    /// change's occurrence: a change already recorded (reported again by the next leader) is
+    /// not recorded twice.
+    pub async fn pod_change_reported(&self, change: &PodChange) -> DomainResult<()> {
+        let Some(event) = pod_change_event(change, self.clock.now()) else { return Ok(()) };
+        match self.deliveries.append_event(&event).await {
+            Ok(()) => {
+                self.wake.wake();
+                Ok(())
+            }
+            Err(DomainError::Conflict(_)) => {
+                tracing::debug!(project = %change.project, occurrence = %change.occurrence, "pod change already recorded");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Records that a project's pod reached `status` (`pod.ready`, `pod.failed`,

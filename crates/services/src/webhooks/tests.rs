@@ -466,3 +466,76 @@ async fn pod_events_announce_each_change_once_not_each_sighting() {
     kinds.sort_unstable();
     assert_eq!(kinds, ["pod.ready", "pod.ready", "pod.stopped"], "ready, stopped, ready again: three events");
 }
+
+/// Reports a fixed list of changes, the way two leaders in turn might: with a repeat.
+struct ScriptedWatch {
+    changes: Vec<domain::pod::PodChange>,
+    taken: Mutex<Vec<bool>>,
+}
+
+#[async_trait]
+impl domain::ports::PodWatch for ScriptedWatch {
+    async fn run(
+        &self,
+        _holder: &domain::ids::WorkerId,
+        sink: &dyn domain::ports::PodChangeSink,
+        cancel: CancellationToken,
+    ) {
+        for change in &self.changes {
+            let taken = sink.changed(change).await.is_ok();
+            self.taken.lock().unwrap().push(taken);
+        }
+        cancel.cancelled().await;
+    }
+}
+
+#[tokio::test]
+async fn a_watched_pod_change_is_one_event_however_often_it_is_reported() {
+    use domain::pod::{PodChange, PodPhase, PodStatus};
+    use domain::webhook::DeliveryQueue;
+
+    let f = fixture();
+    let id = create(&f).await;
+    let announcer = WebhookService::new(
+        f.store.clone(),
+        f.store.clone(),
+        f.sender.clone(),
+        f.clock.clone(),
+        Arc::new(DispatchWake::default()),
+    );
+    let events = crate::pods::PodEvents::cluster_watched(Arc::new(announcer));
+    let change = |phase: PodPhase, occurrence: &str| PodChange {
+        project: project_name("web"),
+        status: PodStatus { phase, ready: phase == PodPhase::Running, ..PodStatus::stopped() },
+        occurrence: occurrence.into(),
+    };
+    // What a replica sees itself is the watch's to announce, not the replica's.
+    events.observed(&project_name("web"), &change(PodPhase::Running, "-").status).await;
+    let script = Arc::new(ScriptedWatch {
+        changes: vec![
+            change(PodPhase::Running, "u1/ready/0"),
+            change(PodPhase::Failed, "u1/failed/0"),
+            change(PodPhase::Failed, "u1/failed/0"),
+            change(PodPhase::Stopped, "u1/stopped"),
+        ],
+        taken: Mutex::default(),
+    });
+    let service =
+        crate::pod_watch::PodWatchService::new(script.clone(), events, domain::ids::WorkerId::new("replica-1"));
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(service.run(shutdown.clone()));
+    while script.taken.lock().unwrap().len() < 4 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(2), running).await.expect("stops").unwrap();
+    assert_eq!(*script.taken.lock().unwrap(), [true; 4], "a repeat is taken (already recorded), not refused");
+    f.store.fan_out(f.clock.now(), 100).await.unwrap();
+    let page = f.service.list_deliveries(&admin(), id, None, PageRequest::default()).await.unwrap();
+    let mut kinds = Vec::new();
+    for delivery in page.items {
+        kinds.push(f.service.get_delivery(&admin(), delivery.id).await.unwrap().event.event_type.as_str());
+    }
+    kinds.sort_unstable();
+    assert_eq!(kinds, ["pod.failed", "pod.ready", "pod.stopped"], "one event per change");
+}
