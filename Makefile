@@ -4,7 +4,7 @@ DATA_DIR ?= data
 ADMIN_KEY_FILE ?= $(DATA_DIR)/admin.key
 LISTEN_ADDR ?= 127.0.0.1:8080
 
-.PHONY: run test build lint fmt hooks bench load clean
+.PHONY: run test e2e build lint fmt hooks bench load clean
 
 ## Build and start the service on SQLite + local processes; prints where the admin key is.
 run:
@@ -27,6 +27,18 @@ test:
 	scripts/validate-k8s.sh
 	cargo build -p app --bin rdev-api
 	OPENAPI_FUZZ_EXAMPLES=$(OPENAPI_FUZZ_EXAMPLES) scripts/check-openapi.sh
+
+## The end-to-end suite (e2e/, see e2e/README.md): the real rdev-api and kube-sim binaries —
+## three replicas on a throwaway PostgreSQL, a webhook receiver — under kill -9, SIGSTOP past the
+## lease, a database restart and a webhook outage (E2E_COMMANDS commands), then the focused fault
+## tests and the compose file's services; prints its figures. Builds the binaries first, with the
+## workspace's features, so that after `make test` nothing is compiled twice.
+E2E_COMMANDS ?= 5000
+E2E_WEBHOOK_OUTAGE_SECONDS ?= 60
+e2e:
+	cargo build --workspace --all-features --bin rdev-api --bin kube-sim
+	E2E_COMMANDS=$(E2E_COMMANDS) E2E_WEBHOOK_OUTAGE_SECONDS=$(E2E_WEBHOOK_OUTAGE_SECONDS) \
+	cargo test --workspace --all-features --no-fail-fast --test chaos --test faults --test compose -- --nocapture --test-threads=1
 
 build:
 	cargo build --workspace --all-targets

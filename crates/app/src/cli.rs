@@ -1,4 +1,4 @@
-//! The subcommands: serve, migrate, keys, audit.
+//! The subcommands: serve, migrate, keys, audit, health.
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use services::clock::SystemClock;
 use services::Principal;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AuditCommand, Database, KeysCommand, ServeConfig};
+use crate::config::{AuditCommand, Database, HealthArgs, KeysCommand, ServeConfig};
 use crate::stores::{self, OpenOptions};
 use crate::wiring::{self, StartupError};
 
@@ -266,4 +266,51 @@ pub async fn audit(db: &Database, cmd: AuditCommand) -> Result<ExitCode, Startup
             Ok(if report.ok { 0 } else { 1 })
         }
     }
+}
+
+/// `rdev-api health`: GETs the replica's `/readyz`; 0 when it answers `200`, else 1 with the
+/// reason on one line (stderr). Touches no database: it asks the replica.
+pub async fn health(args: &HealthArgs) -> ExitCode {
+    let target = args.target();
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(args.timeout_seconds))
+        // A probe must not be sent elsewhere, nor through a proxy of the environment.
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build();
+    let answer = match client {
+        Ok(client) => client.get(&target).send().await,
+        Err(e) => {
+            eprintln!("rdev-api health: cannot build an HTTP client: {e}");
+            return 1;
+        }
+    };
+    match answer {
+        Ok(res) if res.status() == reqwest::StatusCode::OK => 0,
+        Ok(res) => {
+            let status = res.status();
+            // The body names the dependency that is not ready; keep it to one line.
+            let body = res.text().await.unwrap_or_default();
+            let body: String = body.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(300).collect();
+            eprintln!("rdev-api health: {target} answered {status}: {body}");
+            1
+        }
+        Err(e) => {
+            let why = if e.is_timeout() { "timed out".to_owned() } else { error_chain(&e) };
+            eprintln!("rdev-api health: {target}: {why}");
+            1
+        }
+    }
+}
+
+/// An error and its causes on one line (reqwest's own message alone says only "error sending request").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    line
 }

@@ -137,6 +137,41 @@ pub enum Command {
     /// Audit log tools.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Probe a running replica's `/readyz` (for container health checks: the image has no curl);
+    /// exits 0 when it answers 200, else 1 with the reason on one line.
+    Health(HealthArgs),
+}
+
+/// `health`: where the replica to probe listens.
+#[derive(Debug, Clone, Args)]
+pub struct HealthArgs {
+    /// The full URL to probe; default `http://{LISTEN_ADDR}/readyz`.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// The replica's listen address (as for `serve`); an unspecified address (`0.0.0.0`, `::`)
+    /// is probed on loopback.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+    pub listen_addr: SocketAddr,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub timeout_seconds: u64,
+}
+
+impl HealthArgs {
+    /// The URL to probe.
+    pub fn target(&self) -> String {
+        if let Some(url) = &self.url {
+            return url.clone();
+        }
+        let mut addr = self.listen_addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        format!("http://{addr}/readyz")
+    }
 }
 
 /// `keys` subcommands.
@@ -455,5 +490,19 @@ mod tests {
             serve(&["--lease-seconds", "6", "--lease-renew-seconds", "2"]),
             Ok(LeaseTiming { lease: Duration::from_secs(6), renew_every: Duration::from_secs(2) })
         );
+    }
+
+    #[test]
+    fn health_probes_loopback_for_an_unspecified_listen_address() {
+        let target = |args: &[&str]| {
+            let cli = Cli::try_parse_from(args).expect("parse");
+            let Some(Command::Health(h)) = cli.command else { panic!("health expected") };
+            h.target()
+        };
+        assert_eq!(target(&["rdev-api", "health"]), "http://127.0.0.1:8080/readyz");
+        assert_eq!(target(&["rdev-api", "health", "--listen-addr", "0.0.0.0:9000"]), "http://127.0.0.1:9000/readyz");
+        assert_eq!(target(&["rdev-api", "health", "--listen-addr", "[::]:9000"]), "http://[::1]:9000/readyz");
+        assert_eq!(target(&["rdev-api", "health", "--listen-addr", "10.1.2.3:80"]), "http://10.1.2.3:80/readyz");
+        assert_eq!(target(&["rdev-api", "health", "--url", "http://x:1/readyz"]), "http://x:1/readyz");
     }
 }

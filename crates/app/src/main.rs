@@ -27,6 +27,7 @@ async fn run() -> anyhow::Result<()> {
         Some(Command::Migrate) => app::cli::migrate(&db).await,
         Some(Command::Keys(cmd)) => app::cli::keys(&db, cmd).await,
         Some(Command::Audit(cmd)) => app::cli::audit(&db, cmd).await,
+        Some(Command::Health(args)) => Ok(app::cli::health(&args).await),
     };
     // Spans of the last requests and commands go out before the process ends.
     telemetry.shutdown().await;

@@ -113,6 +113,29 @@ impl TestCluster {
         self.start_server().unwrap_or_else(|e| panic!("{e}"));
     }
 
+    /// Restarts the server at once, the way a crash does: `pg_ctl restart -m immediate` ends
+    /// every session without a checkpoint, and the server recovers from its WAL on the same
+    /// port. Blocks until it accepts connections again.
+    ///
+    /// # Errors
+    /// When `pg_ctl` fails; the message carries the server log's tail.
+    pub fn restart_immediate(&self) -> Result<(), String> {
+        let data = self.data_dir();
+        let log = self.dir.join("server.log");
+        let options = format!("-p {} -k {} {SERVER_OPTIONS}", self.port, path_str(&self.dir));
+        let args = ["-D", path_str(&data), "-l", path_str(&log), "-m", "immediate", "-w", "-t", "60", "-o", &options];
+        self.run("pg_ctl", &[&args[..], &["restart"]].concat()).map_err(|e| {
+            let tail = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
+            format!("{e}\nserver log:\n{}", tail.join("\n"))
+        })
+    }
+
+    /// The cluster's data directory (`PGDATA`).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
     /// Restarts the server with TLS on, presenting `cert_pem` (with its chain) and `key_pem`.
     ///
     /// # Panics
@@ -158,10 +181,6 @@ impl TestCluster {
             let tail: Vec<&str> = tail.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
             format!("{e}\nserver log:\n{}", tail.join("\n"))
         })
-    }
-
-    fn data_dir(&self) -> PathBuf {
-        self.dir.join("data")
     }
 
     /// Runs one of the PostgreSQL programs, as `postgres` when we are root.

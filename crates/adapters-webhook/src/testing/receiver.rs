@@ -26,6 +26,8 @@ pub struct Received {
     pub body: String,
     /// When it arrived.
     pub at: Instant,
+    /// The status it was answered with; `None` when the receiver hung instead.
+    pub answered: Option<u16>,
 }
 
 impl Received {
@@ -232,7 +234,11 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>, stop: CancellationTo
             let mut script = lock(&shared.script);
             script.0.pop_front().unwrap_or_else(|| script.1.clone())
         };
-        lock(&shared.received).push(received);
+        let answered = match &reply {
+            Reply::Status { code, .. } => Some(*code),
+            Reply::Hang => None,
+        };
+        lock(&shared.received).push(Received { answered, ..received });
         shared.arrived.notify_waiters();
         let Reply::Status { code, headers, body } = reply else {
             // Hang until the client gives up or the receiver stops.
@@ -277,5 +283,5 @@ async fn read_request(stream: &mut BufReader<TcpStream>) -> Option<(Received, bo
     stream.read_exact(&mut body).await.ok()?;
     let keep_alive = headers.get("connection").is_none_or(|c| !c.eq_ignore_ascii_case("close"));
     let body = String::from_utf8_lossy(&body).into_owned();
-    Some((Received { path, headers, body, at: Instant::now() }, keep_alive))
+    Some((Received { path, headers, body, at: Instant::now(), answered: None }, keep_alive))
 }
