@@ -21,8 +21,9 @@ use crate::queue_bus::QueueBus;
 
 /// How often presence is confirmed (well inside `domain::ports::PRESENCE_TTL`).
 pub const PRESENCE_EVERY: Duration = Duration::from_millis(500);
-/// How often absent owners are looked for.
-pub const ABSENCE_EVERY: Duration = Duration::from_secs(1);
+/// How often absent owners are looked for: every presence tick, so that a death is seen
+/// within half a second and reported within `ABSENCE_GRACE` plus one tick more.
+pub const ABSENCE_EVERY: Duration = PRESENCE_EVERY;
 /// How long an owner must stay absent before its commands are lost: long enough for a replica
 /// to take its presence again after a database restart, short enough to report a death
 /// within 5 s.

@@ -239,7 +239,11 @@ impl QueueWorker {
             cancel.clone(),
             lease_lost.clone(),
         ));
-        let (termination, output) = match self.prepare(&command, &cancel).await {
+        let prepared = match self.prepare(&command, &cancel).await {
+            Ok(request) => self.confirm_lease(&command, fence, &lease_lost).await.map(|()| request),
+            Err(termination) => Err(termination),
+        };
+        let (termination, output) = match prepared {
             Ok(request) => {
                 let sink = StoreSink::new(
                     Arc::clone(&self.ports.queue),
@@ -298,10 +302,43 @@ impl QueueWorker {
         completion
     }
 
-    /// Puts a command that never started back in the queue; false when it could not be (its
-    /// fence is stale, a client cancelled it, the store is away), and it ends as it is.
+    /// Renews the lease right before the command starts: preparing (a pod start, a slow store,
+    /// an overloaded replica) may have outlasted it, and a command another replica already
+    /// declared lost must never start.
+    async fn confirm_lease(
+        &self,
+        command: &Command,
+        fence: i64,
+        lease_lost: &CancellationToken,
+    ) -> Result<(), Termination> {
+        let until = self.ports.clock.now() + TimeDelta::from_std(self.config.lease).unwrap_or(TimeDelta::seconds(20));
+        match self.ports.queue.renew_lease(command.id, fence, until).await {
+            Ok(status) if status.held => Ok(()),
+            Ok(_) => {
+                tracing::warn!(command_id = %command.id, "the lease ran out before the command started: not starting it");
+                lease_lost.cancel();
+                Err(Termination::Cancelled)
+            }
+            Err(e) => Err(Termination::Unreachable(format!("the store could not confirm the lease: {e}"))),
+        }
+    }
+
+    /// Puts a command that never started back in the queue, retrying a store that is briefly
+    /// away; false when it could not be (its fence is stale, a client cancelled it, the store
+    /// stayed away), and it ends as it is.
     async fn hand_back(&self, command: &Command, fence: i64, why: &str) -> bool {
-        match self.ports.queue.hand_back(command.id, fence, self.ports.clock.now()).await {
+        let mut attempt = 0;
+        let handed = loop {
+            match self.ports.queue.hand_back(command.id, fence, self.ports.clock.now()).await {
+                Err(e) if attempt < HAND_BACK_RETRIES => {
+                    attempt += 1;
+                    tracing::warn!(command_id = %command.id, error = %e, attempt, "handing the command back failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
+                }
+                other => break other,
+            }
+        };
+        match handed {
             Ok(true) => {
                 metrics::counter!(m::COMMANDS_HANDED_BACK_TOTAL).increment(1);
                 tracing::warn!(command_id = %command.id, reason = why, "backend unreachable: command handed back to the queue");
@@ -328,7 +365,13 @@ impl QueueWorker {
     async fn prepare(&self, command: &Command, cancel: &CancellationToken) -> Result<ExecRequest, Termination> {
         let project = self.ports.projects.get(&command.project).await.map_err(|e| {
             tracing::error!(command_id = %command.id, error = %e, "could not read the command's project");
-            Termination::StartFailed(format!("the project could not be read: {e}"))
+            match e {
+                // Nothing started: a store that is away (a database restart) hands it back.
+                domain::DomainError::Unavailable(_) => {
+                    Termination::Unreachable(format!("the project could not be read: {e}"))
+                }
+                _ => Termination::StartFailed(format!("the project could not be read: {e}")),
+            }
         })?;
         let spec = PodSpec::from(&project);
         let ensure =
@@ -458,6 +501,8 @@ impl QueueWorker {
 
 /// Pauses a worker slot after a hand-back, so an unreachable backend is not retried in a loop.
 const HAND_BACK_PAUSE: Duration = Duration::from_secs(1);
+/// Hand-backs retried while the store is away (about 4 s in all) before the command ends as it is.
+const HAND_BACK_RETRIES: u32 = 5;
 
 /// Why a command's pod could not be made ready.
 #[derive(Debug)]
