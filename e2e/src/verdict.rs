@@ -17,6 +17,8 @@ pub const TERMINAL: [&str; 5] = ["succeeded", "failed", "timed_out", "cancelled"
 /// A command lost without a start line must have been marked lost this soon after a kill or
 /// stop (claimed by the victim, not yet started): the lease plus the reaper's period, with room.
 const UNSTARTED_LOST_WINDOW_SECS: i64 = 45;
+/// How long after a strike a command claimed before it may still write its first ledger line.
+const SPAWN_IN_FLIGHT_MS: i64 = 1000;
 
 /// DESIGN §3: a dead replica's commands are `lost` within 5 s (its database session ends).
 const KILL_TO_LOST_SECS: f64 = 5.0;
@@ -209,7 +211,13 @@ fn judge_faults(
         let Some(victim) = f.replica else { continue };
         for (id, cmd) in e.commands {
             let Some(runs) = token_of.get(id.as_str()).and_then(|t| e.runs.get(*t)) else { continue };
-            let started_on_victim = runs.replicas.first() == Some(&victim) && runs.started_at.is_some_and(|s| s < f.at);
+            // Claimed before the strike; its process may write its first ledger line a moment
+            // after (a spawn in flight when the signal landed: the sandbox's chain of parent-death
+            // signals takes tens of milliseconds to reach it under load).
+            let claimed_before = at(cmd, "started_at").is_some_and(|s| s < f.at);
+            let spawn_slack = chrono::TimeDelta::milliseconds(SPAWN_IN_FLIGHT_MS);
+            let started_on_victim = runs.replicas.first() == Some(&victim)
+                && runs.started_at.is_some_and(|s| s < f.at || (claimed_before && s < f.at + spawn_slack));
             let status = cmd["status"].as_str().unwrap_or("?");
             let slack = chrono::TimeDelta::milliseconds(IN_FLIGHT_SLACK_MS);
             let open_at_fault =

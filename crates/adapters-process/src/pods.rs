@@ -18,6 +18,9 @@ use tokio::io::AsyncWriteExt;
 
 use crate::workspace::{create_private_dir, Workspaces};
 
+/// Numbers the files a state is written to before it is renamed into place.
+static ASIDE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// The directory under the workspaces root that holds pod state; `.` keeps it apart from
 /// every project's workspace.
 const STATE_DIR: &str = ".pods";
@@ -105,7 +108,12 @@ impl PodManager for LocalPods {
         let now = domain::to_micros_precision(Utc::now());
         let stamp = now.to_rfc3339_opts(SecondsFormat::Micros, true);
         let state = self.state_file(&spec.project);
-        tokio::fs::write(&state, stamp).await.map_err(|e| io_error(&state, &e))?;
+        // Written aside and renamed into place: a concurrent `status` (two commands of the
+        // project starting at once) reads the old file or the new one, never a half-written one.
+        let unique = ASIDE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let aside = state.with_extension(format!("state.{}-{unique}", std::process::id()));
+        tokio::fs::write(&aside, stamp).await.map_err(|e| io_error(&aside, &e))?;
+        tokio::fs::rename(&aside, &state).await.map_err(|e| io_error(&state, &e))?;
         self.log_line(&spec.project, &format!("workspace started for project {}", spec.project)).await?;
         Ok(running(&spec.project, now))
     }

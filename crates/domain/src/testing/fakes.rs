@@ -93,15 +93,18 @@ impl FakeExecutor {
     }
 }
 
-/// Pods that are ready the moment they are asked for; while set unreachable every call
-/// answers `Unavailable`, as a backend that cannot be reached does. Clones share the switch.
+/// Pods that are ready the moment they are started: a project has none until `start` (the
+/// worker starts one before its first command), and none again after `stop`. While set
+/// unreachable every call answers `Unavailable`, as a backend that cannot be reached does.
+/// Clones share their state. Runs the same `PodManager` contract as the real adapters.
 #[derive(Debug, Default, Clone)]
 pub struct FakePods {
     unreachable: std::sync::Arc<AtomicBool>,
+    running: std::sync::Arc<Mutex<std::collections::BTreeMap<ProjectName, crate::Timestamp>>>,
 }
 
 impl FakePods {
-    /// Reachable pods.
+    /// Reachable, with no pod.
     pub fn new() -> Self {
         Self::default()
     }
@@ -118,34 +121,45 @@ impl FakePods {
             Ok(())
         }
     }
-}
 
-fn ready(project: &ProjectName) -> PodStatus {
-    PodStatus {
-        phase: PodPhase::Running,
-        ready: true,
-        pod_name: Some(format!("fake-{project}")),
-        started_at: None,
-        reason: None,
+    fn status_of(&self, project: &ProjectName) -> PodStatus {
+        let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        match running.get(project) {
+            Some(since) => PodStatus {
+                phase: PodPhase::Running,
+                ready: true,
+                pod_name: Some(format!("fake-{project}")),
+                started_at: Some(*since),
+                reason: None,
+            },
+            None => PodStatus::stopped(),
+        }
     }
 }
 
 #[async_trait]
 impl PodManager for FakePods {
     async fn status(&self, project: &ProjectName) -> DomainResult<PodStatus> {
-        self.reach().map(|()| ready(project))
+        self.reach().map(|()| self.status_of(project))
     }
     async fn start(&self, spec: &PodSpec) -> DomainResult<PodStatus> {
-        self.reach().map(|()| ready(&spec.project))
+        self.reach()?;
+        let now = crate::to_micros_precision(chrono::Utc::now());
+        self.running.lock().unwrap_or_else(PoisonError::into_inner).entry(spec.project.clone()).or_insert(now);
+        Ok(self.status_of(&spec.project))
     }
     async fn wait_ready(&self, project: &ProjectName, _timeout: Duration) -> DomainResult<PodStatus> {
-        self.reach().map(|()| ready(project))
+        self.reach().map(|()| self.status_of(project))
     }
-    async fn stop(&self, _project: &ProjectName) -> DomainResult<PodStatus> {
-        self.reach().map(|()| PodStatus::stopped())
+    async fn stop(&self, project: &ProjectName) -> DomainResult<PodStatus> {
+        self.reach()?;
+        self.running.lock().unwrap_or_else(PoisonError::into_inner).remove(project);
+        Ok(PodStatus::stopped())
     }
-    async fn logs(&self, _project: &ProjectName, _tail: u32) -> DomainResult<Vec<String>> {
-        self.reach().map(|()| Vec::new())
+    async fn logs(&self, project: &ProjectName, _tail: u32) -> DomainResult<Vec<String>> {
+        self.reach()?;
+        let started = self.running.lock().unwrap_or_else(PoisonError::into_inner).contains_key(project);
+        Ok(if started { vec![format!("fake pod of {project} started")] } else { Vec::new() })
     }
 }
 
