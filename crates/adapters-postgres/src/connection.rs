@@ -24,6 +24,9 @@ use crate::tls;
 
 /// How long opening one connection may take (TCP connect plus start-up).
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a session may sit idle inside a transaction before the server ends it; every
+/// transaction of the store is a few statements sent back to back.
+pub(crate) const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a caller waits for a pooled connection before the store counts as unavailable.
 pub(crate) const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Idle time after which TCP keepalives probe the server, so a vanished host is noticed
@@ -83,6 +86,20 @@ pub(crate) fn client_config(url: &str) -> Result<tokio_postgres::Config, tokio_p
     if config.get_application_name().is_none() {
         config.application_name("rdev-api");
     }
+    // Server-side guards against a client that stops mid-transaction (a SIGSTOPped or hung
+    // replica): its open transaction would hold row and project locks that every other
+    // replica's claims wait on. The server ends such a session after a few idle seconds,
+    // and notices a vanished client within about 25 s (which also frees its presence lock).
+    let guards = format!(
+        "-c idle_in_transaction_session_timeout={}ms -c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 \
+         -c tcp_keepalives_count=3",
+        IDLE_IN_TRANSACTION_TIMEOUT.as_millis()
+    );
+    let options = match config.get_options() {
+        Some(own) if !own.is_empty() => format!("{own} {guards}"),
+        _ => guards,
+    };
+    config.options(options);
     config
         .keepalives(true)
         .keepalives_idle(KEEPALIVE_IDLE)
@@ -330,5 +347,16 @@ mod tests {
         let own = client_config("postgres://rdev@127.0.0.1/rdev?connect_timeout=9").expect("url");
         assert_eq!(own.get_connect_timeout(), Some(&Duration::from_secs(9)));
         assert!(client_config("mysql://nope").is_err());
+    }
+
+    #[test]
+    fn sessions_idle_in_a_transaction_are_ended_and_the_urls_own_options_kept() {
+        let config = client_config("postgres://rdev@127.0.0.1:5432/rdev").expect("url");
+        let options = config.get_options().expect("options");
+        assert!(options.contains("-c idle_in_transaction_session_timeout=5000ms"), "{options}");
+        assert!(options.contains("-c tcp_keepalives_idle=10"), "{options}");
+        let own = client_config("postgres://rdev@127.0.0.1/rdev?options=-c%20search_path%3Drdev").expect("url");
+        let options = own.get_options().expect("options");
+        assert!(options.starts_with("-c search_path=rdev ") && options.contains("idle_in_transaction"), "{options}");
     }
 }
