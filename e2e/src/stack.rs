@@ -79,7 +79,8 @@ impl Stack {
     pub async fn start(cfg: &StackConfig) -> Stack {
         let bin = crate::bins::binary("rdev-api");
         let dir = tempfile::Builder::new().prefix("rdev-e2e-").tempdir().expect("temp dir");
-        let cluster = tokio::task::spawn_blocking(TestCluster::start_dedicated).await.expect("start PostgreSQL");
+        let cluster =
+            tokio::task::spawn_blocking(TestCluster::start_dedicated_durable).await.expect("start PostgreSQL");
         let cluster = Arc::new(cluster);
         let db = TestDatabase::create_on(&cluster).await;
         let key = admin_key(&bin, db.url()).await;

@@ -121,6 +121,11 @@ pub fn judge(e: &Evidence<'_>) -> Verdict {
     for s in e.submissions.iter().filter(|s| s.id.is_none()) {
         c.violate("every command was accepted", format!("{}: {}", s.token, s.error.as_deref().unwrap_or("?")));
     }
+    for (s, id) in e.submissions.iter().filter_map(|s| s.id.as_deref().map(|id| (s, id))) {
+        if !e.commands.contains_key(id) {
+            c.violate("every accepted command is still there", format!("{} ({id}) was answered but is gone", s.token));
+        }
+    }
     for (id, cmd) in e.commands {
         let status = cmd["status"].as_str().unwrap_or("?").to_owned();
         *v.counts.entry(status.clone()).or_default() += 1;
@@ -157,8 +162,9 @@ pub fn judge(e: &Evidence<'_>) -> Verdict {
 }
 
 /// Every check's name, so that a check without violations is still listed as passed.
-const CHECKS: [&str; 12] = [
+const CHECKS: [&str; 13] = [
     "every command was accepted",
+    "every accepted command is still there",
     "no command was created twice by a retried submission",
     "no command ran twice",
     "no command succeeded without its ledger lines",

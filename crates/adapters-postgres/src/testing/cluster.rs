@@ -16,6 +16,9 @@ pub(crate) const HOW_TO_GET_ONE: &str =
 const SERVER_OPTIONS: &str =
     "-c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
      -c max_connections=200 -c shared_buffers=32MB";
+/// What a durable cluster changes: a commit is in the WAL on disk before it is acknowledged, so
+/// a crash of the server (not of the machine: fsync stays off) loses no acknowledged commit.
+const DURABLE_OPTIONS: &str = "-c synchronous_commit=on";
 
 /// Attempts at finding a free port (another process may take the one we picked).
 const START_ATTEMPTS: usize = 3;
@@ -29,6 +32,8 @@ pub struct TestCluster {
     as_postgres: bool,
     /// Whether dropping this value stops the server (the shared cluster lives until exit).
     owned: bool,
+    /// Whether acknowledged commits survive a crash of the server (`restart_immediate`).
+    durable: bool,
 }
 
 impl TestCluster {
@@ -41,8 +46,22 @@ impl TestCluster {
         Self::create(true).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// A dedicated cluster whose acknowledged commits survive `restart_immediate`, for tests
+    /// that crash the server and then count what it kept (the fast settings would lose the
+    /// last fraction of a second of commits, as they are allowed to).
+    ///
+    /// # Panics
+    /// As `start_dedicated`.
+    pub fn start_dedicated_durable() -> TestCluster {
+        Self::create_with(true, true).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// Starts a cluster that lives until the test process exits.
     pub(crate) fn create(owned: bool) -> Result<TestCluster, String> {
+        Self::create_with(owned, false)
+    }
+
+    fn create_with(owned: bool, durable: bool) -> Result<TestCluster, String> {
         let bin = find_binaries()
             .ok_or_else(|| format!("no PostgreSQL binaries (initdb, pg_ctl) found: {HOW_TO_GET_ONE}"))?;
         let as_postgres = nix::unistd::geteuid().is_root();
@@ -51,7 +70,7 @@ impl TestCluster {
             .tempdir()
             .map_err(|e| format!("cannot create a temp dir for PostgreSQL: {e}"))?
             .keep();
-        let cluster = TestCluster { bin, dir, port: 0, as_postgres, owned };
+        let cluster = TestCluster { bin, dir, port: 0, as_postgres, owned, durable };
         cluster.spawn_watchdog()?;
         if as_postgres {
             let user = nix::unistd::User::from_name("postgres")
@@ -122,13 +141,21 @@ impl TestCluster {
     pub fn restart_immediate(&self) -> Result<(), String> {
         let data = self.data_dir();
         let log = self.dir.join("server.log");
-        let options = format!("-p {} -k {} {SERVER_OPTIONS}", self.port, path_str(&self.dir));
+        let options = format!("-p {} -k {} {}", self.port, path_str(&self.dir), self.server_options());
         let args = ["-D", path_str(&data), "-l", path_str(&log), "-m", "immediate", "-w", "-t", "60", "-o", &options];
         self.run("pg_ctl", &[&args[..], &["restart"]].concat()).map_err(|e| {
             let tail = std::fs::read_to_string(&log).unwrap_or_default();
             let tail: Vec<&str> = tail.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
             format!("{e}\nserver log:\n{}", tail.join("\n"))
         })
+    }
+
+    fn server_options(&self) -> String {
+        if self.durable {
+            format!("{SERVER_OPTIONS} {DURABLE_OPTIONS}")
+        } else {
+            SERVER_OPTIONS.to_owned()
+        }
     }
 
     /// The cluster's data directory (`PGDATA`).
@@ -173,7 +200,7 @@ impl TestCluster {
     fn start_server(&self) -> Result<(), String> {
         let data = self.data_dir();
         let log = self.dir.join("server.log");
-        let options = format!("-p {} -k {} {SERVER_OPTIONS}", self.port, path_str(&self.dir));
+        let options = format!("-p {} -k {} {}", self.port, path_str(&self.dir), self.server_options());
         let started = self
             .run("pg_ctl", &["-D", path_str(&data), "-l", path_str(&log), "-w", "-t", "60", "-o", &options, "start"]);
         started.map_err(|e| {
