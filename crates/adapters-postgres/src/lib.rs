@@ -41,6 +41,9 @@ pub use crate::signals::PgSignalBus;
 /// The SQL migrations of this store, compiled into the binary.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/postgres");
 
+/// Connections of the liveness pool: a worker's renewals and its liveness task.
+const LIVENESS_POOL_SIZE: u32 = 2;
+
 /// Held while migrating, so replicas starting together migrate one after the other.
 const MIGRATION_LOCK: i64 = 0x7264_6576_6d69_6772; // "rdevmigr"
 
@@ -48,6 +51,10 @@ const MIGRATION_LOCK: i64 = 0x7264_6576_6d69_6772; // "rdevmigr"
 #[derive(Debug, Clone)]
 pub struct PgStore {
     connections: Connections,
+    /// A small pool of its own for what keeps commands' fates right (lease renewals, reaping,
+    /// presence): requests that pile up behind a lock (an audit append waiting on a stopped
+    /// replica) can exhaust the main pool, and must not starve a lease into expiry.
+    liveness: Connections,
     url: String,
     /// The sessions that hold this process's replicas' presence locks, by replica.
     presence: PresenceSessions,
@@ -83,6 +90,7 @@ impl PgStore {
         let first = open(url).await?;
         Ok(PgStore {
             connections: Connections::new(url, pool_size, Some(first)),
+            liveness: Connections::new(url, LIVENESS_POOL_SIZE, None),
             url: url.to_owned(),
             presence: PresenceSessions::default(),
         })
@@ -100,6 +108,11 @@ impl PgStore {
     /// A pooled connection, or `Unavailable`.
     pub(crate) async fn conn(&self) -> DomainResult<Pooled<'_>> {
         self.connections.get().await
+    }
+
+    /// A connection of the liveness pool (lease renewals, reaping, presence), or `Unavailable`.
+    pub(crate) async fn liveness_conn(&self) -> DomainResult<Pooled<'_>> {
+        self.liveness.get().await
     }
 }
 

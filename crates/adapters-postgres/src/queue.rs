@@ -15,7 +15,7 @@ use diesel::sql_types::{Array, BigInt, Bool, Bytea, Integer, Nullable, Text, Tim
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use domain::command::{Command, CommandStatus, Completion, TerminationReason};
+use domain::command::{Command, Completion};
 use domain::ids::{CommandId, WorkerId};
 use domain::output::{CommandOutput, OutputStream};
 use domain::ports::{Claim, CommandQueue, LeaseStatus, WorkerCapacity};
@@ -121,16 +121,6 @@ struct Started {
     fence: i64,
 }
 
-/// What a command whose worker vanished ends as.
-fn lost() -> Completion {
-    Completion {
-        status: CommandStatus::Lost,
-        exit_code: None,
-        reason: TerminationReason::WorkerLost,
-        error: Some(domain::command::LEASE_EXPIRED_LOST.into()),
-    }
-}
-
 /// What one claim transaction found.
 enum Attempt {
     /// Nothing is claimable.
@@ -222,14 +212,14 @@ async fn reap(conn: &mut AsyncPgConnection, now: Timestamp) -> StoreResult<Vec<C
         .skip_locked()
         .load(conn)
         .await?;
-    end_lost(conn, expired, &lost(), now).await
+    end_lost(conn, expired, &Completion::worker_lost(domain::command::LEASE_EXPIRED_LOST), now).await
 }
 
 /// Marks the running commands of `owner` as lost while no session holds its presence lock.
 async fn reap_owner(conn: &mut AsyncPgConnection, owner: &str, now: Timestamp) -> StoreResult<Vec<CommandRow>> {
     let owned: Vec<Owned> = diesel::sql_query(OWNED_BY_ABSENT).bind::<Text, _>(owner).load(conn).await?;
     let ids = owned.into_iter().map(|o| o.id).collect();
-    end_lost(conn, ids, &absent_owner_lost(), now).await
+    end_lost(conn, ids, &Completion::worker_lost(domain::command::ABSENT_OWNER_LOST), now).await
 }
 
 /// Ends the running commands `ids` (locked by the caller) with `c`, their events and webhooks.
@@ -265,16 +255,6 @@ async fn end_lost(
         rows.push(row);
     }
     Ok(rows)
-}
-
-/// What a command whose replica's session ended becomes.
-fn absent_owner_lost() -> Completion {
-    Completion {
-        status: CommandStatus::Lost,
-        exit_code: None,
-        reason: TerminationReason::WorkerLost,
-        error: Some(domain::command::ABSENT_OWNER_LOST.into()),
-    }
 }
 
 /// The first key of every presence lock (`pg_try_advisory_lock(PRESENCE_LOCKS, hashtext(owner))`):
@@ -436,7 +416,7 @@ impl CommandQueue for PgStore {
     #[tracing::instrument(level = "debug", skip_all, fields(command_id = %id, fence))]
     async fn renew_lease(&self, id: CommandId, fence: i64, until: Timestamp) -> DomainResult<LeaseStatus> {
         let id = id.as_uuid();
-        let mut conn = self.conn().await?;
+        let mut conn = self.liveness_conn().await?;
         let renewed: StoreResult<LeaseStatus> = async {
             let held = commands::table.find(id).filter(commands::status.eq(RUNNING)).filter(commands::fence.eq(fence));
             let cancel: Option<bool> = diesel::update(held)
@@ -511,7 +491,7 @@ impl CommandQueue for PgStore {
 
     #[tracing::instrument(level = "debug", skip_all)]
     async fn reap_expired(&self, now: Timestamp) -> DomainResult<Vec<Command>> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.liveness_conn().await?;
         let rows = conn
             .transaction::<_, StoreError, _>(async |conn| reap(conn, now).await)
             .await
@@ -570,7 +550,7 @@ impl CommandQueue for PgStore {
     }
 
     async fn absent_owners(&self, _now: Timestamp) -> DomainResult<Vec<WorkerId>> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.liveness_conn().await?;
         let owners: Vec<Owner> =
             diesel::sql_query(ABSENT_OWNERS).load(&mut conn).await.map_err(|e| db_error(e, "absent owners"))?;
         Ok(owners.into_iter().map(|o| WorkerId::new(o.owner)).collect())
@@ -578,7 +558,7 @@ impl CommandQueue for PgStore {
 
     #[tracing::instrument(level = "debug", skip_all, fields(owner = %owner))]
     async fn reap_absent(&self, owner: &WorkerId, now: Timestamp) -> DomainResult<Vec<Command>> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.liveness_conn().await?;
         let rows = conn
             .transaction::<_, StoreError, _>(async |conn| reap_owner(conn, owner.as_str(), now).await)
             .await
@@ -589,7 +569,7 @@ impl CommandQueue for PgStore {
     #[tracing::instrument(level = "trace", skip_all, fields(worker = %worker))]
     async fn heartbeat(&self, worker: &WorkerId, capacity: u32, now: Timestamp) -> DomainResult<()> {
         let capacity: i32 = codec::column_int("capacity", capacity)?;
-        let mut conn = self.conn().await?;
+        let mut conn = self.liveness_conn().await?;
         diesel::insert_into(workers::table)
             .values((workers::id.eq(worker.as_str()), workers::capacity.eq(capacity), workers::last_seen.eq(now)))
             .on_conflict(workers::id)

@@ -10,7 +10,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 use diesel::SqliteConnection;
 
-use domain::command::{Command, CommandStatus, Completion, TerminationReason};
+use domain::command::{Command, CommandStatus, Completion};
 use domain::ids::{CommandId, WorkerId};
 use domain::output::{CommandOutput, EventKind, OutputStream};
 use domain::ports::{Claim, CommandQueue, LeaseStatus, WorkerCapacity, PRESENCE_TTL};
@@ -25,16 +25,6 @@ use crate::{webhooks, SqliteStore, StoreResult};
 const QUEUED: &str = CommandStatus::Queued.as_str();
 const RUNNING: &str = CommandStatus::Running.as_str();
 const FENCE_COUNTER: &str = "fence";
-
-/// What a command whose worker vanished ends as.
-fn lost() -> Completion {
-    Completion {
-        status: CommandStatus::Lost,
-        exit_code: None,
-        reason: TerminationReason::WorkerLost,
-        error: Some(domain::command::LEASE_EXPIRED_LOST.into()),
-    }
-}
 
 /// Projects already running as many commands as their `max_concurrent_commands` allows.
 fn full_projects(conn: &mut SqliteConnection) -> StoreResult<Vec<String>> {
@@ -122,16 +112,6 @@ fn finish_held(
     rows::end(conn, id, completion, at).map(Some)
 }
 
-/// What a command whose replica went away ends as.
-fn absent_owner_lost() -> Completion {
-    Completion {
-        status: CommandStatus::Lost,
-        exit_code: None,
-        reason: TerminationReason::WorkerLost,
-        error: Some(domain::command::ABSENT_OWNER_LOST.into()),
-    }
-}
-
 /// Puts a running command held by `fence` back in the queue unless a client asked to cancel it.
 fn hand_back_held(conn: &mut SqliteConnection, id: &str, fence: i64, at: Timestamp) -> StoreResult<bool> {
     let (status, current, cancel_requested) = lease_state(conn, id)?;
@@ -181,7 +161,7 @@ fn reap_owner(conn: &mut SqliteConnection, owner: &str, since: i64, now: Timesta
         .order(commands::seq.asc())
         .select(commands::id)
         .load(conn)?;
-    let lost = absent_owner_lost();
+    let lost = Completion::worker_lost(domain::command::ABSENT_OWNER_LOST);
     owned.iter().map(|id| rows::end(conn, id, &lost, now)).collect()
 }
 
@@ -261,7 +241,7 @@ impl CommandQueue for SqliteStore {
                     .order(commands::seq.asc())
                     .select(commands::id)
                     .load(conn)?;
-                let lost = lost();
+                let lost = Completion::worker_lost(domain::command::LEASE_EXPIRED_LOST);
                 expired.iter().map(|id| rows::end(conn, id, &lost, now)).collect::<StoreResult<Vec<_>>>()
             })
             .await?;

@@ -480,6 +480,19 @@ impl Termination {
     }
 }
 
+impl Completion {
+    /// How a command whose worker went away ends: `lost`, reason `worker_lost`, no exit code,
+    /// `error` saying why ([`ABSENT_OWNER_LOST`] or [`LEASE_EXPIRED_LOST`]).
+    pub fn worker_lost(error: &str) -> Self {
+        Self {
+            status: CommandStatus::Lost,
+            exit_code: None,
+            reason: TerminationReason::WorkerLost,
+            error: Some(error.into()),
+        }
+    }
+}
+
 /// Idempotency of an enqueue: the client's key and a fingerprint of the request it came with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Idempotency {

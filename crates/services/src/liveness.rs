@@ -167,7 +167,10 @@ impl Liveness {
             metrics::counter!(m::COMMANDS_LOST_TOTAL, "cause" => cause.as_str()).increment(1);
             metrics::counter!(m::COMMANDS_TOTAL, "status" => CommandStatus::Lost.as_str()).increment(1);
             tracing::warn!(command_id = %command.id, project = %command.project, cause = cause.as_str(), "command lost");
-            self.audit.record(crate::worker::end_entry(self.clock.now(), &command)).await;
+            // Recorded aside: an audit append may wait on a lock another (stopped) replica holds,
+            // and the loop must go on confirming presence and reaping meanwhile.
+            let (audit, entry) = (self.audit.clone(), crate::worker::end_entry(self.clock.now(), &command));
+            tokio::spawn(async move { audit.record(entry).await });
             self.bus.command_state_changed(command.id);
         }
     }

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 
 use crate::api_key::{ApiKey, KeyHash, PreviousSecret, ProjectAccess};
 use crate::audit::{seal, AuditCheckpoint, AuditEntry, AuditRecord, GENESIS_HASH};
-use crate::command::{dequeue_order, Command, CommandStatus, Completion, NewCommand, TerminationReason};
+use crate::command::{dequeue_order, Command, CommandStatus, Completion, NewCommand};
 use crate::ids::{ApiKeyId, AuditId, CommandId, WorkerId};
 use crate::output::{CommandEvent, CommandOutput, EventKind, OutputStream};
 use crate::pagination::{Page, PageRequest};
@@ -347,16 +347,6 @@ impl CommandRepository for MemoryStore {
     }
 }
 
-/// What a command ends as when its owner's presence is gone.
-fn absent_owner_lost() -> Completion {
-    Completion {
-        status: CommandStatus::Lost,
-        exit_code: None,
-        reason: TerminationReason::WorkerLost,
-        error: Some(crate::command::ABSENT_OWNER_LOST.into()),
-    }
-}
-
 fn running_in(s: &State, project: &ProjectName) -> u32 {
     s.commands.values().filter(|r| &r.command.project == project && r.command.status == CommandStatus::Running).count()
         as u32
@@ -438,12 +428,7 @@ impl CommandQueue for MemoryStore {
 
     async fn reap_expired(&self, now: Timestamp) -> DomainResult<Vec<Command>> {
         let mut s = self.lock();
-        let lost = Completion {
-            status: CommandStatus::Lost,
-            exit_code: None,
-            reason: TerminationReason::WorkerLost,
-            error: Some(crate::command::LEASE_EXPIRED_LOST.into()),
-        };
+        let lost = Completion::worker_lost(crate::command::LEASE_EXPIRED_LOST);
         let mut reaped = Vec::new();
         for row in s.commands.values_mut() {
             if row.command.status == CommandStatus::Running && row.lease_until.is_some_and(|l| l < now) {
@@ -501,7 +486,7 @@ impl CommandQueue for MemoryStore {
         let mut reaped = Vec::new();
         for row in s.commands.values_mut() {
             if row.command.status == CommandStatus::Running && row.owner.as_ref() == Some(owner) {
-                row.end(&absent_owner_lost(), now);
+                row.end(&Completion::worker_lost(crate::command::ABSENT_OWNER_LOST), now);
                 reaped.push(row.command.clone());
             }
         }
