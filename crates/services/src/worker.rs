@@ -229,8 +229,9 @@ impl QueueWorker {
             let waited = (started - command.queued_at).to_std().unwrap_or_default();
             metrics::histogram!(m::COMMAND_QUEUE_WAIT_SECONDS).record(waited.as_secs_f64());
         }
-        self.audit_start(&command).await;
-
+        // The lease is kept from the claim on: anything awaited before the run (the audit
+        // append, which may wait behind a replica stopped inside its own append) must not let
+        // it run out.
         let lease_lost = CancellationToken::new();
         let renewer = tokio::spawn(Arc::clone(&self).keep_lease(
             command.clone(),
@@ -239,6 +240,7 @@ impl QueueWorker {
             cancel.clone(),
             lease_lost.clone(),
         ));
+        self.audit_start(&command).await;
         let prepared = match self.prepare(&command, &cancel).await {
             Ok(request) => self.confirm_lease(&command, fence, &lease_lost).await.map(|()| request),
             Err(termination) => Err(termination),
