@@ -170,13 +170,28 @@ impl Connections {
     /// A bounded pool on `url` that opens connections lazily (`pool_size` of at least 1),
     /// starting with `first` when given.
     pub(crate) fn new(url: &str, pool_size: u32, first: Option<AsyncPgConnection>) -> Connections {
+        Self::with_session_settings(url, pool_size, first, None)
+    }
+
+    /// As `new`, with `settings` (SQL `SET`s) run on every connection as it opens.
+    pub(crate) fn with_session_settings(
+        url: &str,
+        pool_size: u32,
+        first: Option<AsyncPgConnection>,
+        settings: Option<&'static str>,
+    ) -> Connections {
         let health = Health::default();
         let mut config = ManagerConfig::default();
         let recorder = health.clone();
         config.custom_setup = Box::new(move |url| {
             let health = recorder.clone();
             async move {
-                let opened = establish(url).await;
+                let mut opened = establish(url).await;
+                if let (Ok(conn), Some(settings)) = (opened.as_mut(), settings) {
+                    if let Err(e) = diesel_async::SimpleAsyncConnection::batch_execute(conn, settings).await {
+                        opened = Err(diesel::ConnectionError::BadConnection(e.to_string()));
+                    }
+                }
                 health.record(opened.as_ref().err().map(ToString::to_string));
                 opened
             }

@@ -43,6 +43,9 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/p
 
 /// Connections of the liveness pool: a worker's renewals and its liveness task.
 const LIVENESS_POOL_SIZE: u32 = 2;
+/// Liveness statements never wait long: a renewal stuck behind a lock fails, is logged, and is
+/// tried again at the next tick, which keeps both connections free for the others.
+const LIVENESS_SESSION: &str = "SET lock_timeout = '1s'; SET statement_timeout = '3s'";
 
 /// Held while migrating, so replicas starting together migrate one after the other.
 const MIGRATION_LOCK: i64 = 0x7264_6576_6d69_6772; // "rdevmigr"
@@ -90,7 +93,7 @@ impl PgStore {
         let first = open(url).await?;
         Ok(PgStore {
             connections: Connections::new(url, pool_size, Some(first)),
-            liveness: Connections::new(url, LIVENESS_POOL_SIZE, None),
+            liveness: Connections::with_session_settings(url, LIVENESS_POOL_SIZE, None, Some(LIVENESS_SESSION)),
             url: url.to_owned(),
             presence: PresenceSessions::default(),
         })

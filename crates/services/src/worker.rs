@@ -263,7 +263,6 @@ impl QueueWorker {
             }
             Err(termination) => (termination, CommandOutput::default()),
         };
-        renewer.abort();
         let handed_back = match &termination {
             Termination::Unreachable(why) if !cancel.is_cancelled() && !lease_lost.is_cancelled() => {
                 self.hand_back(&command, fence, why).await
@@ -281,6 +280,9 @@ impl QueueWorker {
                 self.record_end(&command, fence, &completion, &output).await;
             }
         }
+        // Only now: while the result waits for a store that is briefly away (`record_end`
+        // retries), the lease must hold, or another replica declares a finished command lost.
+        renewer.abort();
         self.ports.bus.unregister(command.id);
         metrics::gauge!(m::COMMANDS_ACTIVE).decrement(1.0);
         self.ports.bus.command_state_changed(command.id);

@@ -356,12 +356,17 @@ impl CommandQueue for FlakyFinish {
 async fn a_result_the_store_refused_for_a_while_is_recorded_once_it_is_back() {
     let store = Arc::new(MemoryStore::new());
     let web = project(&store).await;
-    let flaky = Arc::new(FlakyFinish { inner: store.clone(), failures_left: 2.into() });
-    let r = build(&store, flaky.clone(), "patient", Arc::new(FakePods::new()), None, |_| {});
+    // Three failures take 1.5 s of retries, far past a 400 ms lease: the lease must be kept
+    // while the result waits, or the worker's own reaper declares the finished command lost.
+    let flaky = Arc::new(FlakyFinish { inner: store.clone(), failures_left: 3.into() });
+    let r = build(&store, flaky.clone(), "patient", Arc::new(FakePods::new()), None, |config| {
+        config.lease = Duration::from_millis(400);
+        config.reap_every = Duration::from_millis(100);
+    });
     with_replica(&r, async {
         let id = enqueue(&store, &web, &["exit", "0"]).await;
         until_status(&store, id, CommandStatus::Succeeded, Duration::from_secs(10)).await;
-        assert_eq!(flaky.failures_left.load(std::sync::atomic::Ordering::SeqCst), 0, "both failures were met");
+        assert_eq!(flaky.failures_left.load(std::sync::atomic::Ordering::SeqCst), 0, "every failure was met");
         assert_eq!(r.executor.started(), vec![id], "retried the write, not the command");
     })
     .await;
