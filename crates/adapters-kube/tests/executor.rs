@@ -192,9 +192,10 @@ async fn an_unavailable_api_is_a_typed_error() {
         assert!(matches!(typed, Err(KubeError::ApiUnavailable(_))), "{faults:?}: {typed:?}");
         assert!(matches!(h.backend.check().await, Err(DomainError::Unavailable(_))), "{faults:?}");
         assert!(matches!(h.backend.status(&project).await, Err(DomainError::Unavailable(_))), "{faults:?}");
+        // Nothing reached the pod: the run says so, and the worker hands the command back.
         let (result, _) = h.run(argv("outage", &["true"])).await;
         assert!(
-            matches!(&result.termination, Termination::StartFailed(why) if why.contains("unavailable")),
+            matches!(&result.termination, Termination::Unreachable(why) if why.contains("unavailable")),
             "{faults:?}: {:?}",
             result.termination
         );
