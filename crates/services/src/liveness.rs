@@ -19,11 +19,10 @@ use crate::audit::AuditService;
 use crate::metrics as m;
 use crate::queue_bus::QueueBus;
 
-/// How often presence is confirmed (well inside `domain::ports::PRESENCE_TTL`).
+/// How often presence is confirmed (well inside `domain::ports::PRESENCE_TTL`) and absent
+/// owners are looked for, so that a death is seen within half a second and reported within
+/// `ABSENCE_GRACE` plus one tick more.
 pub const PRESENCE_EVERY: Duration = Duration::from_millis(500);
-/// How often absent owners are looked for: every presence tick, so that a death is seen
-/// within half a second and reported within `ABSENCE_GRACE` plus one tick more.
-pub const ABSENCE_EVERY: Duration = PRESENCE_EVERY;
 /// How long an owner must stay absent before its commands are lost: long enough for a replica
 /// to take its presence again after a database restart, short enough to report a death
 /// within 5 s.
@@ -84,17 +83,14 @@ impl Liveness {
         let mut tick = tokio::time::interval(PRESENCE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut absent_since: HashMap<WorkerId, Instant> = HashMap::new();
-        let (mut last_absence, mut last_reap) = (Instant::now() - ABSENCE_EVERY, Instant::now());
+        let mut last_reap = Instant::now();
         loop {
             tokio::select! {
                 () = stop.cancelled() => break,
                 _ = tick.tick() => {}
             }
             self.confirm().await;
-            if last_absence.elapsed() >= ABSENCE_EVERY {
-                last_absence = Instant::now();
-                self.settle_absent(&mut absent_since).await;
-            }
+            self.settle_absent(&mut absent_since).await;
             if last_reap.elapsed() >= self.reap_every {
                 last_reap = Instant::now();
                 self.settle_expired().await;

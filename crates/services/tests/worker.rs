@@ -284,10 +284,13 @@ async fn a_command_whose_lease_was_taken_keeps_the_reapers_verdict_not_the_late_
     .await;
 }
 
-/// A queue whose first `finish` calls fail as an unreachable store does.
+/// The memory queue with scripted trouble: its first `failures_left` finishes fail as an
+/// unreachable store does, and while `reap_on_renew` is set a renewal finds the command reaped
+/// by another replica first (its lease ran out while the worker was busy elsewhere).
 struct FlakyFinish {
     inner: Arc<MemoryStore>,
     failures_left: std::sync::atomic::AtomicU32,
+    reap_on_renew: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait::async_trait]
@@ -296,6 +299,10 @@ impl CommandQueue for FlakyFinish {
         self.inner.claim_next(w, now, lease).await
     }
     async fn renew_lease(&self, id: CommandId, fence: i64, until: Timestamp) -> DomainResult<LeaseStatus> {
+        if self.reap_on_renew.load(std::sync::atomic::Ordering::SeqCst) {
+            let later = domain::testing::now_micros() + chrono::TimeDelta::minutes(5);
+            self.inner.reap_expired(later).await?;
+        }
         self.inner.renew_lease(id, fence, until).await
     }
     async fn append_output(
@@ -358,7 +365,7 @@ async fn a_result_the_store_refused_for_a_while_is_recorded_once_it_is_back() {
     let web = project(&store).await;
     // Three failures take 1.5 s of retries, far past a 400 ms lease: the lease must be kept
     // while the result waits, or the worker's own reaper declares the finished command lost.
-    let flaky = Arc::new(FlakyFinish { inner: store.clone(), failures_left: 3.into() });
+    let flaky = Arc::new(FlakyFinish { inner: store.clone(), failures_left: 3.into(), reap_on_renew: false.into() });
     let r = build(&store, flaky.clone(), "patient", Arc::new(FakePods::new()), None, |config| {
         config.lease = Duration::from_millis(400);
         config.reap_every = Duration::from_millis(100);
@@ -368,6 +375,27 @@ async fn a_result_the_store_refused_for_a_while_is_recorded_once_it_is_back() {
         until_status(&store, id, CommandStatus::Succeeded, Duration::from_secs(10)).await;
         assert_eq!(flaky.failures_left.load(std::sync::atomic::Ordering::SeqCst), 0, "every failure was met");
         assert_eq!(r.executor.started(), vec![id], "retried the write, not the command");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_declared_lost_before_it_started_never_starts() {
+    let store = Arc::new(MemoryStore::new());
+    let web = project(&store).await;
+    // The lease check right before the start finds the command already reaped.
+    let flaky = Arc::new(FlakyFinish { inner: store.clone(), failures_left: 0.into(), reap_on_renew: true.into() });
+    let r = build(&store, flaky, "overloaded", Arc::new(FakePods::new()), None, |config| {
+        config.renew_every = Duration::from_secs(60);
+    });
+    with_replica(&r, async {
+        let id = enqueue(&store, &web, &["exit", "0"]).await;
+        until_status(&store, id, CommandStatus::Lost, Duration::from_secs(5)).await;
+        // Nothing to wait for when the right thing (no start) happens: give a wrong start time.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(r.executor.started().is_empty(), "a lost command never starts");
+        let lost = CommandRepository::get(store.as_ref(), id).await.unwrap();
+        assert_eq!((lost.status, lost.error.as_deref()), (CommandStatus::Lost, Some(LEASE_EXPIRED_LOST)));
     })
     .await;
 }
