@@ -252,7 +252,7 @@ pub struct ServeConfig {
     pub pod_watch_lease_seconds: u64,
     /// Name of the pod watch's Lease in `KUBE_NAMESPACE` (kube executor); replicas that share it
     /// elect one leader among them.
-    #[arg(long, env = "POD_WATCH_LEASE_NAME", default_value = "rdev-api-pod-watch")]
+    #[arg(long, env = "POD_WATCH_LEASE_NAME", default_value = "rdev-api-pod-watch", value_parser = parse_object_name)]
     pub pod_watch_lease_name: String,
     /// Kubeconfig file for the kube executor; without it the standard inference applies
     /// (`KUBECONFIG`, `~/.kube/config`, then the in-cluster service account).
@@ -431,6 +431,21 @@ pub fn parse_age(s: &str) -> Result<std::time::Duration, String> {
     secs.map(std::time::Duration::from_secs).ok_or_else(|| format!("{s:?}: must be between 1s and 3650d"))
 }
 
+/// A Kubernetes object name (DNS subdomain): lowercase letters, digits, '-' and '.', starting and
+/// ending with a letter or digit, at most 253 characters.
+pub fn parse_object_name(name: &str) -> Result<String, String> {
+    let valid = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let ok = name.len() <= 253
+        && name.starts_with(valid)
+        && name.ends_with(valid)
+        && name.chars().all(|c| valid(c) || c == '-' || c == '.');
+    if ok {
+        Ok(name.to_owned())
+    } else {
+        Err(format!("{name:?} is not a valid object name (lowercase letters, digits, '-' and '.')"))
+    }
+}
+
 fn parse_cidrs(s: &str) -> Result<CidrList, String> {
     let items: Vec<&str> = s.split(',').map(str::trim).filter(|i| !i.is_empty()).collect();
     CidrList::parse(&items).map_err(|e| e.to_string())
@@ -471,6 +486,16 @@ mod tests {
         assert!(cli.database_url.is_sqlite());
         let timing = c.lease_timing().expect("the defaults keep the lease rules");
         assert_eq!((timing.lease, timing.renew_every), (Duration::from_secs(20), Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn pod_watch_lease_names_are_object_names() {
+        assert_eq!(parse_object_name("rdev-api-pod-watch.v2"), Ok("rdev-api-pod-watch.v2".into()));
+        for bad in ["", "Upper", "-lead", "trail-", "under_score", "sp ace", &"a".repeat(254)] {
+            assert!(parse_object_name(bad).is_err(), "{bad:?}");
+        }
+        let refused = Cli::try_parse_from(["rdev-api", "serve", "--pod-watch-lease-name", "Bad_Name"]);
+        assert!(refused.is_err_and(|e| e.to_string().contains("not a valid object name")));
     }
 
     #[test]

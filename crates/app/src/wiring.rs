@@ -397,17 +397,8 @@ async fn pod_watch(cfg: &ServeConfig) -> Result<Option<Arc<dyn PodWatch>>, Start
     if cfg.executor != ExecutorKind::Kube {
         return Ok(None);
     }
+    // The name was checked where it was parsed (`config::parse_object_name`).
     let name = &cfg.pod_watch_lease_name;
-    let valid = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
-    let name_ok = name.len() <= 253
-        && name.starts_with(valid)
-        && name.ends_with(valid)
-        && name.chars().all(|c| valid(c) || c == '-' || c == '.');
-    if !name_ok {
-        return Err(StartupError::Config(format!(
-            "POD_WATCH_LEASE_NAME {name:?} is not a valid object name (lowercase letters, digits, '-' and '.')"
-        )));
-    }
     let kube_config = KubeConfig::new(&cfg.kube_namespace);
     let kube = KubeBackend::from_kubeconfig(cfg.kubeconfig.as_deref(), kube_config)
         .await
