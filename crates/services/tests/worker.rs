@@ -262,6 +262,13 @@ async fn a_command_whose_lease_was_taken_keeps_the_reapers_verdict_not_the_late_
     with_replica(&r, async {
         let id = enqueue(&store, &web, &["sleep-ms", "60000"]).await;
         until_status(&store, id, CommandStatus::Running, Duration::from_secs(5)).await;
+        // Claimed is not yet started: a reap before the start is the other test's case (the
+        // command never starts). This one wants the command running in the executor.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !r.executor.started().contains(&id) {
+            assert!(Instant::now() < deadline, "the command started");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         // Another replica's reaper, later than this lease: the command is lost from then on.
         let later = domain::testing::now_micros() + chrono::TimeDelta::minutes(5);
         let reaped = CommandQueue::reap_expired(store.as_ref(), later).await.unwrap();
