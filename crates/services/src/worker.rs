@@ -130,7 +130,7 @@ impl QueueWorker {
         let liveness = tokio::spawn(Arc::clone(&self.liveness).run(liveness_stop.clone()));
         tracing::info!(worker = %self.config.worker_id, concurrency = self.config.concurrency, "queue worker started");
         while !shutdown.is_cancelled() {
-            self.fill_slots(&slots, &mut running).await;
+            self.fill_slots(&slots, &mut running, &shutdown).await;
             while running.try_join_next().is_some() {}
             tokio::select! {
                 () = shutdown.cancelled() => {}
@@ -147,7 +147,12 @@ impl QueueWorker {
         }
     }
 
-    async fn fill_slots(self: &Arc<Self>, slots: &Arc<Semaphore>, running: &mut JoinSet<()>) {
+    async fn fill_slots(
+        self: &Arc<Self>,
+        slots: &Arc<Semaphore>,
+        running: &mut JoinSet<()>,
+        shutdown: &CancellationToken,
+    ) {
         // Without its presence this replica would look dead to the others, which would declare
         // whatever it claimed lost.
         if !self.liveness.present() {
@@ -161,7 +166,9 @@ impl QueueWorker {
                 return;
             }
         }
-        while let Ok(permit) = Arc::clone(slots).try_acquire_owned() {
+        // Checked before every claim: a drain stops claims at once, not after a round of them.
+        while !shutdown.is_cancelled() {
+            let Ok(permit) = Arc::clone(slots).try_acquire_owned() else { break };
             let asked = std::time::SystemTime::now();
             let claimed =
                 self.ports.queue.claim_next(&self.config.worker_id, self.ports.clock.now(), self.config.lease).await;
