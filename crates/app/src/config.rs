@@ -318,7 +318,7 @@ pub struct ServeConfig {
     #[arg(long, env = "SANDBOX_HELPER", hide = true)]
     pub sandbox_helper: Option<PathBuf>,
     /// Server files (database, key file) that commands must not see even if a mounted system
-    /// directory holds them; filled in by `serve`, not a flag.
+    /// directory holds them; filled in by `Service::start`, not a flag.
     #[arg(skip)]
     pub sandbox_hidden_paths: Vec<PathBuf>,
     /// Seconds running commands get to finish on SIGTERM before they are handed back.

@@ -7,6 +7,7 @@ pub mod openapi;
 pub mod profiling;
 pub mod routes;
 pub mod server;
+pub mod service;
 pub mod state;
 pub mod stores;
 pub mod telemetry;

@@ -25,14 +25,11 @@ use services::open_requests::OpenRequests;
 use services::pod_watch::PodWatchService;
 use services::pods::{PodEvents, PodService};
 use services::projects::ProjectService;
-use services::queue_bus::QueueBus;
 use services::rate_limit::RateLimiter;
 use services::retention::{RetentionConfig, RetentionJob, RetentionPorts};
-use services::webhooks::{DispatchWake, DispatcherConfig, DispatcherPorts, WebhookDispatcher, WebhookService};
+use services::signalling::{SignalPump, Signals};
+use services::webhooks::{DispatcherConfig, DispatcherPorts, WebhookDispatcher, WebhookService};
 use services::worker::{QueueWorker, WorkerConfig, WorkerPorts};
-
-use domain::signal::Signal;
-use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AuditCheckpointArgs, ExecutorKind, ProcessNetwork, SandboxSwitch, ServeConfig};
@@ -65,9 +62,9 @@ pub enum StartupError {
     },
 }
 
-/// The pieces `serve` runs.
+/// The pieces a running service is made of, before anything runs (`service::start` runs them).
 #[expect(missing_debug_implementations, reason = "holds the app state, which has trait objects")]
-pub struct Service {
+pub struct Parts {
     /// Shared by handlers.
     pub state: AppState,
     /// The queue worker.
@@ -89,7 +86,7 @@ fn webhooks(
     audit: &AuditService,
     clock: &Arc<dyn Clock>,
     owner: &WorkerId,
-    changes: tokio::sync::watch::Receiver<u64>,
+    signals: &Arc<Signals>,
 ) -> Result<(Arc<WebhookService>, Arc<WebhookDispatcher>), StartupError> {
     let hooks = &stores.webhooks;
     let sender_config =
@@ -97,13 +94,12 @@ fn webhooks(
     let sender: Arc<dyn WebhookSender> = Arc::new(
         HttpWebhookSender::new(sender_config).map_err(|e| StartupError::Config(format!("webhook sender: {e}")))?,
     );
-    let wake = Arc::new(DispatchWake::default());
     let service = WebhookService::new(
         hooks.subscriptions.clone(),
         hooks.deliveries.clone(),
         sender.clone(),
         clock.clone(),
-        wake.clone(),
+        signals.clone(),
     );
     let ports = DispatcherPorts {
         webhooks: hooks.subscriptions.clone(),
@@ -111,8 +107,7 @@ fn webhooks(
         sender,
         audit: audit.clone(),
         clock: clock.clone(),
-        wake,
-        changes: Some(changes),
+        signals: signals.clone(),
     };
     let dispatcher = WebhookDispatcher::new(ports, DispatcherConfig::new(owner.to_string()));
     Ok((Arc::new(service), dispatcher))
@@ -197,12 +192,13 @@ async fn backend(cfg: &ServeConfig) -> Result<Backend, StartupError> {
 }
 
 /// The key service over a cached view of the store's keys, announcing revocations to other
-/// replicas; also returns the cache so signals from them can clear it.
+/// replicas through `signals`; also returns the cache so signals from them can clear it.
 pub fn key_service(
     stores: &Stores,
     ttl: Duration,
     clock: Arc<dyn Clock>,
     open_requests: Option<Arc<OpenRequests>>,
+    signals: Option<Arc<Signals>>,
 ) -> (Arc<ApiKeyService>, Arc<CachedRepository<Arc<dyn ApiKeyRepository>>>) {
     let mut cached = CachedRepository::new(stores.keys.clone(), CacheConfig { ttl, ..CacheConfig::default() });
     if let Some(open_requests) = open_requests {
@@ -210,51 +206,10 @@ pub fn key_service(
     }
     let cached = Arc::new(cached);
     let mut service = ApiKeyService::new(cached.clone(), clock);
-    if let Some(signals) = &stores.signals {
-        service = service.with_signals(signals.clone());
+    if let Some(signals) = signals {
+        service = service.with_signals(signals);
     }
     (Arc::new(service), cached)
-}
-
-/// Applies signals from other replicas: wakes the worker, tells waiters and the replica running
-/// a command about changes, and clears the key cache when a key was revoked or rotated (and
-/// ends the key's open streams and waits here if it can no longer be used).
-pub struct SignalPump {
-    signals: futures::stream::BoxStream<'static, Signal>,
-    bus: Arc<QueueBus>,
-    key_cache: Arc<CachedRepository<Arc<dyn ApiKeyRepository>>>,
-    open_requests: Arc<OpenRequests>,
-}
-
-impl std::fmt::Debug for SignalPump {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SignalPump").finish_non_exhaustive()
-    }
-}
-
-impl SignalPump {
-    /// Runs until `shutdown` fires or the signal bus goes away.
-    pub async fn run(mut self, shutdown: CancellationToken) {
-        loop {
-            let next = tokio::select! {
-                () = shutdown.cancelled() => return,
-                next = self.signals.next() => next,
-            };
-            let Some(signal) = next else { return };
-            self.bus.on_signal(signal);
-            match signal {
-                Signal::KeyChanged(id) => {
-                    self.key_cache.invalidate_all();
-                    self.open_requests.key_changed(id);
-                }
-                Signal::Resync => {
-                    self.key_cache.invalidate_all();
-                    self.open_requests.resync();
-                }
-                Signal::WorkQueued | Signal::CommandChanged(_) => {}
-            }
-        }
-    }
 }
 
 /// The checkpoint policy of `args`: the key file read and checked, or `None` without one.
@@ -270,18 +225,16 @@ pub fn checkpoint_policy(args: &AuditCheckpointArgs) -> Result<Option<Checkpoint
     }))
 }
 
-/// Wires every service for `serve`.
+/// Builds every service of a replica; nothing runs yet.
 pub async fn build(
     stores: Stores,
     cfg: &ServeConfig,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
-) -> Result<Service, StartupError> {
+) -> Result<Parts, StartupError> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let Backend { executor, pods, breaker } = backend(cfg).await?;
-    let bus = Arc::new(stores.signals.clone().map_or_else(QueueBus::default, QueueBus::with_signals));
+    let signals = Arc::new(stores.signals.clone().map_or_else(Signals::default, Signals::with_remote));
     let audit = AuditService::new(stores.audit.clone()).with_checkpoints(checkpoint_policy(&cfg.audit_checkpoints)?);
-    // Runs for the life of the runtime; a checkpoint is due within AUDIT_CHECKPOINT_SECONDS.
-    tokio::spawn(audit.clone().run_checkpoints(tokio_util::sync::CancellationToken::new()));
     let auth_failures = Arc::new(AuthFailures::new(
         AuthFailurePolicy {
             rps: cfg.auth_failure_rps,
@@ -290,16 +243,13 @@ pub async fn build(
         },
         audit.clone(),
     ));
-    // Closes aggregation windows for the life of the runtime; `serve` flushes the open ones
-    // once the server has stopped.
-    tokio::spawn(auth_failures.clone().run(CancellationToken::new()));
     let projects = Arc::new(ProjectService::new(stores.projects.clone(), clock.clone()));
     let commands = Arc::new(
         CommandService::new(
             projects.clone(),
             stores.commands.clone(),
             stores.queue.clone(),
-            bus.clone(),
+            signals.clone(),
             clock.clone(),
         )
         .with_max_queued(cfg.max_queued_commands),
@@ -320,18 +270,18 @@ pub async fn build(
         chrono::TimeDelta::from_std(worker_config.poll_every * 10).unwrap_or(chrono::TimeDelta::seconds(10));
     // Re-reads keys from the store itself: a signal means the cache may be stale.
     let open_requests = Arc::new(OpenRequests::new(stores.keys.clone(), clock.clone(), cfg.max_streams_per_key));
-    // Runs for the life of the runtime, like the audit checkpoints; one store read per key with
-    // open requests each second is little next to the 250 ms polls of those streams.
-    tokio::spawn(open_requests.clone().run_backstop(Duration::from_secs(1), CancellationToken::new()));
-    let (keys, key_cache) =
-        key_service(&stores, Duration::from_millis(cfg.key_cache_ttl_ms), clock.clone(), Some(open_requests.clone()));
-    let pump = stores.signals.as_ref().map(|signals| SignalPump {
-        signals: signals.subscribe(),
-        bus: bus.clone(),
-        key_cache,
-        open_requests: open_requests.clone(),
-    });
-    let (webhook_service, dispatcher) = webhooks(&stores, cfg, &audit, &clock, &replica, bus.subscribe_state())?;
+    let (keys, key_cache) = key_service(
+        &stores,
+        Duration::from_millis(cfg.key_cache_ttl_ms),
+        clock.clone(),
+        Some(open_requests.clone()),
+        Some(signals.clone()),
+    );
+    let pump = stores
+        .signals
+        .as_ref()
+        .map(|remote| SignalPump::new(remote.subscribe(), signals.clone(), key_cache, open_requests.clone()));
+    let (webhook_service, dispatcher) = webhooks(&stores, cfg, &audit, &clock, &replica, &signals)?;
     let watch = pod_watch(cfg).await?;
     let pod_events = if watch.is_some() {
         PodEvents::cluster_watched(webhook_service.clone())
@@ -362,7 +312,7 @@ pub async fn build(
         pod_events: pod_events.clone(),
         breaker,
         audit: audit.clone(),
-        bus,
+        signals,
         clock: clock.clone(),
     };
     let state = AppState {
@@ -388,7 +338,7 @@ pub async fn build(
         },
         draining: CancellationToken::new(),
     };
-    Ok(Service { state, worker: QueueWorker::new(ports, worker_config), pump, dispatcher, retention, pod_watch })
+    Ok(Parts { state, worker: QueueWorker::new(ports, worker_config), pump, dispatcher, retention, pod_watch })
 }
 
 /// The cluster-wide pod watch for `EXECUTOR=kube` (its own client, paced by its own backoff

@@ -26,9 +26,8 @@ use futures::StreamExt;
 use services::access::Principal;
 use services::audit::AuditService;
 use services::clock::SystemClock;
-use services::webhooks::{
-    DispatchWake, DispatcherConfig, DispatcherPorts, NewWebhook, WebhookDispatcher, WebhookService,
-};
+use services::signalling::Signals;
+use services::webhooks::{DispatcherConfig, DispatcherPorts, NewWebhook, WebhookDispatcher, WebhookService};
 use tokio_util::sync::CancellationToken;
 
 /// Deliveries per measured batch.
@@ -55,17 +54,16 @@ async fn setup<S: Stores>(store: Arc<S>, receiver: &Receiver) -> Setup<S> {
         HttpWebhookSender::new(SenderConfig { allow_private_targets: true, ..SenderConfig::default() })
             .expect("sender"),
     );
-    let wake = Arc::new(DispatchWake::default());
+    let signals = Arc::new(Signals::default());
     let clock = Arc::new(SystemClock);
-    let service = WebhookService::new(store.clone(), store.clone(), sender.clone(), clock.clone(), wake.clone());
+    let service = WebhookService::new(store.clone(), store.clone(), sender.clone(), clock.clone(), signals.clone());
     let ports = DispatcherPorts {
         webhooks: store.clone(),
         deliveries: store.clone(),
         sender,
         audit: AuditService::new(store.clone()),
         clock,
-        wake,
-        changes: None,
+        signals,
     };
     let config = DispatcherConfig { concurrency: CONCURRENCY, ..DispatcherConfig::new("bench") };
     let dispatcher = WebhookDispatcher::new(ports, config);

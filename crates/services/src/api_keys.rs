@@ -8,14 +8,14 @@ use domain::api_key::{ApiKey, ApiKeySecret, KeyRejection, Powers, PreviousSecret
 use domain::ids::ApiKeyId;
 use domain::network::CidrList;
 use domain::pagination::{Page, PageRequest};
-use domain::ports::{ApiKeyRepository, Clock, SignalBus};
-use domain::signal::Signal;
+use domain::ports::{ApiKeyRepository, Clock};
 use domain::{DomainError, DomainResult, Timestamp};
 use moka::future::Cache;
 use rand::RngCore;
 use subtle::ConstantTimeEq;
 
 use crate::access::Principal;
+use crate::signalling::Signals;
 
 /// How often `last_used_at` is written for one key at most.
 const TOUCH_EVERY: Duration = Duration::from_secs(60);
@@ -66,7 +66,7 @@ pub struct ApiKeyService {
     repo: Arc<dyn ApiKeyRepository>,
     clock: Arc<dyn Clock>,
     recently_touched: Cache<ApiKeyId, ()>,
-    signals: Option<Arc<dyn SignalBus>>,
+    signals: Option<Arc<Signals>>,
 }
 
 impl std::fmt::Debug for ApiKeyService {
@@ -90,15 +90,14 @@ impl ApiKeyService {
 
     /// Announces revocations and rotations on `signals`, so every replica drops the key from
     /// its cache at once instead of at the TTL.
-    pub fn with_signals(mut self, signals: Arc<dyn SignalBus>) -> Self {
+    pub fn with_signals(mut self, signals: Arc<Signals>) -> Self {
         self.signals = Some(signals);
         self
     }
 
     async fn announce(&self, id: ApiKeyId) {
-        let Some(signals) = &self.signals else { return };
-        if let Err(e) = signals.publish(Signal::KeyChanged(id)).await {
-            tracing::warn!(api_key_id = %id, error = %e, "could not announce a key change; other replicas see it at the cache TTL");
+        if let Some(signals) = &self.signals {
+            signals.key_changed(id).await;
         }
     }
 

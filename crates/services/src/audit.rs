@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domain::api_key::{ProjectAccess, Scope};
-use domain::audit::{AuditEntry, AuditRecord, ChainVerifier, CheckpointKey, CheckpointVerifier, VerifyReport};
+use domain::audit::{
+    AuditEntry, AuditOutcome, AuditRecord, ChainVerifier, CheckpointKey, CheckpointVerifier, VerifyReport,
+};
 use domain::pagination::{Page, PageRequest};
 use domain::ports::{AuditFilter, AuditLog};
 use domain::{DomainError, DomainResult};
@@ -25,6 +27,41 @@ pub struct CheckpointPolicy {
     pub every_records: u32,
     /// And at least this often while records arrive.
     pub every: Duration,
+}
+
+/// An action taken through the command line (`rdev-api keys …`), for `AuditService::record_cli`.
+#[derive(Debug, Clone)]
+pub struct CliAction {
+    /// What was run, e.g. `cli keys create`.
+    pub action: String,
+    /// What it acted on, e.g. `api_key/<id>`.
+    pub resource: String,
+    /// The operating-system user who ran it (the CLI has no API key to name).
+    pub os_user: String,
+    /// What was asked, for the detail.
+    pub request: String,
+    /// Why it failed, or `None` when it succeeded.
+    pub error: Option<String>,
+}
+
+impl CliAction {
+    fn entry(self) -> AuditEntry {
+        let outcome = if self.error.is_some() { AuditOutcome::Failure } else { AuditOutcome::Success };
+        let why = self.error.map(|e| format!(" error={e}")).unwrap_or_default();
+        AuditEntry {
+            at: domain::to_micros_precision(chrono::Utc::now()),
+            actor: None,
+            client_ip: None,
+            action: self.action,
+            resource: self.resource,
+            project: None,
+            outcome,
+            detail: Some(format!("actor=cli os_user={} {}{why}", self.os_user, self.request).trim_end().to_owned()),
+            request_id: None,
+            trace_id: None,
+            count: 1,
+        }
+    }
 }
 
 /// Appends to and reads the audit log.
@@ -72,6 +109,16 @@ impl AuditService {
                 tracing::error!(%action, error = %e, "could not write audit record");
             }
         }
+    }
+
+    /// Appends the record of a CLI action. Unlike `record`, a failure is returned: a one-shot
+    /// command can still say that its change went unaudited, which a server action cannot.
+    pub async fn record_cli(&self, action: CliAction) -> DomainResult<()> {
+        let record = self.log.append(action.entry()).await?;
+        if self.checkpoints.as_ref().is_some_and(|p| record.seq % i64::from(p.every_records.max(1)) == 0) {
+            self.sign(&record).await;
+        }
+        Ok(())
     }
 
     /// Signs the chain's state at `record`, stores the checkpoint and logs it: the log line is

@@ -19,7 +19,7 @@ use tracing::Instrument;
 
 use crate::access::Principal;
 use crate::projects::ProjectService;
-use crate::queue_bus::QueueBus;
+use crate::signalling::Signals;
 
 /// Longest `?wait=`.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -68,7 +68,7 @@ pub struct CommandService {
     projects: Arc<ProjectService>,
     commands: Arc<dyn CommandRepository>,
     queue: Arc<dyn domain::ports::CommandQueue>,
-    bus: Arc<QueueBus>,
+    signals: Arc<Signals>,
     clock: Arc<dyn Clock>,
     max_queued: u32,
 }
@@ -88,10 +88,10 @@ impl CommandService {
         projects: Arc<ProjectService>,
         commands: Arc<dyn CommandRepository>,
         queue: Arc<dyn domain::ports::CommandQueue>,
-        bus: Arc<QueueBus>,
+        signals: Arc<Signals>,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        Self { projects, commands, queue, bus, clock, max_queued: DEFAULT_MAX_QUEUED_COMMANDS }
+        Self { projects, commands, queue, signals, clock, max_queued: DEFAULT_MAX_QUEUED_COMMANDS }
     }
 
     /// Sets the queue cap of projects that have none of their own (`MAX_QUEUED_COMMANDS`).
@@ -160,8 +160,8 @@ impl CommandService {
         let enqueued = self.commands.enqueue(new).await?;
         if !enqueued.replayed {
             tracing::info!(command_id = %enqueued.command.id, project = %project.name, "command queued");
-            self.bus.wake_worker();
-            self.bus.command_changed();
+            self.signals.wake_worker();
+            self.signals.command_changed();
         }
         Ok(enqueued)
     }
@@ -208,9 +208,9 @@ impl CommandService {
         self.visible_for_write(actor, id).await?;
         let command = self.commands.request_cancel(id, self.clock.now()).await?;
         if command.status == CommandStatus::Running {
-            self.bus.cancel_local(id);
+            self.signals.cancel_local(id);
         }
-        self.bus.command_state_changed(id);
+        self.signals.command_state_changed(id);
         Ok(command)
     }
 
@@ -225,7 +225,7 @@ impl CommandService {
     pub async fn wait(&self, actor: &Principal, id: CommandId, wait: Duration) -> DomainResult<CommandView> {
         actor.require(Scope::CommandsRead).or_else(|_| actor.require(Scope::CommandsWrite))?;
         let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
-        let mut changes = self.bus.subscribe();
+        let mut changes = self.signals.subscribe();
         loop {
             let view = self.view_of(self.visible_for_write(actor, id).await?).await?;
             if view.command.status.is_terminal() || tokio::time::Instant::now() >= deadline {
@@ -256,7 +256,7 @@ impl CommandService {
 
     /// A receiver that ticks whenever a command changes in this process.
     pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.bus.subscribe()
+        self.signals.subscribe()
     }
 
     /// Depth, running and capacity. Needs `commands:read`.

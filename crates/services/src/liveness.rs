@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::AuditService;
 use crate::metrics as m;
-use crate::queue_bus::QueueBus;
+use crate::signalling::Signals;
 
 /// How often presence is confirmed (well inside `domain::ports::PRESENCE_TTL`) and absent
 /// owners are looked for, so that a death is seen within half a second and reported within
@@ -51,7 +51,7 @@ impl LostCause {
 pub struct Liveness {
     queue: Arc<dyn CommandQueue>,
     clock: Arc<dyn Clock>,
-    bus: Arc<QueueBus>,
+    signals: Arc<Signals>,
     audit: AuditService,
     me: WorkerId,
     capacity: u32,
@@ -64,13 +64,13 @@ impl Liveness {
     pub fn new(
         queue: Arc<dyn CommandQueue>,
         clock: Arc<dyn Clock>,
-        bus: Arc<QueueBus>,
+        signals: Arc<Signals>,
         audit: AuditService,
         me: WorkerId,
         capacity: u32,
         reap_every: Duration,
     ) -> Arc<Self> {
-        Arc::new(Self { queue, clock, bus, audit, me, capacity, reap_every, present: AtomicBool::new(false) })
+        Arc::new(Self { queue, clock, signals, audit, me, capacity, reap_every, present: AtomicBool::new(false) })
     }
 
     /// Whether this replica held its presence at the last look; it claims nothing otherwise.
@@ -167,7 +167,7 @@ impl Liveness {
             // and the loop must go on confirming presence and reaping meanwhile.
             let (audit, entry) = (self.audit.clone(), crate::worker::end_entry(self.clock.now(), &command));
             tokio::spawn(async move { audit.record(entry).await });
-            self.bus.command_state_changed(command.id);
+            self.signals.command_state_changed(command.id);
         }
     }
 }

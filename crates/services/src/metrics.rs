@@ -37,6 +37,15 @@ pub const CIRCUIT_BREAKER_TRANSITIONS_TOTAL: &str = "circuit_breaker_transitions
 pub const DEPENDENCY_UP: &str = "dependency_up";
 /// Counter: rows the retention job deleted, by `kind` (`commands`, `webhook_deliveries`).
 pub const RETENTION_DELETED_TOTAL: &str = "retention_deleted_total";
+/// Counter: delivery attempts by `outcome` (`succeeded`, `retrying`, `failed`, `dead`), plus
+/// `deferred` for deliveries an open breaker held back and `stale` for attempts whose lease was
+/// lost before they could be recorded.
+pub const WEBHOOK_DELIVERIES_TOTAL: &str = "webhook_deliveries_total";
+/// Histogram: time from sending a webhook to its answer (or failure).
+pub const WEBHOOK_DELIVERY_DURATION_SECONDS: &str = "webhook_delivery_duration_seconds";
+/// Counter: endpoints disabled by the dispatcher, by `reason` (`gone`, `failing`).
+pub const WEBHOOK_ENDPOINTS_DISABLED_TOTAL: &str = "webhook_endpoints_disabled_total";
+
 /// Counter: spans the OpenTelemetry exporter delivered to the collector.
 pub const OTEL_SPANS_EXPORTED_TOTAL: &str = "otel_spans_exported_total";
 /// Counter: spans dropped instead of exported, by `reason` (`queue_full`: the bounded export
@@ -50,9 +59,6 @@ pub const CPU_PROFILES_TOTAL: &str = "cpu_profiles_total";
 /// a sample, and runbooks can point at series that have not moved yet. Adds nothing to a series
 /// that exists already (tests build several services in one process).
 pub fn register_series() {
-    use crate::webhooks::{
-        WEBHOOK_DELIVERIES_TOTAL, WEBHOOK_DELIVERY_DURATION_SECONDS, WEBHOOK_ENDPOINTS_DISABLED_TOTAL,
-    };
     for status in ["succeeded", "failed", "timed_out", "cancelled", "lost"] {
         metrics::counter!(COMMANDS_TOTAL, "status" => status).increment(0);
     }

@@ -21,7 +21,7 @@ use crate::breaker::CircuitBreaker;
 use crate::liveness::Liveness;
 use crate::metrics as m;
 use crate::pods::PodEvents;
-use crate::queue_bus::QueueBus;
+use crate::signalling::Signals;
 use crate::trace_context;
 use crate::worker_sink::{SinkTarget, StoreSink};
 use tracing::Instrument;
@@ -86,7 +86,7 @@ pub struct WorkerPorts {
     /// Where starts and ends are recorded.
     pub audit: AuditService,
     /// In-process signals.
-    pub bus: Arc<QueueBus>,
+    pub signals: Arc<Signals>,
     /// Time.
     pub clock: Arc<dyn Clock>,
 }
@@ -111,7 +111,7 @@ impl QueueWorker {
         let liveness = Liveness::new(
             Arc::clone(&ports.queue),
             Arc::clone(&ports.clock),
-            Arc::clone(&ports.bus),
+            Arc::clone(&ports.signals),
             ports.audit.clone(),
             config.worker_id.clone(),
             u32::try_from(config.concurrency).unwrap_or(u32::MAX),
@@ -134,7 +134,7 @@ impl QueueWorker {
             while running.try_join_next().is_some() {}
             tokio::select! {
                 () = shutdown.cancelled() => {}
-                () = self.ports.bus.work_arrived() => {}
+                () = self.ports.signals.work_arrived() => {}
                 () = tokio::time::sleep(self.config.poll_every) => {}
             }
         }
@@ -197,7 +197,7 @@ impl QueueWorker {
                 next = running.join_next() => if next.is_none() { break },
                 () = &mut grace => {
                     tracing::warn!(left = running.len(), "shutdown grace over: handing back running commands");
-                    self.ports.bus.running_tokens().iter().for_each(CancellationToken::cancel);
+                    self.ports.signals.running_tokens().iter().for_each(CancellationToken::cancel);
                     while running.join_next().await.is_some() {}
                     break;
                 }
@@ -229,8 +229,8 @@ impl QueueWorker {
     async fn execute_in(self: Arc<Self>, claim: Claim, _slot: OwnedSemaphorePermit, span: tracing::Span) {
         let Claim { command, fence } = claim;
         let cancel = CancellationToken::new();
-        let poke = self.ports.bus.register(command.id, cancel.clone());
-        self.ports.bus.command_state_changed(command.id);
+        let poke = self.ports.signals.register(command.id, cancel.clone());
+        self.ports.signals.command_state_changed(command.id);
         metrics::gauge!(m::COMMANDS_ACTIVE).increment(1.0);
         if let Some(started) = command.started_at {
             let waited = (started - command.queued_at).to_std().unwrap_or_default();
@@ -257,7 +257,7 @@ impl QueueWorker {
                 let sink = StoreSink::new(
                     Arc::clone(&self.ports.queue),
                     Arc::clone(&self.ports.clock),
-                    Arc::clone(&self.ports.bus),
+                    Arc::clone(&self.ports.signals),
                     SinkTarget { command: &command, fence, replica: &self.config.worker_id },
                     self.config.max_output_bytes,
                 );
@@ -290,10 +290,10 @@ impl QueueWorker {
         // Only now: while the result waits for a store that is briefly away (`record_end`
         // retries), the lease must hold, or another replica declares a finished command lost.
         renewer.abort();
-        self.ports.bus.unregister(command.id);
+        self.ports.signals.unregister(command.id);
         metrics::gauge!(m::COMMANDS_ACTIVE).decrement(1.0);
-        self.ports.bus.command_state_changed(command.id);
-        self.ports.bus.wake_worker();
+        self.ports.signals.command_state_changed(command.id);
+        self.ports.signals.wake_worker();
     }
 
     /// A cancel during shutdown is the replica killing the command, not the client's.
@@ -360,7 +360,7 @@ impl QueueWorker {
                 // Not before the backend is back: this replica's next claim waits for the
                 // breaker, and a pause keeps a worker without one from spinning.
                 tokio::time::sleep(HAND_BACK_PAUSE).await;
-                self.ports.bus.wake_worker();
+                self.ports.signals.wake_worker();
                 true
             }
             Ok(false) => false,

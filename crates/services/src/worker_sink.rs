@@ -10,7 +10,7 @@ use domain::output::OutputStream;
 use domain::ports::{Clock, CommandQueue, OutputSink};
 use domain::project::ProjectName;
 
-use crate::queue_bus::QueueBus;
+use crate::signalling::Signals;
 
 #[derive(Debug, Default)]
 struct StreamState {
@@ -30,7 +30,7 @@ pub(crate) struct SinkTarget<'a> {
 pub(crate) struct StoreSink {
     pub(crate) queue: Arc<dyn CommandQueue>,
     pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) bus: Arc<QueueBus>,
+    pub(crate) signals: Arc<Signals>,
     pub(crate) id: CommandId,
     pub(crate) fence: i64,
     project: ProjectName,
@@ -45,7 +45,7 @@ impl StoreSink {
     pub(crate) fn new(
         queue: Arc<dyn CommandQueue>,
         clock: Arc<dyn Clock>,
-        bus: Arc<QueueBus>,
+        signals: Arc<Signals>,
         target: SinkTarget<'_>,
         budget: usize,
     ) -> Self {
@@ -53,7 +53,7 @@ impl StoreSink {
         Self {
             queue,
             clock,
-            bus,
+            signals,
             id: command.id,
             fence,
             project: command.project.clone(),
@@ -95,7 +95,7 @@ impl OutputSink for StoreSink {
     async fn emit(&self, stream: OutputStream, data: &[u8]) {
         let Some(text) = self.take_text(stream, data) else { return };
         match self.queue.append_output(self.id, self.fence, stream, &text, self.clock.now()).await {
-            Ok(_) => self.bus.command_changed(),
+            Ok(_) => self.signals.command_changed(),
             Err(e) => tracing::warn!(command_id = %self.id, error = %e, "could not store output event"),
         }
     }
@@ -124,7 +124,7 @@ mod tests {
         StoreSink::new(
             Arc::new(MemoryStore::new()),
             Arc::new(ManualClock::at_fixed_start()),
-            Arc::new(QueueBus::default()),
+            Arc::new(Signals::default()),
             SinkTarget { command: &command, fence: 1, replica: &WorkerId::new("w") },
             budget,
         )

@@ -23,9 +23,8 @@ use domain::webhook::{
 use services::access::Principal;
 use services::audit::AuditService;
 use services::clock::SystemClock;
-use services::webhooks::{
-    DispatchWake, DispatcherConfig, DispatcherPorts, NewWebhook, WebhookDispatcher, WebhookService,
-};
+use services::signalling::Signals;
+use services::webhooks::{DispatcherConfig, DispatcherPorts, NewWebhook, WebhookDispatcher, WebhookService};
 use tokio_util::sync::CancellationToken;
 
 /// Every port these tests need from a store.
@@ -66,10 +65,10 @@ fn sender() -> Arc<HttpWebhookSender> {
 }
 
 fn start<S: Stores>(store: Arc<S>, configs: Vec<DispatcherConfig>) -> Harness<S> {
-    let wake = Arc::new(DispatchWake::default());
+    let signals = Arc::new(Signals::default());
     let clock = Arc::new(SystemClock);
     let sender = sender();
-    let service = WebhookService::new(store.clone(), store.clone(), sender.clone(), clock.clone(), wake.clone());
+    let service = WebhookService::new(store.clone(), store.clone(), sender.clone(), clock.clone(), signals.clone());
     let shutdown = CancellationToken::new();
     let dispatchers = configs
         .into_iter()
@@ -80,8 +79,7 @@ fn start<S: Stores>(store: Arc<S>, configs: Vec<DispatcherConfig>) -> Harness<S>
                 sender: sender.clone(),
                 audit: AuditService::new(store.clone()),
                 clock: clock.clone(),
-                wake: wake.clone(),
-                changes: None,
+                signals: signals.clone(),
             };
             tokio::spawn(WebhookDispatcher::new(ports, config).run(shutdown.clone()))
         })

@@ -23,8 +23,8 @@ use services::audit::AuditService;
 use services::breaker::{BreakerConfig, BreakerPods, CircuitBreaker};
 use services::clock::SystemClock;
 use services::pods::PodEvents;
-use services::queue_bus::QueueBus;
-use services::webhooks::{DispatchWake, WebhookService};
+use services::signalling::Signals;
+use services::webhooks::WebhookService;
 use services::worker::{QueueWorker, WorkerConfig, WorkerPorts};
 use tokio_util::sync::CancellationToken;
 
@@ -64,7 +64,7 @@ fn build(
         store.clone(),
         Arc::new(FakeSender::new()),
         clock.clone(),
-        Arc::new(DispatchWake::default()),
+        Arc::new(Signals::default()),
     ));
     let ports = WorkerPorts {
         queue,
@@ -74,7 +74,7 @@ fn build(
         pod_events: PodEvents::new(webhooks),
         breaker,
         audit: AuditService::new(store.clone()),
-        bus: Arc::new(QueueBus::default()),
+        signals: Arc::new(Signals::default()),
         clock,
     };
     let mut config = WorkerConfig::new(WorkerId::new(name), 4);

@@ -6,14 +6,12 @@
 
 pub mod otlp;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use app::config::{Cli, Command, ServeConfig};
 use clap::Parser;
 use reqwest::{Method, Response, StatusCode};
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
 
 /// A running service.
 pub struct TestApp {
@@ -21,17 +19,14 @@ pub struct TestApp {
     pub admin: String,
     pub client: reqwest::Client,
     pub dir: tempfile::TempDir,
-    shutdown: CancellationToken,
-    server: actix_web::dev::ServerHandle,
+    running: app::service::RunningService,
     /// The Kubernetes simulator the service runs commands on, with `RDEV_TEST_EXECUTOR=kube`.
     pub sim: Option<kube_sim::KubeSim>,
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        self.shutdown.cancel();
-        let server = self.server.clone();
-        tokio::spawn(async move { server.stop(false).await });
+        self.running.abort();
     }
 }
 
@@ -110,40 +105,24 @@ fn init_test_logs() {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
 }
 
+/// Starts the replica through `Service::start`, the path `rdev-api serve` takes.
 async fn start(db: &app::config::Database, cfg: &ServeConfig, dir: tempfile::TempDir, admin: Option<&str>) -> TestApp {
     init_test_logs();
-    let options = app::stores::OpenOptions { migrate: true, pool_size: db.pool_size };
-    let stores = app::stores::open(&db.url, options).await.expect("store");
-    let service = app::wiring::build(stores, cfg, app::telemetry::metrics_handle()).await.expect("wiring");
+    let options = app::service::StartOptions { http_stop: Duration::from_secs(1) };
+    let running = app::service::Service::start(db, cfg, options).await.expect("start");
     let admin = match admin {
         Some(key) => key.to_owned(),
         None => {
-            let (_, admin) = service.state.keys.bootstrap_admin().await.expect("bootstrap").expect("empty store");
+            let (_, admin) = running.state.keys.bootstrap_admin().await.expect("bootstrap").expect("empty store");
             admin.expose().to_owned()
         }
     };
-    let listener = std::net::TcpListener::bind(cfg.listen_addr).expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let shutdown = CancellationToken::new();
-    tokio::spawn(Arc::clone(&service.worker).run(shutdown.clone()));
-    if let Some(pump) = service.pump {
-        tokio::spawn(pump.run(shutdown.clone()));
-    }
-    tokio::spawn(service.dispatcher.run(shutdown.clone()));
-    tokio::spawn(service.retention.run(shutdown.clone()));
-    if let Some(watch) = service.pod_watch {
-        tokio::spawn(watch.run(shutdown.clone()));
-    }
-    let server = app::server::server(service.state, listener, 1).expect("server");
-    let handle = server.handle();
-    tokio::spawn(server);
     TestApp {
-        base: format!("http://{addr}"),
+        base: format!("http://{}", running.addr),
         admin,
         client: reqwest::Client::builder().timeout(Duration::from_secs(90)).build().expect("client"),
         dir,
-        shutdown,
-        server: handle,
+        running,
         sim: None,
     }
 }

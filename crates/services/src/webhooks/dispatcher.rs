@@ -16,10 +16,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::breakers::Breakers;
-use super::{
-    DispatchWake, WEBHOOK_DELIVERIES_TOTAL, WEBHOOK_DELIVERY_DURATION_SECONDS, WEBHOOK_ENDPOINTS_DISABLED_TOTAL,
-};
 use crate::audit::AuditService;
+use crate::metrics::{WEBHOOK_DELIVERIES_TOTAL, WEBHOOK_DELIVERY_DURATION_SECONDS, WEBHOOK_ENDPOINTS_DISABLED_TOTAL};
+use crate::signalling::Signals;
 
 /// Most rounds of fan-out per loop turn, so a flood of events cannot starve sending.
 const FAN_OUT_ROUNDS: u32 = 10;
@@ -82,11 +81,9 @@ pub struct DispatcherPorts {
     pub audit: AuditService,
     /// Time.
     pub clock: Arc<dyn Clock>,
-    /// Wake-ups from `WebhookService` (pings, redeliveries).
-    pub wake: Arc<DispatchWake>,
-    /// Command changes in this process (e.g. `QueueBus::subscribe`), so command events go out
-    /// at once instead of at the next poll.
-    pub changes: Option<watch::Receiver<u64>>,
+    /// Wakes it for due deliveries (pings, redeliveries) and command state changes, so
+    /// events go out at once instead of at the next poll.
+    pub signals: Arc<Signals>,
 }
 
 /// Delivers webhooks until shut down.
@@ -114,7 +111,7 @@ impl WebhookDispatcher {
     /// Delivers until `shutdown` fires, then lets sends in flight finish for `shutdown_grace`.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut sending = JoinSet::new();
-        let mut changes = self.ports.changes.clone();
+        let mut changes = Some(self.ports.signals.subscribe_state());
         tracing::info!(owner = %self.config.owner, concurrency = self.config.concurrency, "webhook dispatcher started");
         while !shutdown.is_cancelled() {
             self.fan_out().await;
@@ -125,7 +122,7 @@ impl WebhookDispatcher {
             }
             tokio::select! {
                 () = shutdown.cancelled() => {}
-                () = self.ports.wake.woken() => {}
+                () = self.ports.signals.deliveries_due() => {}
                 () = changed(&mut changes) => {}
                 Some(_) = sending.join_next(), if !sending.is_empty() => {}
                 () = tokio::time::sleep(self.config.poll_every) => {}

@@ -19,8 +19,8 @@ use domain::webhook::{
 use domain::{DomainError, DomainResult};
 use rand::RngCore;
 
-use super::DispatchWake;
 use crate::access::Principal;
+use crate::signalling::Signals;
 
 /// Longest grace period of a rotated-out secret: a week.
 pub const MAX_ROTATION_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -59,7 +59,7 @@ pub struct WebhookService {
     deliveries: Arc<dyn DeliveryQueue>,
     sender: Arc<dyn WebhookSender>,
     clock: Arc<dyn Clock>,
-    wake: Arc<DispatchWake>,
+    signals: Arc<Signals>,
 }
 
 impl std::fmt::Debug for WebhookService {
@@ -101,15 +101,15 @@ fn check_projects(actor: &Principal, projects: &ProjectAccess) -> DomainResult<(
 }
 
 impl WebhookService {
-    /// A service over the webhook ports; `sender` checks targets, `wake` nudges the dispatcher.
+    /// A service over the webhook ports; `sender` checks targets, `signals` wakes the dispatcher.
     pub fn new(
         webhooks: Arc<dyn WebhookRepository>,
         deliveries: Arc<dyn DeliveryQueue>,
         sender: Arc<dyn WebhookSender>,
         clock: Arc<dyn Clock>,
-        wake: Arc<DispatchWake>,
+        signals: Arc<Signals>,
     ) -> Self {
-        Self { webhooks, deliveries, sender, clock, wake }
+        Self { webhooks, deliveries, sender, clock, signals }
     }
 
     /// Creates a subscription and returns it with its secret (the only time the secret is
@@ -236,7 +236,7 @@ impl WebhookService {
         }
         let ping = ping_event(id, self.clock.now())?;
         self.deliveries.append_event(&ping).await?;
-        self.wake.wake();
+        self.signals.delivery_due();
         Ok(ping)
     }
 
@@ -244,7 +244,7 @@ impl WebhookService {
     pub async fn redeliver(&self, actor: &Principal, id: DeliveryId) -> DomainResult<Delivery> {
         self.get_delivery(actor, id).await?;
         let delivery = self.deliveries.redeliver(id, DeliveryId::generate(), self.clock.now()).await?;
-        self.wake.wake();
+        self.signals.delivery_due();
         Ok(delivery)
     }
 
@@ -285,7 +285,7 @@ impl WebhookService {
         let Some(event) = pod_change_event(change, self.clock.now()) else { return Ok(()) };
         match self.deliveries.append_event(&event).await {
             Ok(()) => {
-                self.wake.wake();
+                self.signals.delivery_due();
                 Ok(())
             }
             Err(DomainError::Conflict(_)) => {
@@ -301,7 +301,7 @@ impl WebhookService {
     pub async fn pod_changed(&self, project: &ProjectName, status: &PodStatus) -> DomainResult<()> {
         if let Some(event) = pod_event(project, status, self.clock.now()) {
             self.deliveries.append_event(&event).await?;
-            self.wake.wake();
+            self.signals.delivery_due();
         }
         Ok(())
     }

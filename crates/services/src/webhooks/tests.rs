@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::*;
 use crate::access::Principal;
 use crate::audit::AuditService;
+use crate::signalling::Signals;
 
 /// Answers from a script, then with a default; refuses targets on `10.0.0.1`.
 #[derive(Debug)]
@@ -107,16 +108,15 @@ fn fixture_with(config: DispatcherConfig) -> Fixture {
     let store = Arc::new(MemoryStore::new());
     let clock = Arc::new(ManualClock::at_fixed_start());
     let sender = Arc::new(FakeSender::new());
-    let wake = Arc::new(DispatchWake::default());
-    let service = WebhookService::new(store.clone(), store.clone(), sender.clone(), clock.clone(), wake.clone());
+    let signals = Arc::new(Signals::default());
+    let service = WebhookService::new(store.clone(), store.clone(), sender.clone(), clock.clone(), signals.clone());
     let ports = DispatcherPorts {
         webhooks: store.clone(),
         deliveries: store.clone(),
         sender: sender.clone(),
         audit: AuditService::new(store.clone()),
         clock: clock.clone(),
-        wake,
-        changes: None,
+        signals,
     };
     let dispatcher = WebhookDispatcher::new(ports, config);
     Fixture { store, clock, sender, service, dispatcher }
@@ -441,7 +441,7 @@ async fn pod_events_announce_each_change_once_not_each_sighting() {
         f.store.clone(),
         f.sender.clone(),
         f.clock.clone(),
-        Arc::new(DispatchWake::default()),
+        Arc::new(Signals::default()),
     );
     let events = crate::pods::PodEvents::new(Arc::new(announcer));
     let web = project_name("web");
@@ -501,7 +501,7 @@ async fn a_watched_pod_change_is_one_event_however_often_it_is_reported() {
         f.store.clone(),
         f.sender.clone(),
         f.clock.clone(),
-        Arc::new(DispatchWake::default()),
+        Arc::new(Signals::default()),
     );
     let events = crate::pods::PodEvents::cluster_watched(Arc::new(announcer));
     let change = |phase: PodPhase, occurrence: &str| PodChange {

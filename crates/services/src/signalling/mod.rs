@@ -1,12 +1,29 @@
-//! Signals between the HTTP side and the queue worker: new work, "something changed" for
-//! waiters and event streams, and the cancel tokens of running commands. With a `SignalBus`
-//! (Postgres NOTIFY) the signals also reach every other replica; the store stays the source of
-//! truth, so a lost signal only delays something until the next poll.
+//! Every wake-up in the service passes through here. The store is the source of truth; a
+//! signal only says "look now" and a lost one delays something until the next poll.
+//!
+//! | signal | raised by | wakes |
+//! |---|---|---|
+//! | work queued, slot freed | `CommandService::submit`, the worker | the workers of every replica |
+//! | command changed (output) | the worker's output sink | local waiters and event streams |
+//! | command state changed | submit, cancel, start, end, lost | waiters of every replica, the dispatcher, the lease keeper of the replica running it |
+//! | cancel | `CommandService::cancel` | the command's token when it runs here; else via state changed |
+//! | delivery due | `WebhookService` (ping, redelivery) | this replica's dispatcher |
+//! | key changed | `ApiKeyService` (revoke, rotate) | every replica's key cache and open requests (`SignalPump`) |
+//! | resync | a lagging or reconnected signal stream | all of the above |
+//!
+//! `Signals` is the hub of one replica; with a `SignalBus` (Postgres LISTEN/NOTIFY) it also
+//! publishes to the others, and `SignalPump` applies what they publish.
+
+mod local;
+mod pump;
+
+pub use local::{broadcast_stream, LocalSignalBus};
+pub use pump::SignalPump;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use domain::ids::CommandId;
+use domain::ids::{ApiKeyId, CommandId};
 use domain::ports::SignalBus;
 use domain::signal::Signal;
 use tokio::sync::{watch, Notify};
@@ -20,26 +37,28 @@ struct Running {
     poke: Arc<Notify>,
 }
 
-/// Signals shared by `CommandService` and `QueueWorker`, and across replicas when built with
-/// `with_signals`.
-pub struct QueueBus {
+/// The wake-ups of one replica, shared by the services, the worker and the dispatcher, and
+/// across replicas when built with `with_remote`.
+pub struct Signals {
     new_work: Notify,
+    delivery_due: Notify,
     changed: watch::Sender<u64>,
     state_changed: watch::Sender<u64>,
     running: Mutex<HashMap<CommandId, Running>>,
     remote: Option<Arc<dyn SignalBus>>,
 }
 
-impl std::fmt::Debug for QueueBus {
+impl std::fmt::Debug for Signals {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("QueueBus").field("cross_replica", &self.remote.is_some()).finish_non_exhaustive()
+        f.debug_struct("Signals").field("cross_replica", &self.remote.is_some()).finish_non_exhaustive()
     }
 }
 
-impl Default for QueueBus {
+impl Default for Signals {
     fn default() -> Self {
         Self {
             new_work: Notify::new(),
+            delivery_due: Notify::new(),
             changed: watch::channel(0).0,
             state_changed: watch::channel(0).0,
             running: Mutex::new(HashMap::new()),
@@ -48,9 +67,9 @@ impl Default for QueueBus {
     }
 }
 
-impl QueueBus {
-    /// A bus that also publishes to, and (through `on_signal`) hears from, other replicas.
-    pub fn with_signals(remote: Arc<dyn SignalBus>) -> Self {
+impl Signals {
+    /// A hub that also publishes to, and (through `SignalPump`) hears from, other replicas.
+    pub fn with_remote(remote: Arc<dyn SignalBus>) -> Self {
         Self { remote: Some(remote), ..Self::default() }
     }
 
@@ -91,6 +110,27 @@ impl QueueBus {
     /// A receiver that sees every `command_changed`.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+
+    /// Wakes this replica's webhook dispatcher at once (a ping or a redelivery was queued),
+    /// instead of at its next poll; remembered if it is busy.
+    pub fn delivery_due(&self) {
+        self.delivery_due.notify_one();
+    }
+
+    /// Waits for `delivery_due`.
+    pub async fn deliveries_due(&self) {
+        self.delivery_due.notified().await;
+    }
+
+    /// Tells every replica that a key was revoked or rotated, so each drops it from its cache
+    /// now instead of at the TTL. Awaited, unlike the other signals: the change is announced
+    /// before the request that made it is answered.
+    pub async fn key_changed(&self, id: ApiKeyId) {
+        let Some(remote) = &self.remote else { return };
+        if let Err(e) = remote.publish(Signal::KeyChanged(id)).await {
+            tracing::warn!(api_key_id = %id, error = %e, "could not announce a key change; other replicas see it at the cache TTL");
+        }
     }
 
     /// Applies a signal from another replica (or this one, echoed by the signal bus).
@@ -159,13 +199,12 @@ mod tests {
     use futures::StreamExt;
 
     use super::*;
-    use crate::signals::LocalSignalBus;
 
     #[tokio::test]
     async fn state_changes_are_published_and_pokes_reach_the_running_command() {
         let remote = Arc::new(LocalSignalBus::default());
         let mut heard = remote.subscribe();
-        let bus = QueueBus::with_signals(remote.clone());
+        let bus = Signals::with_remote(remote.clone());
         let id = CommandId::generate();
         let poke = bus.register(id, CancellationToken::new());
         bus.command_state_changed(id);
