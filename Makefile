@@ -4,7 +4,7 @@ DATA_DIR ?= data
 ADMIN_KEY_FILE ?= $(DATA_DIR)/admin.key
 LISTEN_ADDR ?= 127.0.0.1:8080
 
-.PHONY: run test e2e build lint fmt hooks bench load clean
+.PHONY: run test e2e build lint deny fmt hooks bench load clean
 
 ## Build and start the service on SQLite + local processes; prints where the admin key is.
 run:
@@ -17,28 +17,31 @@ run:
 	LISTEN_ADDR=$(LISTEN_ADDR) \
 	./target/release/rdev-api serve
 
-## Every test of the workspace (unit, property, contract, HTTP), the HTTP suites again with
-## EXECUTOR=kube on kube-sim, the k8s manifests, then the OpenAPI document as a user's tools see it
-## (validator, generated client, schemathesis with OPENAPI_FUZZ_EXAMPLES per operation).
+## Every test of every crate (unit, property, contract, HTTP), each crate on its own with only
+## the features its Cargo.toml declares (`scripts/test-crates.sh`, which prints each crate's
+## time), the HTTP suites again with EXECUTOR=kube on kube-sim, the k8s manifests, then the
+## OpenAPI document as a user's tools see it (validator, generated client, schemathesis with
+## OPENAPI_FUZZ_EXAMPLES per operation).
 OPENAPI_FUZZ_EXAMPLES ?= 100
 test:
-	cargo test --workspace --all-features --no-fail-fast
-	RDEV_TEST_EXECUTOR=kube cargo test -p app --all-features --no-fail-fast --test commands --test auth --test errors
+	scripts/test-crates.sh
+	RDEV_TEST_EXECUTOR=kube cargo test -p app --no-fail-fast --test commands --test auth --test errors
 	scripts/validate-k8s.sh
-	cargo build -p app --bin rdev-api
 	OPENAPI_FUZZ_EXAMPLES=$(OPENAPI_FUZZ_EXAMPLES) scripts/check-openapi.sh
 
 ## The end-to-end suite (e2e/, see e2e/README.md): the real rdev-api and kube-sim binaries —
 ## three replicas on a throwaway PostgreSQL, a webhook receiver — under kill -9, SIGSTOP past the
 ## lease, a database restart and a webhook outage (E2E_COMMANDS commands), then the focused fault
-## tests and the compose file's services; prints its figures. Builds the binaries first, with the
-## workspace's features, so that after `make test` nothing is compiled twice.
+## tests and the compose file's services; prints its figures. Builds the binaries first the way
+## `cargo test -p app` and `cargo test -p kube-sim` do, so that after `make test` nothing is
+## compiled twice.
 E2E_COMMANDS ?= 5000
 E2E_WEBHOOK_OUTAGE_SECONDS ?= 60
 e2e:
-	cargo build --workspace --all-features --bin rdev-api --bin kube-sim
+	cargo test -p app --no-run
+	cargo test -p kube-sim --no-run
 	E2E_COMMANDS=$(E2E_COMMANDS) E2E_WEBHOOK_OUTAGE_SECONDS=$(E2E_WEBHOOK_OUTAGE_SECONDS) \
-	cargo test --workspace --all-features --no-fail-fast --test chaos --test faults --test compose -- --nocapture --test-threads=1
+	cargo test -p e2e --no-fail-fast --test chaos --test faults --test compose -- --nocapture --test-threads=1
 
 build:
 	cargo build --workspace --all-targets
@@ -46,6 +49,11 @@ build:
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+## Licences, banned crates and sources of every dependency (needs `cargo install cargo-deny`);
+## offline: advisories need the network and are left to a scheduled job.
+deny:
+	cargo deny --offline check --hide-inclusion-graph licenses bans sources
 
 fmt:
 	cargo fmt --all
