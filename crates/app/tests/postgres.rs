@@ -261,3 +261,74 @@ async fn two_replicas_deliver_each_webhook_event_once() {
     ids.sort();
     assert_eq!(delivered, ids, "every command's event, once");
 }
+
+fn parse_sse(text: &str) -> Vec<(i64, String, Value)> {
+    text.split("\n\n")
+        .filter_map(|block| {
+            let field = |name: &str| block.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
+            Some((
+                field("id:")?.parse().ok()?,
+                field("event:")?.to_owned(),
+                serde_json::from_str(field("data:")?).ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// The whole event stream of `id` on `app`, from after `last_event_id`, each event with when it
+/// arrived (since the request was sent).
+async fn stream_events(app: &TestApp, id: &str, last_event_id: i64) -> Vec<(i64, String, Value, Duration)> {
+    let started = Instant::now();
+    let res = app
+        .client
+        .get(format!("{}/v1/commands/{id}/events", app.base))
+        .bearer_auth(&app.admin)
+        .header("Last-Event-ID", last_event_id.to_string())
+        .send()
+        .await
+        .expect("send");
+    let (mut body, mut text, mut events) = (res.bytes_stream(), String::new(), Vec::new());
+    while let Some(chunk) = body.next().await {
+        text.push_str(std::str::from_utf8(&chunk.expect("chunk")).expect("utf-8"));
+        let Some(end) = text.rfind("\n\n") else { continue };
+        let complete: String = text.drain(..end + 2).collect();
+        let at = started.elapsed();
+        events.extend(parse_sse(&complete).into_iter().map(|(i, n, d)| (i, n, d, at)));
+    }
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn streams_on_both_replicas_see_every_event_once_in_order_pushed_not_polled() {
+    let db = TestDatabase::create().await;
+    let (a, b) = replicas(&db, &[]).await;
+    a.project("web", 1).await;
+    let v = a.submit("web", json!({"script": "for i in 1 2 3 4 5; do echo line$i; sleep 0.1; done"})).await;
+    let id = v["id"].as_str().expect("id").to_owned();
+    // Whichever replica runs it, one of the two streams is on the other replica.
+    let (on_a, on_b) = tokio::join!(stream_events(&a, &id, 0), stream_events(&b, &id, 0));
+    for (events, replica) in [(&on_a, "a"), (&on_b, "b")] {
+        let ids: Vec<i64> = events.iter().map(|e| e.0).collect();
+        assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "replica {replica}: ids increase by one: {ids:?}");
+        let output: Vec<&(i64, String, Value, Duration)> = events.iter().filter(|e| e.1 == "output").collect();
+        let lines: String = output.iter().filter_map(|e| e.2["data"].as_str()).collect();
+        assert_eq!(lines, "line1\nline2\nline3\nline4\nline5\n", "replica {replica}: every line once, in order");
+        let exit = events.last().expect("events");
+        assert_eq!(exit.1, "exit", "replica {replica}");
+        // The command prints its first line 0.4 s before it ends, and streams re-read the store
+        // on their own only every 5 s: a first line that arrives well before the exit was
+        // pushed to the stream as it was written, on this replica or through the other's signal.
+        let ahead = exit.3.saturating_sub(output[0].3);
+        assert!(ahead >= Duration::from_millis(200), "replica {replica}: line1 only {ahead:?} before the exit");
+        assert!(exit.3 < Duration::from_secs(4), "replica {replica}: the stream took {:?}", exit.3);
+    }
+    let without_times = |events: &[(i64, String, Value, Duration)]| -> Vec<(i64, String, Value)> {
+        events.iter().map(|(i, n, d, _)| (*i, n.clone(), d.clone())).collect()
+    };
+    assert_eq!(without_times(&on_a), without_times(&on_b), "both replicas stream the same events");
+
+    // Resuming on the other replica gives exactly what followed.
+    let resume_from = on_a[1].0;
+    let resumed = stream_events(&b, &id, resume_from).await;
+    assert_eq!(without_times(&resumed), without_times(&on_a[2..]), "everything after Last-Event-ID, exactly once");
+}

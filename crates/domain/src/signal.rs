@@ -11,8 +11,11 @@ use crate::ids::{ApiKeyId, CommandId};
 pub enum Signal {
     /// A command was queued or a slot freed: idle workers should try to claim.
     WorkQueued,
-    /// A command changed (status, output, cancel request): waiters and event streams re-read it.
+    /// A command's state changed (queued, started, ended, cancel request): waiters, event
+    /// streams and the replica running it re-read it.
     CommandChanged(CommandId),
+    /// A command has new output: its event streams re-read it (nothing else needs to wake).
+    OutputAppended(CommandId),
     /// An API key was revoked or rotated: caches drop it.
     KeyChanged(ApiKeyId),
     /// The subscriber may have missed signals (lagged, reconnected): re-read everything it watches.

@@ -19,12 +19,10 @@ use tracing::Instrument;
 
 use crate::access::Principal;
 use crate::projects::ProjectService;
-use crate::signalling::Signals;
+use crate::signalling::{Signals, SAFETY_POLL};
 
 /// Longest `?wait=`.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
-/// How often waiters re-read the store when no local signal arrives (other replicas).
-const WAIT_POLL: Duration = Duration::from_millis(250);
 
 /// A command as a client asked for it, validated field by field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,7 +159,6 @@ impl CommandService {
         if !enqueued.replayed {
             tracing::info!(command_id = %enqueued.command.id, project = %project.name, "command queued");
             self.signals.wake_worker();
-            self.signals.command_changed();
         }
         Ok(enqueued)
     }
@@ -225,14 +222,14 @@ impl CommandService {
     pub async fn wait(&self, actor: &Principal, id: CommandId, wait: Duration) -> DomainResult<CommandView> {
         actor.require(Scope::CommandsRead).or_else(|_| actor.require(Scope::CommandsWrite))?;
         let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
-        let mut changes = self.signals.subscribe();
+        let mut changes = self.signals.watch_command(id);
         loop {
             let view = self.view_of(self.visible_for_write(actor, id).await?).await?;
             if view.command.status.is_terminal() || tokio::time::Instant::now() >= deadline {
                 return Ok(view);
             }
-            let _ =
-                tokio::time::timeout_at(deadline.min(tokio::time::Instant::now() + WAIT_POLL), changes.changed()).await;
+            let _ = tokio::time::timeout_at(deadline.min(tokio::time::Instant::now() + SAFETY_POLL), changes.changed())
+                .await;
         }
     }
 
@@ -254,9 +251,10 @@ impl CommandService {
         self.commands.events_after(id, after, limit).await
     }
 
-    /// A receiver that ticks whenever a command changes in this process.
-    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.signals.subscribe()
+    /// A receiver that ticks whenever command `id` changes, on any replica (subscribe before
+    /// reading, so nothing slips between the read and the wait).
+    pub fn watch(&self, id: CommandId) -> tokio::sync::watch::Receiver<u64> {
+        self.signals.watch_command(id)
     }
 
     /// Depth, running and capacity. Needs `commands:read`.

@@ -95,7 +95,7 @@ impl OutputSink for StoreSink {
     async fn emit(&self, stream: OutputStream, data: &[u8]) {
         let Some(text) = self.take_text(stream, data) else { return };
         match self.queue.append_output(self.id, self.fence, stream, &text, self.clock.now()).await {
-            Ok(_) => self.signals.command_changed(),
+            Ok(_) => self.signals.output_appended(self.id),
             Err(e) => tracing::warn!(command_id = %self.id, error = %e, "could not store output event"),
         }
     }

@@ -9,6 +9,7 @@ use domain::ids::CommandId;
 use domain::output::{CommandEvent, EventKind};
 use futures::stream;
 use services::open_requests::{OpenRequest, RequestKind, TooManyStreams};
+use services::signalling::SAFETY_POLL;
 use services::Principal;
 
 use super::commands::CommandBody;
@@ -18,8 +19,6 @@ use crate::state::AppState;
 
 /// Events read per store round trip.
 const BATCH: u32 = 200;
-/// Re-read the store this often when nothing local signals a change (other replicas).
-const POLL: Duration = Duration::from_millis(250);
 /// A comment line this often keeps proxies from closing an idle stream.
 const KEEPALIVE: Duration = Duration::from_secs(15);
 
@@ -54,7 +53,7 @@ pub async fn events(
         .open_requests
         .open(&caller.key, RequestKind::Stream)
         .map_err(|TooManyStreams { limit }| ApiError::TooManyStreams(limit))?;
-    let changes = state.commands.changes();
+    let changes = state.commands.watch(id);
     let tail = Tail { state, principal: caller.principal, id, after, changes, done: false, open };
     let body = stream::unfold(tail, next_chunk);
     Ok(HttpResponse::Ok()
@@ -80,7 +79,7 @@ async fn next_chunk(mut tail: Tail) -> Option<(Result<Bytes, actix_web::Error>, 
     if tail.done {
         return None;
     }
-    let mut idle = Duration::ZERO;
+    let idle_since = tokio::time::Instant::now();
     loop {
         if tail.open.is_ended() {
             tracing::info!(command_id = %tail.id, "event stream closed: its API key was revoked or expired");
@@ -103,15 +102,18 @@ async fn next_chunk(mut tail: Tail) -> Option<(Result<Bytes, actix_web::Error>, 
             let text = render(&mut tail, &batch).await;
             return Some((Ok(Bytes::from(text)), tail));
         }
-        if idle >= KEEPALIVE {
+        let keepalive_at = idle_since + KEEPALIVE;
+        if tokio::time::Instant::now() >= keepalive_at {
             return Some((Ok(Bytes::from_static(b": keepalive\n\n")), tail));
         }
+        // Woken by the command's own changes; the store is re-read otherwise only at the
+        // safety poll or when a keepalive is due.
+        let wake_at = keepalive_at.min(tokio::time::Instant::now() + SAFETY_POLL);
         tokio::select! {
-            _ = tokio::time::timeout(POLL, tail.changes.changed()) => {}
+            _ = tokio::time::timeout_at(wake_at, tail.changes.changed()) => {}
             () = tail.open.ended() => {}
             () = tail.state.draining.cancelled() => {}
         }
-        idle += POLL;
     }
 }
 

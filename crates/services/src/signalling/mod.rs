@@ -4,7 +4,7 @@
 //! | signal | raised by | wakes |
 //! |---|---|---|
 //! | work queued, slot freed | `CommandService::submit`, the worker | the workers of every replica |
-//! | command changed (output) | the worker's output sink | local waiters and event streams |
+//! | output appended | the worker's output sink | the command's event streams, on every replica |
 //! | command state changed | submit, cancel, start, end, lost | waiters of every replica, the dispatcher, the lease keeper of the replica running it |
 //! | cancel | `CommandService::cancel` | the command's token when it runs here; else via state changed |
 //! | delivery due | `WebhookService` (ping, redelivery) | this replica's dispatcher |
@@ -18,6 +18,11 @@ mod local;
 mod pump;
 
 pub use local::{broadcast_stream, LocalSignalBus};
+
+/// How often a waiter or event stream re-reads the store when no signal came: only a safety
+/// net, since every change of a command is signalled here and (NOTIFY) across replicas, and a
+/// lost NOTIFY connection is followed by `Resync`.
+pub const SAFETY_POLL: std::time::Duration = std::time::Duration::from_secs(5);
 pub use pump::SignalPump;
 
 use std::collections::HashMap;
@@ -42,10 +47,42 @@ struct Running {
 pub struct Signals {
     new_work: Notify,
     delivery_due: Notify,
-    changed: watch::Sender<u64>,
     state_changed: watch::Sender<u64>,
     running: Mutex<HashMap<CommandId, Running>>,
+    /// One channel per command somebody here waits on or streams (see `watch_command`).
+    watched: Mutex<Watched>,
+    /// Commands whose `OutputAppended` is being published; `true` when more output came since,
+    /// so one more is due. At most one publish per command is in flight.
+    publishing_output: Arc<Mutex<HashMap<CommandId, bool>>>,
     remote: Option<Arc<dyn SignalBus>>,
+}
+
+/// The per-command channels, pruned of unwatched commands as the map grows.
+#[derive(Debug, Default)]
+struct Watched {
+    channels: HashMap<CommandId, watch::Sender<u64>>,
+    prune_at: usize,
+}
+
+impl Watched {
+    fn subscribe(&mut self, id: CommandId) -> watch::Receiver<u64> {
+        if self.channels.len() >= self.prune_at {
+            self.channels.retain(|_, sender| sender.receiver_count() > 0);
+            // Amortized: the next prune waits until the map has doubled (or reaches 64).
+            self.prune_at = (self.channels.len() * 2).max(64);
+        }
+        self.channels.entry(id).or_insert_with(|| watch::channel(0).0).subscribe()
+    }
+
+    fn tick(&self, id: CommandId) {
+        if let Some(sender) = self.channels.get(&id) {
+            sender.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    fn tick_all(&self) {
+        self.channels.values().for_each(|sender| sender.send_modify(|n| *n = n.wrapping_add(1)));
+    }
 }
 
 impl std::fmt::Debug for Signals {
@@ -59,9 +96,10 @@ impl Default for Signals {
         Self {
             new_work: Notify::new(),
             delivery_due: Notify::new(),
-            changed: watch::channel(0).0,
             state_changed: watch::channel(0).0,
             running: Mutex::new(HashMap::new()),
+            watched: Mutex::new(Watched::default()),
+            publishing_output: Arc::new(Mutex::new(HashMap::new())),
             remote: None,
         }
     }
@@ -84,15 +122,53 @@ impl Signals {
         self.new_work.notified().await;
     }
 
-    /// Tells local waiters and event streams that some command changed (output, for example).
-    pub fn command_changed(&self) {
-        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    /// A receiver that ticks whenever command `id` changes (state or output), here or, through
+    /// the signal bus, on another replica: what waiters and event streams sleep on. Subscribe
+    /// before reading the store, and no change can slip between the read and the wait.
+    pub fn watch_command(&self, id: CommandId) -> watch::Receiver<u64> {
+        lock(&self.watched).subscribe(id)
+    }
+
+    /// Command `id` has new output: its waiters and streams here wake at once, and the other
+    /// replicas' through one `OutputAppended` in flight at a time (a burst of chunks is one or
+    /// two signals, not one per chunk).
+    pub fn output_appended(&self, id: CommandId) {
+        lock(&self.watched).tick(id);
+        let Some(remote) = self.remote.clone() else { return };
+        {
+            let mut publishing = lock(&self.publishing_output);
+            if let Some(more) = publishing.get_mut(&id) {
+                *more = true;
+                return;
+            }
+            publishing.insert(id, false);
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            lock(&self.publishing_output).remove(&id);
+            return;
+        };
+        let publishing = Arc::clone(&self.publishing_output);
+        runtime.spawn(async move {
+            loop {
+                if let Err(e) = remote.publish(Signal::OutputAppended(id)).await {
+                    tracing::debug!(error = %e, command_id = %id, "could not publish new output; other replicas will poll");
+                }
+                let mut publishing = lock(&publishing);
+                match publishing.get_mut(&id) {
+                    Some(more) if *more => *more = false,
+                    _ => {
+                        publishing.remove(&id);
+                        return;
+                    }
+                }
+            }
+        });
     }
 
     /// A command's state changed (queued, started, ended, cancel requested): every replica's
     /// waiters re-read it, and the replica running it checks for a cancel request.
     pub fn command_state_changed(&self, id: CommandId) {
-        self.state_ticked();
+        self.state_ticked(id);
         self.publish(Signal::CommandChanged(id));
     }
 
@@ -102,14 +178,9 @@ impl Signals {
         self.state_changed.subscribe()
     }
 
-    fn state_ticked(&self) {
-        self.command_changed();
+    fn state_ticked(&self, id: CommandId) {
+        lock(&self.watched).tick(id);
         self.state_changed.send_modify(|n| *n = n.wrapping_add(1));
-    }
-
-    /// A receiver that sees every `command_changed`.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.changed.subscribe()
     }
 
     /// Wakes this replica's webhook dispatcher at once (a ping or a redelivery was queued),
@@ -138,13 +209,15 @@ impl Signals {
         match signal {
             Signal::WorkQueued => self.new_work.notify_one(),
             Signal::CommandChanged(id) => {
-                self.state_ticked();
+                self.state_ticked(id);
                 if let Some(running) = self.lock().get(&id) {
                     running.poke.notify_one();
                 }
             }
+            Signal::OutputAppended(id) => lock(&self.watched).tick(id),
             Signal::Resync => {
-                self.state_ticked();
+                lock(&self.watched).tick_all();
+                self.state_changed.send_modify(|n| *n = n.wrapping_add(1));
                 self.new_work.notify_one();
                 self.lock().values().for_each(|r| r.poke.notify_one());
             }
@@ -187,8 +260,13 @@ impl Signals {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CommandId, Running>> {
-        self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.running)
     }
+}
+
+/// A poisoned lock still holds consistent data here (every critical section is one map update).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]
@@ -214,5 +292,62 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(1), poke.notified()).await.expect("poked");
         bus.on_signal(Signal::WorkQueued);
         tokio::time::timeout(Duration::from_secs(1), bus.work_arrived()).await.expect("woken");
+    }
+
+    #[tokio::test]
+    async fn a_command_watch_wakes_for_that_command_only_and_across_replicas() {
+        let remote = Arc::new(LocalSignalBus::default());
+        let here = Signals::with_remote(remote.clone());
+        let (watched, other) = (CommandId::generate(), CommandId::generate());
+        let mut watch = here.watch_command(watched);
+        here.output_appended(other);
+        here.command_state_changed(other);
+        assert!(!watch.has_changed().expect("open"), "another command's changes do not wake it");
+        here.output_appended(watched);
+        assert!(watch.has_changed().expect("open"), "its own output wakes it at once");
+        watch.borrow_and_update();
+        here.on_signal(Signal::OutputAppended(watched));
+        assert!(watch.has_changed().expect("open"), "output on another replica wakes it");
+        watch.borrow_and_update();
+        here.on_signal(Signal::CommandChanged(watched));
+        assert!(watch.has_changed().expect("open"), "a state change on another replica wakes it");
+        watch.borrow_and_update();
+        here.on_signal(Signal::Resync);
+        assert!(watch.has_changed().expect("open"), "a resync wakes every watch");
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_output_is_published_as_few_signals() {
+        let remote = Arc::new(LocalSignalBus::default());
+        let mut heard = remote.subscribe();
+        let here = Signals::with_remote(remote.clone());
+        let id = CommandId::generate();
+        for _ in 0..1000 {
+            here.output_appended(id);
+        }
+        let first = tokio::time::timeout(Duration::from_secs(1), heard.next()).await.expect("published");
+        assert_eq!(first, Some(Signal::OutputAppended(id)));
+        // One publish in flight, then at most one more for everything that came meanwhile.
+        let mut more = 0;
+        while let Ok(Some(signal)) = tokio::time::timeout(Duration::from_millis(200), heard.next()).await {
+            assert_eq!(signal, Signal::OutputAppended(id));
+            more += 1;
+        }
+        assert!(more <= 1, "{more} more signals for one burst");
+        // Once idle, the next chunk is published again.
+        here.output_appended(id);
+        let next = tokio::time::timeout(Duration::from_secs(1), heard.next()).await.expect("published again");
+        assert_eq!(next, Some(Signal::OutputAppended(id)));
+    }
+
+    #[test]
+    fn unwatched_commands_are_pruned_as_the_map_grows() {
+        let here = Signals::default();
+        for _ in 0..1000 {
+            drop(here.watch_command(CommandId::generate()));
+        }
+        let kept = here.watch_command(CommandId::generate());
+        assert!(lock(&here.watched).channels.len() < 200, "dropped watches are pruned");
+        drop(kept);
     }
 }

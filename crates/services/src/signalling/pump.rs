@@ -63,7 +63,7 @@ impl SignalPump {
                 self.key_cache.invalidate_all();
                 self.open_requests.resync();
             }
-            Signal::WorkQueued | Signal::CommandChanged(_) => {}
+            Signal::WorkQueued | Signal::CommandChanged(_) | Signal::OutputAppended(_) => {}
         }
     }
 }
