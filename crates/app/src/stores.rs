@@ -28,7 +28,7 @@ pub struct Stores {
     pub queue: Arc<dyn CommandQueue>,
     /// The audit log.
     pub audit: Arc<dyn AuditLog>,
-    /// Rate-limit windows.
+    /// Rate-limit windows: the shared store's on Postgres, in this process's memory on SQLite.
     pub rate_limits: Arc<dyn RateLimitStore>,
     /// Readiness.
     pub health: Arc<dyn HealthCheck>,
@@ -98,7 +98,10 @@ pub async fn open(url: &DatabaseUrl, options: OpenOptions) -> Result<Stores, Sta
         let store = SqliteStore::open(url.expose())?;
         store.migrate()?;
         let store = Arc::new(store);
-        return Ok(Stores::of(store, None));
+        // One process is all a SQLite store has: its rate-limit windows live in memory, with
+        // the same answers, instead of a write transaction per request on its one writer.
+        let local_windows: Arc<dyn RateLimitStore> = Arc::new(services::rate_limit::LocalWindows::default());
+        return Ok(Stores { rate_limits: local_windows, ..Stores::of(store, None) });
     }
     if !url.is_postgres() {
         return Err(StartupError::Config(format!("DATABASE_URL {url:?}: use sqlite://PATH or postgres://…")));

@@ -172,14 +172,19 @@ impl ApiKeyService {
         Ok(key)
     }
 
+    /// Records the key's use at most once per `TOUCH_EVERY`, written by its own task so no
+    /// request waits on the write.
     async fn touch(&self, key: &ApiKey, now: Timestamp) {
         if self.recently_touched.contains_key(&key.id) {
             return;
         }
         self.recently_touched.insert(key.id, ()).await;
-        if let Err(e) = self.repo.touch(key.id, now).await {
-            tracing::warn!(api_key_id = %key.id, error = %e, "could not record key use");
-        }
+        let (repo, id) = (Arc::clone(&self.repo), key.id);
+        tokio::spawn(async move {
+            if let Err(e) = repo.touch(id, now).await {
+                tracing::warn!(api_key_id = %id, error = %e, "could not record key use");
+            }
+        });
     }
 
     /// One key. Needs `admin`; a project-limited admin sees only keys within its projects.

@@ -258,7 +258,12 @@ pub async fn audit_log<S: Store, F: Fn() -> Fut, Fut: Future<Output = S>>(fresh:
 }
 
 /// `RateLimitStore`: the window arithmetic, per-key isolation, windows moving on, concurrency.
-pub async fn rate_limit_store<S: Store, F: Fn() -> Fut, Fut: Future<Output = S>>(fresh: F) {
+pub async fn rate_limit_store<S, F, Fut>(fresh: F)
+where
+    S: RateLimitStore + Send + Sync + 'static,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
     let store = Arc::new(fresh().await);
     let policy = RateLimitPolicy { rps: 1, window_seconds: 5 };
     let t0 = fixed_start();
