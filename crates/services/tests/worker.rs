@@ -101,10 +101,12 @@ fn build(
     Replica { worker: QueueWorker::new(ports, config), executor }
 }
 
-async fn project(store: &MemoryStore) -> Project {
+/// A fresh store holding one project, and the clock every replica of the test shares.
+async fn world() -> (Arc<MemoryStore>, TokioClock, Project) {
+    let store = Arc::new(MemoryStore::new());
     let web = sample_project("web", 10);
-    ProjectRepository::create(store, &web).await.unwrap();
-    web
+    ProjectRepository::create(store.as_ref(), &web).await.unwrap();
+    (store, TokioClock::new(), web)
 }
 
 async fn enqueue(store: &MemoryStore, project: &Project, argv: &[&str]) -> CommandId {
@@ -124,6 +126,11 @@ async fn status(store: &MemoryStore, id: CommandId) -> CommandStatus {
 
 async fn event_kinds(store: &MemoryStore, id: CommandId) -> Vec<EventKind> {
     CommandRepository::events_after(store, id, 0, 100).await.unwrap().into_iter().map(|e| e.kind).collect()
+}
+
+/// How many times the command's events say it ended (exactly once, whatever happened).
+async fn ends(store: &MemoryStore, id: CommandId) -> usize {
+    event_kinds(store, id).await.iter().filter(|k| **k == EventKind::Exit).count()
 }
 
 /// Lets `by` of virtual time pass: every timer due meanwhile fires, in order, and every task
@@ -171,8 +178,7 @@ async fn with_replica<F: Future<Output = ()>>(replica: &Replica, body: F) {
 
 #[tokio::test(start_paused = true)]
 async fn a_dead_replicas_command_is_lost_within_seconds_and_never_runs_again() {
-    let (store, clock) = (Arc::new(MemoryStore::new()), TokioClock::new());
-    let web = project(&store).await;
+    let (store, clock, web) = world().await;
     // The doomed replica reaches the store through a link that can be cut: once cut, nothing it
     // does (renewals, presence, a finish) reaches the store again, as after a kill -9.
     let link = Scripted::over(&store, clock);
@@ -207,8 +213,7 @@ async fn a_dead_replicas_command_is_lost_within_seconds_and_never_runs_again() {
 
 #[tokio::test(start_paused = true)]
 async fn a_drain_claims_nothing_more_lets_quick_commands_finish_and_ends_the_rest_lost() {
-    let (store, clock) = (Arc::new(MemoryStore::new()), TokioClock::new());
-    let web = project(&store).await;
+    let (store, clock, web) = world().await;
     let replica = replica(&store, clock, "draining", Duration::from_millis(800), Arc::new(FakePods::new()));
     let stop = CancellationToken::new();
     let running = tokio::spawn(Arc::clone(&replica.worker).run(stop.clone()));
@@ -238,8 +243,7 @@ async fn a_drain_claims_nothing_more_lets_quick_commands_finish_and_ends_the_res
 
 #[tokio::test(start_paused = true)]
 async fn an_outage_hands_claimed_commands_back_and_they_run_once_the_backend_returns() {
-    let (store, clock) = (Arc::new(MemoryStore::new()), TokioClock::new());
-    let web = project(&store).await;
+    let (store, clock, web) = world().await;
     let pods = FakePods::new();
     pods.set_unreachable(true);
     let breaker = CircuitBreaker::new(
@@ -271,8 +275,7 @@ async fn an_outage_hands_claimed_commands_back_and_they_run_once_the_backend_ret
 
 #[tokio::test(start_paused = true)]
 async fn pods_behind_an_open_breaker_hand_the_command_back_rather_than_fail_it() {
-    let (store, clock) = (Arc::new(MemoryStore::new()), TokioClock::new());
-    let web = project(&store).await;
+    let (store, clock, web) = world().await;
     // The pods' breaker is open (it guards another path, so this worker does not wait for it
     // before claiming): the claimed command meets `CircuitOpen` at its pod, which is not the
     // command's fault.
@@ -304,8 +307,7 @@ async fn pods_behind_an_open_breaker_hand_the_command_back_rather_than_fail_it()
 
 #[tokio::test(start_paused = true)]
 async fn cancels_timeouts_and_exits_end_as_they_happened() {
-    let (store, clock) = (Arc::new(MemoryStore::new()), TokioClock::new());
-    let web = project(&store).await;
+    let (store, clock, web) = world().await;
     let r = replica(&store, clock, "plain", Duration::from_secs(5), Arc::new(FakePods::new()));
     with_replica(&r, async {
         let queued_cancel = enqueue_with_timeout(&store, &web, &["echo"], 30).await;
@@ -341,8 +343,7 @@ async fn cancels_timeouts_and_exits_end_as_they_happened() {
 
 #[tokio::test(start_paused = true)]
 async fn a_command_cancelled_while_its_pod_starts_ends_cancelled_and_never_starts() {
-    let (store, clock) = (Arc::new(MemoryStore::new()), TokioClock::new());
-    let web = project(&store).await;
+    let (store, clock, web) = world().await;
     // The pod takes 10 s to become ready: the command is claimed (running in the store) but not
     // yet started in the executor for all that time.
     let pods = FakePods::new();
@@ -360,16 +361,14 @@ async fn a_command_cancelled_while_its_pod_starts_ends_cancelled_and_never_start
         // Past the moment the pod would have been ready: the command still never starts.
         pass(Duration::from_secs(15)).await;
         assert!(r.executor.started().is_empty(), "a command cancelled before its start never starts");
-        let kinds = event_kinds(&store, id).await;
-        assert_eq!(kinds.iter().filter(|k| **k == EventKind::Exit).count(), 1, "one end only: {kinds:?}");
+        assert_eq!(ends(&store, id).await, 1, "one end only");
     })
     .await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_command_running_many_leases_long_keeps_its_lease_and_succeeds() {
-    let (store, clock) = (Arc::new(MemoryStore::new()), TokioClock::new());
-    let web = project(&store).await;
+    let (store, clock, web) = world().await;
     // A 1 s lease, renewed every 300 ms, and this replica's own reaper looking for expired
     // leases at every liveness tick: a ten-second command outlives ten leases.
     let r = build(&store, store.clone(), clock, "renewing", Arc::new(FakePods::new()), None, |config| {
@@ -390,8 +389,7 @@ async fn a_command_running_many_leases_long_keeps_its_lease_and_succeeds() {
 
 #[tokio::test(start_paused = true)]
 async fn a_command_whose_lease_was_taken_keeps_the_reapers_verdict_not_the_late_result() {
-    let (store, clock) = (Arc::new(MemoryStore::new()), TokioClock::new());
-    let web = project(&store).await;
+    let (store, clock, web) = world().await;
     let r = replica(&store, clock, "silent", Duration::from_secs(5), Arc::new(FakePods::new()));
     with_replica(&r, async {
         let id = enqueue(&store, &web, &["sleep-ms", "60000"]).await;
@@ -414,16 +412,14 @@ async fn a_command_whose_lease_was_taken_keeps_the_reapers_verdict_not_the_late_
         pass(Duration::from_millis(200)).await;
         let lost = CommandRepository::get(store.as_ref(), id).await.unwrap();
         assert_eq!((lost.status, lost.error.as_deref()), (CommandStatus::Lost, Some(LEASE_EXPIRED_LOST)));
-        let kinds = event_kinds(&store, id).await;
-        assert_eq!(kinds.iter().filter(|k| **k == EventKind::Exit).count(), 1, "one end only");
+        assert_eq!(ends(&store, id).await, 1, "one end only");
     })
     .await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_fence_refuses_the_finish_of_a_worker_whose_lease_ran_out() {
-    let (store, clock) = (Arc::new(MemoryStore::new()), TokioClock::new());
-    let web = project(&store).await;
+    let (store, clock, web) = world().await;
     // Once the command runs, the store stops answering this worker's renewals (a cut link to
     // it), so the worker never learns that its lease ran out; the reaper declares the command
     // lost, and when the run ends the worker still tries to record its result.
@@ -449,8 +445,7 @@ async fn the_fence_refuses_the_finish_of_a_worker_whose_lease_ran_out() {
             (CommandStatus::Lost, None, Some(LEASE_EXPIRED_LOST)),
             "the stale fence recorded nothing"
         );
-        let kinds = event_kinds(&store, id).await;
-        assert_eq!(kinds.iter().filter(|k| **k == EventKind::Exit).count(), 1, "one end only: {kinds:?}");
+        assert_eq!(ends(&store, id).await, 1, "one end only");
     })
     .await;
 }
@@ -580,8 +575,7 @@ impl CommandQueue for Scripted {
 
 #[tokio::test(start_paused = true)]
 async fn a_result_the_store_refused_for_a_while_is_recorded_once_it_is_back() {
-    let (store, clock) = (Arc::new(MemoryStore::new()), TokioClock::new());
-    let web = project(&store).await;
+    let (store, clock, web) = world().await;
     // Three failures take 1.5 s of retries, far past a 400 ms lease: the lease must be kept
     // while the result waits, or the worker's own reaper declares the finished command lost.
     let flaky = Scripted::over(&store, clock);
@@ -602,8 +596,7 @@ async fn a_result_the_store_refused_for_a_while_is_recorded_once_it_is_back() {
 
 #[tokio::test(start_paused = true)]
 async fn a_command_declared_lost_before_it_started_never_starts() {
-    let (store, clock) = (Arc::new(MemoryStore::new()), TokioClock::new());
-    let web = project(&store).await;
+    let (store, clock, web) = world().await;
     // The lease check right before the start finds the command already reaped.
     let flaky = Scripted::over(&store, clock);
     flaky.reap_on_renew.store(true, Ordering::SeqCst);
