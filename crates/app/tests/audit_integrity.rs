@@ -81,20 +81,22 @@ async fn a_client_that_hangs_up_during_a_wait_is_audited_exactly_once() {
     let addr = app.base.trim_start_matches("http://").to_owned();
     let mut stream = tokio::net::TcpStream::connect(&addr).await.expect("connect");
     stream.write_all(request.as_bytes()).await.expect("write");
-    // Let the command be queued and the wait begin, then reset the connection.
-    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    // Let the command be queued and the wait begin (right after it), then reset the connection.
+    common::wait::eventually("the command is queued", std::time::Duration::from_secs(10), || async {
+        let v: Value = app.get("/v1/projects/hang/commands").await.json().await.expect("json");
+        v["items"].as_array().is_some_and(|items| !items.is_empty())
+    })
+    .await;
     #[expect(deprecated, reason = "SO_LINGER 0 is exactly how a test makes the close a reset")]
     stream.set_linger(Some(std::time::Duration::ZERO)).expect("linger");
     drop(stream);
     // The command still runs to its end; the request's record must exist once, never twice.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    let records = loop {
+    let records = common::wait::poll(std::time::Duration::from_secs(10), || async {
         let found = records_of(&app, "hang-up-1").await;
-        if !found.is_empty() || tokio::time::Instant::now() > deadline {
-            break found;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+        (!found.is_empty()).then_some(found)
+    })
+    .await
+    .unwrap_or_default();
     assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!(records[0]["outcome"], "client_closed", "{records:?}");
     assert_eq!(records[0]["detail"], "499");
@@ -102,6 +104,7 @@ async fn a_client_that_hangs_up_during_a_wait_is_audited_exactly_once() {
     assert_eq!(records[0]["action"], "POST /v1/projects/{name}/commands");
     assert!(records[0]["actor"].is_string(), "the key is named: {records:?}");
     // Wait past the command's end: the handler's late answer adds nothing.
+    // Fixed sleep: proves a second record is *not* written; nothing happens to wait for.
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     assert_eq!(records_of(&app, "hang-up-1").await.len(), 1);
 }

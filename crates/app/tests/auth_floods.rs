@@ -87,6 +87,8 @@ async fn a_flood_of_bad_keys_is_refused_with_429_and_audited_in_a_handful_of_cou
 
     // Once the windows have closed, the records add up to every failure, and they are few:
     // per window at most two records for each reason.
+    // Fixed sleep: the aggregation windows close on the wall clock, and a closed window has no
+    // other sign than its record, whose number is what is asserted.
     tokio::time::sleep(Duration::from_secs(WINDOW) + Duration::from_millis(2500)).await;
     let records = denials(&app).await;
     let windows = elapsed.as_secs() / WINDOW + 2;
@@ -141,6 +143,7 @@ async fn the_failure_budget_is_configurable_and_refills() {
     assert_eq!(refused.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
     problem(refused, 429, "rate_limited").await;
     assert_eq!(app.get("/v1/me").await.status(), StatusCode::OK, "the admin key from the same address");
+    // Fixed sleep: the budget refills on the wall clock; polling would spend what it refills.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     problem(anonymous().await.expect("send"), 401, "unauthorized").await;
     problem(anonymous().await.expect("send"), 429, "rate_limited").await;

@@ -5,6 +5,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::wait::eventually;
 use common::{problem, spawn_app, spawn_app_with};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -86,6 +87,7 @@ async fn a_timeout_kills_the_whole_process_group() {
     assert_eq!(done["status"], "timed_out");
     assert_eq!(done["termination_reason"], "timeout");
     assert!(done["exit_code"].is_null());
+    // Fixed sleep: proves a marker is *not* written; a survivor would write it 2 s in.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(!exists_in_workspace(&app, "web", marker).await, "the background child survived the timeout");
 }
@@ -98,9 +100,10 @@ async fn cancel_kills_a_running_command_and_drops_a_queued_one() {
     let running = app.submit("web", json!({"script": marker_script(marker)})).await;
     let queued = app.submit("web", json!({"command": ["true"]})).await;
     let (rid, qid) = (running["id"].as_str().expect("id"), queued["id"].as_str().expect("id"));
-    while app.get(&format!("/v1/commands/{rid}")).await.json::<Value>().await.expect("json")["status"] != "running" {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the first command runs", Duration::from_secs(30), || async {
+        app.get(&format!("/v1/commands/{rid}")).await.json::<Value>().await.expect("json")["status"] == "running"
+    })
+    .await;
     let q = app.post(&format!("/v1/commands/{qid}/cancel"), json!({})).await.json::<Value>().await.expect("json");
     assert_eq!(q["status"], "cancelled", "a queued command is cancelled at once");
     let r = app.post(&format!("/v1/commands/{rid}/cancel"), json!({})).await;
@@ -108,6 +111,7 @@ async fn cancel_kills_a_running_command_and_drops_a_queued_one() {
     let done = app.finished(rid, 10).await;
     assert_eq!(done["status"], "cancelled");
     assert_eq!(done["termination_reason"], "cancelled");
+    // Fixed sleep: proves a marker is *not* written; a survivor would write it 2 s in.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(!exists_in_workspace(&app, "web", marker).await, "the background child survived the cancel");
     problem(app.post(&format!("/v1/commands/{rid}/cancel"), json!({})).await, 409, "conflict").await;

@@ -180,6 +180,7 @@ async fn a_body_that_trickles_in_is_cut_off_with_408() {
         if sent >= 60 {
             return None;
         }
+        // Fixed sleep: it paces the body being sent, one byte a second; it waits for nothing.
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         Some((Ok::<_, std::io::Error>(vec![b' ']), sent + 1))
     });

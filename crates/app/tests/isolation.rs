@@ -11,6 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::wait::eventually;
 use common::{spawn_app, TestApp};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -184,20 +185,20 @@ async fn killing_the_server_kills_every_process_of_its_commands() {
     let cmd = call(&server, Method::POST, "/v1/projects/alpha/commands", Some(json!({"script": script}))).await;
     assert!(cmd["id"].is_string(), "{cmd}");
     let started = dir.path().join("workspaces/alpha/started");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !started.exists() || processes_with(&format!(".{tag}")).len() < 4 {
-        assert!(Instant::now() < deadline, "the command never started: {:?}", processes_with(&format!(".{tag}")));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the command starts its four processes", Duration::from_secs(20), || {
+        let up = started.exists() && processes_with(&format!(".{tag}")).len() >= 4;
+        async move { up }
+    })
+    .await;
     server.child.kill().expect("SIGKILL the server");
     server.child.wait().expect("reap");
-    let killed = Instant::now();
-    let mut left = processes_with(&format!(".{tag}"));
-    while !left.is_empty() && killed.elapsed() < Duration::from_secs(1) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        left = processes_with(&format!(".{tag}"));
-    }
-    assert!(left.is_empty(), "outlived the server by a second: {left:?}");
+    let gone = common::wait::poll(Duration::from_secs(1), || {
+        let left = processes_with(&format!(".{tag}"));
+        async move { left.is_empty().then_some(()) }
+    })
+    .await;
+    let left = processes_with(&format!(".{tag}"));
+    assert!(gone.is_some(), "outlived the server by a second: {left:?}");
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::wait::eventually;
 use common::{problem, spawn_app, spawn_app_with, TestApp};
 use futures::StreamExt;
 use reqwest::{Method, Response, StatusCode};
@@ -66,7 +67,9 @@ async fn revoking_a_key_ends_its_pending_wait_within_a_second() {
     let url = format!("{}/v1/projects/web/commands?wait=30", app.base);
     let pending = app.client.post(url).bearer_auth(&key).json(&json!({"command": ["sleep", "30"]})).send();
     let pending = tokio::spawn(pending);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The wait begins right after the command is stored (and a revocation that lands in between
+    // is caught when the wait registers).
+    eventually("the command is queued", Duration::from_secs(10), || async { listed(&app, "web").await == 1 }).await;
     let revoked = Instant::now();
     assert_eq!(app.call(Method::DELETE, &format!("/v1/api-keys/{key_id}"), &app.admin, None).await.status(), 200);
     let res = tokio::time::timeout(Duration::from_secs(5), pending).await.expect("wait ended").expect("task");
@@ -125,13 +128,10 @@ async fn a_full_queue_refuses_with_queue_full(app: &TestApp) {
     // Holds the only slot, so later commands stay queued.
     let running = app.submit("tight", json!({"command": ["sleep", "30"]})).await;
     let running_id = running["id"].as_str().expect("id").to_owned();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while app.get(&format!("/v1/commands/{running_id}")).await.json::<Value>().await.expect("json")["status"]
-        != "running"
-    {
-        assert!(Instant::now() < deadline, "the first command never started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the first command starts", Duration::from_secs(20), || async {
+        app.get(&format!("/v1/commands/{running_id}")).await.json::<Value>().await.expect("json")["status"] == "running"
+    })
+    .await;
     for _ in 0..2 {
         app.submit("tight", json!({"command": ["true"]})).await;
     }
@@ -186,16 +186,12 @@ async fn retention_removes_old_finished_commands_only(a: &TestApp, b: &TestApp) 
     // The only slot runs a long command, so the next one stays queued.
     let running = a.submit("web", json!({"command": ["sleep", "30"]})).await["id"].as_str().expect("id").to_owned();
     let queued = a.submit("web", json!({"command": ["true"]})).await["id"].as_str().expect("id").to_owned();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    eventually(&format!("retention removes {done_id} and its delivery"), Duration::from_secs(20), || async {
         let gone = b.get(&format!("/v1/commands/{done_id}")).await.status() == StatusCode::NOT_FOUND;
         let deliveries: Value = b.get(&format!("/v1/webhooks/{hook_id}/deliveries")).await.json().await.expect("json");
-        if gone && deliveries["items"].as_array().is_some_and(Vec::is_empty) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "retention left {done_id} or its delivery: {deliveries}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        gone && deliveries["items"].as_array().is_some_and(Vec::is_empty)
+    })
+    .await;
     assert_eq!(b.get(&format!("/v1/commands/{done_id}/output")).await.status(), StatusCode::NOT_FOUND);
     assert_eq!(b.get(&format!("/v1/commands/{done_id}/events")).await.status(), StatusCode::NOT_FOUND);
     for id in [&running, &queued] {
@@ -242,6 +238,7 @@ async fn a_refused_command_writes_no_webhook_event() {
     }
     receiver.wait_for(1, Duration::from_secs(20)).await;
     // Time for any further event to fan out and be sent, had one been written.
+    // Fixed sleep: proves an event is *not* sent; nothing happens to wait for.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(receiver.received().len(), 1, "only the accepted command was announced");
     let id = hook["id"].as_str().expect("id");
@@ -257,19 +254,17 @@ async fn a_stream_whose_client_left_frees_its_slot() {
     let (_, key) = reader_key(&app, json!({})).await;
     let (id, first) = open_stream(&app, "web", &key).await;
     drop(first);
-    let left = Instant::now();
-    loop {
+    // A keep-alive write every 15 s of idling finds the connection gone: the first write to a
+    // closed socket may still succeed (the peer's reset arrives after it), so allow a second
+    // one, and the idle clock runs slower than the wall clock on a loaded machine.
+    eventually("the slot of a closed stream is freed", Duration::from_secs(40), || async {
         let res = app.call(Method::GET, &format!("/v1/commands/{id}/events"), &key, None).await;
-        if res.status() == StatusCode::OK {
-            break;
+        if res.status() != StatusCode::OK {
+            assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
         }
-        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
-        // A keep-alive write every 15 s of idling finds the connection gone: the first write to a
-        // closed socket may still succeed (the peer's reset arrives after it), so allow a second
-        // one, and the idle clock runs slower than the wall clock on a loaded machine.
-        assert!(left.elapsed() < Duration::from_secs(40), "the slot of a closed stream was never freed");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        res.status() == StatusCode::OK
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use adapters_postgres::testing::{TestCluster, TestDatabase};
+use common::wait::eventually;
 use common::{problem, spawn_replica, TestApp};
 use futures::StreamExt;
 use reqwest::{Method, StatusCode};
@@ -59,16 +60,12 @@ async fn two_replicas_run_each_of_2000_commands_exactly_once() {
     for v in submissions {
         ids.push(v["id"].as_str().expect("id").to_owned());
     }
-    let deadline = Instant::now() + Duration::from_secs(240);
-    loop {
+    eventually("the queue drains", Duration::from_secs(240), || async {
         let queue: Value = a.get("/v1/queue").await.json().await.expect("queue");
         let depth: u64 = queue["depth"].as_object().expect("depth").values().filter_map(Value::as_u64).sum();
-        if depth == 0 && queue["running"] == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "queue did not drain: {queue}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        depth == 0 && queue["running"] == 0
+    })
+    .await;
     assert_eq!(a.get("/v1/queue").await.json::<Value>().await.expect("queue")["replicas"], 2);
     let mut counts: BTreeMap<u32, u32> = BTreeMap::new();
     for line in ledger_lines(&ledger) {
@@ -107,11 +104,11 @@ async fn a_command_on_a_killed_replica_ends_lost_and_never_runs_again() {
     let script = "echo started >> starts.txt; sleep 5; echo finished >> starts.txt";
     let cmd = b.submit("doomed", json!({"script": script})).await;
     let id = cmd["id"].as_str().expect("id").to_owned();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ledger_lines(&ledger).is_empty() {
-        assert!(Instant::now() < deadline, "replica A never started the command");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("replica A starts the command", Duration::from_secs(30), || {
+        let started = !ledger_lines(&ledger).is_empty();
+        async move { started }
+    })
+    .await;
     replica_a.kill().expect("SIGKILL replica A");
     replica_a.wait().expect("reap replica A");
     // B only reaps (0 slots): the lease runs out and the command is marked lost, not re-run.
@@ -119,6 +116,8 @@ async fn a_command_on_a_killed_replica_ends_lost_and_never_runs_again() {
     assert_eq!(lost["status"], "lost", "{lost}");
     assert_eq!(lost["termination_reason"], "worker_lost");
     assert_eq!(lost["exit_code"], Value::Null);
+    // Fixed sleep: proves the command is *not* started again (a re-run would write its ledger
+    // line within the 5 s it would run); nothing happens to wait for.
     tokio::time::sleep(Duration::from_secs(6)).await;
     let starts = ledger_lines(&ledger).iter().filter(|l| *l == "started").count();
     assert_eq!(starts, 1, "started exactly once: {:?}", ledger_lines(&ledger));
@@ -135,15 +134,10 @@ async fn revocation_on_one_replica_reaches_the_other_within_a_second() {
     assert_eq!(b.call(Method::GET, "/v1/me", &key, None).await.status(), StatusCode::OK, "B caches the key");
     let revoked = a.call(Method::DELETE, &format!("/v1/api-keys/{id}"), &a.admin, None).await;
     assert!(revoked.status().is_success());
-    let started = Instant::now();
-    loop {
-        let status = b.call(Method::GET, "/v1/me", &key, None).await.status();
-        if status == StatusCode::UNAUTHORIZED {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(1), "B still accepts the revoked key: {status}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("B refuses the revoked key within a second", Duration::from_secs(1), || async {
+        b.call(Method::GET, "/v1/me", &key, None).await.status() == StatusCode::UNAUTHORIZED
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -217,16 +211,11 @@ async fn a_database_outage_gives_503_and_the_service_recovers_by_itself() {
     problem(a.post("/v1/projects/steady/commands", json!({"command": ["true"]})).await, 503, "unavailable").await;
     assert!(started.elapsed() < Duration::from_secs(20), "answers came in {:?}", started.elapsed());
     cluster.start();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let ok = a.get("/readyz").await.status() == StatusCode::OK
-            && a.get("/v1/projects/steady").await.status() == StatusCode::OK;
-        if ok {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the service did not recover");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually("the service recovers", Duration::from_secs(30), || async {
+        a.get("/readyz").await.status() == StatusCode::OK
+            && a.get("/v1/projects/steady").await.status() == StatusCode::OK
+    })
+    .await;
     let (done, _) = a.run("steady", json!({"command": ["true"]})).await;
     assert_eq!(done["status"], "succeeded", "{done}");
 }
@@ -249,6 +238,7 @@ async fn two_replicas_deliver_each_webhook_event_once() {
         assert_eq!(a.finished(id, 30).await["status"], "succeeded");
     }
     let got = receiver.wait_for(20, Duration::from_secs(30)).await;
+    // Fixed sleep: proves no event is sent twice; nothing happens to wait for.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(receiver.count(), 20, "each event once, though both replicas dispatch");
     let mut delivered: Vec<String> = got

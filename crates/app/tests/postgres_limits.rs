@@ -9,6 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use adapters_postgres::testing::TestDatabase;
+use common::wait::eventually;
 use common::{problem, spawn_replica, TestApp};
 use futures::StreamExt;
 use reqwest::{Method, StatusCode};
@@ -39,7 +40,13 @@ async fn revoking_on_one_replica_ends_streams_and_waits_on_the_other_within_a_se
     let url = format!("{}/v1/projects/web/commands?wait=30", b.base);
     let wait = b.client.post(url).bearer_auth(&key).json(&json!({"command": ["sleep", "30"]})).send();
     let wait = tokio::spawn(wait);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The wait begins right after its command is stored (and a revocation that lands in between
+    // is caught when the wait registers).
+    eventually("the waited-for command is queued", Duration::from_secs(10), || async {
+        let v: Value = b.get("/v1/projects/web/commands").await.json().await.expect("json");
+        v["items"].as_array().map_or(0, Vec::len) == 2
+    })
+    .await;
 
     let revoked = Instant::now();
     let res = a.call(Method::DELETE, &format!("/v1/api-keys/{key_id}"), &a.admin, None).await;
@@ -84,6 +91,7 @@ async fn concurrent_submits_to_two_replicas_never_pass_the_queue_cap() {
     assert_eq!(listed["items"].as_array().map(Vec::len), Some(5), "refused commands left no row");
     receiver.wait_for(5, Duration::from_secs(20)).await;
     // Time for any further event to fan out and be sent, had one been written.
+    // Fixed sleep: proves an event is *not* sent; nothing happens to wait for.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(receiver.received().len(), 5, "only accepted commands were announced (no outbox event for refusals)");
 }
@@ -103,16 +111,12 @@ async fn retention_removes_old_finished_commands_only(a: &TestApp, b: &TestApp) 
     // The only slot runs a long command, so the next one stays queued.
     let running = a.submit("web", json!({"command": ["sleep", "30"]})).await["id"].as_str().expect("id").to_owned();
     let queued = a.submit("web", json!({"command": ["true"]})).await["id"].as_str().expect("id").to_owned();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    eventually(&format!("retention removes {done_id} and its delivery"), Duration::from_secs(20), || async {
         let gone = b.get(&format!("/v1/commands/{done_id}")).await.status() == StatusCode::NOT_FOUND;
         let deliveries: Value = b.get(&format!("/v1/webhooks/{hook_id}/deliveries")).await.json().await.expect("json");
-        if gone && deliveries["items"].as_array().is_some_and(Vec::is_empty) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "retention left {done_id} or its delivery: {deliveries}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        gone && deliveries["items"].as_array().is_some_and(Vec::is_empty)
+    })
+    .await;
     assert_eq!(b.get(&format!("/v1/commands/{done_id}/output")).await.status(), StatusCode::NOT_FOUND);
     assert_eq!(b.get(&format!("/v1/commands/{done_id}/events")).await.status(), StatusCode::NOT_FOUND);
     for id in [&running, &queued] {

@@ -32,6 +32,8 @@ async fn a_profile_of_a_busy_loop_has_its_samples_and_a_second_one_waits_its_tur
             (app.client.clone(), format!("{}/debug/pprof/profile?seconds=2", app.base), app.admin.clone());
         tokio::spawn(async move { client.get(url).bearer_auth(key).send().await.expect("profile") })
     };
+    // Fixed sleep: the first profile having begun has no outside sign short of asking for a
+    // second one, which is what is being tested.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let second = app.get("/debug/pprof/profile?seconds=1").await;
     problem(second, 409, "conflict").await;

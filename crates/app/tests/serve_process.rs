@@ -5,9 +5,10 @@
 mod common;
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::otlp;
+use common::wait::eventually;
 use reqwest::StatusCode;
 
 fn free_port() -> u16 {
@@ -55,11 +56,10 @@ async fn serve(traces_url: &str) -> Server {
         .expect("spawn rdev-api");
     let base = format!("http://127.0.0.1:{main}");
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !client.get(format!("{base}/healthz")).send().await.is_ok_and(|r| r.status().is_success()) {
-        assert!(Instant::now() < deadline, "rdev-api did not come up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("rdev-api comes up", Duration::from_secs(30), || async {
+        client.get(format!("{base}/healthz")).send().await.is_ok_and(|r| r.status().is_success())
+    })
+    .await;
     let admin = std::fs::read_to_string(&key_file).expect("admin key").trim().to_owned();
     Server { child, base, debug: format!("http://127.0.0.1:{debug}"), admin, _dir: dir }
 }
@@ -87,16 +87,17 @@ async fn the_debug_listener_serves_profiles_and_spans_are_flushed_at_shutdown() 
         .await
         .expect("me");
     assert_eq!(me.status(), StatusCode::OK);
+    // Fixed sleep: proves that nothing is sent; there is no event to wait for when nothing is.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(receiver.requests(), 0, "nothing sent before the batch delay or shutdown");
 
     let term = Command::new("kill").arg("-TERM").arg(server.child.id().to_string()).status().expect("kill");
     assert!(term.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while server.child.try_wait().expect("wait").is_none() {
-        assert!(Instant::now() < deadline, "rdev-api did not stop on SIGTERM");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("rdev-api stops on SIGTERM", Duration::from_secs(30), || {
+        let stopped = server.child.try_wait().expect("wait").is_some();
+        async move { stopped }
+    })
+    .await;
     let spans = receiver.spans();
     assert!(
         spans.iter().any(|s| s.trace_id == trace_id && s.name == "GET /v1/me"),

@@ -6,9 +6,10 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::spawn_app;
+use common::wait::eventually;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use reqwest::StatusCode;
@@ -59,10 +60,10 @@ async fn spans_reach_a_grpc_collector() {
         .await
         .expect("request");
     assert_eq!(res.status(), StatusCode::OK);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !collector.0.lock().expect("lock").iter().any(|(t, n)| t == trace_id && n == "GET /v1/me") {
-        assert!(Instant::now() < deadline, "no span over gRPC: {:?}", collector.0.lock().expect("lock"));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("a span over gRPC", Duration::from_secs(15), || {
+        let seen = collector.0.lock().expect("lock").iter().any(|(t, n)| t == trace_id && n == "GET /v1/me");
+        async move { seen }
+    })
+    .await;
     telemetry.shutdown().await;
 }

@@ -32,6 +32,7 @@ async fn nothing_is_exported_without_configuration() {
     let id = res.json::<serde_json::Value>().await.expect("json")["id"].as_str().expect("id").to_owned();
     assert_eq!(app.finished(&id, 30).await["status"], "succeeded");
     // Longer than the default batch delay (5 s) would have taken to send anything.
+    // Fixed sleep: proves nothing is exported; nothing happens to wait for.
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(receiver.requests(), 0, "no export request without configuration");
     let metrics = app.get("/metrics").await.text().await.expect("metrics");

@@ -248,6 +248,7 @@ async fn a_dead_endpoint_is_disabled_after_the_threshold() {
     let delivery = h.deliveries(hook).await.remove(0).delivery;
     assert!(matches!(delivery.status, DeliveryStatus::Dead), "its pending delivery is dropped");
     let sent = receiver.received().len();
+    // Fixed sleep: proves nothing more is sent; nothing happens to wait for.
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert_eq!(receiver.received().len(), sent, "nothing more is sent");
     h.stop().await;
@@ -271,6 +272,7 @@ async fn event_and_project_filters_are_respected_over_http() {
     }
     a.wait_for(2, WAIT).await;
     b.wait_for(2, WAIT).await;
+    // Fixed sleep: proves no unwanted event is sent; nothing happens to wait for.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let summary = |r: &Received| {
         let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
@@ -314,6 +316,7 @@ async fn two_dispatchers_on_one_sqlite_store_deliver_each_event_once() {
         h.service.test(&Principal::system(), hook).await.unwrap();
     }
     let got = receiver.wait_for(30, WAIT).await;
+    // Fixed sleep: proves no delivery is sent twice; nothing happens to wait for.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let all = receiver.received();
     let distinct: BTreeSet<String> = ids(&all).into_iter().collect();

@@ -5,6 +5,7 @@
 #![allow(clippy::expect_used, reason = "test harness: a failed expectation is a failed test")]
 
 pub mod otlp;
+pub mod wait;
 
 use std::time::Duration;
 
@@ -177,16 +178,11 @@ impl TestApp {
 
     /// Waits until the command ends (or panics after `secs`).
     pub async fn finished(&self, id: &str, secs: u64) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-        loop {
+        wait::wait_for(&format!("command {id} ended"), Duration::from_secs(secs), || async {
             let v: Value = self.get(&format!("/v1/commands/{id}")).await.json().await.expect("json");
-            let status = v["status"].as_str().unwrap_or_default().to_owned();
-            if !matches!(status.as_str(), "queued" | "running") {
-                return v;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "command {id} still {status}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            (!matches!(v["status"].as_str().unwrap_or_default(), "queued" | "running")).then_some(v)
+        })
+        .await
     }
 
     /// Runs a command to its end and returns (command, output).

@@ -95,11 +95,16 @@ impl FakeExecutor {
 
 /// Pods that are ready the moment they are started: a project has none until `start` (the
 /// worker starts one before its first command), and none again after `stop`. While set
-/// unreachable every call answers `Unavailable`, as a backend that cannot be reached does.
-/// Clones share their state. Runs the same `PodManager` contract as the real adapters.
+/// unreachable every call answers `Unavailable`, as a backend that cannot be reached does; while
+/// set circuit-open, `CircuitOpen`, as a backend behind an open breaker does. A ready delay
+/// makes `wait_ready` take that long (tokio time), so a test can act while a command is claimed
+/// but not yet started. Clones share their state. Runs the same `PodManager` contract as the
+/// real adapters.
 #[derive(Debug, Default, Clone)]
 pub struct FakePods {
     unreachable: std::sync::Arc<AtomicBool>,
+    circuit_open: std::sync::Arc<AtomicBool>,
+    ready_after: std::sync::Arc<Mutex<Duration>>,
     running: std::sync::Arc<Mutex<std::collections::BTreeMap<ProjectName, crate::Timestamp>>>,
 }
 
@@ -114,9 +119,22 @@ impl FakePods {
         self.unreachable.store(unreachable, Ordering::SeqCst);
     }
 
+    /// Makes every call answer `CircuitOpen` (true), as pods behind an open breaker do, or
+    /// answer normally again.
+    pub fn set_circuit_open(&self, open: bool) {
+        self.circuit_open.store(open, Ordering::SeqCst);
+    }
+
+    /// Makes `wait_ready` take `delay` (tokio time) before it answers.
+    pub fn set_ready_after(&self, delay: Duration) {
+        *self.ready_after.lock().unwrap_or_else(PoisonError::into_inner) = delay;
+    }
+
     fn reach(&self) -> DomainResult<()> {
         if self.unreachable.load(Ordering::SeqCst) {
             Err(DomainError::Unavailable("the fake pod backend is unreachable".into()))
+        } else if self.circuit_open.load(Ordering::SeqCst) {
+            Err(DomainError::CircuitOpen { dependency: "fake-pods".into(), retry_after_seconds: 1 })
         } else {
             Ok(())
         }
@@ -149,6 +167,10 @@ impl PodManager for FakePods {
         Ok(self.status_of(&spec.project))
     }
     async fn wait_ready(&self, project: &ProjectName, _timeout: Duration) -> DomainResult<PodStatus> {
+        let delay = *self.ready_after.lock().unwrap_or_else(PoisonError::into_inner);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         self.reach().map(|()| self.status_of(project))
     }
     async fn stop(&self, project: &ProjectName) -> DomainResult<PodStatus> {

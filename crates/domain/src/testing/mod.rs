@@ -1,5 +1,6 @@
 //! Test support (feature `testing`): an in-memory implementation of every store port, a
-//! manual clock, sample values, and one contract suite per port that every implementation runs.
+//! manual clock and one that follows tokio's (paused) time, sample values, and one contract
+//! suite per port that every implementation runs.
 
 mod contracts_commands;
 mod contracts_store;
@@ -87,6 +88,43 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> Timestamp {
         *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A clock that reads tokio's time, for tests on paused time (`#[tokio::test(start_paused =
+/// true)]`, `tokio::time::advance`): store timestamps (leases, presence, output) then move
+/// exactly with the timers of the code under test and of the fakes, at no wall-clock cost, where
+/// a `ManualClock` would stand still while those timers ran, and the system clock would not
+/// follow them at all.
+#[derive(Debug, Clone, Copy)]
+pub struct TokioClock {
+    start: Timestamp,
+    origin: tokio::time::Instant,
+}
+
+impl TokioClock {
+    /// A clock at the wall-clock "now" (so timestamps taken with [`now_micros`] stay
+    /// comparable), moving with tokio's time from here on.
+    pub fn new() -> Self {
+        Self::starting_at(now_micros())
+    }
+
+    /// A clock at `start`, moving with tokio's time from here on.
+    pub fn starting_at(start: Timestamp) -> Self {
+        Self { start, origin: tokio::time::Instant::now() }
+    }
+}
+
+impl Default for TokioClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> Timestamp {
+        let elapsed = TimeDelta::from_std(self.origin.elapsed()).unwrap_or(TimeDelta::MAX);
+        crate::to_micros_precision(self.start + elapsed)
     }
 }
 
