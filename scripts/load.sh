@@ -1,26 +1,21 @@
 #!/usr/bin/env bash
-# HTTP load against a local rdev-api (`make run` in another shell), with a baseline in the
-# same run: unauthenticated GET /healthz vs authenticated, rate-limited GET /v1/me.
-# Needs wrk (apt-get install -y wrk). Targets loopback only; each run is bounded by -d.
-#   scripts/load.sh [base-url] [seconds]
+# `make load`: the end-to-end figures of docs/performance.md in one run, each beside its baseline
+# from the same run (scripts/load.py). Builds the release binary and starts it the way `make run`
+# does (SQLite + local processes, the sandbox on) on a fresh directory and a free loopback port,
+# with limits raised so the limiter decides but never refuses; stops it at the end.
+# Needs wrk (apt-get install -y wrk); oha (cargo install oha --locked) for the fixed-rate p99.
+#   LOAD_SECONDS=10 LOAD_STREAMS=1000 LOAD_COMMANDS=1000 scripts/load.sh
 set -euo pipefail
-BASE=${1:-http://127.0.0.1:8080}
-SECS=${2:-10}
-KEY_FILE=${ADMIN_KEY_FILE:-data/admin.key}
-case "$BASE" in http://127.*|http://localhost*) ;; *) echo "load tests only target loopback" >&2; exit 2 ;; esac
+cd "$(dirname "$0")/.."
 command -v wrk >/dev/null || { echo "wrk not found: apt-get install -y wrk" >&2; exit 1; }
-KEY=$(cat "$KEY_FILE")
-# A dedicated key with a limit high enough that the limiter decides but never refuses.
-LOAD_KEY=$(curl -fsS -X POST "$BASE/v1/api-keys" -H "Authorization: Bearer $KEY" -H 'content-type: application/json' \
-  -d '{"name":"load","scopes":["projects:read"],"rate_limit_rps":100000}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
-run() {
-  local out
-  out=$(wrk -t2 -c32 -d"${SECS}s" --latency "$@")
-  echo "$out" | grep -E "Latency|50%|99%|Requests/sec" >&2
-  echo "$out" | awk '/Requests\/sec/ {print $2}'
-}
-echo "== baseline: GET /healthz (no auth, no store)" >&2
-BASELINE=$(run "$BASE/healthz")
-echo "== GET /v1/me (auth through the key cache + rate-limit decision in the store)" >&2
-AUTHED=$(run -H "Authorization: Bearer $LOAD_KEY" "$BASE/v1/me")
-python3 -c "print(f'baseline {float($BASELINE):.0f} req/s, authenticated {float($AUTHED):.0f} req/s, ratio {float($AUTHED)/float($BASELINE):.2f}')"
+cargo build --release -p app --bin rdev-api
+dir=$(mktemp -d)
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+DATABASE_URL="sqlite://$dir/rdev.db" WORKSPACES_DIR="$dir/workspaces" BOOTSTRAP_ADMIN_KEY_FILE="$dir/admin.key" \
+  LISTEN_ADDR="127.0.0.1:$port" RATE_LIMIT_RPS=100000 MAX_STREAMS_PER_KEY=20000 CONCURRENT_COMMANDS=16 \
+  RUST_LOG=warn ./target/release/rdev-api serve >"$dir/server.log" 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$dir"' EXIT
+for _ in $(seq 100); do [ -s "$dir/admin.key" ] && curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+ulimit -n 65536 2>/dev/null || true
+BASE="http://127.0.0.1:$port" KEY=$(cat "$dir/admin.key") PID=$server python3 scripts/load.py
