@@ -15,7 +15,6 @@ mod projects;
 mod queue;
 mod rate_limits;
 mod schema;
-mod webhook_deliveries;
 mod webhooks;
 
 use std::path::Path;

@@ -1,5 +1,9 @@
 //! `WebhookRepository` on SQLite: the `webhooks` table, the row mapping of subscriptions and
 //! outbox events, and the outbox write that command transitions make in their transaction.
+//! `DeliveryQueue` lives in `deliveries`.
+
+mod deliveries;
+mod schema;
 
 use async_trait::async_trait;
 use diesel::prelude::*;
@@ -16,8 +20,8 @@ use domain::webhook::{
 use domain::{DomainError, DomainResult, Timestamp};
 
 use crate::codec::{self, micros};
-use crate::schema::{webhook_deliveries, webhook_events, webhooks};
 use crate::{SqliteStore, StoreResult};
+use schema::{webhook_deliveries, webhook_events, webhooks};
 
 /// One row of `webhooks`.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]

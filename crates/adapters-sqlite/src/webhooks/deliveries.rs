@@ -17,9 +17,10 @@ use domain::webhook::{
 };
 use domain::{DomainError, DomainResult, Timestamp};
 
+use super::schema::{webhook_attempts, webhook_deliveries as deliveries, webhook_events, webhooks};
+use super::{self as subscriptions, EventRow, WebhookRow};
 use crate::codec::{self, micros};
-use crate::schema::{counters, webhook_attempts, webhook_deliveries as deliveries, webhook_events, webhooks};
-use crate::webhooks::{self as subscriptions, EventRow, WebhookRow};
+use crate::schema::counters;
 use crate::{SqliteStore, StoreResult};
 
 const PENDING: &str = DeliveryStatus::Pending.as_str();
