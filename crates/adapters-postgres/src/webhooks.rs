@@ -47,20 +47,14 @@ macro_rules! command_event_type {
     };
 }
 
-/// An `INSERT` announcing each command row of `$source` entering its current status at `$at`,
-/// with event id `$id`, written only while an enabled subscription exists: what
-/// `domain::webhook::command_event` builds, made in SQL so that a transition and its outbox
-/// row are one statement (one round trip on the queue's hot path). The webhook contract suite
-/// checks that both payloads are the same JSON.
-macro_rules! announce_command {
-    ($source:literal, $id:literal, $at:literal) => {
+/// The JSON payload of the event of command row `s` entering its current status at `$at`: what
+/// `domain::webhook::command_event` builds, made in SQL. `tests::sql_payload_is_the_domain_payload`
+/// runs this expression on stored commands in every status and priority and compares it with
+/// the Rust-built payload, so the two definitions cannot drift apart.
+macro_rules! command_payload {
+    ($at:literal) => {
         concat!(
-            "INSERT INTO webhook_events (id, event_type, project, target_webhook, payload, created_at) ",
-            "SELECT ",
-            $id,
-            ", ",
-            $crate::webhooks::command_event_type!(),
-            ", s.project_name, NULL, json_build_object(",
+            "json_build_object(",
             "'type', ",
             $crate::webhooks::command_event_type!(),
             ", 'timestamp', ",
@@ -77,7 +71,26 @@ macro_rules! announce_command {
             ", ",
             "'finished_at', ",
             $crate::webhooks::rfc3339!("s.finished_at"),
-            "))::text, ",
+            "))::text"
+        )
+    };
+}
+
+/// An `INSERT` announcing each command row of `$source` entering its current status at `$at`,
+/// with event id `$id`, written only while an enabled subscription exists: the payload is
+/// `command_payload!`, made in SQL so that a transition and its outbox row are one statement
+/// (one round trip on the queue's hot path).
+macro_rules! announce_command {
+    ($source:literal, $id:literal, $at:literal) => {
+        concat!(
+            "INSERT INTO webhook_events (id, event_type, project, target_webhook, payload, created_at) ",
+            "SELECT ",
+            $id,
+            ", ",
+            $crate::webhooks::command_event_type!(),
+            ", s.project_name, NULL, ",
+            $crate::webhooks::command_payload!($at),
+            ", ",
             $at,
             " ",
             "FROM ",
@@ -86,7 +99,7 @@ macro_rules! announce_command {
         )
     };
 }
-pub(crate) use {announce_command, command_event_type, rfc3339};
+pub(crate) use {announce_command, command_event_type, command_payload, rfc3339};
 
 /// One row of `webhooks`.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -402,5 +415,95 @@ impl WebhookRepository for PgStore {
             .await
             .map_err(|e| e.into_domain("disable webhook"))?;
         Ok(Disabled { webhook: row.into_domain()?, was_enabled })
+    }
+}
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    use diesel::sql_types::{Integer, Nullable, SmallInt, Text, Timestamptz, Uuid as SqlUuid};
+    use diesel::QueryableByName;
+    use diesel_async::RunQueryDsl;
+
+    use domain::command::{CommandStatus, Priority, TerminationReason};
+    use domain::ports::{CommandRepository, ProjectRepository};
+    use domain::testing::{now_micros, sample_command, sample_project};
+    use domain::webhook::command_event;
+    use domain::Timestamp;
+
+    use crate::testing::TestDatabase;
+
+    /// Sets what the payload shows of command `$1`.
+    const SET: &str = "UPDATE commands SET status = $2, priority = $3, exit_code = $4, termination_reason = $5, \
+                       error = $6, started_at = $7, finished_at = $8 WHERE id = $1";
+    /// The SQL-built payload of command `$1` entering its status at `$2`.
+    const PAYLOAD: &str = concat!("SELECT ", command_payload!("$2"), " AS payload FROM commands s WHERE s.id = $1");
+
+    #[derive(QueryableByName)]
+    struct Payload {
+        #[diesel(sql_type = Text)]
+        payload: String,
+    }
+
+    /// One state of a command: status, priority, exit code, reason, error, started, finished.
+    type Case = (CommandStatus, Priority, Option<i32>, Option<TerminationReason>, Option<String>, bool, bool);
+
+    fn cases() -> Vec<Case> {
+        use CommandStatus::*;
+        let long = "é∑\"\\\n".repeat(1500);
+        let mut cases: Vec<Case> =
+            Priority::ALL.into_iter().map(|p| (Queued, p, None, None, None, false, false)).collect();
+        cases.extend([
+            (Running, Priority::Normal, None, None, None, true, false),
+            (Succeeded, Priority::Low, Some(0), Some(TerminationReason::Exited), None, true, true),
+            (Failed, Priority::High, Some(3), Some(TerminationReason::Exited), Some(long), true, true),
+            (Failed, Priority::Critical, None, Some(TerminationReason::StartFailed), Some("no sh".into()), true, true),
+            (TimedOut, Priority::Normal, None, Some(TerminationReason::Timeout), None, true, true),
+            (Cancelled, Priority::Normal, None, Some(TerminationReason::Cancelled), None, false, true),
+            (Lost, Priority::High, None, Some(TerminationReason::WorkerLost), Some("gone".into()), true, true),
+        ]);
+        cases.extend(
+            TerminationReason::ALL.into_iter().map(|r| (Failed, Priority::Normal, None, Some(r), None, true, true)),
+        );
+        cases
+    }
+
+    #[tokio::test]
+    async fn sql_payload_is_the_domain_payload() {
+        let db = TestDatabase::create().await;
+        let store = db.store().await;
+        let web = sample_project("web", 1);
+        ProjectRepository::create(&store, &web).await.expect("project");
+        let id = CommandRepository::enqueue(&store, sample_command(&web, Priority::Normal, None))
+            .await
+            .expect("enqueue")
+            .command
+            .id;
+        let mut conn = store.conn().await.expect("connection");
+        for (status, priority, exit_code, reason, error, started, finished) in cases() {
+            let at: Timestamp = now_micros();
+            diesel::sql_query(SET)
+                .bind::<SqlUuid, _>(id.as_uuid())
+                .bind::<Text, _>(status.as_str())
+                .bind::<SmallInt, _>(priority.rank())
+                .bind::<Nullable<Integer>, _>(exit_code)
+                .bind::<Nullable<Text>, _>(reason.map(|r| r.as_str()))
+                .bind::<Nullable<Text>, _>(error.as_deref())
+                .bind::<Nullable<Timestamptz>, _>(started.then_some(at))
+                .bind::<Nullable<Timestamptz>, _>(finished.then_some(at))
+                .execute(&mut conn)
+                .await
+                .expect("set the command's state");
+            let built: Payload = diesel::sql_query(PAYLOAD)
+                .bind::<SqlUuid, _>(id.as_uuid())
+                .bind::<Timestamptz, _>(at)
+                .get_result(&mut conn)
+                .await
+                .expect("SQL payload");
+            let command = CommandRepository::get(&store, id).await.expect("command");
+            let sql: serde_json::Value = serde_json::from_str(&built.payload).expect("SQL payload is JSON");
+            let rust: serde_json::Value =
+                serde_json::from_str(command_event(&command, at).payload.as_str()).expect("domain payload is JSON");
+            assert_eq!(sql, rust, "{status:?} {priority:?}");
+        }
     }
 }
