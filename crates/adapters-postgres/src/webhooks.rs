@@ -11,13 +11,11 @@ use diesel::sql_types::{Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use domain::api_key::ProjectAccess;
 use domain::command::Command;
 use domain::pagination::{Page, PageRequest};
-use domain::project::ProjectName;
 use domain::webhook::{
-    command_event, DeliveryStatus, Disabled, EventId, EventPayload, EventSet, EventType, OutboxEvent,
-    PreviousWebhookSecret, Webhook, WebhookId, WebhookRepository, WebhookSecret, WebhookUrl,
+    command_event, DeliveryStatus, Disabled, OutboxEvent, PreviousWebhookSecret, Webhook, WebhookId, WebhookRepository,
+    WebhookSecret,
 };
 use domain::{DomainError, DomainResult, Timestamp};
 
@@ -101,117 +99,7 @@ macro_rules! announce_command {
 }
 pub(crate) use {announce_command, command_event_type, command_payload, rfc3339};
 
-/// One row of `webhooks`.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = webhooks, check_for_backend(diesel::pg::Pg))]
-pub(crate) struct WebhookRow {
-    id: Uuid,
-    url: String,
-    events: serde_json::Value,
-    projects: Option<serde_json::Value>,
-    secret: String,
-    previous_secret: Option<String>,
-    previous_valid_until: Option<Timestamp>,
-    enabled: bool,
-    disabled_reason: Option<String>,
-    failing_since: Option<Timestamp>,
-    created_at: Timestamp,
-    updated_at: Timestamp,
-}
-
-/// The `projects` column: NULL for every project, else a JSON array of names.
-fn projects_column(projects: &ProjectAccess) -> DomainResult<Option<serde_json::Value>> {
-    projects.as_list().map(|names| codec::to_json(&names)).transpose()
-}
-
-impl WebhookRow {
-    fn from_domain(w: &Webhook) -> DomainResult<Self> {
-        Ok(Self {
-            id: w.id.as_uuid(),
-            url: w.url.as_str().to_owned(),
-            events: codec::to_json(&w.events)?,
-            projects: projects_column(&w.projects)?,
-            secret: w.secret.expose().to_owned(),
-            previous_secret: w.previous_secret.as_ref().map(|p| p.secret.expose().to_owned()),
-            previous_valid_until: w.previous_secret.as_ref().map(|p| p.valid_until),
-            enabled: w.enabled,
-            disabled_reason: w.disabled_reason.clone(),
-            failing_since: w.failing_since,
-            created_at: w.created_at,
-            updated_at: w.updated_at,
-        })
-    }
-
-    pub(crate) fn into_domain(self) -> DomainResult<Webhook> {
-        let secret = |s: &str| codec::stored("webhooks.secret", "[redacted]", WebhookSecret::parse(s));
-        let previous_secret = match (self.previous_secret, self.previous_valid_until) {
-            (Some(s), Some(valid_until)) => Some(PreviousWebhookSecret { secret: secret(&s)?, valid_until }),
-            _ => None,
-        };
-        let projects = match self.projects {
-            None => ProjectAccess::All,
-            Some(json) => {
-                let names: Vec<String> = codec::from_json("webhooks.projects", json)?;
-                let parsed = names.iter().map(|n| codec::stored("project name", n, ProjectName::parse(n)));
-                ProjectAccess::Only(parsed.collect::<DomainResult<_>>()?)
-            }
-        };
-        Ok(Webhook {
-            id: WebhookId::from_uuid(self.id),
-            url: codec::stored("webhooks.url", &self.url, WebhookUrl::parse(&self.url))?,
-            events: codec::from_json::<EventSet>("webhooks.events", self.events)?,
-            projects,
-            secret: secret(&self.secret)?,
-            previous_secret,
-            enabled: self.enabled,
-            disabled_reason: self.disabled_reason,
-            failing_since: self.failing_since,
-            created_at: self.created_at,
-            updated_at: self.updated_at,
-        })
-    }
-}
-
-/// One row of `webhook_events`; the store assigns `seq`.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = webhook_events, check_for_backend(diesel::pg::Pg))]
-pub(crate) struct EventRow {
-    id: Uuid,
-    event_type: String,
-    project: Option<String>,
-    target_webhook: Option<Uuid>,
-    payload: String,
-    created_at: Timestamp,
-}
-
-impl EventRow {
-    pub(crate) fn from_domain(e: &OutboxEvent) -> Self {
-        Self {
-            id: e.id.as_uuid(),
-            event_type: e.event_type.as_str().to_owned(),
-            project: e.project.as_ref().map(|p| p.as_str().to_owned()),
-            target_webhook: e.target.map(|t| t.as_uuid()),
-            payload: e.payload.as_str().to_owned(),
-            created_at: e.created_at,
-        }
-    }
-
-    pub(crate) fn into_domain(self) -> DomainResult<OutboxEvent> {
-        Ok(OutboxEvent {
-            id: EventId::from_uuid(self.id),
-            event_type: event_type(&self.event_type)?,
-            project: self.project.map(|p| codec::stored("project name", &p, ProjectName::parse(&p))).transpose()?,
-            target: self.target_webhook.map(WebhookId::from_uuid),
-            created_at: self.created_at,
-            payload: codec::stored("webhook_events.payload", "…", EventPayload::from_text(self.payload))?,
-        })
-    }
-}
-
-/// Reads a stored event type name.
-pub(crate) fn event_type(name: &str) -> DomainResult<EventType> {
-    codec::stored("event_type", name, name.parse::<EventType>())
-}
+sql_rows::webhook_rows!(diesel::pg::Pg, crate::codec::PgColumns);
 
 /// Appends an event to the outbox inside the caller's transaction.
 pub(crate) async fn append_event(conn: &mut AsyncPgConnection, event: &OutboxEvent) -> StoreResult<()> {
