@@ -166,15 +166,8 @@ async fn fan_out(conn: &mut AsyncPgConnection, now: Timestamp, limit: u32) -> St
         .into_iter()
         .map(WebhookRow::into_domain)
         .collect::<DomainResult<_>>()?;
-    let mut rows = Vec::new();
-    let mut seqs = Vec::with_capacity(events.len());
-    for (seq, row) in events {
-        let event = row.into_domain()?;
-        for hook in hooks.iter().filter(|h| h.wants(&event)) {
-            rows.push(DeliveryRow::new(DeliveryId::generate(), hook.id.as_uuid(), &event, now));
-        }
-        seqs.push(seq);
-    }
+    let events = events.into_iter().map(|(seq, row)| Ok((seq, row.into_domain()?))).collect::<DomainResult<_>>()?;
+    let (rows, seqs) = DeliveryRow::fan_out(events, &hooks, now);
     if !rows.is_empty() {
         diesel::insert_into(deliveries::table).values(&rows).execute(conn).await?;
     }

@@ -110,15 +110,8 @@ fn fan_out(conn: &mut SqliteConnection, now: Timestamp, limit: u32) -> StoreResu
         .into_iter()
         .map(WebhookRow::into_domain)
         .collect::<DomainResult<_>>()?;
-    let mut rows = Vec::new();
-    let mut seqs = Vec::with_capacity(events.len());
-    for (seq, row) in events {
-        let event = row.into_domain()?;
-        for hook in hooks.iter().filter(|h| h.wants(&event)) {
-            rows.push(DeliveryRow::new(DeliveryId::generate(), hook.id.to_string(), &event, now));
-        }
-        seqs.push(seq);
-    }
+    let events = events.into_iter().map(|(seq, row)| Ok((seq, row.into_domain()?))).collect::<DomainResult<_>>()?;
+    let (rows, seqs) = DeliveryRow::fan_out(events, &hooks, now);
     diesel::insert_into(deliveries::table).values(&rows).execute(conn)?;
     diesel::update(webhook_events::table.filter(webhook_events::seq.eq_any(&seqs)))
         .set(webhook_events::dispatched_at.eq(micros(now)))
