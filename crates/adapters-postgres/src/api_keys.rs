@@ -8,11 +8,9 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use ipnet::IpNet;
 use uuid::Uuid;
 
-use domain::api_key::{ApiKey, ApiKeyId, KeyHash, PreviousSecret, ProjectAccess, ScopeSet};
-use domain::network::CidrList;
+use domain::api_key::{ApiKey, ApiKeyId, KeyHash, PreviousSecret};
 use domain::pagination::{Page, PageRequest};
 use domain::ports::ApiKeyRepository;
-use domain::project::ProjectName;
 use domain::{DomainError, DomainResult, Timestamp};
 
 use crate::codec;
@@ -21,75 +19,7 @@ use crate::prepared::CachedExt;
 use crate::schema::{api_key_allowed_ips, api_keys};
 use crate::{PgStore, StoreError, StoreResult};
 
-/// One row of `api_keys`.
-#[derive(Debug, Queryable, Selectable, Insertable)]
-#[diesel(table_name = api_keys, check_for_backend(diesel::pg::Pg))]
-struct KeyRow {
-    id: Uuid,
-    name: String,
-    prefix: String,
-    key_hash: String,
-    previous_hash: Option<String>,
-    previous_valid_until: Option<Timestamp>,
-    scopes: serde_json::Value,
-    projects: Option<serde_json::Value>,
-    rate_limit_rps: Option<i32>,
-    expires_at: Option<Timestamp>,
-    created_at: Timestamp,
-    revoked_at: Option<Timestamp>,
-    last_used_at: Option<Timestamp>,
-}
-
-impl KeyRow {
-    fn from_domain(k: &ApiKey) -> DomainResult<Self> {
-        let projects = k.projects.as_list().map(|names| codec::to_json(&names)).transpose()?;
-        Ok(Self {
-            id: k.id.as_uuid(),
-            name: k.name.clone(),
-            prefix: k.prefix.clone(),
-            key_hash: k.hash.to_hex(),
-            previous_hash: k.previous.map(|p| p.hash.to_hex()),
-            previous_valid_until: k.previous.map(|p| p.valid_until),
-            scopes: codec::to_json(&k.scopes)?,
-            projects,
-            rate_limit_rps: k.rate_limit_rps.map(|r| codec::column_int("rate_limit_rps", r)).transpose()?,
-            expires_at: k.expires_at,
-            created_at: k.created_at,
-            revoked_at: k.revoked_at,
-            last_used_at: k.last_used_at,
-        })
-    }
-
-    fn into_domain(self, cidrs: Vec<String>) -> DomainResult<ApiKey> {
-        let previous = match (self.previous_hash, self.previous_valid_until) {
-            (Some(hash), Some(valid_until)) => Some(PreviousSecret { hash: KeyHash::from_hex(&hash)?, valid_until }),
-            _ => None,
-        };
-        let projects = match self.projects {
-            None => ProjectAccess::All,
-            Some(json) => {
-                let names: Vec<String> = codec::from_json("api_keys.projects", json)?;
-                let parsed = names.iter().map(|n| codec::stored("project name", n, ProjectName::parse(n)));
-                ProjectAccess::Only(parsed.collect::<DomainResult<_>>()?)
-            }
-        };
-        Ok(ApiKey {
-            id: ApiKeyId::from_uuid(self.id),
-            name: self.name,
-            prefix: self.prefix,
-            hash: KeyHash::from_hex(&self.key_hash)?,
-            previous,
-            scopes: codec::from_json::<ScopeSet>("api_keys.scopes", self.scopes)?,
-            projects,
-            allowed_ips: codec::stored("allowed_ips", &cidrs.join(","), CidrList::parse(&cidrs))?,
-            rate_limit_rps: self.rate_limit_rps.map(|r| codec::int("rate_limit_rps", r)).transpose()?,
-            expires_at: self.expires_at,
-            created_at: self.created_at,
-            revoked_at: self.revoked_at,
-            last_used_at: self.last_used_at,
-        })
-    }
-}
+sql_rows::api_key_rows!(diesel::pg::Pg, crate::codec::PgColumns);
 
 fn not_found() -> DomainError {
     DomainError::NotFound("API key".into())

@@ -1,12 +1,16 @@
-//! How domain values are written into columns and read back: JSONB documents, UTF-8 bytes,
-//! integers of other widths. A value that does not read back is a corrupt row (`Internal`).
+//! How domain values are written into PostgreSQL's columns and read back: JSONB documents,
+//! UTF-8 bytes (`PgColumns`); what does not depend on the backend comes from `sql_rows::codec`.
+//! A value that does not read back is a corrupt row (`Internal`).
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use uuid::Uuid;
 
 use domain::pagination::Cursor;
-use domain::{DomainError, DomainResult};
+use domain::{DomainResult, Timestamp};
+use sql_rows::codec;
+pub(crate) use sql_rows::codec::{bytes32, column_int, corrupt, cursor_seq, int};
+use sql_rows::Columns;
 
 /// The id a cursor continues after: PostgreSQL orders UUIDs by their bytes, which is the order
 /// of their u128 value, so `id > this` pages in id order.
@@ -14,19 +18,14 @@ pub(crate) fn cursor_id(cursor: Cursor) -> Uuid {
     Uuid::from_u128(cursor.key())
 }
 
-/// A cursor for a `seq` column; keys beyond `i64` come from no page of ours and match nothing.
-pub(crate) fn cursor_seq(cursor: Cursor) -> i64 {
-    i64::try_from(cursor.key()).unwrap_or(i64::MAX)
-}
-
 /// Serialises a value into a JSONB column.
 pub(crate) fn to_json<T: Serialize>(value: &T) -> DomainResult<serde_json::Value> {
-    serde_json::to_value(value).map_err(|e| DomainError::Internal(format!("encoding a JSON column: {e}")))
+    serde_json::to_value(value).map_err(|e| codec::json_encoding(&e))
 }
 
 /// Reads a JSONB column.
 pub(crate) fn from_json<T: DeserializeOwned>(column: &str, value: serde_json::Value) -> DomainResult<T> {
-    serde_json::from_value(value).map_err(|e| DomainError::Internal(format!("corrupt {column} column: {e}")))
+    serde_json::from_value(value).map_err(|e| codec::json_corrupt(column, &e))
 }
 
 /// Reads a BYTEA column that holds UTF-8 text.
@@ -34,25 +33,48 @@ pub(crate) fn text(column: &str, bytes: Vec<u8>) -> DomainResult<String> {
     String::from_utf8(bytes).map_err(|e| corrupt(column, &format!("{} bytes of invalid UTF-8", e.as_bytes().len())))
 }
 
-/// Converts a stored integer into a narrower or unsigned domain type.
-pub(crate) fn int<A: Copy + ToString, B: TryFrom<A>>(column: &str, value: A) -> DomainResult<B> {
-    B::try_from(value).map_err(|_| corrupt(column, &value.to_string()))
-}
+/// The column types of PostgreSQL: `uuid`, `timestamptz`, `jsonb`, and `bytea` for text that
+/// may hold NUL (PostgreSQL's `text` cannot).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PgColumns;
 
-/// Converts a domain integer into a column type (always fits for values the domain validated).
-pub(crate) fn column_int<A: Copy + ToString, B: TryFrom<A>>(field: &str, value: A) -> DomainResult<B> {
-    B::try_from(value)
-        .map_err(|_| DomainError::Internal(format!("{field} {} does not fit its column", value.to_string())))
-}
+impl Columns for PgColumns {
+    type Id = Uuid;
+    type Time = Timestamp;
+    type Json = serde_json::Value;
+    type Text = Vec<u8>;
 
-/// A stored value that does not parse: the database was changed behind the service's back.
-pub(crate) fn corrupt(column: &str, value: &str) -> DomainError {
-    DomainError::Internal(format!("corrupt {column} value in the database: {value:?}"))
-}
+    fn id(id: Uuid) -> Uuid {
+        id
+    }
 
-/// Maps a domain parse error of a stored value to a corrupt-row error.
-pub(crate) fn stored<T>(column: &str, value: &str, parsed: DomainResult<T>) -> DomainResult<T> {
-    parsed.map_err(|_| corrupt(column, value))
+    fn read_id(stored: Uuid) -> DomainResult<Uuid> {
+        Ok(stored)
+    }
+
+    fn time(t: Timestamp) -> Timestamp {
+        t
+    }
+
+    fn read_time(stored: Timestamp) -> DomainResult<Timestamp> {
+        Ok(stored)
+    }
+
+    fn json<T: Serialize>(value: &T) -> DomainResult<serde_json::Value> {
+        to_json(value)
+    }
+
+    fn read_json<T: DeserializeOwned>(column: &str, stored: serde_json::Value) -> DomainResult<T> {
+        from_json(column, stored)
+    }
+
+    fn text(text: String) -> Vec<u8> {
+        text.into_bytes()
+    }
+
+    fn read_text(column: &str, stored: Vec<u8>) -> DomainResult<String> {
+        text(column, stored)
+    }
 }
 
 #[cfg(test)]
@@ -75,7 +97,7 @@ mod tests {
 
     #[test]
     fn invalid_utf8_is_a_corrupt_row() {
-        assert!(matches!(text("stdout", vec![0xff, 0xfe]), Err(DomainError::Internal(_))));
+        assert!(matches!(text("stdout", vec![0xff, 0xfe]), Err(domain::DomainError::Internal(_))));
         assert_eq!(text("stdout", b"a\0b".to_vec()), Ok("a\0b".to_owned()));
     }
 }

@@ -8,17 +8,12 @@ use diesel::sql_types::{Bytea, Integer, Jsonb, Nullable, SmallInt, Text, Timesta
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use domain::api_key::ApiKeyId;
-use domain::command::{
-    Command, CommandSpec, CommandStatus, Completion, EnvMap, Idempotency, NewCommand, Priority, TerminationReason,
-    TimeoutSeconds,
-};
-use domain::ids::{CommandId, ProjectId};
+use domain::command::{Command, CommandStatus, Completion, Idempotency, NewCommand, Priority};
+use domain::ids::CommandId;
 use domain::output::{CommandEvent, CommandOutput};
 use domain::pagination::{Page, PageRequest};
 use domain::ports::{cancelled_before_start, CommandFilter, CommandRepository, Enqueued, QueueStats};
 use domain::project::ProjectName;
-use domain::trace::TraceContext;
 use domain::{DomainError, DomainResult, Timestamp};
 
 use crate::codec;
@@ -62,66 +57,12 @@ const ENQUEUE_LOCK: &str = "SELECT pg_advisory_xact_lock(1919251317, hashtext($1
 /// The unique index that keeps one live use of an idempotency key per client.
 const IDEMPOTENCY_INDEX: &str = "commands_idempotency";
 
-/// The columns of `commands` that make a `Command` (output and queue bookkeeping stay behind).
-#[derive(Debug, Clone, Queryable, Selectable, QueryableByName)]
-#[diesel(table_name = commands, check_for_backend(diesel::pg::Pg))]
-pub(crate) struct CommandRow {
-    id: Uuid,
-    project_id: Uuid,
-    project_name: String,
-    spec: serde_json::Value,
-    env: serde_json::Value,
-    cwd: Option<String>,
-    stdin: Option<Vec<u8>>,
-    timeout_seconds: i32,
-    priority: i16,
-    status: String,
-    exit_code: Option<i32>,
-    termination_reason: Option<String>,
-    error: Option<String>,
-    created_by: Option<Uuid>,
-    cancel_requested: bool,
-    queued_at: Timestamp,
-    started_at: Option<Timestamp>,
-    finished_at: Option<Timestamp>,
-    traceparent: Option<String>,
-    tracestate: Option<String>,
-}
+sql_rows::command_rows!(diesel::pg::Pg, crate::codec::PgColumns);
 
 impl CommandRow {
     /// The command's id.
     pub(crate) fn id(&self) -> Uuid {
         self.id
-    }
-
-    pub(crate) fn into_domain(self) -> DomainResult<Command> {
-        let timeout: u32 = codec::int("timeout_seconds", self.timeout_seconds)?;
-        let reason = self
-            .termination_reason
-            .map(|r| codec::stored("termination_reason", &r, r.parse::<TerminationReason>()))
-            .transpose()?;
-        Ok(Command {
-            id: CommandId::from_uuid(self.id),
-            project_id: ProjectId::from_uuid(self.project_id),
-            project: codec::stored("project name", &self.project_name, ProjectName::parse(&self.project_name))?,
-            spec: codec::from_json::<CommandSpec>("commands.spec", self.spec)?,
-            env: codec::from_json::<EnvMap>("commands.env", self.env)?,
-            cwd: self.cwd,
-            stdin: self.stdin.map(|s| codec::text("commands.stdin", s)).transpose()?,
-            timeout: codec::stored("timeout_seconds", &timeout.to_string(), TimeoutSeconds::new(timeout))?,
-            priority: Priority::from_rank(self.priority)?,
-            status: codec::stored("status", &self.status, self.status.parse::<CommandStatus>())?,
-            exit_code: self.exit_code,
-            termination_reason: reason,
-            error: self.error,
-            created_by: self.created_by.map(ApiKeyId::from_uuid),
-            cancel_requested: self.cancel_requested,
-            queued_at: self.queued_at,
-            started_at: self.started_at,
-            finished_at: self.finished_at,
-            // A stored value that no longer parses only loses the link to the trace.
-            trace: self.traceparent.and_then(|p| TraceContext::parse(&p, self.tracestate.as_deref())),
-        })
     }
 }
 

@@ -20,7 +20,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::tls;
+use crate::{driver_errors, tls};
 
 /// How long opening one connection may take (TCP connect plus start-up).
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -281,11 +281,11 @@ pub(crate) enum StoreError {
 pub(crate) type StoreResult<T> = Result<T, StoreError>;
 
 impl StoreError {
-    /// Whether PostgreSQL aborted the transaction to break a deadlock (nothing of it committed,
-    /// so running it again is safe).
+    /// Whether PostgreSQL aborted the transaction to break a deadlock (SQLSTATE 40P01; nothing
+    /// of it committed, so running it again is safe).
     pub(crate) fn is_deadlock(&self) -> bool {
-        // diesel-async keeps only the message of server errors, not their SQLSTATE (40P01).
-        matches!(self, StoreError::Db(DieselError::DatabaseError(_, info)) if info.message().contains("deadlock detected"))
+        matches!(self, StoreError::Db(DieselError::DatabaseError(kind, info))
+            if driver_errors::sqlstate(kind, info.message()) == Some("40P01"))
     }
 
     /// Translates into the domain's words; `what` names the operation for the logs.
@@ -314,26 +314,11 @@ pub(crate) fn db_error(e: DieselError, what: &str) -> DomainError {
     }
 }
 
-/// Whether a database error means "try again later" rather than a bug: the connection is
-/// gone, the server is shutting down or starting, or a retryable conflict between transactions.
+/// Whether a database error means "try again later" rather than a bug: the transport failed,
+/// or the server answered with a transient SQLSTATE (`driver_errors` says which and how the
+/// code is recovered).
 fn is_unavailable(kind: &DatabaseErrorKind, message: &str) -> bool {
-    // diesel-async keeps only the message of server errors, not their SQLSTATE.
-    const TRANSIENT: [&str; 8] = [
-        "terminating connection",
-        "the database system is",
-        "too many clients",
-        "connection",
-        "deadlock detected",
-        "could not serialize",
-        "canceling statement due to",
-        "server closed",
-    ];
-    matches!(
-        kind,
-        DatabaseErrorKind::ClosedConnection
-            | DatabaseErrorKind::UnableToSendCommand
-            | DatabaseErrorKind::SerializationFailure
-    ) || TRANSIENT.iter().any(|t| message.contains(t))
+    driver_errors::is_transport(kind) || driver_errors::sqlstate(kind, message).is_some_and(driver_errors::is_transient)
 }
 
 #[cfg(test)]
@@ -351,8 +336,29 @@ mod tests {
         assert!(matches!(db_error(shutdown, "q"), DomainError::Unavailable(_)));
         let syntax = DieselError::DatabaseError(DatabaseErrorKind::Unknown, Box::new("syntax error".to_owned()));
         assert!(matches!(db_error(syntax, "q"), DomainError::Internal(_)));
+        // A message that only mentions a connection is no lost connection.
+        let named = DieselError::DatabaseError(
+            DatabaseErrorKind::Unknown,
+            Box::new("relation \"connection_log\" does not exist".to_owned()),
+        );
+        assert!(matches!(db_error(named, "q"), DomainError::Internal(_)));
+        let sent = DieselError::DatabaseError(DatabaseErrorKind::UnableToSendCommand, Box::new("io".to_owned()));
+        assert!(matches!(db_error(sent, "q"), DomainError::Unavailable(_)));
+        let serialization =
+            DieselError::DatabaseError(DatabaseErrorKind::SerializationFailure, Box::new("conflict".to_owned()));
+        assert!(matches!(db_error(serialization, "q"), DomainError::Unavailable(_)));
         let taken = DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, Box::new("dup".to_owned()));
         assert!(matches!(db_error(taken, "q"), DomainError::Conflict(_)));
+    }
+
+    #[test]
+    fn deadlocks_are_known_by_their_sqlstate() {
+        let deadlock = |message: &str| {
+            StoreError::Db(DieselError::DatabaseError(DatabaseErrorKind::Unknown, Box::new(message.to_owned())))
+        };
+        assert!(deadlock("deadlock detected").is_deadlock());
+        assert!(!deadlock("canceling statement due to statement timeout").is_deadlock());
+        assert!(!StoreError::Domain(DomainError::Conflict("deadlock detected".to_owned())).is_deadlock());
     }
 
     #[test]

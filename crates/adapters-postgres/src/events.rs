@@ -7,57 +7,15 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use domain::command::{CommandStatus, Completion};
-use domain::output::{CommandEvent, EventKind, OutputStream};
-use domain::{DomainResult, Timestamp};
+use domain::command::Completion;
+use domain::output::EventKind;
+use domain::Timestamp;
 
-use crate::codec;
 use crate::prepared::CachedExt;
 use crate::schema::command_events;
 use crate::StoreResult;
 
-const STATUS: &str = "status";
-const OUTPUT: &str = "output";
-const EXIT: &str = "exit";
-
-/// One row of `command_events`.
-#[derive(Debug, Queryable, Selectable, Insertable)]
-#[diesel(table_name = command_events, check_for_backend(diesel::pg::Pg))]
-pub(crate) struct EventRow {
-    command_id: Uuid,
-    seq: i64,
-    kind: String,
-    stream: Option<String>,
-    data: Option<Vec<u8>>,
-    at: Timestamp,
-}
-
-impl EventRow {
-    fn new(command_id: Uuid, seq: i64, kind: &EventKind, at: Timestamp) -> Self {
-        let (kind, stream, data) = match kind {
-            EventKind::Status(s) => (STATUS, None, Some(s.as_str().as_bytes().to_vec())),
-            EventKind::Output { stream, data } => {
-                (OUTPUT, Some(stream.as_str().to_owned()), Some(data.as_bytes().to_vec()))
-            }
-            EventKind::Exit => (EXIT, None, None),
-        };
-        Self { command_id, seq, kind: kind.to_owned(), stream, data, at }
-    }
-
-    pub(crate) fn into_domain(self) -> DomainResult<CommandEvent> {
-        let data = self.data.map(|d| codec::text("command_events.data", d)).transpose()?;
-        let kind = match (self.kind.as_str(), self.stream.as_deref(), data) {
-            (STATUS, None, Some(status)) => {
-                EventKind::Status(codec::stored("event status", &status, status.parse::<CommandStatus>())?)
-            }
-            (OUTPUT, Some("stdout"), Some(data)) => EventKind::Output { stream: OutputStream::Stdout, data },
-            (OUTPUT, Some("stderr"), Some(data)) => EventKind::Output { stream: OutputStream::Stderr, data },
-            (EXIT, None, None) => EventKind::Exit,
-            _ => return Err(codec::corrupt("command event", &format!("{} #{}", self.command_id, self.seq))),
-        };
-        Ok(CommandEvent { seq: self.seq, kind, at: self.at })
-    }
-}
+sql_rows::command_event_rows!(diesel::pg::Pg, crate::codec::PgColumns);
 
 /// Stores `kinds` as the command's events numbered up to `last`, the command's `event_seq`
 /// after the caller raised it by `kinds.len()` in this transaction.

@@ -12,6 +12,7 @@ mod audit;
 mod codec;
 mod commands;
 mod connection;
+mod driver_errors;
 mod events;
 mod prepared;
 mod projects;

@@ -6,76 +6,18 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use domain::api_key::ProjectAccess;
-use domain::command::{CommandStatus, EnvMap, TimeoutSeconds};
-use domain::ids::ProjectId;
+use domain::command::CommandStatus;
 use domain::pagination::{Page, PageRequest};
 use domain::ports::ProjectRepository;
-use domain::project::{Project, ProjectName, Resources};
-use domain::{DomainError, DomainResult, Timestamp};
+use domain::project::{Project, ProjectName};
+use domain::{DomainError, DomainResult};
 
 use crate::codec;
 use crate::connection::db_error;
 use crate::schema::{commands, projects};
 use crate::{PgStore, StoreError};
 
-/// One row of `projects`.
-#[derive(Debug, Queryable, Selectable, Insertable)]
-#[diesel(table_name = projects, check_for_backend(diesel::pg::Pg))]
-struct ProjectRow {
-    id: Uuid,
-    name: String,
-    image: String,
-    workdir: String,
-    env: serde_json::Value,
-    resources: serde_json::Value,
-    max_concurrent_commands: i32,
-    default_timeout_seconds: i32,
-    created_at: Timestamp,
-    updated_at: Timestamp,
-    max_queued_commands: Option<i32>,
-}
-
-impl ProjectRow {
-    fn from_domain(p: &Project) -> DomainResult<Self> {
-        Ok(Self {
-            id: p.id.as_uuid(),
-            name: p.name.as_str().to_owned(),
-            image: p.image.clone(),
-            workdir: p.workdir.clone(),
-            env: codec::to_json(&p.env)?,
-            resources: codec::to_json(&p.resources)?,
-            max_concurrent_commands: codec::column_int("max_concurrent_commands", p.max_concurrent_commands)?,
-            default_timeout_seconds: codec::column_int("default_timeout_seconds", p.default_timeout_seconds.get())?,
-            created_at: p.created_at,
-            updated_at: p.updated_at,
-            max_queued_commands: p
-                .max_queued_commands
-                .map(|n| codec::column_int("max_queued_commands", n))
-                .transpose()?,
-        })
-    }
-
-    fn into_domain(self) -> DomainResult<Project> {
-        let timeout: u32 = codec::int("default_timeout_seconds", self.default_timeout_seconds)?;
-        Ok(Project {
-            id: ProjectId::from_uuid(self.id),
-            name: codec::stored("project name", &self.name, ProjectName::parse(&self.name))?,
-            image: self.image,
-            workdir: self.workdir,
-            env: codec::from_json::<EnvMap>("projects.env", self.env)?,
-            resources: codec::from_json::<Resources>("projects.resources", self.resources)?,
-            max_concurrent_commands: codec::int("max_concurrent_commands", self.max_concurrent_commands)?,
-            max_queued_commands: self.max_queued_commands.map(|n| codec::int("max_queued_commands", n)).transpose()?,
-            default_timeout_seconds: codec::stored(
-                "default_timeout_seconds",
-                &timeout.to_string(),
-                TimeoutSeconds::new(timeout),
-            )?,
-            created_at: self.created_at,
-            updated_at: self.updated_at,
-        })
-    }
-}
+sql_rows::project_rows!(diesel::pg::Pg, crate::codec::PgColumns);
 
 fn not_found() -> DomainError {
     DomainError::NotFound("project".into())

@@ -11,13 +11,11 @@ use diesel::sql_types::{Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use domain::api_key::ProjectAccess;
 use domain::command::Command;
 use domain::pagination::{Page, PageRequest};
-use domain::project::ProjectName;
 use domain::webhook::{
-    command_event, DeliveryStatus, Disabled, EventId, EventPayload, EventSet, EventType, OutboxEvent,
-    PreviousWebhookSecret, Webhook, WebhookId, WebhookRepository, WebhookSecret, WebhookUrl,
+    command_event, DeliveryStatus, Disabled, OutboxEvent, PreviousWebhookSecret, Webhook, WebhookId, WebhookRepository,
+    WebhookSecret,
 };
 use domain::{DomainError, DomainResult, Timestamp};
 
@@ -47,20 +45,14 @@ macro_rules! command_event_type {
     };
 }
 
-/// An `INSERT` announcing each command row of `$source` entering its current status at `$at`,
-/// with event id `$id`, written only while an enabled subscription exists: what
-/// `domain::webhook::command_event` builds, made in SQL so that a transition and its outbox
-/// row are one statement (one round trip on the queue's hot path). The webhook contract suite
-/// checks that both payloads are the same JSON.
-macro_rules! announce_command {
-    ($source:literal, $id:literal, $at:literal) => {
+/// The JSON payload of the event of command row `s` entering its current status at `$at`: what
+/// `domain::webhook::command_event` builds, made in SQL. `tests::sql_payload_is_the_domain_payload`
+/// runs this expression on stored commands in every status and priority and compares it with
+/// the Rust-built payload, so the two definitions cannot drift apart.
+macro_rules! command_payload {
+    ($at:literal) => {
         concat!(
-            "INSERT INTO webhook_events (id, event_type, project, target_webhook, payload, created_at) ",
-            "SELECT ",
-            $id,
-            ", ",
-            $crate::webhooks::command_event_type!(),
-            ", s.project_name, NULL, json_build_object(",
+            "json_build_object(",
             "'type', ",
             $crate::webhooks::command_event_type!(),
             ", 'timestamp', ",
@@ -77,7 +69,26 @@ macro_rules! announce_command {
             ", ",
             "'finished_at', ",
             $crate::webhooks::rfc3339!("s.finished_at"),
-            "))::text, ",
+            "))::text"
+        )
+    };
+}
+
+/// An `INSERT` announcing each command row of `$source` entering its current status at `$at`,
+/// with event id `$id`, written only while an enabled subscription exists: the payload is
+/// `command_payload!`, made in SQL so that a transition and its outbox row are one statement
+/// (one round trip on the queue's hot path).
+macro_rules! announce_command {
+    ($source:literal, $id:literal, $at:literal) => {
+        concat!(
+            "INSERT INTO webhook_events (id, event_type, project, target_webhook, payload, created_at) ",
+            "SELECT ",
+            $id,
+            ", ",
+            $crate::webhooks::command_event_type!(),
+            ", s.project_name, NULL, ",
+            $crate::webhooks::command_payload!($at),
+            ", ",
             $at,
             " ",
             "FROM ",
@@ -86,119 +97,9 @@ macro_rules! announce_command {
         )
     };
 }
-pub(crate) use {announce_command, command_event_type, rfc3339};
+pub(crate) use {announce_command, command_event_type, command_payload, rfc3339};
 
-/// One row of `webhooks`.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = webhooks, check_for_backend(diesel::pg::Pg))]
-pub(crate) struct WebhookRow {
-    id: Uuid,
-    url: String,
-    events: serde_json::Value,
-    projects: Option<serde_json::Value>,
-    secret: String,
-    previous_secret: Option<String>,
-    previous_valid_until: Option<Timestamp>,
-    enabled: bool,
-    disabled_reason: Option<String>,
-    failing_since: Option<Timestamp>,
-    created_at: Timestamp,
-    updated_at: Timestamp,
-}
-
-/// The `projects` column: NULL for every project, else a JSON array of names.
-fn projects_column(projects: &ProjectAccess) -> DomainResult<Option<serde_json::Value>> {
-    projects.as_list().map(|names| codec::to_json(&names)).transpose()
-}
-
-impl WebhookRow {
-    fn from_domain(w: &Webhook) -> DomainResult<Self> {
-        Ok(Self {
-            id: w.id.as_uuid(),
-            url: w.url.as_str().to_owned(),
-            events: codec::to_json(&w.events)?,
-            projects: projects_column(&w.projects)?,
-            secret: w.secret.expose().to_owned(),
-            previous_secret: w.previous_secret.as_ref().map(|p| p.secret.expose().to_owned()),
-            previous_valid_until: w.previous_secret.as_ref().map(|p| p.valid_until),
-            enabled: w.enabled,
-            disabled_reason: w.disabled_reason.clone(),
-            failing_since: w.failing_since,
-            created_at: w.created_at,
-            updated_at: w.updated_at,
-        })
-    }
-
-    pub(crate) fn into_domain(self) -> DomainResult<Webhook> {
-        let secret = |s: &str| codec::stored("webhooks.secret", "[redacted]", WebhookSecret::parse(s));
-        let previous_secret = match (self.previous_secret, self.previous_valid_until) {
-            (Some(s), Some(valid_until)) => Some(PreviousWebhookSecret { secret: secret(&s)?, valid_until }),
-            _ => None,
-        };
-        let projects = match self.projects {
-            None => ProjectAccess::All,
-            Some(json) => {
-                let names: Vec<String> = codec::from_json("webhooks.projects", json)?;
-                let parsed = names.iter().map(|n| codec::stored("project name", n, ProjectName::parse(n)));
-                ProjectAccess::Only(parsed.collect::<DomainResult<_>>()?)
-            }
-        };
-        Ok(Webhook {
-            id: WebhookId::from_uuid(self.id),
-            url: codec::stored("webhooks.url", &self.url, WebhookUrl::parse(&self.url))?,
-            events: codec::from_json::<EventSet>("webhooks.events", self.events)?,
-            projects,
-            secret: secret(&self.secret)?,
-            previous_secret,
-            enabled: self.enabled,
-            disabled_reason: self.disabled_reason,
-            failing_since: self.failing_since,
-            created_at: self.created_at,
-            updated_at: self.updated_at,
-        })
-    }
-}
-
-/// One row of `webhook_events`; the store assigns `seq`.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = webhook_events, check_for_backend(diesel::pg::Pg))]
-pub(crate) struct EventRow {
-    id: Uuid,
-    event_type: String,
-    project: Option<String>,
-    target_webhook: Option<Uuid>,
-    payload: String,
-    created_at: Timestamp,
-}
-
-impl EventRow {
-    pub(crate) fn from_domain(e: &OutboxEvent) -> Self {
-        Self {
-            id: e.id.as_uuid(),
-            event_type: e.event_type.as_str().to_owned(),
-            project: e.project.as_ref().map(|p| p.as_str().to_owned()),
-            target_webhook: e.target.map(|t| t.as_uuid()),
-            payload: e.payload.as_str().to_owned(),
-            created_at: e.created_at,
-        }
-    }
-
-    pub(crate) fn into_domain(self) -> DomainResult<OutboxEvent> {
-        Ok(OutboxEvent {
-            id: EventId::from_uuid(self.id),
-            event_type: event_type(&self.event_type)?,
-            project: self.project.map(|p| codec::stored("project name", &p, ProjectName::parse(&p))).transpose()?,
-            target: self.target_webhook.map(WebhookId::from_uuid),
-            created_at: self.created_at,
-            payload: codec::stored("webhook_events.payload", "…", EventPayload::from_text(self.payload))?,
-        })
-    }
-}
-
-/// Reads a stored event type name.
-pub(crate) fn event_type(name: &str) -> DomainResult<EventType> {
-    codec::stored("event_type", name, name.parse::<EventType>())
-}
+sql_rows::webhook_rows!(diesel::pg::Pg, crate::codec::PgColumns);
 
 /// Appends an event to the outbox inside the caller's transaction.
 pub(crate) async fn append_event(conn: &mut AsyncPgConnection, event: &OutboxEvent) -> StoreResult<()> {
@@ -402,5 +303,95 @@ impl WebhookRepository for PgStore {
             .await
             .map_err(|e| e.into_domain("disable webhook"))?;
         Ok(Disabled { webhook: row.into_domain()?, was_enabled })
+    }
+}
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    use diesel::sql_types::{Integer, Nullable, SmallInt, Text, Timestamptz, Uuid as SqlUuid};
+    use diesel::QueryableByName;
+    use diesel_async::RunQueryDsl;
+
+    use domain::command::{CommandStatus, Priority, TerminationReason};
+    use domain::ports::{CommandRepository, ProjectRepository};
+    use domain::testing::{now_micros, sample_command, sample_project};
+    use domain::webhook::command_event;
+    use domain::Timestamp;
+
+    use crate::testing::TestDatabase;
+
+    /// Sets what the payload shows of command `$1`.
+    const SET: &str = "UPDATE commands SET status = $2, priority = $3, exit_code = $4, termination_reason = $5, \
+                       error = $6, started_at = $7, finished_at = $8 WHERE id = $1";
+    /// The SQL-built payload of command `$1` entering its status at `$2`.
+    const PAYLOAD: &str = concat!("SELECT ", command_payload!("$2"), " AS payload FROM commands s WHERE s.id = $1");
+
+    #[derive(QueryableByName)]
+    struct Payload {
+        #[diesel(sql_type = Text)]
+        payload: String,
+    }
+
+    /// One state of a command: status, priority, exit code, reason, error, started, finished.
+    type Case = (CommandStatus, Priority, Option<i32>, Option<TerminationReason>, Option<String>, bool, bool);
+
+    fn cases() -> Vec<Case> {
+        use CommandStatus::*;
+        let long = "é∑\"\\\n".repeat(1500);
+        let mut cases: Vec<Case> =
+            Priority::ALL.into_iter().map(|p| (Queued, p, None, None, None, false, false)).collect();
+        cases.extend([
+            (Running, Priority::Normal, None, None, None, true, false),
+            (Succeeded, Priority::Low, Some(0), Some(TerminationReason::Exited), None, true, true),
+            (Failed, Priority::High, Some(3), Some(TerminationReason::Exited), Some(long), true, true),
+            (Failed, Priority::Critical, None, Some(TerminationReason::StartFailed), Some("no sh".into()), true, true),
+            (TimedOut, Priority::Normal, None, Some(TerminationReason::Timeout), None, true, true),
+            (Cancelled, Priority::Normal, None, Some(TerminationReason::Cancelled), None, false, true),
+            (Lost, Priority::High, None, Some(TerminationReason::WorkerLost), Some("gone".into()), true, true),
+        ]);
+        cases.extend(
+            TerminationReason::ALL.into_iter().map(|r| (Failed, Priority::Normal, None, Some(r), None, true, true)),
+        );
+        cases
+    }
+
+    #[tokio::test]
+    async fn sql_payload_is_the_domain_payload() {
+        let db = TestDatabase::create().await;
+        let store = db.store().await;
+        let web = sample_project("web", 1);
+        ProjectRepository::create(&store, &web).await.expect("project");
+        let id = CommandRepository::enqueue(&store, sample_command(&web, Priority::Normal, None))
+            .await
+            .expect("enqueue")
+            .command
+            .id;
+        let mut conn = store.conn().await.expect("connection");
+        for (status, priority, exit_code, reason, error, started, finished) in cases() {
+            let at: Timestamp = now_micros();
+            diesel::sql_query(SET)
+                .bind::<SqlUuid, _>(id.as_uuid())
+                .bind::<Text, _>(status.as_str())
+                .bind::<SmallInt, _>(priority.rank())
+                .bind::<Nullable<Integer>, _>(exit_code)
+                .bind::<Nullable<Text>, _>(reason.map(|r| r.as_str()))
+                .bind::<Nullable<Text>, _>(error.as_deref())
+                .bind::<Nullable<Timestamptz>, _>(started.then_some(at))
+                .bind::<Nullable<Timestamptz>, _>(finished.then_some(at))
+                .execute(&mut conn)
+                .await
+                .expect("set the command's state");
+            let built: Payload = diesel::sql_query(PAYLOAD)
+                .bind::<SqlUuid, _>(id.as_uuid())
+                .bind::<Timestamptz, _>(at)
+                .get_result(&mut conn)
+                .await
+                .expect("SQL payload");
+            let command = CommandRepository::get(&store, id).await.expect("command");
+            let sql: serde_json::Value = serde_json::from_str(&built.payload).expect("SQL payload is JSON");
+            let rust: serde_json::Value =
+                serde_json::from_str(command_event(&command, at).payload.as_str()).expect("domain payload is JSON");
+            assert_eq!(sql, rust, "{status:?} {priority:?}");
+        }
     }
 }

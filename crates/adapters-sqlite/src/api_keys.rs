@@ -6,88 +6,16 @@ use async_trait::async_trait;
 use diesel::prelude::*;
 use diesel::SqliteConnection;
 
-use domain::api_key::{ApiKey, ApiKeyId, KeyHash, PreviousSecret, ProjectAccess, ScopeSet};
-use domain::network::CidrList;
+use domain::api_key::{ApiKey, ApiKeyId, KeyHash, PreviousSecret};
 use domain::pagination::{Page, PageRequest};
 use domain::ports::ApiKeyRepository;
-use domain::project::ProjectName;
 use domain::{DomainError, DomainResult, Timestamp};
 
-use crate::codec::{self, micros, micros_opt};
+use crate::codec::{self, micros};
 use crate::schema::{api_key_allowed_ips, api_keys};
 use crate::{SqliteStore, StoreResult};
 
-/// One row of `api_keys`.
-#[derive(Debug, Queryable, Selectable, Insertable)]
-#[diesel(table_name = api_keys, check_for_backend(diesel::sqlite::Sqlite))]
-struct KeyRow {
-    id: String,
-    name: String,
-    prefix: String,
-    key_hash: String,
-    previous_hash: Option<String>,
-    previous_valid_until: Option<i64>,
-    scopes: String,
-    projects: Option<String>,
-    rate_limit_rps: Option<i32>,
-    expires_at: Option<i64>,
-    created_at: i64,
-    revoked_at: Option<i64>,
-    last_used_at: Option<i64>,
-}
-
-impl KeyRow {
-    fn from_domain(k: &ApiKey) -> DomainResult<Self> {
-        let projects = k.projects.as_list().map(|names| codec::to_json(&names)).transpose()?;
-        Ok(Self {
-            id: k.id.to_string(),
-            name: k.name.clone(),
-            prefix: k.prefix.clone(),
-            key_hash: k.hash.to_hex(),
-            previous_hash: k.previous.map(|p| p.hash.to_hex()),
-            previous_valid_until: k.previous.map(|p| micros(p.valid_until)),
-            scopes: codec::to_json(&k.scopes)?,
-            projects,
-            rate_limit_rps: k.rate_limit_rps.map(|r| codec::column_int("rate_limit_rps", r)).transpose()?,
-            expires_at: micros_opt(k.expires_at),
-            created_at: micros(k.created_at),
-            revoked_at: micros_opt(k.revoked_at),
-            last_used_at: micros_opt(k.last_used_at),
-        })
-    }
-
-    fn into_domain(self, cidrs: Vec<String>) -> DomainResult<ApiKey> {
-        let previous = match (self.previous_hash, self.previous_valid_until) {
-            (Some(hash), Some(until)) => {
-                Some(PreviousSecret { hash: KeyHash::from_hex(&hash)?, valid_until: codec::time(until)? })
-            }
-            _ => None,
-        };
-        let projects = match self.projects {
-            None => ProjectAccess::All,
-            Some(json) => {
-                let names: Vec<String> = codec::from_json("api_keys.projects", &json)?;
-                let parsed = names.iter().map(|n| codec::stored("project name", n, ProjectName::parse(n)));
-                ProjectAccess::Only(parsed.collect::<DomainResult<_>>()?)
-            }
-        };
-        Ok(ApiKey {
-            id: ApiKeyId::from_uuid(codec::uuid(&self.id)?),
-            name: self.name,
-            prefix: self.prefix,
-            hash: KeyHash::from_hex(&self.key_hash)?,
-            previous,
-            scopes: codec::from_json::<ScopeSet>("api_keys.scopes", &self.scopes)?,
-            projects,
-            allowed_ips: codec::stored("allowed_ips", &cidrs.join(","), CidrList::parse(&cidrs))?,
-            rate_limit_rps: self.rate_limit_rps.map(|r| codec::int("rate_limit_rps", r)).transpose()?,
-            expires_at: codec::time_opt(self.expires_at)?,
-            created_at: codec::time(self.created_at)?,
-            revoked_at: codec::time_opt(self.revoked_at)?,
-            last_used_at: codec::time_opt(self.last_used_at)?,
-        })
-    }
-}
+sql_rows::api_key_rows!(diesel::sqlite::Sqlite, crate::codec::SqliteColumns);
 
 fn not_found() -> DomainError {
     DomainError::NotFound("API key".into())

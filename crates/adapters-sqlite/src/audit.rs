@@ -5,8 +5,8 @@ use async_trait::async_trait;
 use diesel::prelude::*;
 use diesel::SqliteConnection;
 
-use domain::audit::{seal, AuditCheckpoint, AuditEntry, AuditOutcome, AuditRecord, GENESIS_HASH};
-use domain::ids::{ApiKeyId, AuditId};
+use domain::audit::{seal, AuditCheckpoint, AuditEntry, AuditRecord, GENESIS_HASH};
+use domain::ids::AuditId;
 use domain::pagination::{Page, PageRequest};
 use domain::ports::{AuditFilter, AuditLog};
 use domain::DomainResult;
@@ -15,99 +15,7 @@ use crate::codec::{self, micros};
 use crate::schema::{audit_checkpoints, audit_log};
 use crate::{SqliteStore, StoreResult};
 
-/// One row of `audit_log`.
-#[derive(Debug, Queryable, Selectable, Insertable)]
-#[diesel(table_name = audit_log, check_for_backend(diesel::sqlite::Sqlite))]
-struct AuditRow {
-    seq: i64,
-    id: String,
-    at: i64,
-    actor: Option<String>,
-    client_ip: Option<String>,
-    action: String,
-    resource: String,
-    project: Option<String>,
-    outcome: String,
-    detail: Option<String>,
-    request_id: Option<String>,
-    trace_id: Option<String>,
-    prev_hash: Vec<u8>,
-    hash: Vec<u8>,
-    count: i64,
-}
-
-impl AuditRow {
-    fn from_domain(r: &AuditRecord) -> Self {
-        let e = &r.entry;
-        Self {
-            seq: r.seq,
-            id: r.id.to_string(),
-            at: micros(e.at),
-            actor: e.actor.map(|a| a.to_string()),
-            client_ip: e.client_ip.clone(),
-            action: e.action.clone(),
-            resource: e.resource.clone(),
-            project: e.project.clone(),
-            outcome: e.outcome.as_str().to_owned(),
-            detail: e.detail.clone(),
-            request_id: e.request_id.clone(),
-            trace_id: e.trace_id.clone(),
-            prev_hash: r.prev_hash.to_vec(),
-            hash: r.hash.to_vec(),
-            count: i64::from(e.count),
-        }
-    }
-
-    fn into_domain(self) -> DomainResult<AuditRecord> {
-        let entry = AuditEntry {
-            at: codec::time(self.at)?,
-            actor: self.actor.map(|a| codec::uuid(&a).map(ApiKeyId::from_uuid)).transpose()?,
-            client_ip: self.client_ip,
-            action: self.action,
-            resource: self.resource,
-            project: self.project,
-            outcome: AuditOutcome::parse(&self.outcome).ok_or_else(|| codec::corrupt("outcome", &self.outcome))?,
-            detail: self.detail,
-            request_id: self.request_id,
-            trace_id: self.trace_id,
-            count: u32::try_from(self.count).map_err(|_| codec::corrupt("count", &self.count.to_string()))?,
-        };
-        Ok(AuditRecord {
-            id: AuditId::from_uuid(codec::uuid(&self.id)?),
-            seq: self.seq,
-            entry,
-            prev_hash: hash32("prev_hash", self.prev_hash)?,
-            hash: hash32("hash", self.hash)?,
-        })
-    }
-}
-
-/// One row of `audit_checkpoints`.
-#[derive(Debug, Queryable, Selectable, Insertable)]
-#[diesel(table_name = audit_checkpoints, check_for_backend(diesel::sqlite::Sqlite))]
-struct CheckpointRow {
-    seq: i64,
-    hash: Vec<u8>,
-    count: i64,
-    at: i64,
-    mac: Vec<u8>,
-}
-
-impl CheckpointRow {
-    fn into_domain(self) -> DomainResult<AuditCheckpoint> {
-        Ok(AuditCheckpoint {
-            seq: self.seq,
-            hash: hash32("hash", self.hash)?,
-            count: self.count,
-            at: codec::time(self.at)?,
-            mac: hash32("mac", self.mac)?,
-        })
-    }
-}
-
-fn hash32(column: &str, bytes: Vec<u8>) -> DomainResult<[u8; 32]> {
-    <[u8; 32]>::try_from(bytes).map_err(|b| codec::corrupt(column, &format!("{} bytes", b.len())))
-}
+sql_rows::audit_rows!(diesel::sqlite::Sqlite, crate::codec::SqliteColumns);
 
 /// Seals `entry` after the last record and stores it; the caller holds the write transaction.
 fn append_sealed(conn: &mut SqliteConnection, entry: AuditEntry) -> StoreResult<AuditRecord> {
@@ -117,7 +25,7 @@ fn append_sealed(conn: &mut SqliteConnection, entry: AuditEntry) -> StoreResult<
         .first(conn)
         .optional()?;
     let (seq, prev) = match last {
-        Some((seq, hash)) => (seq, hash32("hash", hash)?),
+        Some((seq, hash)) => (seq, codec::bytes32("hash", hash)?),
         None => (0, GENESIS_HASH),
     };
     // The chain hashes microsecond time; storing the entry as sealed keeps `verify` exact.

@@ -1,12 +1,16 @@
-//! How domain values are written into columns and read back: microsecond timestamps, UUID
-//! text, JSON text. A value that does not read back is a corrupt row, reported as `Internal`.
+//! How domain values are written into SQLite's columns and read back: microsecond timestamps,
+//! UUID text, JSON text (`SqliteColumns`); what does not depend on the backend comes from
+//! `sql_rows::codec`. A value that does not read back is a corrupt row, reported as `Internal`.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use uuid::Uuid;
 
 use domain::pagination::Cursor;
-use domain::{DomainError, DomainResult, Timestamp};
+use domain::{DomainResult, Timestamp};
+use sql_rows::codec;
+pub(crate) use sql_rows::codec::{bytes32, column_int, corrupt, cursor_seq, int};
+use sql_rows::Columns;
 
 /// A timestamp as microseconds since the epoch.
 pub(crate) fn micros(t: Timestamp) -> i64 {
@@ -23,11 +27,6 @@ pub(crate) fn time(us: i64) -> DomainResult<Timestamp> {
     chrono::DateTime::from_timestamp_micros(us).ok_or_else(|| corrupt("timestamp", &us.to_string()))
 }
 
-/// Reads an optional stored timestamp.
-pub(crate) fn time_opt(us: Option<i64>) -> DomainResult<Option<Timestamp>> {
-    us.map(time).transpose()
-}
-
 /// Reads a stored UUID.
 pub(crate) fn uuid(text: &str) -> DomainResult<Uuid> {
     Uuid::parse_str(text).map_err(|_| corrupt("id", text))
@@ -39,40 +38,58 @@ pub(crate) fn cursor_id(cursor: Cursor) -> String {
     Uuid::from_u128(cursor.key()).to_string()
 }
 
-/// A cursor for a `seq` column; keys beyond `i64` come from no page of ours and match nothing.
-pub(crate) fn cursor_seq(cursor: Cursor) -> i64 {
-    i64::try_from(cursor.key()).unwrap_or(i64::MAX)
-}
-
 /// Serialises a value into a JSON column.
 pub(crate) fn to_json<T: Serialize>(value: &T) -> DomainResult<String> {
-    serde_json::to_string(value).map_err(|e| DomainError::Internal(format!("encoding a JSON column: {e}")))
+    serde_json::to_string(value).map_err(|e| codec::json_encoding(&e))
 }
 
 /// Reads a JSON column.
 pub(crate) fn from_json<T: DeserializeOwned>(column: &str, text: &str) -> DomainResult<T> {
-    serde_json::from_str(text).map_err(|e| DomainError::Internal(format!("corrupt {column} column: {e}")))
+    serde_json::from_str(text).map_err(|e| codec::json_corrupt(column, &e))
 }
 
-/// Converts a stored integer into a narrower or unsigned domain type.
-pub(crate) fn int<A: Copy + ToString, B: TryFrom<A>>(column: &str, value: A) -> DomainResult<B> {
-    B::try_from(value).map_err(|_| corrupt(column, &value.to_string()))
-}
+/// The column type of SQLite: ids as hyphenated text, timestamps as microseconds since the
+/// epoch, JSON as text, and text that may hold NUL as text (SQLite's text keeps NUL).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SqliteColumns;
 
-/// Converts a domain integer into a column type (always fits for values the domain validated).
-pub(crate) fn column_int<A: Copy + ToString, B: TryFrom<A>>(field: &str, value: A) -> DomainResult<B> {
-    B::try_from(value)
-        .map_err(|_| DomainError::Internal(format!("{field} {} does not fit its column", value.to_string())))
-}
+impl Columns for SqliteColumns {
+    type Id = String;
+    type Time = i64;
+    type Json = String;
+    type Text = String;
 
-/// A stored value that does not parse: the database was changed behind the service's back.
-pub(crate) fn corrupt(column: &str, value: &str) -> DomainError {
-    DomainError::Internal(format!("corrupt {column} value in the database: {value:?}"))
-}
+    fn id(id: Uuid) -> String {
+        id.to_string()
+    }
 
-/// Maps a domain parse error of a stored value to a corrupt-row error.
-pub(crate) fn stored<T>(column: &str, value: &str, parsed: DomainResult<T>) -> DomainResult<T> {
-    parsed.map_err(|_| corrupt(column, value))
+    fn read_id(stored: String) -> DomainResult<Uuid> {
+        uuid(&stored)
+    }
+
+    fn time(t: Timestamp) -> i64 {
+        micros(t)
+    }
+
+    fn read_time(stored: i64) -> DomainResult<Timestamp> {
+        time(stored)
+    }
+
+    fn json<T: Serialize>(value: &T) -> DomainResult<String> {
+        to_json(value)
+    }
+
+    fn read_json<T: DeserializeOwned>(column: &str, stored: String) -> DomainResult<T> {
+        from_json(column, &stored)
+    }
+
+    fn text(text: String) -> String {
+        text
+    }
+
+    fn read_text(_column: &str, stored: String) -> DomainResult<String> {
+        Ok(stored)
+    }
 }
 
 #[cfg(test)]

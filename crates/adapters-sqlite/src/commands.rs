@@ -5,17 +5,12 @@ use async_trait::async_trait;
 use diesel::prelude::*;
 use diesel::SqliteConnection;
 
-use domain::api_key::ApiKeyId;
-use domain::command::{
-    Command, CommandSpec, CommandStatus, Completion, EnvMap, Idempotency, NewCommand, Priority, TerminationReason,
-    TimeoutSeconds,
-};
-use domain::ids::{CommandId, ProjectId};
+use domain::command::{Command, CommandStatus, Completion, Idempotency, NewCommand, Priority};
+use domain::ids::CommandId;
 use domain::output::{CommandEvent, CommandOutput, EventKind};
 use domain::pagination::{Page, PageRequest};
 use domain::ports::{cancelled_before_start, CommandFilter, CommandRepository, Enqueued, QueueStats};
 use domain::project::ProjectName;
-use domain::trace::TraceContext;
 use domain::{DomainError, DomainResult, Timestamp};
 
 use crate::codec::{self, micros};
@@ -26,63 +21,7 @@ use crate::{webhooks, SqliteStore, StoreResult};
 const QUEUED: &str = CommandStatus::Queued.as_str();
 const RUNNING: &str = CommandStatus::Running.as_str();
 
-/// The columns of `commands` that make a `Command` (output and queue bookkeeping stay behind).
-#[derive(Debug, Clone, Queryable, Selectable)]
-#[diesel(table_name = commands, check_for_backend(diesel::sqlite::Sqlite))]
-pub(crate) struct CommandRow {
-    id: String,
-    project_id: String,
-    project_name: String,
-    spec: String,
-    env: String,
-    cwd: Option<String>,
-    stdin: Option<String>,
-    timeout_seconds: i32,
-    priority: i16,
-    status: String,
-    exit_code: Option<i32>,
-    termination_reason: Option<String>,
-    error: Option<String>,
-    created_by: Option<String>,
-    cancel_requested: bool,
-    queued_at: i64,
-    started_at: Option<i64>,
-    finished_at: Option<i64>,
-    traceparent: Option<String>,
-    tracestate: Option<String>,
-}
-
-impl CommandRow {
-    pub(crate) fn into_domain(self) -> DomainResult<Command> {
-        let timeout: u32 = codec::int("timeout_seconds", self.timeout_seconds)?;
-        let reason = self
-            .termination_reason
-            .map(|r| codec::stored("termination_reason", &r, r.parse::<TerminationReason>()))
-            .transpose()?;
-        Ok(Command {
-            id: CommandId::from_uuid(codec::uuid(&self.id)?),
-            project_id: ProjectId::from_uuid(codec::uuid(&self.project_id)?),
-            project: codec::stored("project name", &self.project_name, ProjectName::parse(&self.project_name))?,
-            spec: codec::from_json::<CommandSpec>("commands.spec", &self.spec)?,
-            env: codec::from_json::<EnvMap>("commands.env", &self.env)?,
-            cwd: self.cwd,
-            stdin: self.stdin,
-            timeout: codec::stored("timeout_seconds", &timeout.to_string(), TimeoutSeconds::new(timeout))?,
-            priority: Priority::from_rank(self.priority)?,
-            status: codec::stored("status", &self.status, self.status.parse::<CommandStatus>())?,
-            exit_code: self.exit_code,
-            termination_reason: reason,
-            error: self.error,
-            created_by: self.created_by.map(|k| codec::uuid(&k).map(ApiKeyId::from_uuid)).transpose()?,
-            cancel_requested: self.cancel_requested,
-            queued_at: codec::time(self.queued_at)?,
-            started_at: codec::time_opt(self.started_at)?,
-            finished_at: codec::time_opt(self.finished_at)?,
-            // A stored value that no longer parses only loses the link to the trace.
-            trace: self.traceparent.and_then(|p| TraceContext::parse(&p, self.tracestate.as_deref())),
-        })
-    }
-}
+sql_rows::command_rows!(diesel::sqlite::Sqlite, crate::codec::SqliteColumns);
 
 /// A new row of `commands`; the store assigns `seq`.
 #[derive(Debug, Insertable)]

@@ -10,12 +10,13 @@ mod api_keys;
 mod audit;
 mod codec;
 mod commands;
+mod connection;
+mod driver_errors;
 mod events;
 mod projects;
 mod queue;
 mod rate_limits;
 mod schema;
-mod webhook_deliveries;
 mod webhooks;
 
 use std::path::Path;
@@ -23,12 +24,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use diesel::connection::SimpleConnection;
-use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PoolError};
-use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
 use diesel::{RunQueryDsl, SqliteConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use domain::ports::HealthCheck;
 use domain::{DomainError, DomainResult};
+
+use connection::pool_error;
+pub(crate) use connection::{StoreError, StoreResult};
 
 /// The SQL migrations of this store, compiled into the binary.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/sqlite");
@@ -102,14 +105,9 @@ impl SqliteStore {
     /// `Unavailable` when the database is busy or unreachable, `Internal` when a migration fails.
     pub fn migrate(&self) -> DomainResult<()> {
         let mut conn = self.pool.get().map_err(pool_error)?;
-        let applied = conn.run_pending_migrations(MIGRATIONS).map_err(|e| {
-            let text = e.to_string();
-            if is_unavailable_message(&text) {
-                DomainError::Unavailable(format!("migrating the SQLite database: {text}"))
-            } else {
-                DomainError::Internal(format!("migrating the SQLite database: {text}"))
-            }
-        })?;
+        let applied = conn
+            .run_pending_migrations(MIGRATIONS)
+            .map_err(|e| connection::migration_error(e.as_ref(), "migrating the SQLite database"))?;
         for version in applied {
             tracing::info!(%version, "applied SQLite migration");
         }
@@ -192,57 +190,6 @@ fn make_private(path: &str) -> DomainResult<()> {
     Ok(())
 }
 
-/// What can fail inside the store: the driver, the pool, or a domain rule found mid-transaction
-/// (returned as an error so that the transaction rolls back).
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum StoreError {
-    /// A query failed.
-    #[error(transparent)]
-    Db(#[from] DieselError),
-    /// No connection could be had.
-    #[error(transparent)]
-    Pool(PoolError),
-    /// A domain answer (`NotFound`, `Conflict`, a corrupt row as `Internal`).
-    #[error(transparent)]
-    Domain(#[from] DomainError),
-}
-
-/// Result of the code that runs on a connection.
-pub(crate) type StoreResult<T> = Result<T, StoreError>;
-
-impl StoreError {
-    /// Translates into the domain's words; `what` names the operation for the logs.
-    fn into_domain(self, what: &str) -> DomainError {
-        match self {
-            StoreError::Domain(e) => e,
-            StoreError::Pool(e) => pool_error(e),
-            StoreError::Db(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info)) => {
-                DomainError::Conflict(format!("{what}: {}", info.message()))
-            }
-            StoreError::Db(DieselError::NotFound) => DomainError::NotFound(what.to_owned()),
-            StoreError::Db(e) => {
-                let text = e.to_string();
-                if is_unavailable_message(&text) {
-                    DomainError::Unavailable(format!("{what}: {text}"))
-                } else {
-                    DomainError::Internal(format!("{what}: {text}"))
-                }
-            }
-        }
-    }
-}
-
-fn pool_error(e: PoolError) -> DomainError {
-    DomainError::Unavailable(format!("no SQLite connection: {e}"))
-}
-
-/// SQLite reports busy, locked, unopenable and full databases only through its messages here.
-fn is_unavailable_message(text: &str) -> bool {
-    const TRANSIENT: [&str; 6] =
-        ["database is locked", "database table is locked", "busy", "unable to open", "disk I/O error", "disk is full"];
-    TRANSIENT.iter().any(|t| text.contains(t))
-}
-
 #[async_trait]
 impl HealthCheck for SqliteStore {
     async fn check(&self) -> DomainResult<()> {
@@ -269,12 +216,5 @@ mod tests {
         assert_eq!(database_path("sqlite:data/rdev.db"), "data/rdev.db");
         assert_eq!(database_path("/tmp/x.db"), "/tmp/x.db");
         assert_eq!(database_path(":memory:"), ":memory:");
-    }
-
-    #[test]
-    fn busy_and_locked_databases_are_unavailable() {
-        assert!(is_unavailable_message("database is locked"));
-        assert!(is_unavailable_message("unable to open database file"));
-        assert!(!is_unavailable_message("no such table: projects"));
     }
 }

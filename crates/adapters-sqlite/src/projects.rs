@@ -4,75 +4,17 @@ use async_trait::async_trait;
 use diesel::prelude::*;
 
 use domain::api_key::ProjectAccess;
-use domain::command::{CommandStatus, EnvMap, TimeoutSeconds};
-use domain::ids::ProjectId;
+use domain::command::CommandStatus;
 use domain::pagination::{Page, PageRequest};
 use domain::ports::ProjectRepository;
-use domain::project::{Project, ProjectName, Resources};
+use domain::project::{Project, ProjectName};
 use domain::{DomainError, DomainResult};
 
-use crate::codec::{self, micros};
+use crate::codec;
 use crate::schema::{command_events, commands, projects};
 use crate::SqliteStore;
 
-/// One row of `projects`.
-#[derive(Debug, Queryable, Selectable, Insertable)]
-#[diesel(table_name = projects, check_for_backend(diesel::sqlite::Sqlite))]
-struct ProjectRow {
-    id: String,
-    name: String,
-    image: String,
-    workdir: String,
-    env: String,
-    resources: String,
-    max_concurrent_commands: i32,
-    default_timeout_seconds: i32,
-    created_at: i64,
-    updated_at: i64,
-    max_queued_commands: Option<i32>,
-}
-
-impl ProjectRow {
-    fn from_domain(p: &Project) -> DomainResult<Self> {
-        Ok(Self {
-            id: p.id.to_string(),
-            name: p.name.as_str().to_owned(),
-            image: p.image.clone(),
-            workdir: p.workdir.clone(),
-            env: codec::to_json(&p.env)?,
-            resources: codec::to_json(&p.resources)?,
-            max_concurrent_commands: codec::column_int("max_concurrent_commands", p.max_concurrent_commands)?,
-            default_timeout_seconds: codec::column_int("default_timeout_seconds", p.default_timeout_seconds.get())?,
-            created_at: micros(p.created_at),
-            updated_at: micros(p.updated_at),
-            max_queued_commands: p
-                .max_queued_commands
-                .map(|n| codec::column_int("max_queued_commands", n))
-                .transpose()?,
-        })
-    }
-
-    fn into_domain(self) -> DomainResult<Project> {
-        let timeout: u32 = codec::int("default_timeout_seconds", self.default_timeout_seconds)?;
-        Ok(Project {
-            id: ProjectId::from_uuid(codec::uuid(&self.id)?),
-            name: codec::stored("project name", &self.name, ProjectName::parse(&self.name))?,
-            image: self.image,
-            workdir: self.workdir,
-            env: codec::from_json::<EnvMap>("projects.env", &self.env)?,
-            resources: codec::from_json::<Resources>("projects.resources", &self.resources)?,
-            max_concurrent_commands: codec::int("max_concurrent_commands", self.max_concurrent_commands)?,
-            max_queued_commands: self.max_queued_commands.map(|n| codec::int("max_queued_commands", n)).transpose()?,
-            default_timeout_seconds: codec::stored(
-                "default_timeout_seconds",
-                &timeout.to_string(),
-                TimeoutSeconds::new(timeout),
-            )?,
-            created_at: codec::time(self.created_at)?,
-            updated_at: codec::time(self.updated_at)?,
-        })
-    }
-}
+sql_rows::project_rows!(diesel::sqlite::Sqlite, crate::codec::SqliteColumns);
 
 fn not_found() -> DomainError {
     DomainError::NotFound("project".into())

@@ -1,137 +1,27 @@
 //! `WebhookRepository` on SQLite: the `webhooks` table, the row mapping of subscriptions and
 //! outbox events, and the outbox write that command transitions make in their transaction.
+//! `DeliveryQueue` lives in `deliveries`.
+
+mod deliveries;
+mod schema;
 
 use async_trait::async_trait;
 use diesel::prelude::*;
 use diesel::SqliteConnection;
 
-use domain::api_key::ProjectAccess;
 use domain::command::Command;
 use domain::pagination::{Page, PageRequest};
-use domain::project::ProjectName;
 use domain::webhook::{
-    command_event, DeliveryStatus, Disabled, EventId, EventPayload, EventSet, EventType, OutboxEvent,
-    PreviousWebhookSecret, Webhook, WebhookId, WebhookRepository, WebhookSecret, WebhookUrl,
+    command_event, DeliveryStatus, Disabled, OutboxEvent, PreviousWebhookSecret, Webhook, WebhookId, WebhookRepository,
+    WebhookSecret,
 };
 use domain::{DomainError, DomainResult, Timestamp};
 
 use crate::codec::{self, micros};
-use crate::schema::{webhook_deliveries, webhook_events, webhooks};
 use crate::{SqliteStore, StoreResult};
+use schema::{webhook_deliveries, webhook_events, webhooks};
 
-/// One row of `webhooks`.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = webhooks, check_for_backend(diesel::sqlite::Sqlite))]
-pub(crate) struct WebhookRow {
-    id: String,
-    url: String,
-    events: String,
-    projects: Option<String>,
-    secret: String,
-    previous_secret: Option<String>,
-    previous_valid_until: Option<i64>,
-    enabled: bool,
-    disabled_reason: Option<String>,
-    failing_since: Option<i64>,
-    created_at: i64,
-    updated_at: i64,
-}
-
-/// The `projects` column: NULL for every project, else a JSON array of names.
-fn projects_column(projects: &ProjectAccess) -> DomainResult<Option<String>> {
-    projects.as_list().map(|names| codec::to_json(&names)).transpose()
-}
-
-impl WebhookRow {
-    fn from_domain(w: &Webhook) -> DomainResult<Self> {
-        Ok(Self {
-            id: w.id.to_string(),
-            url: w.url.as_str().to_owned(),
-            events: codec::to_json(&w.events)?,
-            projects: projects_column(&w.projects)?,
-            secret: w.secret.expose().to_owned(),
-            previous_secret: w.previous_secret.as_ref().map(|p| p.secret.expose().to_owned()),
-            previous_valid_until: w.previous_secret.as_ref().map(|p| micros(p.valid_until)),
-            enabled: w.enabled,
-            disabled_reason: w.disabled_reason.clone(),
-            failing_since: codec::micros_opt(w.failing_since),
-            created_at: micros(w.created_at),
-            updated_at: micros(w.updated_at),
-        })
-    }
-
-    pub(crate) fn into_domain(self) -> DomainResult<Webhook> {
-        let secret = |s: &str| codec::stored("webhooks.secret", "[redacted]", WebhookSecret::parse(s));
-        let previous_secret = match (self.previous_secret, self.previous_valid_until) {
-            (Some(s), Some(until)) => {
-                Some(PreviousWebhookSecret { secret: secret(&s)?, valid_until: codec::time(until)? })
-            }
-            _ => None,
-        };
-        let projects = match self.projects {
-            None => ProjectAccess::All,
-            Some(json) => {
-                let names: Vec<String> = codec::from_json("webhooks.projects", &json)?;
-                let parsed = names.iter().map(|n| codec::stored("project name", n, ProjectName::parse(n)));
-                ProjectAccess::Only(parsed.collect::<DomainResult<_>>()?)
-            }
-        };
-        Ok(Webhook {
-            id: WebhookId::from_uuid(codec::uuid(&self.id)?),
-            url: codec::stored("webhooks.url", &self.url, WebhookUrl::parse(&self.url))?,
-            events: codec::from_json::<EventSet>("webhooks.events", &self.events)?,
-            projects,
-            secret: secret(&self.secret)?,
-            previous_secret,
-            enabled: self.enabled,
-            disabled_reason: self.disabled_reason,
-            failing_since: codec::time_opt(self.failing_since)?,
-            created_at: codec::time(self.created_at)?,
-            updated_at: codec::time(self.updated_at)?,
-        })
-    }
-}
-
-/// One row of `webhook_events`; the store assigns `seq`.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = webhook_events, check_for_backend(diesel::sqlite::Sqlite))]
-pub(crate) struct EventRow {
-    id: String,
-    event_type: String,
-    project: Option<String>,
-    target_webhook: Option<String>,
-    payload: String,
-    created_at: i64,
-}
-
-impl EventRow {
-    pub(crate) fn from_domain(e: &OutboxEvent) -> Self {
-        Self {
-            id: e.id.to_string(),
-            event_type: e.event_type.as_str().to_owned(),
-            project: e.project.as_ref().map(|p| p.as_str().to_owned()),
-            target_webhook: e.target.map(|t| t.to_string()),
-            payload: e.payload.as_str().to_owned(),
-            created_at: micros(e.created_at),
-        }
-    }
-
-    pub(crate) fn into_domain(self) -> DomainResult<OutboxEvent> {
-        Ok(OutboxEvent {
-            id: EventId::from_uuid(codec::uuid(&self.id)?),
-            event_type: event_type(&self.event_type)?,
-            project: self.project.map(|p| codec::stored("project name", &p, ProjectName::parse(&p))).transpose()?,
-            target: self.target_webhook.map(|t| codec::uuid(&t).map(WebhookId::from_uuid)).transpose()?,
-            created_at: codec::time(self.created_at)?,
-            payload: codec::stored("webhook_events.payload", "…", EventPayload::from_text(self.payload))?,
-        })
-    }
-}
-
-/// Reads a stored event type name.
-pub(crate) fn event_type(name: &str) -> DomainResult<EventType> {
-    codec::stored("event_type", name, name.parse::<EventType>())
-}
+sql_rows::webhook_rows!(diesel::sqlite::Sqlite, crate::codec::SqliteColumns);
 
 /// Appends an event to the outbox inside the caller's transaction.
 pub(crate) fn append_event(conn: &mut SqliteConnection, event: &OutboxEvent) -> StoreResult<()> {

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use domain::pagination::{Page, PageRequest};
 use domain::webhook::{
     Attempt, AttemptReport, Delivery, DeliveryDetail, DeliveryFilter, DeliveryId, DeliveryQueue, DeliveryStatus,
-    EventId, FanOut, LeaseRequest, LeasedDelivery, NextStep, OutboxEvent, Webhook, WebhookId,
+    FanOut, LeaseRequest, LeasedDelivery, NextStep, OutboxEvent, Webhook, WebhookId,
 };
 use domain::{DomainError, DomainResult, Timestamp};
 
@@ -56,59 +56,7 @@ DELETE FROM webhook_events e \
 WHERE e.dispatched_at IS NOT NULL AND e.created_at < $1 \
   AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = e.id)";
 
-/// One row of `webhook_deliveries`.
-#[derive(Debug, Clone, Queryable, Selectable, QueryableByName, Insertable)]
-#[diesel(table_name = deliveries, check_for_backend(diesel::pg::Pg))]
-struct DeliveryRow {
-    id: Uuid,
-    webhook_id: Uuid,
-    event_id: Uuid,
-    event_type: String,
-    status: String,
-    attempts: i32,
-    next_attempt_at: Option<Timestamp>,
-    last_attempt_at: Option<Timestamp>,
-    redelivery_of: Option<Uuid>,
-    lease_owner: Option<String>,
-    lease_expires_at: Option<Timestamp>,
-    fence: i64,
-    created_at: Timestamp,
-}
-
-impl DeliveryRow {
-    fn new(id: DeliveryId, webhook: Uuid, event: &OutboxEvent, now: Timestamp) -> Self {
-        Self {
-            id: id.as_uuid(),
-            webhook_id: webhook,
-            event_id: event.id.as_uuid(),
-            event_type: event.event_type.as_str().to_owned(),
-            status: PENDING.to_owned(),
-            attempts: 0,
-            next_attempt_at: Some(now),
-            last_attempt_at: None,
-            redelivery_of: None,
-            lease_owner: None,
-            lease_expires_at: None,
-            fence: 0,
-            created_at: now,
-        }
-    }
-
-    fn into_domain(self) -> DomainResult<Delivery> {
-        Ok(Delivery {
-            id: DeliveryId::from_uuid(self.id),
-            webhook_id: WebhookId::from_uuid(self.webhook_id),
-            event_id: EventId::from_uuid(self.event_id),
-            event_type: subscriptions::event_type(&self.event_type)?,
-            status: codec::stored("delivery status", &self.status, self.status.parse::<DeliveryStatus>())?,
-            attempts: codec::int("attempts", self.attempts)?,
-            next_attempt_at: self.next_attempt_at,
-            last_attempt_at: self.last_attempt_at,
-            redelivery_of: self.redelivery_of.map(DeliveryId::from_uuid),
-            created_at: self.created_at,
-        })
-    }
-}
+sql_rows::delivery_rows!(diesel::pg::Pg, crate::codec::PgColumns);
 
 /// One row of `webhook_attempts`.
 #[derive(Debug, Queryable, Selectable, Insertable)]
@@ -218,15 +166,8 @@ async fn fan_out(conn: &mut AsyncPgConnection, now: Timestamp, limit: u32) -> St
         .into_iter()
         .map(WebhookRow::into_domain)
         .collect::<DomainResult<_>>()?;
-    let mut rows = Vec::new();
-    let mut seqs = Vec::with_capacity(events.len());
-    for (seq, row) in events {
-        let event = row.into_domain()?;
-        for hook in hooks.iter().filter(|h| h.wants(&event)) {
-            rows.push(DeliveryRow::new(DeliveryId::generate(), hook.id.as_uuid(), &event, now));
-        }
-        seqs.push(seq);
-    }
+    let events = events.into_iter().map(|(seq, row)| Ok((seq, row.into_domain()?))).collect::<DomainResult<_>>()?;
+    let (rows, seqs) = DeliveryRow::fan_out(events, &hooks, now);
     if !rows.is_empty() {
         diesel::insert_into(deliveries::table).values(&rows).execute(conn).await?;
     }

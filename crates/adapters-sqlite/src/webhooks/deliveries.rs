@@ -13,71 +13,22 @@ use diesel::SqliteConnection;
 use domain::pagination::{Page, PageRequest};
 use domain::webhook::{
     Attempt, AttemptReport, Delivery, DeliveryDetail, DeliveryFilter, DeliveryId, DeliveryQueue, DeliveryStatus,
-    EventId, FanOut, LeaseRequest, LeasedDelivery, NextStep, OutboxEvent, Webhook, WebhookId,
+    FanOut, LeaseRequest, LeasedDelivery, NextStep, OutboxEvent, Webhook,
 };
 use domain::{DomainError, DomainResult, Timestamp};
 
+use super::schema::{webhook_attempts, webhook_deliveries as deliveries, webhook_events, webhooks};
+use super::{self as subscriptions, EventRow, WebhookRow};
 use crate::codec::{self, micros};
-use crate::schema::{counters, webhook_attempts, webhook_deliveries as deliveries, webhook_events, webhooks};
-use crate::webhooks::{self as subscriptions, EventRow, WebhookRow};
+use crate::schema::counters;
 use crate::{SqliteStore, StoreResult};
 
 const PENDING: &str = DeliveryStatus::Pending.as_str();
 const FENCE_COUNTER: &str = "webhook_fence";
 
-/// One row of `webhook_deliveries`.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = deliveries, check_for_backend(diesel::sqlite::Sqlite))]
-struct DeliveryRow {
-    id: String,
-    webhook_id: String,
-    event_id: String,
-    event_type: String,
-    status: String,
-    attempts: i32,
-    next_attempt_at: Option<i64>,
-    last_attempt_at: Option<i64>,
-    redelivery_of: Option<String>,
-    lease_owner: Option<String>,
-    lease_expires_at: Option<i64>,
-    fence: i64,
-    created_at: i64,
-}
+sql_rows::delivery_rows!(diesel::sqlite::Sqlite, crate::codec::SqliteColumns);
 
 impl DeliveryRow {
-    fn new(id: DeliveryId, webhook: &str, event: &OutboxEvent, now: Timestamp) -> Self {
-        Self {
-            id: id.to_string(),
-            webhook_id: webhook.to_owned(),
-            event_id: event.id.to_string(),
-            event_type: event.event_type.as_str().to_owned(),
-            status: PENDING.to_owned(),
-            attempts: 0,
-            next_attempt_at: Some(micros(now)),
-            last_attempt_at: None,
-            redelivery_of: None,
-            lease_owner: None,
-            lease_expires_at: None,
-            fence: 0,
-            created_at: micros(now),
-        }
-    }
-
-    fn into_domain(self) -> DomainResult<Delivery> {
-        Ok(Delivery {
-            id: DeliveryId::from_uuid(codec::uuid(&self.id)?),
-            webhook_id: WebhookId::from_uuid(codec::uuid(&self.webhook_id)?),
-            event_id: EventId::from_uuid(codec::uuid(&self.event_id)?),
-            event_type: subscriptions::event_type(&self.event_type)?,
-            status: codec::stored("delivery status", &self.status, self.status.parse::<DeliveryStatus>())?,
-            attempts: codec::int("attempts", self.attempts)?,
-            next_attempt_at: codec::time_opt(self.next_attempt_at)?,
-            last_attempt_at: codec::time_opt(self.last_attempt_at)?,
-            redelivery_of: self.redelivery_of.map(|r| codec::uuid(&r).map(DeliveryId::from_uuid)).transpose()?,
-            created_at: codec::time(self.created_at)?,
-        })
-    }
-
     /// Whether `fence` holds this delivery: pending, leased, and leased with that fence.
     fn held_by(&self, fence: i64) -> bool {
         self.status == PENDING && self.fence == fence && self.lease_expires_at.is_some()
@@ -159,15 +110,8 @@ fn fan_out(conn: &mut SqliteConnection, now: Timestamp, limit: u32) -> StoreResu
         .into_iter()
         .map(WebhookRow::into_domain)
         .collect::<DomainResult<_>>()?;
-    let mut rows = Vec::new();
-    let mut seqs = Vec::with_capacity(events.len());
-    for (seq, row) in events {
-        let event = row.into_domain()?;
-        for hook in hooks.iter().filter(|h| h.wants(&event)) {
-            rows.push(DeliveryRow::new(DeliveryId::generate(), &hook.id.to_string(), &event, now));
-        }
-        seqs.push(seq);
-    }
+    let events = events.into_iter().map(|(seq, row)| Ok((seq, row.into_domain()?))).collect::<DomainResult<_>>()?;
+    let (rows, seqs) = DeliveryRow::fan_out(events, &hooks, now);
     diesel::insert_into(deliveries::table).values(&rows).execute(conn)?;
     diesel::update(webhook_events::table.filter(webhook_events::seq.eq_any(&seqs)))
         .set(webhook_events::dispatched_at.eq(micros(now)))
@@ -328,7 +272,7 @@ impl DeliveryQueue for SqliteStore {
                     );
                 }
                 let event = load_event(conn, &original.event_id)?.into_domain()?;
-                let mut row = DeliveryRow::new(new_id, &original.webhook_id, &event, now);
+                let mut row = DeliveryRow::new(new_id, original.webhook_id.clone(), &event, now);
                 row.redelivery_of = Some(id);
                 diesel::insert_into(deliveries::table).values(&row).execute(conn)?;
                 Ok(row)
