@@ -10,8 +10,8 @@ use uuid::Uuid;
 
 use domain::api_key::ApiKeyId;
 use domain::command::{
-    Command, CommandSpec, CommandStatus, Completion, EnvMap, Idempotency, NewCommand, Priority, TerminationReason,
-    TimeoutSeconds,
+    Command, CommandSpec, CommandStatus, CommandStdin, Completion, EnvMap, Idempotency, NewCommand, Priority,
+    TerminationReason, TimeoutSeconds, WorkingDir,
 };
 use domain::ids::{CommandId, ProjectId};
 use domain::output::{CommandEvent, CommandOutput};
@@ -106,8 +106,13 @@ impl CommandRow {
             project: codec::stored("project name", &self.project_name, ProjectName::parse(&self.project_name))?,
             spec: codec::from_json::<CommandSpec>("commands.spec", self.spec)?,
             env: codec::from_json::<EnvMap>("commands.env", self.env)?,
-            cwd: self.cwd,
-            stdin: self.stdin.map(|s| codec::text("commands.stdin", s)).transpose()?,
+            cwd: self.cwd.map(|c| codec::stored("cwd", &c, WorkingDir::parse(c.as_str()))).transpose()?,
+            stdin: self
+                .stdin
+                .map(|s| codec::text("commands.stdin", s))
+                .transpose()?
+                .map(|s| codec::stored("commands.stdin", &format!("{} bytes", s.len()), CommandStdin::parse(s)))
+                .transpose()?,
             timeout: codec::stored("timeout_seconds", &timeout.to_string(), TimeoutSeconds::new(timeout))?,
             priority: Priority::from_rank(self.priority)?,
             status: codec::stored("status", &self.status, self.status.parse::<CommandStatus>())?,
@@ -153,8 +158,8 @@ impl NewCommandRow {
             project_name: c.project.as_str().to_owned(),
             spec: codec::to_json(&c.spec)?,
             env: codec::to_json(&c.env)?,
-            cwd: c.cwd.clone(),
-            stdin: c.stdin.as_ref().map(|s| s.as_bytes().to_vec()),
+            cwd: c.cwd.clone().map(String::from),
+            stdin: c.stdin.as_ref().map(|s| s.as_str().as_bytes().to_vec()),
             timeout_seconds: codec::column_int("timeout_seconds", c.timeout.get())?,
             priority: c.priority.rank(),
             created_by: c.created_by.map(|k| k.as_uuid()),

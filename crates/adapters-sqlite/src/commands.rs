@@ -7,8 +7,8 @@ use diesel::SqliteConnection;
 
 use domain::api_key::ApiKeyId;
 use domain::command::{
-    Command, CommandSpec, CommandStatus, Completion, EnvMap, Idempotency, NewCommand, Priority, TerminationReason,
-    TimeoutSeconds,
+    Command, CommandSpec, CommandStatus, CommandStdin, Completion, EnvMap, Idempotency, NewCommand, Priority,
+    TerminationReason, TimeoutSeconds, WorkingDir,
 };
 use domain::ids::{CommandId, ProjectId};
 use domain::output::{CommandEvent, CommandOutput, EventKind};
@@ -65,8 +65,11 @@ impl CommandRow {
             project: codec::stored("project name", &self.project_name, ProjectName::parse(&self.project_name))?,
             spec: codec::from_json::<CommandSpec>("commands.spec", &self.spec)?,
             env: codec::from_json::<EnvMap>("commands.env", &self.env)?,
-            cwd: self.cwd,
-            stdin: self.stdin,
+            cwd: self.cwd.map(|c| codec::stored("cwd", &c, WorkingDir::parse(c.as_str()))).transpose()?,
+            stdin: self
+                .stdin
+                .map(|s| codec::stored("stdin", &format!("{} bytes", s.len()), CommandStdin::parse(s)))
+                .transpose()?,
             timeout: codec::stored("timeout_seconds", &timeout.to_string(), TimeoutSeconds::new(timeout))?,
             priority: Priority::from_rank(self.priority)?,
             status: codec::stored("status", &self.status, self.status.parse::<CommandStatus>())?,
@@ -114,8 +117,8 @@ impl NewCommandRow {
             project_name: c.project.as_str().to_owned(),
             spec: codec::to_json(&c.spec)?,
             env: codec::to_json(&c.env)?,
-            cwd: c.cwd.clone(),
-            stdin: c.stdin.clone(),
+            cwd: c.cwd.clone().map(String::from),
+            stdin: c.stdin.clone().map(String::from),
             timeout_seconds: codec::column_int("timeout_seconds", c.timeout.get())?,
             priority: c.priority.rank(),
             status: QUEUED.to_owned(),

@@ -10,7 +10,7 @@ mod state;
 mod values;
 
 pub use model::{Command, NewCommand};
-pub use spec::{validate_cwd, CommandSpec, MAX_CWD_CHARS, MAX_STDIN_BYTES};
+pub use spec::{validate_cwd, CommandSpec, CommandStdin, WorkingDir, MAX_CWD_CHARS, MAX_STDIN_BYTES};
 pub use state::{
     CommandStatus, Completion, Termination, TerminationReason, ABSENT_OWNER_LOST, LEASE_EXPIRED_LOST, REPLICA_SHUT_DOWN,
 };

@@ -6,7 +6,10 @@ use crate::project::ProjectName;
 use crate::trace::TraceContext;
 use crate::Timestamp;
 
-use super::{CommandSpec, CommandStatus, EnvMap, Idempotency, Priority, TerminationReason, TimeoutSeconds};
+use super::{
+    CommandSpec, CommandStatus, CommandStdin, EnvMap, Idempotency, Priority, TerminationReason, TimeoutSeconds,
+    WorkingDir,
+};
 
 /// A validated command ready to be queued.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,9 +25,9 @@ pub struct NewCommand {
     /// Command environment (project env merged under it at run time).
     pub env: EnvMap,
     /// Working directory, absolute or relative to the project's workdir.
-    pub cwd: Option<String>,
+    pub cwd: Option<WorkingDir>,
     /// Bytes fed to stdin.
-    pub stdin: Option<String>,
+    pub stdin: Option<CommandStdin>,
     /// Kill after this long.
     pub timeout: TimeoutSeconds,
     /// Queue priority.
@@ -56,9 +59,9 @@ pub struct Command {
     /// Command environment.
     pub env: EnvMap,
     /// Working directory.
-    pub cwd: Option<String>,
+    pub cwd: Option<WorkingDir>,
     /// Bytes fed to stdin.
-    pub stdin: Option<String>,
+    pub stdin: Option<CommandStdin>,
     /// Timeout.
     pub timeout: TimeoutSeconds,
     /// Priority.
