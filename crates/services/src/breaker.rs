@@ -189,3 +189,33 @@ impl<E: Executor> Executor for BreakerExecutor<E> {
         self.breaker.call(self.inner.check(), is_backend_failure).await?
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_open_it_and_callers_are_told_when_to_retry() {
+        let breaker = CircuitBreaker::new("test", BreakerConfig { min_calls: 2, ..BreakerConfig::default() });
+        for _ in 0..2 {
+            let failed: DomainResult<()> = Err(DomainError::Unavailable("down".into()));
+            let outcome = breaker.call(async { failed }, is_backend_failure).await;
+            assert!(outcome.is_ok(), "let through: the call's own failure is inside");
+        }
+        assert_eq!(breaker.state(), BreakerState::Open);
+        assert!(!breaker.admits_work());
+        let refused = DomainError::CircuitOpen { dependency: "test".into(), retry_after_seconds: 10 };
+        assert_eq!(breaker.check(), Err(refused.clone()));
+        assert_eq!(breaker.call(async {}, |_| false).await, Err(refused));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(breaker.state(), BreakerState::HalfOpen, "the paused clock moves the cool-down");
+        assert!(breaker.admits_work() && breaker.check().is_ok());
+    }
+
+    #[test]
+    fn a_caller_refused_for_busy_probes_waits_a_second() {
+        assert_eq!(retry_after(Refusal::ProbesOut), Duration::from_secs(1));
+        assert_eq!(retry_after(Refusal::Open { remaining: Duration::from_secs(3) }), Duration::from_secs(3));
+    }
+}
