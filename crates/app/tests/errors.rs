@@ -56,6 +56,21 @@ async fn malformed_and_mistyped_bodies_are_400_naming_the_field() {
 }
 
 #[tokio::test]
+async fn a_bad_cwd_is_refused_at_the_edge_and_named() {
+    let app = spawn_app().await;
+    app.project("web", 1).await;
+    for cwd in ["", "a\u{0}b"] {
+        let body = json!({"command": ["true"], "cwd": cwd});
+        let refused = problem(app.post("/v1/projects/web/commands", body).await, 400, "validation_failed").await;
+        assert_eq!(refused["errors"][0]["field"], "cwd", "{cwd:?}");
+        assert_eq!(
+            refused["errors"][0]["message"], "must be a non-empty path of at most 4096 characters without NUL",
+            "{cwd:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn oversized_bodies_are_413_and_create_nothing() {
     let app = spawn_app().await;
     let huge = json!({"name": "big", "image": "a", "env": {"X": "y".repeat(2 * 1024 * 1024)}});

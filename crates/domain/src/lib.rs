@@ -1,10 +1,12 @@
 //! rdev-api's domain: entities, validated values, the ports adapters implement, and
-//! pure policies (priority order, rate-limit window arithmetic, audit hash chain).
+//! pure policies (priority order, rate-limit window arithmetic, audit hash chain, the circuit
+//! breaker).
 //!
 //! Nothing here performs I/O or depends on a runtime; adapters and services do.
 
 pub mod api_key;
 pub mod audit;
+pub mod breaker;
 pub mod command;
 mod error;
 pub mod ids;

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use domain::api_key::Scope;
 use domain::command::{
-    validate_cwd, Command, CommandSpec, CommandStatus, EnvMap, Idempotency, NewCommand, Priority, TimeoutSeconds,
-    MAX_STDIN_BYTES,
+    Command, CommandSpec, CommandStatus, CommandStdin, EnvMap, Idempotency, NewCommand, Priority, TimeoutSeconds,
+    WorkingDir,
 };
 use domain::ids::CommandId;
 use domain::output::{CommandEvent, CommandOutput};
@@ -32,9 +32,9 @@ pub struct Submission {
     /// Extra environment.
     pub env: EnvMap,
     /// Working directory.
-    pub cwd: Option<String>,
+    pub cwd: Option<WorkingDir>,
     /// Bytes for stdin.
-    pub stdin: Option<String>,
+    pub stdin: Option<CommandStdin>,
     /// Timeout; the project's default when `None`.
     pub timeout: Option<TimeoutSeconds>,
     /// Priority.
@@ -126,12 +126,6 @@ impl CommandService {
         span: &tracing::Span,
     ) -> DomainResult<Enqueued> {
         actor.require(Scope::CommandsWrite)?;
-        if let Some(cwd) = &s.cwd {
-            validate_cwd(cwd)?;
-        }
-        if s.stdin.as_ref().is_some_and(|i| i.len() > MAX_STDIN_BYTES) {
-            return Err(DomainError::invalid("stdin", "at most 1 MiB"));
-        }
         let project = self.projects.visible(actor, project).await?;
         let idempotency = match &s.idempotency_key {
             Some(key) => Some(Idempotency::new(key, fingerprint(&project.name, &s))?),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::TimeDelta;
 use domain::audit::{AuditEntry, AuditOutcome};
 use domain::command::Termination;
-use domain::command::{Command, CommandStatus, Completion, TerminationReason};
+use domain::command::{Command, CommandStatus, CommandStdin, Completion, TerminationReason};
 use domain::ids::WorkerId;
 use domain::output::CommandOutput;
 use domain::pod::PodSpec;
@@ -423,8 +423,8 @@ impl QueueWorker {
             workdir: project.workdir.clone(),
             argv: command.spec.to_argv(),
             env: project.env.merged_with(&command.env),
-            cwd: command.cwd.clone(),
-            stdin: command.stdin.clone().map(String::into_bytes),
+            cwd: command.cwd.clone().map(String::from),
+            stdin: command.stdin.clone().map(CommandStdin::into_bytes),
             timeout: command.timeout.as_duration(),
             max_output_bytes,
         }

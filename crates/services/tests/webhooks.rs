@@ -12,13 +12,14 @@ use adapters_sqlite::SqliteStore;
 use adapters_webhook::testing::{verify_with_python, PythonVerifier, Received, Receiver, Reply};
 use adapters_webhook::{HttpWebhookSender, SenderConfig};
 use domain::api_key::ProjectAccess;
+use domain::breaker::BreakerConfig;
 use domain::command::Priority;
 use domain::pagination::PageRequest;
 use domain::ports::{AuditFilter, AuditLog, CommandRepository, ProjectRepository};
 use domain::testing::{project_name, sample_command, sample_project, MemoryStore};
 use domain::webhook::{
-    BreakerConfig, DeliveryDetail, DeliveryQueue, DeliveryStatus, EventSet, EventType, RetryPolicy, RetrySchedule,
-    WebhookId, WebhookRepository, WebhookUrl,
+    DeliveryDetail, DeliveryQueue, DeliveryStatus, EventSet, EventType, RetryPolicy, RetrySchedule, WebhookId,
+    WebhookRepository, WebhookUrl, ENDPOINT_BREAKER,
 };
 use services::access::Principal;
 use services::audit::AuditService;
@@ -46,7 +47,7 @@ fn config(owner: &str) -> DispatcherConfig {
             max_retry_after: Duration::from_millis(200),
             disable_after: Duration::from_secs(60),
         },
-        breaker: BreakerConfig { min_calls: 10_000, ..BreakerConfig::default() },
+        breaker: BreakerConfig { min_calls: 10_000, ..ENDPOINT_BREAKER },
         shutdown_grace: Duration::from_millis(500),
         ..DispatcherConfig::new(owner)
     }

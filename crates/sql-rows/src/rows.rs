@@ -610,8 +610,19 @@ macro_rules! command_rows {
                     project: $crate::codec::project_name(&self.project_name)?,
                     spec: Cols::read_json::<CommandSpec>("commands.spec", self.spec)?,
                     env: Cols::read_json::<EnvMap>("commands.env", self.env)?,
-                    cwd: self.cwd,
-                    stdin: self.stdin.map(|s| Cols::read_text("commands.stdin", s)).transpose()?,
+                    cwd: self
+                        .cwd
+                        .map(|c| stored("cwd", &c, domain::command::WorkingDir::parse(c.as_str())))
+                        .transpose()?,
+                    stdin: self
+                        .stdin
+                        .map(|s| Cols::read_text("commands.stdin", s))
+                        .transpose()?
+                        .map(|s| {
+                            let size = format!("{} bytes", s.len());
+                            stored("commands.stdin", &size, domain::command::CommandStdin::parse(s))
+                        })
+                        .transpose()?,
                     timeout: stored("timeout_seconds", &timeout.to_string(), TimeoutSeconds::new(timeout))?,
                     priority: Priority::from_rank(self.priority)?,
                     status: stored("status", &self.status, self.status.parse::<CommandStatus>())?,

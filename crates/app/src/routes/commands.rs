@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
-use domain::command::{CommandSpec, CommandStatus, EnvMap, Priority, TimeoutSeconds};
+use domain::command::{CommandSpec, CommandStatus, CommandStdin, EnvMap, Priority, TimeoutSeconds, WorkingDir};
 use domain::ids::CommandId;
 use domain::DomainError;
 use serde::{Deserialize, Serialize};
@@ -55,8 +55,8 @@ impl SubmitRequest {
         Ok(Submission {
             spec: CommandSpec::parse(self.command, self.script)?,
             env: EnvMap::parse(self.env)?,
-            cwd: self.cwd,
-            stdin: self.stdin,
+            cwd: self.cwd.map(WorkingDir::parse).transpose()?,
+            stdin: self.stdin.map(CommandStdin::parse).transpose()?,
             timeout: self.timeout_seconds.map(TimeoutSeconds::new).transpose()?,
             priority: self.priority,
             idempotency_key,
@@ -124,7 +124,7 @@ impl From<CommandView> for CommandBody {
             command,
             script,
             env: c.env.into(),
-            cwd: c.cwd,
+            cwd: c.cwd.map(String::from),
             timeout_seconds: c.timeout.get(),
             priority: c.priority.as_str().into(),
             exit_code: c.exit_code,

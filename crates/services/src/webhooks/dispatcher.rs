@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domain::audit::{AuditEntry, AuditOutcome};
+use domain::breaker::BreakerConfig;
 use domain::ports::Clock;
 use domain::webhook::{
-    classify, AttemptClass, AttemptReport, BreakerConfig, DeliveryQueue, LeaseRequest, LeasedDelivery, NextStep,
-    RetryPolicy, SendOutcome, WebhookRepository, WebhookRequest, WebhookSender,
+    classify, AttemptClass, AttemptReport, DeliveryQueue, LeaseRequest, LeasedDelivery, NextStep, RetryPolicy,
+    SendOutcome, WebhookRepository, WebhookRequest, WebhookSender, ENDPOINT_BREAKER,
 };
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -61,7 +62,7 @@ impl DispatcherConfig {
             lease: Duration::from_secs(60),
             poll_every: Duration::from_secs(1),
             retry: RetryPolicy::default(),
-            breaker: BreakerConfig::default(),
+            breaker: ENDPOINT_BREAKER,
             shutdown_grace: Duration::from_secs(15),
         }
     }
@@ -104,7 +105,7 @@ impl WebhookDispatcher {
     /// A dispatcher over `ports`.
     pub fn new(ports: DispatcherPorts, config: DispatcherConfig) -> Arc<Self> {
         let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
-        let breakers = Breakers::new(config.breaker.clone());
+        let breakers = Breakers::new(config.breaker);
         Arc::new(Self { ports, config, breakers, slots })
     }
 

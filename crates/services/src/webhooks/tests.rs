@@ -8,13 +8,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::TimeDelta;
 use domain::api_key::{ProjectAccess, Scope, ScopeSet};
+use domain::breaker::BreakerConfig;
 use domain::command::Priority;
 use domain::pagination::PageRequest;
 use domain::ports::{AuditFilter, AuditLog, Clock, CommandRepository, ProjectRepository};
 use domain::testing::{project_name, sample_command, sample_project, ManualClock, MemoryStore};
 use domain::webhook::{
-    BreakerConfig, DeliveryStatus, EventSet, EventType, RetryPolicy, RetrySchedule, SendError, SendErrorKind,
-    SendOutcome, WebhookId, WebhookRequest, WebhookSender, WebhookUrl,
+    DeliveryStatus, EventSet, EventType, RetryPolicy, RetrySchedule, SendError, SendErrorKind, SendOutcome, WebhookId,
+    WebhookRequest, WebhookSender, WebhookUrl, ENDPOINT_BREAKER,
 };
 use domain::{DomainError, DomainResult};
 use tokio_util::sync::CancellationToken;
@@ -99,7 +100,7 @@ fn config() -> DispatcherConfig {
             max_retry_after: Duration::from_secs(3600),
             disable_after: Duration::from_secs(3600),
         },
-        breaker: BreakerConfig { min_calls: 1000, ..BreakerConfig::default() },
+        breaker: BreakerConfig { min_calls: 1000, ..ENDPOINT_BREAKER },
         ..DispatcherConfig::new("test")
     }
 }
@@ -318,7 +319,7 @@ async fn an_open_breaker_holds_back_only_its_endpoint() {
         min_calls: 2,
         failure_rate: 0.5,
         open_for: Duration::from_secs(120),
-        half_open_probes: 1,
+        probes: 1,
     };
     let f = fixture_with(cfg);
     let bad = create(&f).await;
