@@ -67,7 +67,8 @@ hooks:
 bench:
 	cargo bench -p services --bench hot_paths
 
-## HTTP load against a running `make run` (needs wrk): see docs/performance.md.
+## The end-to-end figures, each beside its same-run baseline: starts its own release server like
+## `make run` on a fresh directory (needs wrk; oha for the fixed-rate p99). docs/performance.md.
 load:
 	scripts/load.sh
 
