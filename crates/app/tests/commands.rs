@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::wait::eventually;
-use common::{problem, spawn_app, spawn_app_with};
+use common::{parse_sse, problem, spawn_app, spawn_app_with};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -229,19 +229,6 @@ async fn events_stream_output_status_and_exit_and_resume_after_last_event_id() {
         .await
         .expect("send");
     problem(bad, 400, "validation_failed").await;
-}
-
-fn parse_sse(text: &str) -> Vec<(i64, String, Value)> {
-    text.split("\n\n")
-        .filter_map(|block| {
-            let field = |name: &str| block.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
-            Some((
-                field("id:")?.parse().ok()?,
-                field("event:")?.to_owned(),
-                serde_json::from_str(field("data:")?).ok()?,
-            ))
-        })
-        .collect()
 }
 
 #[tokio::test]

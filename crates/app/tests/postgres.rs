@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use adapters_postgres::testing::{TestCluster, TestDatabase};
 use common::wait::eventually;
-use common::{problem, spawn_replica, TestApp};
+use common::{parse_sse, problem, spawn_replica, TestApp};
 use futures::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -250,19 +250,6 @@ async fn two_replicas_deliver_each_webhook_event_once() {
     delivered.sort();
     ids.sort();
     assert_eq!(delivered, ids, "every command's event, once");
-}
-
-fn parse_sse(text: &str) -> Vec<(i64, String, Value)> {
-    text.split("\n\n")
-        .filter_map(|block| {
-            let field = |name: &str| block.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
-            Some((
-                field("id:")?.parse().ok()?,
-                field("event:")?.to_owned(),
-                serde_json::from_str(field("data:")?).ok()?,
-            ))
-        })
-        .collect()
 }
 
 /// The whole event stream of `id` on `app`, from after `last_event_id`, each event with when it

@@ -206,3 +206,17 @@ pub async fn problem(res: Response, status: u16, code: &str) -> Value {
     assert!(v["type"].is_string() && v["title"].is_string(), "{v}");
     v
 }
+
+/// The events of a Server-Sent Events body: (id, event name, data as JSON).
+pub fn parse_sse(text: &str) -> Vec<(i64, String, Value)> {
+    text.split("\n\n")
+        .filter_map(|block| {
+            let field = |name: &str| block.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
+            Some((
+                field("id:")?.parse().ok()?,
+                field("event:")?.to_owned(),
+                serde_json::from_str(field("data:")?).ok()?,
+            ))
+        })
+        .collect()
+}
