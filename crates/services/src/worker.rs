@@ -142,8 +142,11 @@ impl QueueWorker {
         // Presence and leases are kept up through the drain, so no other replica takes the
         // commands that are still finishing for lost.
         liveness_stop.cancel();
+        // A task cancelled by the runtime shutting down did not panic; only a panic is an error.
         if let Err(e) = liveness.await {
-            tracing::error!(error = %e, "the liveness task panicked");
+            if e.is_panic() {
+                tracing::error!(error = %e, "the liveness task panicked");
+            }
         }
     }
 
