@@ -97,13 +97,7 @@ impl AuditService {
     pub async fn record(&self, entry: AuditEntry) {
         let action = entry.action.clone();
         match self.log.append(entry).await {
-            Ok(record) => {
-                let due =
-                    self.checkpoints.as_ref().is_some_and(|p| record.seq % i64::from(p.every_records.max(1)) == 0);
-                if due {
-                    self.sign(&record).await;
-                }
-            }
+            Ok(record) => self.sign_if_due(&record).await,
             Err(e) => {
                 metrics::counter!(crate::metrics::AUDIT_WRITE_FAILURES_TOTAL).increment(1);
                 tracing::error!(%action, error = %e, "could not write audit record");
@@ -115,10 +109,15 @@ impl AuditService {
     /// command can still say that its change went unaudited, which a server action cannot.
     pub async fn record_cli(&self, action: CliAction) -> DomainResult<()> {
         let record = self.log.append(action.entry()).await?;
-        if self.checkpoints.as_ref().is_some_and(|p| record.seq % i64::from(p.every_records.max(1)) == 0) {
-            self.sign(&record).await;
-        }
+        self.sign_if_due(&record).await;
         Ok(())
+    }
+
+    /// Signs after every `every_records` records, whoever appended them.
+    async fn sign_if_due(&self, record: &AuditRecord) {
+        if self.checkpoints.as_ref().is_some_and(|p| record.seq % i64::from(p.every_records.max(1)) == 0) {
+            self.sign(record).await;
+        }
     }
 
     /// Signs the chain's state at `record`, stores the checkpoint and logs it: the log line is
