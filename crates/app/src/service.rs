@@ -15,7 +15,7 @@ use crate::stores::{self, OpenOptions};
 use crate::wiring::{self, StartupError};
 
 /// How often open requests' keys are re-read as a backstop to signals: one store read per key
-/// with open requests each second is little next to the streams' own polls.
+/// with open requests (not per request) each second.
 const KEY_BACKSTOP_EVERY: Duration = Duration::from_secs(1);
 
 /// What differs between a production start and a test's.
@@ -56,9 +56,14 @@ impl Service {
         let io = |source| StartupError::Io { path: cfg.listen_addr.to_string(), source };
         let listener = TcpListener::bind(cfg.listen_addr).map_err(io)?;
         let addr = listener.local_addr().map_err(io)?;
+        let state = parts.state.clone();
+        // Both listeners are bound before anything runs, so a port in use fails the start cleanly.
+        let debug = match cfg.debug_listen_addr {
+            Some(addr) => Some(debug_server(&state, addr, crate::routes::debug::DebugListener::new(cfg))?),
+            None => None,
+        };
         // `drain` stops claims, deliveries and retention; `stop` what must last until the end.
         let (drain, stop) = (CancellationToken::new(), CancellationToken::new());
-        let state = parts.state.clone();
         let worker = tokio::spawn(Arc::clone(&parts.worker).run(drain.clone()));
         if let Some(pump) = parts.pump {
             // Cancel requests from other replicas still reach the commands finishing in the grace.
@@ -68,10 +73,6 @@ impl Service {
         tokio::spawn(parts.retention.run(drain.clone()));
         let pod_watch = parts.pod_watch.map(|watch| tokio::spawn(watch.run(drain.clone())));
         spawn_timers(&state, &stop);
-        let debug = match cfg.debug_listen_addr {
-            Some(addr) => Some(debug_server(&state, addr, crate::routes::debug::DebugListener::new(cfg))?),
-            None => None,
-        };
         let server = crate::server::server(parts.state, listener, options.http_stop.as_secs()).map_err(io)?;
         let http = server.handle();
         tracing::info!(listen_addr = %addr, executor = ?cfg.executor, "rdev-api serving");

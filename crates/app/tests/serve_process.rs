@@ -104,3 +104,34 @@ async fn the_debug_listener_serves_profiles_and_spans_are_flushed_at_shutdown() 
         "the request's span was flushed at shutdown: {spans:#?}"
     );
 }
+
+/// A listener that cannot be bound (the main port or the debug port) ends `serve` at once with
+/// the address in its error, before anything runs.
+#[tokio::test]
+async fn a_port_in_use_ends_serve_at_once_naming_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken_addr = taken.local_addr().expect("addr").to_string();
+    let free = format!("127.0.0.1:{}", free_port());
+    for (listen, debug) in [(taken_addr.as_str(), None), (free.as_str(), Some(taken_addr.as_str()))] {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_rdev-api"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", format!("sqlite://{}/rdev.db", dir.path().display()))
+            .env("LISTEN_ADDR", listen)
+            .env("WORKSPACES_DIR", dir.path().join("workspaces"))
+            .env("RUST_LOG", "off")
+            .arg("serve");
+        if let Some(debug) = debug {
+            cmd.env("DEBUG_LISTEN_ADDR", debug);
+        }
+        let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
+            .await
+            .expect("serve ends by itself")
+            .expect("run rdev-api serve");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "serve with {taken_addr} taken succeeded: {err}");
+        assert!(err.contains(&taken_addr), "the error names {taken_addr}: {err}");
+    }
+    drop(taken);
+}
