@@ -350,4 +350,48 @@ mod tests {
         assert!(lock(&here.watched).channels.len() < 200, "dropped watches are pruned");
         drop(kept);
     }
+
+    /// A signal bus whose database is gone: every publish fails.
+    #[derive(Debug, Default)]
+    struct DeadBus {
+        attempts: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl SignalBus for DeadBus {
+        async fn publish(&self, _: Signal) -> domain::DomainResult<()> {
+            self.attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err(domain::DomainError::Unavailable("no database".into()))
+        }
+
+        fn subscribe(&self) -> futures::stream::BoxStream<'static, Signal> {
+            Box::pin(futures::stream::empty())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_publish_still_wakes_local_watchers_and_the_next_output_tries_again() {
+        let dead = Arc::new(DeadBus::default());
+        let here = Signals::with_remote(dead.clone());
+        let id = CommandId::generate();
+        let mut watch = here.watch_command(id);
+        here.output_appended(id);
+        assert!(watch.has_changed().expect("open"), "local streams wake whatever the bus does");
+        let attempts = || dead.attempts.load(std::sync::atomic::Ordering::SeqCst);
+        tokio::time::timeout(Duration::from_secs(1), async {
+            while attempts() == 0 || !lock(&here.publishing_output).is_empty() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the failed publish is given up, not retried forever");
+        here.output_appended(id);
+        tokio::time::timeout(Duration::from_secs(1), async {
+            while attempts() < 2 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the next output is published again");
+    }
 }
