@@ -374,7 +374,7 @@ mod tests {
         let dead = Arc::new(DeadBus::default());
         let here = Signals::with_remote(dead.clone());
         let id = CommandId::generate();
-        let mut watch = here.watch_command(id);
+        let watch = here.watch_command(id);
         here.output_appended(id);
         assert!(watch.has_changed().expect("open"), "local streams wake whatever the bus does");
         let attempts = || dead.attempts.load(std::sync::atomic::Ordering::SeqCst);
