@@ -10,6 +10,10 @@
 //! - `queue/claim+finish`: N queued commands drained by `CLAIMERS` concurrent claimers, each
 //!   claiming and finishing one command at a time (a no-op executor).
 //!
+//! The comparison printed at the end also drains with batch claims: each claimer is a worker
+//! with `SLOTS` slots that claims up to `SLOTS` commands in one transaction
+//! (`claim_batch`) and then finishes them one by one, as the queue worker does.
+//!
 //! Run: `cargo bench -p adapters-postgres --features testing --bench queue`
 
 use std::process::Command;
@@ -33,7 +37,9 @@ const COMMANDS: usize = 2000;
 /// Alternating rounds of the comparison (its median is reported).
 const ROUNDS: usize = 5;
 /// Concurrent claimers (and pgbench clients).
-const CLAIMERS: usize = 4;
+const CLAIMERS: usize = 8;
+/// Slots per claimer when claiming in batches.
+const SLOTS: usize = 4;
 /// pgbench worker threads (the machine has 2 cores).
 const PGBENCH_THREADS: usize = 2;
 /// Projects the commands spread over; their caps never bind here.
@@ -83,8 +89,9 @@ impl Bench {
         started.elapsed()
     }
 
-    /// Claims and finishes everything queued with `CLAIMERS` concurrent claimers.
-    fn drain(&self) -> (Duration, usize) {
+    /// Claims and finishes everything queued with `CLAIMERS` concurrent claimers, each claiming
+    /// up to `batch` commands at once (a batch of one is `claim_next`'s single claim).
+    fn drain(&self, batch: usize) -> (Duration, usize) {
         let started = Instant::now();
         let done = Arc::new(AtomicUsize::new(0));
         self.rt.block_on(async {
@@ -96,14 +103,20 @@ impl Bench {
                         let me = WorkerId::new(format!("bench-{t}"));
                         let ok = Termination::Exited(0).completion();
                         let output = CommandOutput::default();
-                        while let Some(claim) =
-                            CommandQueue::claim_next(&store, &me, now_micros(), LEASE).await.expect("claim")
-                        {
-                            let at = now_micros();
-                            let finished =
-                                CommandQueue::finish(&store, claim.command.id, claim.fence, &ok, &output, at);
-                            finished.await.expect("finish").expect("held");
-                            done.fetch_add(1, Ordering::Relaxed);
+                        loop {
+                            let now = now_micros();
+                            let claims =
+                                CommandQueue::claim_batch(&store, &me, now, LEASE, batch).await.expect("claim");
+                            if claims.is_empty() {
+                                break;
+                            }
+                            for claim in claims {
+                                let at = now_micros();
+                                let finished =
+                                    CommandQueue::finish(&store, claim.command.id, claim.fence, &ok, &output, at);
+                                finished.await.expect("finish").expect("held");
+                                done.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
                     })
                 })
@@ -198,7 +211,7 @@ fn criterion_benches(c: &mut Criterion, bench: &Bench) {
                 .map(|_| {
                     bench.reset();
                     bench.enqueue(COMMANDS);
-                    let (took, done) = bench.drain();
+                    let (took, done) = bench.drain(1);
                     assert_eq!(done, COMMANDS, "every command claimed and finished once");
                     took
                 })
@@ -221,21 +234,24 @@ fn main() {
     c.final_summary();
 
     // The comparison itself: the same number of cycles, the same concurrency, alternating.
-    let mut ours = Vec::new();
-    let mut baseline = Vec::new();
+    let (mut single, mut batched, mut baseline) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
-        bench.reset();
-        bench.enqueue(COMMANDS);
-        let (took, done) = bench.drain();
-        ours.push(done as f64 / took.as_secs_f64());
+        for (batch, runs) in [(1, &mut single), (SLOTS, &mut batched)] {
+            bench.reset();
+            bench.enqueue(COMMANDS);
+            let (took, done) = bench.drain(batch);
+            assert_eq!(done, COMMANDS, "every command claimed and finished once");
+            runs.push(done as f64 / took.as_secs_f64());
+        }
         baseline.push(pgbench(&bench, COMMANDS / CLAIMERS));
     }
-    let (ours, baseline) = (median(ours), median(baseline));
+    let (single, batched, baseline) = (median(single), median(batched), median(baseline));
     println!(
         "\nqueue throughput, {CLAIMERS} concurrent claimers, {COMMANDS} commands (median of {ROUNDS}):\n  \
-         PgStore claim+finish: {ours:>8.0} commands/s\n  \
-         pgbench same SQL:     {baseline:>8.0} commands/s\n  \
-         ratio:                {:>8.2}",
-        ours / baseline
+         pgbench, one claim per transaction (baseline): {baseline:>8.0} commands/s\n  \
+         PgStore, batches of 1:                         {single:>8.0} commands/s  ratio {:.2}\n  \
+         PgStore, batches of up to {SLOTS}:                  {batched:>8.0} commands/s  ratio {:.2}",
+        single / baseline,
+        batched / baseline
     );
 }

@@ -68,6 +68,65 @@ const START_IF_ROOM: &str = concat!(
     ") SELECT * FROM claimed"
 );
 
+/// A batch claim's candidates, locked: the first `$1` queued commands in dequeue order, not
+/// locked by another claim, among those that fit their project's room (its cap minus what it
+/// runs) as this statement sees it, each project's best first. Only the room is eligible: a
+/// candidate locked but then not started would be skipped by concurrent claimers, who would
+/// start worse commands of the same project in its place. The limit comes after the locks, so
+/// rows another claim holds are passed over, not counted. Ranking looks at the head of the queue only (256
+/// rows), so a long queue costs no more; a caller that got fewer than it asked for asks again.
+const BATCH_CANDIDATES: &str = "\
+WITH running AS ( \
+    SELECT project_id, count(*) AS n FROM commands WHERE status = 'running' GROUP BY project_id \
+), head AS ( \
+    SELECT q.id, q.project_id, q.priority, q.seq, p.max_concurrent_commands - coalesce(r.n, 0) AS room \
+    FROM commands q JOIN projects p ON p.id = q.project_id LEFT JOIN running r ON r.project_id = q.project_id \
+    WHERE q.status = 'queued' AND coalesce(r.n, 0) < p.max_concurrent_commands \
+    ORDER BY q.priority DESC, q.seq \
+    LIMIT 256 \
+), ranked AS ( \
+    SELECT id, priority, seq, room, \
+        row_number() OVER (PARTITION BY project_id ORDER BY priority DESC, seq) AS place \
+    FROM head \
+) \
+SELECT c.id, c.project_id FROM commands c \
+WHERE c.id IN (SELECT id FROM ranked WHERE place <= room) AND c.status = 'queued' \
+ORDER BY c.priority DESC, c.seq \
+LIMIT $1 \
+FOR UPDATE OF c SKIP LOCKED";
+
+/// Locks the rows of projects `$1` in id order, so batch claims that share projects wait for
+/// each other instead of deadlocking; from then on their running counts cannot change under us.
+const LOCK_PROJECTS: &str = "SELECT id FROM projects WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE";
+
+/// Starts those of the locked candidates `$1` that fit their project's room (its cap minus what
+/// it runs, counted after the project locks were taken), best first within each project, with
+/// fresh fences, the events `Status(Running)` and one webhook event each (ids from `$5`, in
+/// dequeue order). Returns them in dequeue order.
+const START_BATCH: &str = concat!(
+    "WITH ranked AS ( \
+        SELECT c.id, c.project_id, p.max_concurrent_commands AS cap, \
+            row_number() OVER (PARTITION BY c.project_id ORDER BY c.priority DESC, c.seq) AS place \
+        FROM commands c JOIN projects p ON p.id = c.project_id \
+        WHERE c.id = ANY($1) AND c.status = 'queued' \
+    ), fitting AS ( \
+        SELECT id FROM ranked \
+        WHERE place <= cap - (SELECT count(*) FROM commands r WHERE r.project_id = ranked.project_id AND r.status = 'running') \
+    ), claimed AS ( \
+        UPDATE commands SET status = 'running', started_at = $2, lease_owner = $3, lease_expires_at = $4, \
+            fence = nextval('command_fence'), event_seq = event_seq + 1 \
+        WHERE id IN (SELECT id FROM fitting) \
+        RETURNING * \
+    ), numbered AS ( \
+        SELECT claimed.*, row_number() OVER (ORDER BY priority DESC, seq) AS place FROM claimed \
+    ), started AS ( \
+        INSERT INTO command_events (command_id, seq, kind, stream, data, at) \
+        SELECT id, event_seq, 'status', NULL, convert_to('running', 'UTF8'), $2 FROM claimed \
+    ), announced AS (",
+    announce_command!("numbered", "($5::uuid[])[s.place]", "$2"),
+    ") SELECT * FROM numbered ORDER BY place"
+);
+
 /// Appends output `$3`/`$4` to command `$1` if fence `$2` still holds it.
 const APPEND_OUTPUT: &str = "\
 WITH held AS ( \
@@ -113,6 +172,15 @@ struct Candidate {
     cap: i32,
 }
 
+/// A batch claim's locked candidate.
+#[derive(Debug, QueryableByName)]
+struct BatchCandidate {
+    #[diesel(sql_type = SqlUuid)]
+    id: Uuid,
+    #[diesel(sql_type = SqlUuid)]
+    project_id: Uuid,
+}
+
 #[derive(Debug, QueryableByName)]
 struct Started {
     #[diesel(embed)]
@@ -156,6 +224,39 @@ async fn claim_once(
         .await
         .optional()?;
     Ok(started.map_or(Attempt::Full(candidate.project_id), |s| Attempt::Started(Box::new(s))))
+}
+
+/// Claims up to `max` commands in one transaction: candidates locked in dequeue order, their
+/// projects locked in id order, then one statement starts those that fit.
+async fn claim_batch_once(
+    conn: &mut AsyncPgConnection,
+    max: usize,
+    worker: &str,
+    now: Timestamp,
+    until: Timestamp,
+) -> StoreResult<Vec<Started>> {
+    let limit = i64::try_from(max).unwrap_or(i64::MAX);
+    let candidates: Vec<BatchCandidate> =
+        diesel::sql_query(BATCH_CANDIDATES).bind::<BigInt, _>(limit).cached().load(conn).await?;
+    if candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut projects: Vec<Uuid> = candidates.iter().map(|c| c.project_id).collect();
+    projects.sort_unstable();
+    projects.dedup();
+    diesel::sql_query(LOCK_PROJECTS).bind::<Array<SqlUuid>, _>(&projects).cached().execute(conn).await?;
+    let ids: Vec<Uuid> = candidates.iter().map(|c| c.id).collect();
+    let event_ids: Vec<Uuid> = ids.iter().map(|_| EventId::generate().as_uuid()).collect();
+    let started = diesel::sql_query(START_BATCH)
+        .bind::<Array<SqlUuid>, _>(&ids)
+        .bind::<Timestamptz, _>(now)
+        .bind::<Text, _>(worker)
+        .bind::<Timestamptz, _>(until)
+        .bind::<Array<SqlUuid>, _>(&event_ids)
+        .cached()
+        .load(conn)
+        .await?;
+    Ok(started)
 }
 
 /// Whether a command with `id` exists; `NotFound` otherwise (what a stale write to an unknown
@@ -411,6 +512,42 @@ impl CommandQueue for PgStore {
             }
         }
         Ok(None)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(worker = %worker, max))]
+    async fn claim_batch(
+        &self,
+        worker: &WorkerId,
+        now: Timestamp,
+        lease: Duration,
+        max: usize,
+    ) -> DomainResult<Vec<Claim>> {
+        match max {
+            0 => return Ok(Vec::new()),
+            // One command: the single claim is one statement fewer than a batch.
+            1 => return Ok(self.claim_next(worker, now, lease).await?.into_iter().collect()),
+            _ => {}
+        }
+        let until = lease_end(now, lease)?;
+        let mut conn = self.conn().await?;
+        let mut deadlocks = 0;
+        let started = loop {
+            let attempt = conn
+                .transaction::<_, StoreError, _>(async |conn| {
+                    claim_batch_once(conn, max, worker.as_str(), now, until).await
+                })
+                .await;
+            match attempt {
+                // A single claim (`claim_next`) takes its project lock outside the id order,
+                // so it and a batch can still meet in a deadlock; the victim committed nothing.
+                Err(e) if e.is_deadlock() && deadlocks < DEADLOCK_RETRIES => {
+                    deadlocks += 1;
+                    tracing::debug!(deadlocks, "batch claim was a deadlock victim; trying again");
+                }
+                other => break other.map_err(|e| e.into_domain("claim commands"))?,
+            }
+        };
+        started.into_iter().map(|s| Ok(Claim { command: s.command.into_domain()?, fence: s.fence })).collect()
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(command_id = %id, fence))]

@@ -176,6 +176,30 @@ pub trait CommandQueue: Send + Sync {
     /// `Status(Running)`. MUST return `None` when nothing is claimable, and MUST never hand the
     /// same command out twice, even to concurrent callers.
     async fn claim_next(&self, worker: &WorkerId, now: Timestamp, lease: Duration) -> DomainResult<Option<Claim>>;
+    /// Claims up to `max` commands under the rules of `claim_next`, in dequeue order: a worker
+    /// with `max` free slots fills them in one call. MAY return fewer than are claimable (the
+    /// caller asks again while it has room); MUST return none when nothing is claimable. The
+    /// default claims one at a time; a store with round trips to save does it in one.
+    async fn claim_batch(
+        &self,
+        worker: &WorkerId,
+        now: Timestamp,
+        lease: Duration,
+        max: usize,
+    ) -> DomainResult<Vec<Claim>> {
+        let mut claims = Vec::new();
+        while claims.len() < max {
+            match self.claim_next(worker, now, lease).await {
+                Ok(Some(claim)) => claims.push(claim),
+                Ok(None) => break,
+                // What is claimed already must be run, or it would end lost: the error waits
+                // for the next call.
+                Err(_) if !claims.is_empty() => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(claims)
+    }
     /// Extends the lease to `until` if `fence` still holds it (`held: false` otherwise).
     async fn renew_lease(&self, id: CommandId, fence: i64, until: Timestamp) -> DomainResult<LeaseStatus>;
     /// Appends an output event if `fence` still holds the command; returns whether it did.

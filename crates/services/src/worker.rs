@@ -171,22 +171,33 @@ impl QueueWorker {
         }
         // Checked before every claim: a drain stops claims at once, not after a round of them.
         while !shutdown.is_cancelled() {
-            let Ok(permit) = Arc::clone(slots).try_acquire_owned() else { break };
+            // Only this loop takes slots (running commands only give theirs back), so every
+            // free slot counted here is still free when its claim arrives.
+            let free = slots.available_permits();
+            if free == 0 {
+                break;
+            }
             let asked = std::time::SystemTime::now();
-            let claimed =
-                self.ports.queue.claim_next(&self.config.worker_id, self.ports.clock.now(), self.config.lease).await;
-            match claimed {
-                Ok(Some(claim)) => {
-                    trace_context::record_claim(&claim.command, &self.config.worker_id, asked);
-                    let me = Arc::clone(self);
-                    running.spawn(async move { me.execute(claim, permit).await });
-                }
-                Ok(None) => break,
+            let claimed = self
+                .ports
+                .queue
+                .claim_batch(&self.config.worker_id, self.ports.clock.now(), self.config.lease, free)
+                .await;
+            let claims = match claimed {
+                Ok(claims) if claims.is_empty() => break,
+                Ok(claims) => claims,
                 Err(e) => {
                     metrics::counter!(m::STORE_ERRORS_TOTAL, "operation" => "claim").increment(1);
-                    tracing::warn!(error = %e, "claiming a command failed");
+                    tracing::warn!(error = %e, "claiming commands failed");
                     break;
                 }
+            };
+            for claim in claims {
+                trace_context::record_claim(&claim.command, &self.config.worker_id, asked);
+                let me = Arc::clone(self);
+                // Waits only if the invariant above broke: the claim is run either way.
+                let slot = Arc::clone(slots).acquire_owned().await;
+                running.spawn(async move { me.execute(claim, slot.ok()).await });
             }
         }
     }
@@ -211,7 +222,7 @@ impl QueueWorker {
 
     /// Runs a claimed command inside its `command.run` span, which continues the trace of the
     /// request that queued it (on whichever replica that was).
-    async fn execute(self: Arc<Self>, claim: Claim, slot: OwnedSemaphorePermit) {
+    async fn execute(self: Arc<Self>, claim: Claim, slot: Option<OwnedSemaphorePermit>) {
         let command = &claim.command;
         let span = tracing::info_span!(
             "command.run",
@@ -229,7 +240,7 @@ impl QueueWorker {
         self.execute_in(claim, slot, span.clone()).instrument(span).await;
     }
 
-    async fn execute_in(self: Arc<Self>, claim: Claim, _slot: OwnedSemaphorePermit, span: tracing::Span) {
+    async fn execute_in(self: Arc<Self>, claim: Claim, _slot: Option<OwnedSemaphorePermit>, span: tracing::Span) {
         let Claim { command, fence } = claim;
         let cancel = CancellationToken::new();
         let poke = self.ports.signals.register(command.id, cancel.clone());
@@ -250,7 +261,11 @@ impl QueueWorker {
             cancel.clone(),
             lease_lost.clone(),
         ));
-        self.audit_start(&command).await;
+        // Written beside the start rather than before it: the record is on the command's
+        // critical path otherwise (about a millisecond on SQLite, more while another write
+        // holds the lock). It is awaited before anything else is recorded, so the chain still
+        // has the start before the end.
+        let start_recorded = self.audit_start(&command);
         let prepared = match self.prepare(&command, &cancel).await {
             Ok(request) => self.confirm_lease(&command, fence, &lease_lost).await.map(|()| request),
             Err(termination) => Err(termination),
@@ -273,6 +288,9 @@ impl QueueWorker {
             }
             Err(termination) => (termination, CommandOutput::default()),
         };
+        if let Err(e) = start_recorded.await {
+            tracing::error!(command_id = %command.id, error = %e, "the audit record of the start failed");
+        }
         let handed_back = match &termination {
             Termination::Unreachable(why) if !cancel.is_cancelled() && !lease_lost.is_cancelled() => {
                 self.hand_back(&command, fence, why).await
@@ -501,11 +519,11 @@ impl QueueWorker {
         }
     }
 
-    async fn audit_start(&self, c: &Command) {
-        self.ports
-            .audit
-            .record(system_entry(self.ports.clock.now(), "command.start", c, AuditOutcome::Success, None))
-            .await;
+    /// Records the start in a task of its own; the handle says when it is written.
+    fn audit_start(&self, c: &Command) -> tokio::task::JoinHandle<()> {
+        let audit = self.ports.audit.clone();
+        let entry = system_entry(self.ports.clock.now(), "command.start", c, AuditOutcome::Success, None);
+        tokio::spawn(async move { audit.record(entry).await }.in_current_span())
     }
 
     async fn audit_end(&self, c: &Command) {

@@ -2,6 +2,7 @@
 //! manual clock and one that follows tokio's (paused) time, sample values, and one contract
 //! suite per port that every implementation runs.
 
+mod contracts_claims;
 mod contracts_commands;
 mod contracts_store;
 pub mod executor;
