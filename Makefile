@@ -4,7 +4,7 @@ DATA_DIR ?= data
 ADMIN_KEY_FILE ?= $(DATA_DIR)/admin.key
 LISTEN_ADDR ?= 127.0.0.1:8080
 
-.PHONY: run test e2e build lint deny fmt hooks bench load clean
+.PHONY: run test e2e build lint deny fmt hooks bench load load-postgres clean
 
 ## Build and start the service on SQLite + local processes; prints where the admin key is.
 run:
@@ -69,8 +69,12 @@ bench:
 
 ## The end-to-end figures, each beside its same-run baseline: starts its own release server like
 ## `make run` on a fresh directory (needs wrk; oha for the fixed-rate p99). docs/performance.md.
+## `make load-postgres`: the same against two replicas on a throwaway PostgreSQL.
 load:
 	scripts/load.sh
+
+load-postgres:
+	LOAD_STORE=postgres scripts/load.sh
 
 clean:
 	cargo clean
