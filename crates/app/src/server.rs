@@ -32,6 +32,8 @@ pub fn server(
             })
             .default_service(web::to(http::route_not_found))
     })
+    // Event streams cut connections whose clients stopped reading.
+    .on_connect(http::connection::record_socket)
     .shutdown_timeout(shutdown_timeout_secs)
     // `serve` handles SIGTERM itself: the drain comes before the HTTP server stops.
     .disable_signals()

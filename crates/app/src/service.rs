@@ -23,11 +23,14 @@ const KEY_BACKSTOP_EVERY: Duration = Duration::from_secs(1);
 pub struct StartOptions {
     /// How long requests still in flight get once the drain is over, before the HTTP server stops.
     pub http_stop: Duration,
+    /// How long an event stream waits for a client that stopped reading before it cuts the
+    /// connection; tests shorten it to see a slow reader cut.
+    pub sse_send_timeout: Duration,
 }
 
 impl Default for StartOptions {
     fn default() -> Self {
-        Self { http_stop: Duration::from_secs(5) }
+        Self { http_stop: Duration::from_secs(5), sse_send_timeout: crate::routes::events::DEFAULT_SEND_TIMEOUT }
     }
 }
 
@@ -47,7 +50,8 @@ impl Service {
         let cfg = &configured(db, cfg)?;
         let stores =
             stores::open(&db.url, OpenOptions { migrate: cfg.migrate_on_start, pool_size: db.pool_size }).await?;
-        let parts = wiring::build(stores, cfg, crate::telemetry::metrics_handle()).await?;
+        let mut parts = wiring::build(stores, cfg, crate::telemetry::metrics_handle()).await?;
+        parts.state.http.sse_send_timeout = options.sse_send_timeout;
         if let Some(path) = &cfg.bootstrap_admin_key_file {
             if wiring::bootstrap_admin_key(&parts.state.keys, path).await? {
                 eprintln!("rdev-api: admin API key written to {} (mode 0600)", path.display());

@@ -26,6 +26,9 @@ pub struct HttpSettings {
     pub body_read_timeout: std::time::Duration,
     /// A worker counts as live for `/v1/queue` if seen this recently.
     pub live_worker_window: chrono::TimeDelta,
+    /// How long an event stream waits for a client that stopped reading before it cuts the
+    /// connection (`StartOptions::sse_send_timeout`).
+    pub sse_send_timeout: std::time::Duration,
     /// `DEBUG_LISTEN_ADDR` is set: `/debug/pprof/*` is served there, not on the main port.
     pub debug_on_own_listener: bool,
 }

@@ -334,6 +334,7 @@ pub async fn build(
             max_request_bytes: cfg.max_request_bytes,
             body_read_timeout: Duration::from_secs(cfg.body_read_timeout_seconds),
             live_worker_window,
+            sse_send_timeout: crate::routes::events::DEFAULT_SEND_TIMEOUT,
             debug_on_own_listener: cfg.debug_listen_addr.is_some(),
         },
         draining: CancellationToken::new(),

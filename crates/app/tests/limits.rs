@@ -8,10 +8,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::wait::eventually;
-use common::{problem, spawn_app, spawn_app_with, TestApp};
+use common::{problem, spawn_app, spawn_app_with, spawn_app_with_options, TestApp};
 use futures::StreamExt;
 use reqwest::{Method, Response, StatusCode};
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A long command of `project` and an SSE response for it, read by `key`.
 async fn open_stream(app: &TestApp, project: &str, key: &str) -> (String, Response) {
@@ -285,4 +286,112 @@ async fn a_revocation_from_the_cli_ends_the_servers_streams_too() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let took = ends_after(res, revoked, Duration::from_secs(3)).await;
     assert!(took < Duration::from_secs(3), "the stream ended {took:?} after the CLI revoked its key");
+}
+
+/// `sse_slow_consumers_total` on `/metrics`.
+async fn slow_consumers(app: &TestApp) -> f64 {
+    let text =
+        app.client.get(format!("{}/metrics", app.base)).send().await.expect("metrics").text().await.expect("text");
+    text.lines()
+        .find_map(|l| l.strip_prefix("sse_slow_consumers_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("sse_slow_consumers_total is registered")
+}
+
+/// A finished command with about 12 MB of SSE, far more than the sockets between a client and
+/// the server buffer (8 MB of stdout; the app needs `--max-output-bytes 8000000`).
+async fn big_stream(app: &TestApp) -> String {
+    app.project("web", 2).await;
+    let v = app.submit("web", json!({"script": "yes | head -c 8000000"})).await;
+    let id = v["id"].as_str().expect("id").to_owned();
+    assert_eq!(app.finished(&id, 60).await["status"], "succeeded");
+    id
+}
+
+/// A client with a small receive buffer that asks for the events of `id` and reads no more
+/// than the start of the answer (so the stream is known to be open).
+async fn unread_stream(app: &TestApp, id: &str, key: &str) -> tokio::net::TcpStream {
+    let addr: std::net::SocketAddr = app.base.trim_start_matches("http://").parse().expect("addr");
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let mut conn = socket.connect(addr).await.expect("connect");
+    let request =
+        format!("GET /v1/commands/{id}/events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\n\r\n");
+    conn.write_all(request.as_bytes()).await.expect("request");
+    let mut status = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(10), conn.read_exact(&mut status)).await.expect("answer").expect("read");
+    assert_eq!(&status, b"HTTP/1.1 200");
+    conn
+}
+
+/// Reads `conn` until the server closes it (panics after `within`): what had been buffered.
+async fn read_until_closed(mut conn: tokio::net::TcpStream, within: Duration) -> String {
+    let mut received = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let drained = tokio::time::timeout(within, async {
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "the server did not close the connection within {within:?}");
+    let received = String::from_utf8_lossy(&received).into_owned();
+    assert!(received.contains("event: output"), "the stream had started");
+    assert!(!received.contains("event: exit"), "the client was cut off before the end");
+    received
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_cut_off_counted_and_frees_its_slot() {
+    let options = app::service::StartOptions { sse_send_timeout: Duration::from_secs(1), ..common::start_options() };
+    let app = spawn_app_with_options(&["--max-streams-per-key", "1", "--max-output-bytes", "8000000"], options).await;
+    let id = big_stream(&app).await;
+    let before = slow_consumers(&app).await;
+    let conn = unread_stream(&app, &id, &app.admin).await;
+    eventually("the reader that never reads is counted", Duration::from_secs(30), || async {
+        slow_consumers(&app).await > before
+    })
+    .await;
+
+    // Its slot is free (the key may hold one stream), and a client that reads gets every event
+    // once, in order, up to the exit, even with the short send timeout.
+    let res = app.get(&format!("/v1/commands/{id}/events")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let events = common::parse_sse(&res.text().await.expect("sse"));
+    let ids: Vec<i64> = events.iter().map(|(i, _, _)| *i).collect();
+    assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "every event once, in order");
+    assert_eq!(events.last().map(|(_, name, _)| name.as_str()), Some("exit"));
+    let stdout: usize = events
+        .iter()
+        .filter(|(_, _, d)| d["stream"] == "stdout")
+        .filter_map(|(_, _, d)| d["data"].as_str())
+        .map(str::len)
+        .sum();
+    assert_eq!(stdout, 8_000_000, "all the output");
+
+    // The slow client reads what was buffered, then the end of the connection: cut off, not
+    // at the end of a response (which would close its chunked body first).
+    let received = read_until_closed(conn, Duration::from_secs(30)).await;
+    assert!(!received.ends_with("0\r\n\r\n"), "the connection was cut, not the response finished");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_key_ends_the_stream_and_connection_of_a_client_that_is_not_reading() {
+    // A send timeout far beyond the test's limits: it is not what ends the stream here.
+    let options = app::service::StartOptions { sse_send_timeout: Duration::from_secs(300), ..common::start_options() };
+    let app = spawn_app_with_options(&["--max-output-bytes", "8000000"], options).await;
+    let id = big_stream(&app).await;
+    let (key_id, key) = reader_key(&app, json!({})).await;
+    let conn = unread_stream(&app, &id, &key).await;
+    // Not a wait for a condition: the test passes either way, but after a moment the buffers
+    // are full and the revocation usually finds the stream waiting for room (the unit tests of
+    // `routes::events` cover that wait for certain).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(app.call(Method::DELETE, &format!("/v1/api-keys/{key_id}"), &app.admin, None).await.status(), 200);
+    // Cut after a second, or (when the server had already taken the end of the stream) closed
+    // by the server's keep-alive timeout of 5 s.
+    read_until_closed(conn, Duration::from_secs(30)).await;
 }

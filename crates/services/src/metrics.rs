@@ -16,6 +16,8 @@ pub const COMMANDS_TOTAL: &str = "commands_total";
 pub const COMMAND_QUEUE_WAIT_SECONDS: &str = "command_queue_wait_seconds";
 /// Histogram: time from start to end.
 pub const COMMAND_DURATION_SECONDS: &str = "command_duration_seconds";
+/// Counter: event streams cut because their client stopped reading for the send timeout.
+pub const SSE_SLOW_CONSUMERS_TOTAL: &str = "sse_slow_consumers_total";
 /// Counter: requests refused by the rate limiter.
 pub const RATE_LIMITED_TOTAL: &str = "rate_limited_total";
 /// Counter: authentication failures by `reason`.
@@ -78,7 +80,13 @@ pub fn register_series() {
     for cause in ["session", "lease", "shutdown"] {
         metrics::counter!(COMMANDS_LOST_TOTAL, "cause" => cause).increment(0);
     }
-    for counter in [COMMANDS_HANDED_BACK_TOTAL, RATE_LIMITED_TOTAL, AUDIT_WRITE_FAILURES_TOTAL, CPU_PROFILES_TOTAL] {
+    for counter in [
+        COMMANDS_HANDED_BACK_TOTAL,
+        RATE_LIMITED_TOTAL,
+        AUDIT_WRITE_FAILURES_TOTAL,
+        CPU_PROFILES_TOTAL,
+        SSE_SLOW_CONSUMERS_TOTAL,
+    ] {
         metrics::counter!(counter).increment(0);
     }
     metrics::gauge!(COMMANDS_ACTIVE).increment(0.0);

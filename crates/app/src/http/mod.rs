@@ -2,6 +2,7 @@
 //! extractor, the observing middleware, body and query extractors, paging.
 
 pub mod body;
+pub mod connection;
 pub mod context;
 pub mod limits;
 pub mod middleware;

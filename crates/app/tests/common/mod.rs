@@ -40,23 +40,38 @@ pub async fn spawn_app() -> TestApp {
 /// `RDEV_TEST_EXECUTOR=kube` (and no `--executor` flag) it runs commands in pods on a fresh
 /// kube-sim, so the same HTTP suites cover both executors.
 pub async fn spawn_app_with(flags: &[&str]) -> TestApp {
+    spawn_app_with_options(flags, start_options()).await
+}
+
+/// The harness's start options: a short stop, production's timeouts otherwise.
+pub fn start_options() -> app::service::StartOptions {
+    app::service::StartOptions { http_stop: Duration::from_secs(1), ..app::service::StartOptions::default() }
+}
+
+/// As [`spawn_app_with`], with start options of the test's own (e.g. a short SSE send timeout).
+pub async fn spawn_app_with_options(flags: &[&str], options: app::service::StartOptions) -> TestApp {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = format!("sqlite://{}/rdev.db", dir.path().display());
     let on_kube = std::env::var("RDEV_TEST_EXECUTOR").is_ok_and(|e| e == "kube") && !flags.contains(&"--executor");
     if !on_kube {
-        return spawn_replica(&db, None, flags, dir).await;
+        return spawn_replica_with_options(&db, None, flags, dir, options).await;
     }
-    spawn_on_kube(&db, flags, dir).await
+    spawn_on_kube(&db, flags, dir, options).await
 }
 
 /// The service with `EXECUTOR=kube` on a fresh kube-sim, whatever `RDEV_TEST_EXECUTOR` says.
 pub async fn spawn_app_on_kube(flags: &[&str]) -> TestApp {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = format!("sqlite://{}/rdev.db", dir.path().display());
-    spawn_on_kube(&db, flags, dir).await
+    spawn_on_kube(&db, flags, dir, start_options()).await
 }
 
-async fn spawn_on_kube(db: &str, flags: &[&str], dir: tempfile::TempDir) -> TestApp {
+async fn spawn_on_kube(
+    db: &str,
+    flags: &[&str],
+    dir: tempfile::TempDir,
+    options: app::service::StartOptions,
+) -> TestApp {
     let sim =
         kube_sim::KubeSim::start(kube_sim::SimConfig::for_tests(dir.path().join("pods"))).await.expect("kube-sim");
     let kubeconfig = dir.path().join("kubeconfig");
@@ -64,7 +79,7 @@ async fn spawn_on_kube(db: &str, flags: &[&str], dir: tempfile::TempDir) -> Test
     let kubeconfig = kubeconfig.display().to_string();
     let mut all = vec!["--executor", "kube", "--kubeconfig", &kubeconfig, "--kube-namespace", "rdev-projects"];
     all.extend_from_slice(flags);
-    let mut app = spawn_replica(db, None, &all, dir).await;
+    let mut app = spawn_replica_with_options(db, None, &all, dir, options).await;
     app.sim = Some(sim);
     app
 }
@@ -72,6 +87,16 @@ async fn spawn_on_kube(db: &str, flags: &[&str], dir: tempfile::TempDir) -> Test
 /// A replica on the database `url`; `admin` is the admin key when another replica already
 /// bootstrapped it (otherwise the store must be empty and one is created).
 pub async fn spawn_replica(url: &str, admin: Option<&str>, flags: &[&str], dir: tempfile::TempDir) -> TestApp {
+    spawn_replica_with_options(url, admin, flags, dir, start_options()).await
+}
+
+async fn spawn_replica_with_options(
+    url: &str,
+    admin: Option<&str>,
+    flags: &[&str],
+    dir: tempfile::TempDir,
+    options: app::service::StartOptions,
+) -> TestApp {
     let workspaces = dir.path().join("workspaces").display().to_string();
     let mut args = vec![
         "rdev-api",
@@ -97,7 +122,7 @@ pub async fn spawn_replica(url: &str, admin: Option<&str>, flags: &[&str], dir: 
     let cli = Cli::try_parse_from(args).expect("flags");
     let db = cli.database();
     let Some(Command::Serve(cfg)) = cli.command else { panic!("serve") };
-    start(&db, &cfg, dir, admin).await
+    start(&db, &cfg, dir, admin, options).await
 }
 
 /// Logs go to the test's captured output, filtered by `RUST_LOG` (default: errors only).
@@ -107,9 +132,14 @@ fn init_test_logs() {
 }
 
 /// Starts the replica through `Service::start`, the path `rdev-api serve` takes.
-async fn start(db: &app::config::Database, cfg: &ServeConfig, dir: tempfile::TempDir, admin: Option<&str>) -> TestApp {
+async fn start(
+    db: &app::config::Database,
+    cfg: &ServeConfig,
+    dir: tempfile::TempDir,
+    admin: Option<&str>,
+    options: app::service::StartOptions,
+) -> TestApp {
     init_test_logs();
-    let options = app::service::StartOptions { http_stop: Duration::from_secs(1) };
     let running = app::service::Service::start(db, cfg, options).await.expect("start");
     let admin = match admin {
         Some(key) => key.to_owned(),
