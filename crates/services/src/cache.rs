@@ -79,12 +79,9 @@ impl<R: ApiKeyRepository> ApiKeyRepository for CachedRepository<R> {
     }
 
     async fn find_by_hash(&self, hash: &KeyHash) -> DomainResult<Option<ApiKey>> {
-        if let Some(hit) = self.by_hash.get(hash).await {
-            return Ok(hit);
-        }
-        let found = self.inner.find_by_hash(hash).await?;
-        self.by_hash.insert(*hash, found.clone()).await;
-        Ok(found)
+        // One store read per expired entry, however many requests of that key arrive while it
+        // runs: they wait for it rather than each reading the store (a burst at every expiry).
+        self.by_hash.try_get_with(*hash, self.inner.find_by_hash(hash)).await.map_err(|e| (*e).clone())
     }
 
     async fn list(&self, page: PageRequest) -> DomainResult<Page<ApiKey>> {
@@ -139,6 +136,72 @@ mod tests {
         cache.revoke(key.id, now_micros()).await.expect("revoke");
         let after = cache.find_by_hash(&secret.hash()).await.expect("lookup");
         assert!(after.is_some_and(|k| k.revoked_at.is_some()), "the cached entry was dropped");
+    }
+
+    /// Counts the lookups that reach the store.
+    #[derive(Debug, Default)]
+    struct Counting {
+        store: MemoryStore,
+        lookups: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait]
+    impl ApiKeyRepository for Counting {
+        async fn create(&self, key: &ApiKey) -> DomainResult<()> {
+            self.store.create(key).await
+        }
+        async fn get(&self, id: ApiKeyId) -> DomainResult<ApiKey> {
+            self.store.get(id).await
+        }
+        async fn find_by_hash(&self, hash: &KeyHash) -> DomainResult<Option<ApiKey>> {
+            self.lookups.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            // Slow enough that the concurrent lookups below all arrive while it runs.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            self.store.find_by_hash(hash).await
+        }
+        async fn list(&self, page: PageRequest) -> DomainResult<Page<ApiKey>> {
+            self.store.list(page).await
+        }
+        async fn revoke(&self, id: ApiKeyId, at: Timestamp) -> DomainResult<ApiKey> {
+            self.store.revoke(id, at).await
+        }
+        async fn rotate(
+            &self,
+            id: ApiKeyId,
+            hash: KeyHash,
+            prefix: &str,
+            previous: Option<PreviousSecret>,
+        ) -> DomainResult<ApiKey> {
+            self.store.rotate(id, hash, prefix, previous).await
+        }
+        async fn touch(&self, id: ApiKeyId, at: Timestamp) -> DomainResult<()> {
+            self.store.touch(id, at).await
+        }
+        async fn count(&self) -> DomainResult<u64> {
+            self.store.count().await
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_lookups_of_an_uncached_key_read_the_store_once() {
+        let counting = Arc::new(Counting::default());
+        let cache = Arc::new(CachedRepository::new(
+            Arc::clone(&counting),
+            CacheConfig { capacity: 10, ttl: Duration::from_secs(60) },
+        ));
+        let (key, secret) = sample_key("k", &[Scope::Admin], ProjectAccess::All);
+        counting.create(&key).await.expect("create");
+        let lookups: Vec<_> = (0..16)
+            .map(|_| {
+                let cache = Arc::clone(&cache);
+                let hash = secret.hash();
+                tokio::spawn(async move { cache.find_by_hash(&hash).await })
+            })
+            .collect();
+        for lookup in lookups {
+            assert!(lookup.await.expect("task").expect("lookup").is_some_and(|k| k.id == key.id));
+        }
+        assert_eq!(counting.lookups.load(std::sync::atomic::Ordering::SeqCst), 1, "one store read for all 16");
     }
 
     #[tokio::test]
