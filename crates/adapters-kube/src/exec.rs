@@ -17,6 +17,7 @@ use crate::error::{bounded, KubeError};
 use crate::exit::{stream_end, StreamEnd};
 use crate::manifest::pod_name;
 use crate::output::{deliver, feed_stdin, pump, ControlSplitter};
+use crate::ready_pods::KnownPod;
 use crate::status::{ended, is_going_away, oom_killed_since, pod_status, restart_count, working_dir};
 use crate::wrapper::{control_tag, run_argv, Control};
 use crate::KubeBackend;
@@ -65,58 +66,76 @@ pub(crate) async fn execute(
     if request.argv.is_empty() {
         return without_output(Termination::StartFailed("the command is empty".into()));
     }
-    let (before, enter_workdir) = match ready_pod(backend, &request).await {
-        Ok(found) => found,
-        // Nothing was sent to the pod yet: an unreachable API leaves the command free to go
-        // back to the queue.
-        Err(e @ KubeError::ApiUnavailable(_)) => {
-            tracing::info!(error = %e, "command not started: the API is unreachable");
-            return without_output(Termination::Unreachable(e.to_string()));
-        }
-        Err(e) => {
-            tracing::info!(error = %e, "command not started");
-            return without_output(Termination::StartFailed(e.to_string()));
-        }
-    };
-    if cancel.is_cancelled() {
-        return without_output(Termination::Cancelled);
-    }
-    let config = backend.config();
-    let argv = run_argv(&request, &config.state_dir, enter_workdir);
-    let params = AttachParams::default()
-        .container(&config.container_name)
-        .stdin(request.stdin.is_some())
-        .stdout(true)
-        .stderr(true);
-    let mut guard = AbandonGuard::new(backend, &before.name, &request);
-    let connect = bounded("exec", config.api_timeout, backend.pods.exec(&before.name, argv, &params));
-    let interrupted = tokio::select! {
-        biased;
-        connected = connect => match connected {
-            Ok(process) => {
-                sink.started().await;
-                let result = supervise(backend, &before, &request, process, sink, &cancel, deadline).await;
-                guard.disarm();
-                return result;
-            }
-            Err(KubeError::NotFound(_)) => {
-                guard.disarm();
-                return without_output(Termination::PodGone(format!("pod {} disappeared before the command started", before.name)));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot open the exec stream");
-                // A refused upgrade started nothing; a timed-out one may have (see the kill flag).
-                if !matches!(e, KubeError::ApiUnavailable(_)) {
-                    guard.disarm();
+    let name = pod_name(&request.project);
+    // A pod known ready is not read first; if it turns out not to be, the run starts over with
+    // a read (at most once: the refusal dropped it from the cache).
+    let mut known = backend.ready.get(&name);
+    let (interrupted, pod, mut guard) = loop {
+        let cached = known.is_some();
+        let (before, enter_workdir) = match known.take() {
+            Some(pod) => from_cache(name.clone(), pod, &request),
+            None => match ready_pod(backend, &request).await {
+                Ok(found) => found,
+                // Nothing was sent to the pod yet: an unreachable API leaves the command free to
+                // go back to the queue.
+                Err(e @ KubeError::ApiUnavailable(_)) => {
+                    tracing::info!(error = %e, "command not started: the API is unreachable");
+                    return without_output(Termination::Unreachable(e.to_string()));
                 }
-                return without_output(Termination::StartFailed(e.to_string()));
-            }
-        },
-        () = cancel.cancelled() => Termination::Cancelled,
-        () = tokio::time::sleep_until(deadline) => Termination::TimedOut,
+                Err(e) => {
+                    tracing::info!(error = %e, "command not started");
+                    return without_output(Termination::StartFailed(e.to_string()));
+                }
+            },
+        };
+        if cancel.is_cancelled() {
+            return without_output(Termination::Cancelled);
+        }
+        let config = backend.config();
+        let argv = run_argv(&request, &config.state_dir, enter_workdir);
+        let params = AttachParams::default()
+            .container(&config.container_name)
+            .stdin(request.stdin.is_some())
+            .stdout(true)
+            .stderr(true);
+        let mut guard = AbandonGuard::new(backend, &before.name, &request);
+        let connect = bounded("exec", config.api_timeout, backend.pods.exec(&before.name, argv, &params));
+        tokio::select! {
+            biased;
+            connected = connect => match connected {
+                Ok(process) => {
+                    sink.started().await;
+                    let result = supervise(backend, &before, &request, process, sink, &cancel, deadline).await;
+                    guard.disarm();
+                    return result;
+                }
+                // Refused before the upgrade, so nothing started: the cache was stale.
+                Err(e @ (KubeError::NotFound(_) | KubeError::Api { code: 400..=499, .. })) if cached => {
+                    guard.disarm();
+                    backend.ready.forget(&before.name);
+                    tracing::debug!(error = %e, "the pod known ready refused the exec; reading it");
+                }
+                Err(KubeError::NotFound(_)) => {
+                    guard.disarm();
+                    backend.ready.forget(&before.name);
+                    return without_output(Termination::PodGone(format!("pod {} disappeared before the command started", before.name)));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot open the exec stream");
+                    backend.ready.forget(&before.name);
+                    // A refused upgrade started nothing; a timed-out one may have (see the kill flag).
+                    if !matches!(e, KubeError::ApiUnavailable(_)) {
+                        guard.disarm();
+                    }
+                    return without_output(Termination::StartFailed(e.to_string()));
+                }
+            },
+            () = cancel.cancelled() => break (Termination::Cancelled, before.name.clone(), guard),
+            () = tokio::time::sleep_until(deadline) => break (Termination::TimedOut, before.name.clone(), guard),
+        }
     };
     // The exec may have reached the pod already: the kill raises the flag that stops a late start.
-    let killed = backend.kill_in_pod(&before.name, &request).await;
+    let killed = backend.kill_in_pod(&pod, &request).await;
     guard.disarm();
     without_output(after_kill(interrupted, killed))
 }
@@ -154,6 +173,13 @@ impl Drop for AbandonGuard {
             Err(_) => tracing::error!(pod = %pod, "no runtime to kill the abandoned command; it may still run"),
         }
     }
+}
+
+/// What to compare with later, from the cache instead of a read (see [`ready_pod`]).
+fn from_cache(name: String, pod: KnownPod, request: &ExecRequest) -> (PodBefore, bool) {
+    let enter_workdir = pod.working_dir.as_deref() != Some(request.workdir.as_str());
+    let before = PodBefore { name, uid: pod.uid, restarts: pod.restarts, started_at: chrono::Utc::now() };
+    (before, enter_workdir)
 }
 
 /// Checks that the pod is ready and notes what to compare with later. Also decides whether the
