@@ -5,11 +5,11 @@
 //! a command) and, when the backend feeds a [`crate::KubePodWatch`], every watch event updates
 //! it: a ready pod is noted with its uid, anything else drops the entry. An entry is trusted
 //! for [`crate::KubeConfig::pod_cache_ttl`] after it was last confirmed, and never blindly:
-//! an exec the API refuses before it started anything (404, 400) drops it and the run starts
-//! over with a read, and a command that does not end with a plain exit reads the pod anyway
-//! (to tell `pod_gone`), comparing with the uid noted here. So a stale entry costs a retry or,
-//! for a pod replaced unseen, reports the replacement; it never runs a command in a pod the
-//! API would refuse.
+//! an exec that provably started nothing (refused before the upgrade, or no connection) drops it
+//! and the run starts over with a read, and a command that does not end with a plain exit reads
+//! the pod anyway (to tell `pod_gone`), comparing with the uid noted here unless the pod read
+//! was created before the exec (then it is the pod the command ran in). So a stale entry costs
+//! a retry; it never runs a command in a pod the API would refuse.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};

@@ -264,20 +264,64 @@ async fn a_pod_replaced_behind_the_cache_is_still_told_apart() {
     other.stop(&project).await.unwrap();
     other.start(&common::spec("swapped")).await.unwrap();
     assert!(other.wait_ready(&project, common::READY).await.unwrap().ready);
+    // creationTimestamp has whole seconds: let it be plainly older than the next exec.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
 
     let reads = h.sim.pod_reads();
     let (result, _) = h.run(script("swapped", "kill -9 $$")).await;
-    assert!(
-        matches!(&result.termination, Termination::PodGone(why) if why.contains("replaced")),
-        "a signal death sends the executor to the pod, whose uid changed: {:?}",
-        result.termination
+    assert_eq!(
+        result.termination,
+        Termination::Exited(137),
+        "the command ran in the replacement, which existed before the exec: its own death, not pod_gone"
     );
     assert_eq!(h.sim.pod_reads(), reads + 1, "read after the command, not before it");
 
-    // That read taught the new uid: the same death is the command's own now.
-    let (result, _) = h.run(script("swapped", "kill -9 $$")).await;
-    assert_eq!(result.termination, Termination::Exited(137));
-    assert_eq!(h.sim.pod_reads(), reads + 2);
+    // A pod replaced while the command runs is still pod_gone.
+    let run = h.run(script("swapped", "sleep 30"));
+    let replace = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        other.stop(&project).await.unwrap();
+        other.start(&common::spec("swapped")).await.unwrap();
+    };
+    let ((result, _), ()) = tokio::join!(run, replace);
+    assert!(
+        matches!(&result.termination, Termination::PodGone(_)),
+        "the command's own pod went away: {:?}",
+        result.termination
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_api_down_behind_the_cache_is_still_unreachable() {
+    let h = Harness::start().await;
+    h.ready_pod("down").await;
+    // Warm: the pod is known ready, so the next run execs without reading it.
+    let (result, _) = h.run(argv("down", &["true"])).await;
+    assert_eq!(result.termination, Termination::Exited(0));
+
+    // The API answers 500: the exec started nothing; the read it falls back to says why. (Not
+    // 503: kube-rs retries that one until the exec times out, which proves nothing.)
+    h.sim.set_faults(Faults { error_status: Some(500), ..Faults::default() });
+    let (result, _) = h.run(argv("down", &["true"])).await;
+    assert!(
+        matches!(&result.termination, Termination::Unreachable(why) if why.contains("unavailable")),
+        "500: {:?}",
+        result.termination
+    );
+    h.sim.clear_faults();
+    let (result, _) = h.run(argv("down", &["true"])).await;
+    assert_eq!(result.termination, Termination::Exited(0), "warm again");
+
+    // The API is gone altogether: connections are refused.
+    let Harness { sim, backend, dir: _dir, .. } = h;
+    sim.shutdown().await;
+    let sink = domain::testing::executor::RecordingSink::new();
+    let result = backend.run(argv("down", &["true"]), &sink, CancellationToken::new()).await;
+    assert!(
+        matches!(&result.termination, Termination::Unreachable(why) if why.contains("unavailable")),
+        "refused: {:?}",
+        result.termination
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
