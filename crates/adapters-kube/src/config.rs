@@ -27,6 +27,9 @@ pub struct KubeConfig {
     /// The gid every process of a project pod runs as (`runAsGroup`, and `fsGroup` for its
     /// volumes) (`COMMAND_GID`).
     pub command_gid: i64,
+    /// How long a pod seen ready is trusted without reading it again before a command; zero
+    /// reads it before every command. A pod watch built from the backend keeps it current.
+    pub pod_cache_ttl: Duration,
 }
 
 impl KubeConfig {
@@ -40,7 +43,8 @@ impl KubeConfig {
     pub const DEFAULT_COMMAND_ID: i64 = 65532;
 
     /// Defaults for `namespace`: container `main`, pods ready within 2 minutes, a 5 s kill grace,
-    /// 10 s per API call, bookkeeping under `/tmp/rdev`, commands as uid and gid 65532.
+    /// 10 s per API call, bookkeeping under `/tmp/rdev`, commands as uid and gid 65532, a pod
+    /// seen ready trusted for 30 s.
     pub fn new(namespace: impl Into<String>) -> Self {
         Self {
             namespace: namespace.into(),
@@ -51,6 +55,7 @@ impl KubeConfig {
             state_dir: Self::DEFAULT_STATE_DIR.to_owned(),
             command_uid: Self::DEFAULT_COMMAND_ID,
             command_gid: Self::DEFAULT_COMMAND_ID,
+            pod_cache_ttl: Duration::from_secs(30),
         }
     }
 }

@@ -110,6 +110,54 @@ pub(crate) async fn bounded<T>(
     }
 }
 
+/// An exec stream that did not open, and whether that proves nothing was started in the pod.
+#[derive(Debug)]
+pub(crate) struct OpenFailed {
+    /// The failure in the adapter's words.
+    pub error: KubeError,
+    /// True when the API answered before the upgrade (any 4xx/5xx) or no connection to it could
+    /// be made: the exec request never reached a kubelet. False for a timeout or a connection
+    /// lost after the request was sent, when the command may have started.
+    pub nothing_started: bool,
+}
+
+/// Opens an exec stream under `limit`, like [`bounded`], but tells a failure that provably
+/// started nothing from one that may have.
+pub(crate) async fn bounded_open<T>(
+    what: &str,
+    limit: std::time::Duration,
+    call: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, OpenFailed> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(Ok(opened)) => Ok(opened),
+        Ok(Err(e)) => {
+            let nothing_started = refused_before_sending(&e);
+            Err(OpenFailed { error: KubeError::from_kube(e), nothing_started })
+        }
+        Err(_) => Err(OpenFailed { error: KubeError::timed_out(what, limit), nothing_started: false }),
+    }
+}
+
+/// Whether `error` proves the request never reached past the API server: an HTTP answer other
+/// than the upgrade, or a failure to connect at all.
+fn refused_before_sending(error: &kube::Error) -> bool {
+    if matches!(error, kube::Error::Api(_) | kube::Error::UpgradeConnection(UpgradeConnectionError::ProtocolSwitch(_)))
+    {
+        return true;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.downcast_ref::<hyper_util::client::legacy::Error>()
+            .is_some_and(hyper_util::client::legacy::Error::is_connect)
+            || e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,16 +8,18 @@ use domain::command::Termination;
 use domain::output::{CapturedOutput, OutputStream};
 use domain::ports::{ExecRequest, ExecResult, OutputSink};
 use domain::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
 use kube::api::{AttachParams, AttachedProcess};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{bounded, KubeError};
+use crate::error::{bounded_open, KubeError, OpenFailed};
 use crate::exit::{stream_end, StreamEnd};
 use crate::manifest::pod_name;
 use crate::output::{deliver, feed_stdin, pump, ControlSplitter};
-use crate::status::{ended, is_going_away, oom_killed_since, pod_status, restart_count, working_dir};
+use crate::ready_pods::KnownPod;
+use crate::status::{ended, is_going_away, oom_killed_since, pod_status, restart_count, to_chrono, working_dir};
 use crate::wrapper::{control_tag, run_argv, Control};
 use crate::KubeBackend;
 
@@ -39,6 +41,8 @@ struct PodBefore {
     uid: Option<String>,
     restarts: i32,
     started_at: Timestamp,
+    /// `uid` and `restarts` come from the cache, not from a read just before the exec.
+    cached: bool,
 }
 
 /// How supervision ended.
@@ -65,58 +69,78 @@ pub(crate) async fn execute(
     if request.argv.is_empty() {
         return without_output(Termination::StartFailed("the command is empty".into()));
     }
-    let (before, enter_workdir) = match ready_pod(backend, &request).await {
-        Ok(found) => found,
-        // Nothing was sent to the pod yet: an unreachable API leaves the command free to go
-        // back to the queue.
-        Err(e @ KubeError::ApiUnavailable(_)) => {
-            tracing::info!(error = %e, "command not started: the API is unreachable");
-            return without_output(Termination::Unreachable(e.to_string()));
-        }
-        Err(e) => {
-            tracing::info!(error = %e, "command not started");
-            return without_output(Termination::StartFailed(e.to_string()));
-        }
-    };
-    if cancel.is_cancelled() {
-        return without_output(Termination::Cancelled);
-    }
-    let config = backend.config();
-    let argv = run_argv(&request, &config.state_dir, enter_workdir);
-    let params = AttachParams::default()
-        .container(&config.container_name)
-        .stdin(request.stdin.is_some())
-        .stdout(true)
-        .stderr(true);
-    let mut guard = AbandonGuard::new(backend, &before.name, &request);
-    let connect = bounded("exec", config.api_timeout, backend.pods.exec(&before.name, argv, &params));
-    let interrupted = tokio::select! {
-        biased;
-        connected = connect => match connected {
-            Ok(process) => {
-                sink.started().await;
-                let result = supervise(backend, &before, &request, process, sink, &cancel, deadline).await;
-                guard.disarm();
-                return result;
-            }
-            Err(KubeError::NotFound(_)) => {
-                guard.disarm();
-                return without_output(Termination::PodGone(format!("pod {} disappeared before the command started", before.name)));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot open the exec stream");
-                // A refused upgrade started nothing; a timed-out one may have (see the kill flag).
-                if !matches!(e, KubeError::ApiUnavailable(_)) {
-                    guard.disarm();
+    let name = pod_name(&request.project);
+    // A pod known ready is not read first; if it turns out not to be, the run starts over with
+    // a read (at most once: the refusal dropped it from the cache).
+    let mut known = backend.ready.get(&name);
+    let (interrupted, pod, mut guard) = loop {
+        let cached = known.is_some();
+        let (before, enter_workdir) = match known.take() {
+            Some(pod) => from_cache(name.clone(), pod, &request),
+            None => match ready_pod(backend, &request).await {
+                Ok(found) => found,
+                // Nothing was sent to the pod yet: an unreachable API leaves the command free to
+                // go back to the queue.
+                Err(e @ KubeError::ApiUnavailable(_)) => {
+                    tracing::info!(error = %e, "command not started: the API is unreachable");
+                    return without_output(Termination::Unreachable(e.to_string()));
                 }
-                return without_output(Termination::StartFailed(e.to_string()));
-            }
-        },
-        () = cancel.cancelled() => Termination::Cancelled,
-        () = tokio::time::sleep_until(deadline) => Termination::TimedOut,
+                Err(e) => {
+                    tracing::info!(error = %e, "command not started");
+                    return without_output(Termination::StartFailed(e.to_string()));
+                }
+            },
+        };
+        if cancel.is_cancelled() {
+            return without_output(Termination::Cancelled);
+        }
+        let config = backend.config();
+        let argv = run_argv(&request, &config.state_dir, enter_workdir);
+        let params = AttachParams::default()
+            .container(&config.container_name)
+            .stdin(request.stdin.is_some())
+            .stdout(true)
+            .stderr(true);
+        let mut guard = AbandonGuard::new(backend, &before.name, &request);
+        let connect = bounded_open("exec", config.api_timeout, backend.pods.exec(&before.name, argv, &params));
+        tokio::select! {
+            biased;
+            connected = connect => match connected {
+                Ok(process) => {
+                    sink.started().await;
+                    let result = supervise(backend, &before, &request, process, sink, &cancel, deadline).await;
+                    guard.disarm();
+                    return result;
+                }
+                // Nothing started (the API answered before the upgrade or could not be reached):
+                // the cache may be stale or the API down. Read the pod as an uncached run would,
+                // so a pod gone is told by the read and an API that is down ends `Unreachable`.
+                Err(OpenFailed { error, nothing_started: true }) if cached => {
+                    guard.disarm();
+                    backend.ready.forget(&before.name);
+                    tracing::debug!(%error, "the exec in the pod known ready started nothing; reading the pod");
+                }
+                Err(OpenFailed { error: KubeError::NotFound(_), .. }) => {
+                    guard.disarm();
+                    backend.ready.forget(&before.name);
+                    return without_output(Termination::PodGone(format!("pod {} disappeared before the command started", before.name)));
+                }
+                Err(OpenFailed { error, nothing_started }) => {
+                    tracing::warn!(%error, "cannot open the exec stream");
+                    backend.ready.forget(&before.name);
+                    // A refused upgrade started nothing; a timed-out one may have (see the kill flag).
+                    if nothing_started || !matches!(error, KubeError::ApiUnavailable(_)) {
+                        guard.disarm();
+                    }
+                    return without_output(Termination::StartFailed(error.to_string()));
+                }
+            },
+            () = cancel.cancelled() => break (Termination::Cancelled, before.name.clone(), guard),
+            () = tokio::time::sleep_until(deadline) => break (Termination::TimedOut, before.name.clone(), guard),
+        }
     };
     // The exec may have reached the pod already: the kill raises the flag that stops a late start.
-    let killed = backend.kill_in_pod(&before.name, &request).await;
+    let killed = backend.kill_in_pod(&pod, &request).await;
     guard.disarm();
     without_output(after_kill(interrupted, killed))
 }
@@ -156,6 +180,13 @@ impl Drop for AbandonGuard {
     }
 }
 
+/// What to compare with later, from the cache instead of a read (see [`ready_pod`]).
+fn from_cache(name: String, pod: KnownPod, request: &ExecRequest) -> (PodBefore, bool) {
+    let enter_workdir = pod.working_dir.as_deref() != Some(request.workdir.as_str());
+    let before = PodBefore { name, uid: pod.uid, restarts: pod.restarts, started_at: chrono::Utc::now(), cached: true };
+    (before, enter_workdir)
+}
+
 /// Checks that the pod is ready and notes what to compare with later. Also decides whether the
 /// wrapper must enter the workdir: an exec starts in the container's `workingDir`, which is the
 /// project's workdir unless the project changed since the pod was created.
@@ -175,8 +206,13 @@ async fn ready_pod(backend: &KubeBackend, request: &ExecRequest) -> Result<(PodB
         return Err(KubeError::NotReady { pod: name, reason });
     }
     let enter_workdir = working_dir(&pod, container) != Some(request.workdir.as_str());
-    let before =
-        PodBefore { name, uid: pod.metadata.uid.clone(), restarts: restart_count(&pod, container), started_at };
+    let before = PodBefore {
+        name,
+        uid: pod.metadata.uid.clone(),
+        restarts: restart_count(&pod, container),
+        started_at,
+        cached: false,
+    };
     Ok((before, enter_workdir))
 }
 
@@ -287,21 +323,23 @@ async fn after_stream(
     let container = &backend.config().container_name;
     let note = match backend.get_pod(&before.name).await {
         Ok(None) => return Termination::PodGone(format!("pod {} was deleted while the command ran", before.name)),
-        Ok(Some(pod)) if is_going_away(&pod, before.uid.as_deref()) => {
-            let how = if pod.metadata.deletion_timestamp.is_some() { "is being deleted" } else { "was replaced" };
-            return Termination::PodGone(format!("pod {} {how}", before.name));
-        }
-        Ok(Some(pod)) if oom_killed_since(&pod, container, before.started_at, before.restarts) => {
-            return Termination::OomKilled;
-        }
-
-        // An evicted pod stays (phase Failed) until deleted, but nothing of it runs any more.
-        Ok(Some(pod)) => match ended(&pod) {
-            Some(why) => {
-                return Termination::PodGone(format!("pod {} ended while the command ran: {why}", before.name))
+        Ok(Some(pod)) => {
+            let (uid, restarts) = ran_in(before, &pod, container);
+            if is_going_away(&pod, uid.as_deref()) {
+                let how = if pod.metadata.deletion_timestamp.is_some() { "is being deleted" } else { "was replaced" };
+                return Termination::PodGone(format!("pod {} {how}", before.name));
             }
-            None => String::new(),
-        },
+            if oom_killed_since(&pod, container, before.started_at, restarts) {
+                return Termination::OomKilled;
+            }
+            // An evicted pod stays (phase Failed) until deleted, but nothing of it runs any more.
+            match ended(&pod) {
+                Some(why) => {
+                    return Termination::PodGone(format!("pod {} ended while the command ran: {why}", before.name))
+                }
+                None => String::new(),
+            }
+        }
         Err(e) => format!(" (the pod could not be read: {e})"),
     };
     match end {
@@ -309,5 +347,29 @@ async fn after_stream(
         StreamEnd::Failure(why) if !wrapper_ran => Termination::StartFailed(format!("{why}{note}")),
         StreamEnd::Failure(why) => Termination::Unknown(format!("{why}{note}")),
         StreamEnd::NoStatus => Termination::Unknown(format!("the exec stream ended without an exit status{note}")),
+    }
+}
+
+/// The uid and restart count of the pod the command ran in, as far as `pod` (read after the
+/// command) tells. From a read before the exec they are exact. From the cache they may be an
+/// older pod's: a pod of the same name replaced unseen. Pods of one name never coexist, so a
+/// pod created before the exec was sent is the one the exec reached, and its uid is the one to
+/// compare with (its restart count now stands for the one then: an OOM kill is still told by
+/// its recent `finishedAt`). A pod created after the exec began means the command's own pod
+/// went away while it ran: the cached uid stays and the run is `pod_gone`. API timestamps have
+/// whole seconds, so "before" allows one second of rounding (and assumes the API server's clock
+/// is within that of ours; beyond it, a replacement during the run may read as the command's
+/// own end).
+fn ran_in(before: &PodBefore, pod: &Pod, container: &str) -> (Option<String>, i32) {
+    let created_before_exec = pod
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .and_then(to_chrono)
+        .is_some_and(|created| created + chrono::TimeDelta::seconds(1) <= before.started_at);
+    if before.cached && pod.metadata.uid != before.uid && created_before_exec {
+        (pod.metadata.uid.clone(), restart_count(pod, container))
+    } else {
+        (before.uid.clone(), before.restarts)
     }
 }

@@ -10,7 +10,10 @@
 //!   resources (requests = limits), with a main process that only keeps the container alive.
 //! - **Commands** need a ready pod: [`Executor::run`] never creates one. It answers
 //!   `StartFailed` ("pod … is not ready") when the pod is missing or not ready, so the caller
-//!   (the queue worker) runs [`PodManager::start`] and [`PodManager::wait_ready`] first.
+//!   (the queue worker) runs [`PodManager::start`] and [`PodManager::wait_ready`] first. A pod
+//!   this backend saw ready (any read of it, or the [`KubePodWatch`] built from it) within
+//!   [`KubeConfig::pod_cache_ttl`] is not read again before a command; an exec it refuses
+//!   drops that and the run starts over with a read (see `ready_pods.rs`).
 //! - The exec API has no cwd, env or timeout, and closing its stream kills nothing, so each
 //!   command runs under a small `sh` wrapper (see `wrapper.rs`): it enters the working
 //!   directory, exports the request's env on top of the container's, reports a failed start on
@@ -44,6 +47,7 @@ mod manifest;
 mod output;
 mod pod_watch;
 mod pods;
+mod ready_pods;
 mod status;
 mod tracker;
 mod wrapper;
@@ -70,12 +74,20 @@ pub use pod_watch::{KubePodWatch, PodWatchConfig};
 pub use status::pod_status;
 pub use wrapper::TRACKING_ENV;
 
+/// The exec argv the executor sends for `request` in a pod whose `workingDir` is the request's
+/// workdir: for benchmarks that time the wrapper on its own.
+#[doc(hidden)]
+pub fn wrapper_argv(request: &ExecRequest, state_root: &str) -> Vec<String> {
+    wrapper::run_argv(request, state_root, false)
+}
+
 /// Pods and commands on a Kubernetes cluster (the `kube` executor).
 #[derive(Clone)]
 pub struct KubeBackend {
     client: Client,
     pods: Api<Pod>,
     config: KubeConfig,
+    ready: ready_pods::ReadyPods,
 }
 
 impl std::fmt::Debug for KubeBackend {
@@ -88,7 +100,8 @@ impl KubeBackend {
     /// A backend over an existing client; nothing is contacted until the first call.
     pub fn new(client: Client, config: KubeConfig) -> Self {
         let pods = Api::namespaced(client.clone(), &config.namespace);
-        Self { client, pods, config }
+        let ready = ready_pods::ReadyPods::new(&config.container_name, config.pod_cache_ttl);
+        Self { client, pods, config, ready }
     }
 
     /// A backend from the kubeconfig file at `path`, or, without one, from the environment

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::leader::{Elector, Held, Observed};
 use crate::manifest::managed_selector;
+use crate::ready_pods::ReadyPods;
 use crate::tracker::Tracker;
 use crate::KubeBackend;
 
@@ -104,6 +105,7 @@ pub struct KubePodWatch {
     container: String,
     api_timeout: Duration,
     config: PodWatchConfig,
+    ready: ReadyPods,
 }
 
 impl std::fmt::Debug for KubePodWatch {
@@ -114,6 +116,8 @@ impl std::fmt::Debug for KubePodWatch {
 
 impl KubePodWatch {
     /// Follows `backend`'s pods (its namespace, client and container), with its lease there.
+    /// While leading, what it sees also keeps `backend`'s (and its clones') ready-pod cache
+    /// current.
     pub fn new(backend: &KubeBackend, config: PodWatchConfig) -> Self {
         let namespace = &backend.config().namespace;
         Self {
@@ -122,6 +126,7 @@ impl KubePodWatch {
             container: backend.config().container_name.clone(),
             api_timeout: backend.config().api_timeout,
             config,
+            ready: backend.ready.clone(),
         }
     }
 
@@ -162,6 +167,11 @@ impl KubePodWatch {
                     Some(Ok(event)) => {
                         if failing_since.take().is_some() {
                             tracing::info!("the pod watch is back");
+                        }
+                        match &event {
+                            watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => self.ready.note_event(pod, false),
+                            watcher::Event::Delete(pod) => self.ready.note_event(pod, true),
+                            watcher::Event::Init | watcher::Event::InitDone => {}
                         }
                         let projects = tracker.apply(event);
                         let adopted = tracker.take_adopted();

@@ -22,8 +22,20 @@ const CREATE_ATTEMPTS: usize = 3;
 
 impl KubeBackend {
     /// The pod of `name`, `None` when there is none.
+    /// Every read also updates what the executor knows about ready pods; a failed one forgets
+    /// the pod, so that the next command reads it (and reports an outage as such) rather than
+    /// meeting the outage in its exec, where it could not tell whether the command started.
     pub(crate) async fn get_pod(&self, name: &str) -> Result<Option<Pod>, KubeError> {
-        bounded("get pod", self.config.api_timeout, self.pods.get_opt(name)).await
+        match bounded("get pod", self.config.api_timeout, self.pods.get_opt(name)).await {
+            Ok(pod) => {
+                self.ready.note_read(name, pod.as_ref());
+                Ok(pod)
+            }
+            Err(e) => {
+                self.ready.forget(name);
+                Err(e)
+            }
+        }
     }
 
     fn status_of(&self, pod: &Pod) -> PodStatus {
@@ -52,6 +64,7 @@ impl KubeBackend {
         for _ in 0..CREATE_ATTEMPTS {
             match bounded("create pod", limit, self.pods.create(&PostParams::default(), &manifest)).await {
                 Ok(pod) => {
+                    self.ready.forget(&name);
                     tracing::info!(pod = %name, "pod created");
                     return Ok(self.status_of(&pod));
                 }
@@ -113,7 +126,10 @@ impl KubeBackend {
     {
         let deadline = Instant::now() + timeout;
         match tokio::time::timeout(timeout, await_condition(self.pods.clone(), name, done.clone())).await {
-            Ok(Ok(pod)) => return Ok(pod),
+            Ok(Ok(pod)) => {
+                self.ready.note_read(name, pod.as_ref());
+                return Ok(pod);
+            }
             Ok(Err(e)) => tracing::debug!(pod = %name, error = %e, "pod watch failed; polling instead"),
             Err(_) => return self.get_pod(name).await,
         }
@@ -129,6 +145,7 @@ impl KubeBackend {
 
     /// Deletes the pod by name; a missing pod is fine.
     async fn delete_pod(&self, name: &str) -> Result<Option<Pod>, KubeError> {
+        self.ready.forget(name);
         match bounded("delete pod", self.config.api_timeout, self.pods.delete(name, &DeleteParams::default())).await {
             Ok(either) => Ok(either.left()),
             Err(KubeError::NotFound(_)) => Ok(None),

@@ -146,7 +146,7 @@ fn with_message(reason: &str, message: Option<&str>) -> String {
     }
 }
 
-fn to_chrono(time: &Time) -> Option<Timestamp> {
+pub(crate) fn to_chrono(time: &Time) -> Option<Timestamp> {
     let subsec = u32::try_from(time.0.subsec_nanosecond()).unwrap_or(0);
     chrono::DateTime::from_timestamp(time.0.as_second(), subsec)
 }

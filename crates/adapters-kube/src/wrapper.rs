@@ -24,56 +24,68 @@ pub const TRACKING_ENV: &str = "RDEV_COMMAND_TRACKING_ID";
 
 /// Shell functions both scripts share; they expect `$id` (the command id) to be set.
 ///
-/// `scan " pid pid " [SIGNAL]` looks at every process not listed and prints `+<pid> ` for each
-/// one whose `/proc/<pid>/environ` holds exactly the cookie, sending it SIGNAL at once (so a
-/// forking process is stopped as soon as it is seen, not at the end of a slow pass). Where grep
-/// knows `-z` (GNU, busybox with its compat options) one `grep -l -z -x` over all of `/proc`
-/// does it. Elsewhere each process is checked with `tr | grep -x` (a NUL-blind grep would only
-/// look at the first variable), and non-matches are printed as `-<pid> ` so that a sweep does
-/// not check them again.
+/// `scan " pid pid " [SIGNAL]` looks at every process not listed and appends `+<pid> ` to `$out`
+/// for each one whose `/proc/<pid>/environ` holds exactly the cookie, sending it SIGNAL. It
+/// sets `$out` rather than printing so that callers need no command substitution (one fork
+/// less per pass). Where grep knows `-z` (GNU, busybox with its compat options) one `grep -l
+/// -z -x` over all of `/proc` does it; that same grep proves it understood `-z` by also
+/// matching its own `/proc/self/cmdline`, whose NUL-separated arguments include the cookie as
+/// one whole record, so no separate probe runs (a grep without `-z` fails or, NUL-blind, does
+/// not match there). Elsewhere each process is checked with `tr | grep -x` (a NUL-blind grep
+/// would only look at the first variable), sending SIGNAL as soon as one is seen, and
+/// non-matches are noted as `-<pid> ` so that a sweep does not check them again.
 ///
 /// `sweep` stops every match, rescans until a pass finds no match it has not stopped (at most
 /// 100 passes, so a process that cannot be stopped does not hang it), then kills everything it
-/// stopped. `any_marked` says whether any process still carries the cookie.
+/// stopped. SIGKILL lands asynchronously, so when it killed anything it rescans (up to 20
+/// times) until nothing carries the cookie: whoever waits for the wrapper then finds the
+/// command's processes gone, not dying. `any_marked` says whether any process still carries
+/// the cookie.
 macro_rules! sweep_functions {
     () => {
         r#"cookie="RDEV_COMMAND_TRACKING_ID=$id"
-zgrep=
-if printf 'x\000y\000' | grep -q -z -x -F -e y 2>/dev/null; then zgrep=1; fi
 scan() {
-  if [ -n "$zgrep" ]; then
-    for f in $(grep -l -z -x -F -e "$cookie" /proc/[0-9]*/environ 2>/dev/null); do
+  out=
+  found=$(grep -l -z -x -F -e "$cookie" /proc/self/cmdline /proc/[0-9]*/environ 2>/dev/null)
+  case $found in
+  /proc/self/cmdline*)
+    for f in $found; do
+      case $f in /proc/self/*) continue ;; esac
       p=${f#/proc/}; p=${p%/environ}
       case $1 in *" $p "*) continue ;; esac
       if [ -n "$2" ]; then kill "-$2" "$p" 2>/dev/null; fi
-      printf '%s ' "+$p"
-    done
-  else
+      out="$out+$p "
+    done ;;
+  *)
     for f in /proc/[0-9]*/environ; do
       p=${f#/proc/}; p=${p%/environ}
       case $1 in *" $p "*) continue ;; esac
       if tr '\000' '\n' 2>/dev/null < "$f" | grep -q -x -F -e "$cookie"; then
         if [ -n "$2" ]; then kill "-$2" "$p" 2>/dev/null; fi
-        printf '%s ' "+$p"
+        out="$out+$p "
       else
-        printf '%s ' "-$p"
+        out="$out-$p "
       fi
-    done
-  fi
+    done ;;
+  esac
 }
-any_marked() { case $(scan ' ') in *+*) return 0 ;; esac; return 1; }
+any_marked() { scan ' '; case $out in *+*) return 0 ;; esac; return 1; }
 sweep() {
   seen=' ' hit=' ' pass=0
   while [ "$pass" -lt 100 ]; do
     new=
-    for w in $(scan "$seen" STOP); do
+    scan "$seen" STOP
+    for w in $out; do
       case $w in +*) new="$new${w#+} " ;; esac
       seen="$seen${w#[+-]} "
     done
     [ -n "$new" ] || break
     hit="$hit$new" pass=$((pass + 1))
   done
-  if [ "$hit" != ' ' ]; then kill -KILL $hit 2>/dev/null; fi
+  [ "$hit" != ' ' ] || return 0
+  kill -KILL $hit 2>/dev/null
+  pass=0
+  while [ "$pass" -lt 20 ] && any_marked; do pass=$((pass + 1)); done
 }
 "#
     };
@@ -84,7 +96,9 @@ sweep() {
 /// the container's `workingDir`), `$5` cwd ("" = none), `$6` `1` when stdin is attached, then
 /// the `NAME=value` pairs, then `--`, the control tag and the command id again, then argv.
 ///
-/// The wrapper enters the directories and creates the bookkeeping dir, then starts a child `sh`
+/// The wrapper enters the directories and checks that the bookkeeping root exists (creating it
+/// once per container) and is writable, so that a kill can raise its flag there; the
+/// per-command dir itself is only made by a kill. Then it starts a child `sh`
 /// with the cookie in its environment. The child checks the kill flag (a [`KILL_SCRIPT`] that
 /// ran before it existed left one; the kill raises the flag before it scans, so either the scan
 /// sees the child or the child sees the flag), exports the pairs, re-asserts the cookie (a pair
@@ -95,17 +109,24 @@ sweep() {
 /// the wrapper's own (`dir`, `id`, …).
 ///
 /// When the program exits, however it ends, the wrapper sweeps every process that still
-/// carries the cookie (background children, daemons), removes the bookkeeping dir and only then
-/// exits with the program's status: nothing of a command outlives it.
+/// carries the cookie (background children, daemons), removes the bookkeeping dir if a kill
+/// made one, and only then exits with the program's status: nothing of a command outlives it.
+///
+/// Every step is a shell builtin where one will do (`command -v`, `test`), because each fork or
+/// exec costs about as much as the command `true` itself: a run of `true` forks three times
+/// (the child `sh`, the program lookup's subshell, the sweep's `grep`) and execs `sh`, `setsid`,
+/// the program and `grep`.
 pub(crate) const RUN_SCRIPT: &str = concat!(
     r#"tag=$1 dir=$2 id=$3 wd=$4 cwd=$5 in=$6
 shift 6
 fail() { printf '%s fail %s\n' "$tag" "$1" >&2; exit 127; }
 unset CDPATH RDEV_COMMAND_TRACKING_ID
-sh_bin=$(command -v sh) || sh_bin=/bin/sh
+if command -v sh >/dev/null 2>&1; then sh_bin=sh; else sh_bin=/bin/sh; fi
 if [ -n "$wd" ]; then cd "$wd" >/dev/null 2>&1 || fail workdir; fi
 if [ -n "$cwd" ]; then cd "$cwd" >/dev/null 2>&1 || fail cwd; fi
-mkdir -p "$dir" 2>/dev/null || fail state
+root=${dir%/*}
+if [ ! -d "${root:=/}" ]; then mkdir -p "$root" 2>/dev/null || fail state; fi
+[ -w "$root" ] && [ -x "$root" ] || fail state
 "#,
     sweep_functions!(),
     r#"cmd='if [ -e "$1/kill" ]; then exit 137; fi
@@ -136,7 +157,7 @@ else
 fi
 rc=$?
 sweep
-rm -rf "$dir"
+if [ -e "$dir" ]; then rm -rf "$dir"; fi
 exit "$rc"
 "#
 );
@@ -153,7 +174,8 @@ mkdir -p "$dir" 2>/dev/null
 : > "$dir/kill" 2>/dev/null
 "#,
     sweep_functions!(),
-    r#"case $(scan ' ' TERM) in *+*) ;; *) exit 0 ;; esac
+    r#"scan ' ' TERM
+case $out in *+*) ;; *) exit 0 ;; esac
 i=0
 while [ "$i" -lt "$grace" ] && any_marked; do sleep 0.1 2>/dev/null || sleep 1; i=$((i + 1)); done
 sweep

@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use adapters_kube::KubeError;
+use adapters_kube::{KubeBackend, KubeConfig, KubeError};
 use common::{argv, script, Harness};
 use domain::command::{CommandStatus, EnvMap, Termination};
 use domain::output::OutputStream;
@@ -226,4 +226,123 @@ async fn an_abandoned_run_kills_its_command_in_the_pod() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!h.pod_dir("dropped").join("abandoned-marker").exists(), "the command outlived its abandoned run");
     assert!(h.processes("dropped").await.is_empty(), "nothing left running in the pod");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_known_ready_is_not_read_before_each_command() {
+    let h = Harness::start().await;
+    h.ready_pod("cached").await;
+    let reads = h.sim.pod_reads();
+    for _ in 0..3 {
+        let (result, _) = h.run(argv("cached", &["true"])).await;
+        assert_eq!(result.termination, Termination::Exited(0), "{}", result.stderr.text());
+    }
+    assert_eq!(h.sim.pod_reads(), reads, "wait_ready saw the pod ready: no read before the commands");
+
+    let uncached = KubeBackend::from_kubeconfig(
+        Some(&h.dir.path().join("kubeconfig")),
+        KubeConfig { pod_cache_ttl: Duration::ZERO, ..h.backend.config().clone() },
+    )
+    .await
+    .unwrap();
+    let sink = domain::testing::executor::RecordingSink::new();
+    let result = uncached.run(argv("cached", &["true"]), &sink, CancellationToken::new()).await;
+    assert_eq!(result.termination, Termination::Exited(0));
+    assert_eq!(h.sim.pod_reads(), reads + 1, "without the cache each command reads the pod");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_replaced_behind_the_cache_is_still_told_apart() {
+    let h = Harness::start().await;
+    h.ready_pod("swapped").await;
+    let project = project_name("swapped");
+    let (result, _) = h.run(argv("swapped", &["true"])).await;
+    assert_eq!(result.termination, Termination::Exited(0));
+
+    // Another replica replaces the pod; this backend still holds the old uid.
+    let other = h.other_backend().await;
+    other.stop(&project).await.unwrap();
+    other.start(&common::spec("swapped")).await.unwrap();
+    assert!(other.wait_ready(&project, common::READY).await.unwrap().ready);
+    // creationTimestamp has whole seconds: let it be plainly older than the next exec.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let reads = h.sim.pod_reads();
+    let (result, _) = h.run(script("swapped", "kill -9 $$")).await;
+    assert_eq!(
+        result.termination,
+        Termination::Exited(137),
+        "the command ran in the replacement, which existed before the exec: its own death, not pod_gone"
+    );
+    assert_eq!(h.sim.pod_reads(), reads + 1, "read after the command, not before it");
+
+    // A pod replaced while the command runs is still pod_gone.
+    let run = h.run(script("swapped", "sleep 30"));
+    let replace = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        other.stop(&project).await.unwrap();
+        other.start(&common::spec("swapped")).await.unwrap();
+    };
+    let ((result, _), ()) = tokio::join!(run, replace);
+    assert!(
+        matches!(&result.termination, Termination::PodGone(_)),
+        "the command's own pod went away: {:?}",
+        result.termination
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_api_down_behind_the_cache_is_still_unreachable() {
+    let h = Harness::start().await;
+    h.ready_pod("down").await;
+    // Warm: the pod is known ready, so the next run execs without reading it.
+    let (result, _) = h.run(argv("down", &["true"])).await;
+    assert_eq!(result.termination, Termination::Exited(0));
+
+    // The API answers 500: the exec started nothing; the read it falls back to says why. (Not
+    // 503: kube-rs retries that one until the exec times out, which proves nothing.)
+    h.sim.set_faults(Faults { error_status: Some(500), ..Faults::default() });
+    let (result, _) = h.run(argv("down", &["true"])).await;
+    assert!(
+        matches!(&result.termination, Termination::Unreachable(why) if why.contains("unavailable")),
+        "500: {:?}",
+        result.termination
+    );
+    h.sim.clear_faults();
+    let (result, _) = h.run(argv("down", &["true"])).await;
+    assert_eq!(result.termination, Termination::Exited(0), "warm again");
+
+    // The API is gone altogether: connections are refused.
+    let Harness { sim, backend, dir: _dir, .. } = h;
+    sim.shutdown().await;
+    let sink = domain::testing::executor::RecordingSink::new();
+    let result = backend.run(argv("down", &["true"]), &sink, CancellationToken::new()).await;
+    assert!(
+        matches!(&result.termination, Termination::Unreachable(why) if why.contains("unavailable")),
+        "refused: {:?}",
+        result.termination
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_deleted_behind_the_cache_is_read_and_not_ready() {
+    let h = Harness::start().await;
+    h.ready_pod("vanished").await;
+    let project = project_name("vanished");
+    let other = h.other_backend().await;
+    other.stop(&project).await.unwrap();
+    let gone = Instant::now() + common::READY;
+    while other.status(&project).await.unwrap().pod_name.is_some() {
+        assert!(Instant::now() < gone, "the pod never went");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let reads = h.sim.pod_reads();
+    let (result, _) = h.run(argv("vanished", &["true"])).await;
+    assert!(
+        matches!(&result.termination, Termination::StartFailed(why) if why.contains("not ready")),
+        "the refused exec dropped the cache entry and the pod was read: {:?}",
+        result.termination
+    );
+    assert_eq!(h.sim.pod_reads(), reads + 1);
 }

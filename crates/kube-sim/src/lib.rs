@@ -75,8 +75,9 @@
 //!   terminated (137, `ContainerStatusUnknown`), then its execs SIGKILLed (137). Answers the Pod.
 //! - `POST /_sim/compact` compacts the watch history: every earlier resourceVersion is too old
 //!   (`410 Expired`), live watches end with that error. Answers `{"resourceVersion":"N"}`.
-//! - `GET /_sim/stats` answers `{"api_requests":N}`: Kubernetes API requests so far, refused
-//!   and faulted ones included.
+//! - `GET /_sim/stats` answers `{"api_requests":N,"pod_reads":M}`: Kubernetes API requests
+//!   so far, refused and faulted ones included, and of those the single-pod reads (`GET
+//!   pods/{name}` and `/status`) that reached the API (to see what a client's cache saves).
 //! - `GET /_sim/pods/{ns}/{name}/processes` lists the running exec processes:
 //!   `{"pids":[…],"processes":[{"pid":…,"container":"main","command":[…]}]}`.
 //! - `POST /_sim/pods/{ns}/{name}/log[?container=c]` appends the request body to the container log.
@@ -211,6 +212,12 @@ impl KubeSim {
     /// Kubernetes API requests seen so far (same as `GET /_sim/stats`).
     pub fn api_requests(&self) -> u64 {
         self.sim.api_requests()
+    }
+
+    /// Reads of a single pod (`GET pods/{name}`, `/status`) seen so far (`pod_reads` in
+    /// `GET /_sim/stats`).
+    pub fn pod_reads(&self) -> u64 {
+        self.sim.pod_reads()
     }
 
     /// Clears the injected faults (same as `DELETE /_sim/faults`).

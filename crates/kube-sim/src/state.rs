@@ -106,6 +106,8 @@ pub(crate) struct Sim {
     compactions: tokio::sync::watch::Sender<u64>,
     /// Kubernetes API requests seen (control requests excluded), for `GET /_sim/stats`.
     api_requests: AtomicU64,
+    /// Reads of a single pod (`GET pods/{name}` and its `/status`), for `GET /_sim/stats`.
+    pod_reads: AtomicU64,
 }
 
 impl Sim {
@@ -139,6 +141,7 @@ impl Sim {
             processes: ProcessTable::default(),
             compactions: tokio::sync::watch::Sender::new(0),
             api_requests: AtomicU64::new(0),
+            pod_reads: AtomicU64::new(0),
         }
     }
 
@@ -150,6 +153,16 @@ impl Sim {
     /// Kubernetes API requests seen so far.
     pub(crate) fn api_requests(&self) -> u64 {
         self.api_requests.load(Ordering::Relaxed)
+    }
+
+    /// Counts one read of a single pod.
+    pub(crate) fn count_pod_read(&self) {
+        self.pod_reads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reads of a single pod seen so far.
+    pub(crate) fn pod_reads(&self) -> u64 {
+        self.pod_reads.load(Ordering::Relaxed)
     }
 
     /// Follows compactions: a live watch ends with `410 Expired` when the value changes.

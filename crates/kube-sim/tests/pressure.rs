@@ -196,3 +196,18 @@ async fn stats_count_api_requests_only() {
     assert_eq!(t.sim.api_requests(), before + 2);
     t.sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn stats_count_single_pod_reads_apart() {
+    let t = start().await;
+    t.create(&pod_body("w1", json!({}))).await;
+    let before = t.sim.pod_reads();
+    t.get_json(PODS).await;
+    t.get_json(&format!("{PODS}/w1")).await;
+    t.get_json(&format!("{PODS}/w1/status")).await;
+    t.get_json(&format!("{PODS}/missing")).await;
+    let (_, stats) = t.get_json("/_sim/stats").await;
+    assert_eq!(stats["pod_reads"].as_u64().unwrap(), before + 3, "gets count, a list does not");
+    assert_eq!(t.sim.pod_reads(), before + 3);
+    t.sim.shutdown().await;
+}

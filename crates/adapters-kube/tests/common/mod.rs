@@ -51,6 +51,12 @@ impl Harness {
         Self { sim, backend, dir, http }
     }
 
+    /// A second backend on the same simulator with a cache of its own, like another replica.
+    pub async fn other_backend(&self) -> KubeBackend {
+        let kubeconfig = self.dir.path().join("kubeconfig");
+        KubeBackend::from_kubeconfig(Some(&kubeconfig), self.backend.config().clone()).await.unwrap()
+    }
+
     /// Starts `project`'s pod and waits until it is ready.
     pub async fn ready_pod(&self, project: &str) -> PodStatus {
         let spec = spec(project);

@@ -81,10 +81,11 @@ pub(crate) async fn compact(State(sim): State<Arc<Sim>>) -> Response {
     json_response(StatusCode::OK, &json!({"resourceVersion": rv.to_string()}))
 }
 
-/// `GET /_sim/stats`: `{"api_requests":N}`, every Kubernetes API request so far (control
-/// requests excluded), refused and faulted ones included.
+/// `GET /_sim/stats`: `{"api_requests":N,"pod_reads":M}`, every Kubernetes API request so far
+/// (control requests excluded), refused and faulted ones included, and the single-pod reads
+/// among them that got past the faults.
 pub(crate) async fn stats(State(sim): State<Arc<Sim>>) -> Response {
-    json_response(StatusCode::OK, &json!({"api_requests": sim.api_requests()}))
+    json_response(StatusCode::OK, &json!({"api_requests": sim.api_requests(), "pod_reads": sim.pod_reads()}))
 }
 
 /// `GET /_sim/pods/{ns}/{name}/processes`: `{"pids":[…],"processes":[{"pid","container","command"}]}`.

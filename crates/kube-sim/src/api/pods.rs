@@ -101,6 +101,7 @@ pub(crate) async fn get(
     Path((ns, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
+    sim.count_pod_read();
     if let Err(e) = known_namespace(&sim, &ns) {
         return e.into_response();
     }
