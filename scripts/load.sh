@@ -34,6 +34,8 @@ start_replica() { # $1: database URL, $2: port, $3: name
   echo "replica $3 did not become ready:" >&2; cat "$dir/server-$3.log" >&2; exit 1
 }
 
+# Raised before the servers start: each stream holds two descriptors there, and one here.
+ulimit -n 65536 2>/dev/null || true
 port=$(free_port)
 if [ "${LOAD_STORE:-sqlite}" = postgres ]; then
   bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
@@ -54,5 +56,4 @@ if [ "${LOAD_STORE:-sqlite}" = postgres ]; then
 else
   start_replica "sqlite://$dir/rdev.db" "$port" a
 fi
-ulimit -n 65536 2>/dev/null || true
 BASE="http://127.0.0.1:$port" KEY=$(cat "$dir/admin.key") PID=${pids[0]} STORE="${LOAD_STORE:-sqlite}" python3 scripts/load.py
