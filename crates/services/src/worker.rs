@@ -171,17 +171,18 @@ impl QueueWorker {
         }
         // Checked before every claim: a drain stops claims at once, not after a round of them.
         while !shutdown.is_cancelled() {
-            // Only this loop takes slots (running commands only give theirs back), so every
-            // free slot counted here is still free when its claim arrives.
-            let free = slots.available_permits();
+            // Every free slot is taken before the claim and one is handed to each claimed
+            // command; the slots nothing was claimed for go back when `slots_taken` drops.
+            let free = u32::try_from(slots.available_permits()).unwrap_or(u32::MAX);
             if free == 0 {
                 break;
             }
+            let Ok(mut slots_taken) = Arc::clone(slots).try_acquire_many_owned(free) else { break };
             let asked = std::time::SystemTime::now();
             let claimed = self
                 .ports
                 .queue
-                .claim_batch(&self.config.worker_id, self.ports.clock.now(), self.config.lease, free)
+                .claim_batch(&self.config.worker_id, self.ports.clock.now(), self.config.lease, free as usize)
                 .await;
             let claims = match claimed {
                 Ok(claims) if claims.is_empty() => break,
@@ -195,9 +196,9 @@ impl QueueWorker {
             for claim in claims {
                 trace_context::record_claim(&claim.command, &self.config.worker_id, asked);
                 let me = Arc::clone(self);
-                // Waits only if the invariant above broke: the claim is run either way.
-                let slot = Arc::clone(slots).acquire_owned().await;
-                running.spawn(async move { me.execute(claim, slot.ok()).await });
+                // A batch holds at most `free` claims, so each one finds its slot.
+                let slot = slots_taken.split(1);
+                running.spawn(async move { me.execute(claim, slot).await });
             }
         }
     }
