@@ -6,7 +6,7 @@ use diesel::prelude::*;
 use diesel::SqliteConnection;
 
 use domain::ports::RateLimitStore;
-use domain::rate_limit::{RateDecision, RateLimitPolicy};
+use domain::rate_limit::{RateLimitPolicy, UnusedGrant, WindowGrant};
 use domain::{DomainResult, Timestamp};
 
 use crate::codec;
@@ -19,27 +19,36 @@ fn count(conn: &mut SqliteConnection, key: &str, start: i64) -> StoreResult<u64>
     Ok(codec::int("rate limit count", n.unwrap_or(0))?)
 }
 
-/// Decides and counts one request; the caller holds the write transaction.
-fn acquire(
+/// Hands back `unused`, then takes up to `want` requests; the caller holds the write transaction.
+fn take(
     conn: &mut SqliteConnection,
     key: &str,
     policy: RateLimitPolicy,
     now: Timestamp,
-) -> StoreResult<RateDecision> {
+    want: u64,
+    unused: Option<UnusedGrant>,
+) -> StoreResult<WindowGrant> {
+    if let Some(unused) = unused {
+        let left = count(conn, key, unused.window_start)?.saturating_sub(unused.count);
+        diesel::update(rate_limiting::table.find((key, unused.window_start)))
+            .set(rate_limiting::count.eq(codec::column_int::<u64, i64>("rate limit count", left)?))
+            .execute(conn)?;
+    }
     let pos = policy.position(now);
     let previous = count(conn, key, pos.previous_start)?;
     let current = count(conn, key, pos.current_start)?;
-    let decision = policy.decide(previous, current, pos);
-    if decision.allowed {
+    let granted = policy.room(previous, current, pos, want);
+    if granted > 0 {
+        let n: i64 = codec::column_int("rate limit count", granted)?;
         diesel::insert_into(rate_limiting::table)
             .values((
                 rate_limiting::key.eq(key),
                 rate_limiting::window_start.eq(pos.current_start),
-                rate_limiting::count.eq(1_i64),
+                rate_limiting::count.eq(n),
             ))
             .on_conflict((rate_limiting::key, rate_limiting::window_start))
             .do_update()
-            .set(rate_limiting::count.eq(rate_limiting::count + 1))
+            .set(rate_limiting::count.eq(rate_limiting::count + n))
             .execute(conn)?;
     }
     // Windows before the previous one no longer weigh in on any decision.
@@ -49,14 +58,21 @@ fn acquire(
             .filter(rate_limiting::window_start.lt(pos.previous_start)),
     )
     .execute(conn)?;
-    Ok(decision)
+    Ok(WindowGrant { previous, current, granted })
 }
 
 #[async_trait]
 impl RateLimitStore for SqliteStore {
     #[tracing::instrument(level = "trace", skip_all)]
-    async fn acquire(&self, key: &str, policy: RateLimitPolicy, now: Timestamp) -> DomainResult<RateDecision> {
+    async fn take(
+        &self,
+        key: &str,
+        policy: RateLimitPolicy,
+        now: Timestamp,
+        want: u64,
+        unused: Option<UnusedGrant>,
+    ) -> DomainResult<WindowGrant> {
         let key = key.to_owned();
-        self.write("rate limit", move |conn| acquire(conn, &key, policy, now)).await
+        self.write("rate limit", move |conn| take(conn, &key, policy, now, want, unused)).await
     }
 }

@@ -112,7 +112,10 @@ pub async fn open(url: &DatabaseUrl, options: OpenOptions) -> Result<Stores, Sta
     }
     let signals: Arc<dyn SignalBus> = Arc::new(PgSignalBus::connect(url.expose()).await?);
     let store = Arc::new(store);
-    Ok(Stores::of(store, Some(signals)))
+    // Shared by every replica: each takes blocks of a key's window and admits from them, so
+    // the key's row is written once per block rather than per request.
+    let leased: Arc<dyn RateLimitStore> = Arc::new(services::rate_limit::LeasedWindows::new(store.clone()));
+    Ok(Stores { rate_limits: leased, ..Stores::of(store, Some(signals)) })
 }
 
 #[cfg(test)]

@@ -156,6 +156,32 @@ async fn a_rate_limit_consumed_through_one_replica_is_seen_by_the_other() {
 }
 
 #[tokio::test]
+async fn replicas_admitting_from_blocks_together_never_exceed_the_limit() {
+    let db = TestDatabase::create().await;
+    let (a, b) = replicas(&db, &[]).await;
+    // 20 requests/s over the default 10 s window: 200 in a window, blocks of up to 12.
+    let (_, key) = a.key(json!({"name": "busy", "scopes": ["projects:read"], "rate_limit_rps": 20})).await;
+    // Start early in a window, so all 240 requests fall in it and the limit is exactly 200.
+    let into_window =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() % 10_000;
+    if into_window > 5_000 {
+        tokio::time::sleep(Duration::from_millis(10_050 - into_window as u64)).await;
+    }
+    let mut admitted = 0;
+    for n in 0..240 {
+        let replica = if n % 2 == 0 { &a } else { &b };
+        let res = replica.call(Method::GET, "/v1/me", &key, None).await;
+        match res.status() {
+            StatusCode::OK => admitted += 1,
+            StatusCode::TOO_MANY_REQUESTS => assert!(res.headers().get("retry-after").is_some()),
+            other => panic!("request {n}: {other}"),
+        }
+    }
+    // Both replicas keep asking until the end, so neither holds part of a block unused.
+    assert_eq!(admitted, 200, "every request within the limit, none beyond it");
+}
+
+#[tokio::test]
 async fn audit_verify_finds_a_record_changed_behind_the_services_back() {
     let db = TestDatabase::create().await;
     let a = spawn_replica(db.url(), None, &[], tempdir()).await;

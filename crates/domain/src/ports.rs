@@ -15,7 +15,7 @@ use crate::output::{CapturedOutput, CommandEvent, CommandOutput, OutputStream};
 use crate::pagination::{Page, PageRequest};
 use crate::pod::{PodChange, PodSpec, PodStatus};
 use crate::project::{Project, ProjectName};
-use crate::rate_limit::{RateDecision, RateLimitPolicy};
+use crate::rate_limit::{RateDecision, RateLimitPolicy, UnusedGrant, WindowGrant, WindowLease};
 use crate::signal::Signal;
 use crate::{DomainResult, Timestamp};
 
@@ -297,9 +297,31 @@ pub trait AuditLog: Send + Sync {
 /// Sliding-window counters, shared by every replica that uses the same store.
 #[async_trait]
 pub trait RateLimitStore: Send + Sync {
+    /// Atomically: first subtracts `unused` from the window it names, then takes up to `want`
+    /// requests of `key`'s current window at `now` — as many as `RateLimitPolicy::room`
+    /// allows — and counts them. Returns the counts it decided on.
+    async fn take(
+        &self,
+        key: &str,
+        policy: RateLimitPolicy,
+        now: Timestamp,
+        want: u64,
+        unused: Option<UnusedGrant>,
+    ) -> DomainResult<WindowGrant>;
+
     /// Decides one request for `key` with `policy` at `now` (see `RateLimitPolicy::decide`) and
     /// counts it when allowed, atomically.
-    async fn acquire(&self, key: &str, policy: RateLimitPolicy, now: Timestamp) -> DomainResult<RateDecision>;
+    async fn acquire(&self, key: &str, policy: RateLimitPolicy, now: Timestamp) -> DomainResult<RateDecision> {
+        let pos = policy.position(now);
+        let grant = self.take(key, policy, now, 1, None).await?;
+        if grant.granted == 0 {
+            return Ok(RateDecision::refused(&policy, grant.previous, grant.current, pos));
+        }
+        Ok(WindowLease::new(pos, grant).admit(&policy, pos).unwrap_or_else(|| {
+            // A fresh lease of one in its own window always admits; refusing is the safe side.
+            RateDecision::refused(&policy, grant.previous, grant.current + 1, pos)
+        }))
+    }
 }
 
 /// Whether the store answers at all (readiness).

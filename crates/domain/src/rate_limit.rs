@@ -40,6 +40,27 @@ pub struct RateDecision {
     pub retry_after_seconds: Option<u64>,
 }
 
+/// What one `RateLimitStore::take` got: the counts it decided on and how many it took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowGrant {
+    /// The previous window's count.
+    pub previous: u64,
+    /// The current window's count before this grant.
+    pub current: u64,
+    /// Requests taken (and counted) for the caller: at most what it asked for.
+    pub granted: u64,
+}
+
+/// Requests a replica took from a window it no longer uses, handed back so the shared count
+/// says what was really admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnusedGrant {
+    /// Start of the window they were taken from.
+    pub window_start: i64,
+    /// How many were never admitted.
+    pub count: u64,
+}
+
 impl RateLimitPolicy {
     /// Requests allowed per window.
     pub fn limit(&self) -> u64 {
@@ -62,12 +83,29 @@ impl RateLimitPolicy {
         }
     }
 
+    /// How many more requests fit now, at most `want`: the largest `k` with
+    /// `previous * overlap + current + k <= limit`, the same float arithmetic as `decide`.
+    pub fn room(&self, previous: u64, current: u64, pos: WindowPosition, want: u64) -> u64 {
+        let estimate = self.estimate(previous, current, pos);
+        let limit = self.limit() as f64;
+        let mut k = (limit - estimate).floor().clamp(0.0, want as f64) as u64;
+        // Rounding of the subtraction may differ from the sum `decide` checks.
+        while k > 0 && estimate + k as f64 > limit {
+            k -= 1;
+        }
+        k
+    }
+
+    /// The sliding estimate of the last window: the previous count weighted by its overlap.
+    fn estimate(&self, previous: u64, current: u64, pos: WindowPosition) -> f64 {
+        let overlap = 1.0 - (pos.elapsed_ms as f64 / self.window_ms() as f64).clamp(0.0, 1.0);
+        previous as f64 * overlap + current as f64
+    }
+
     /// Decides one request given the counts of the previous and current window (before it).
     pub fn decide(&self, previous: u64, current: u64, pos: WindowPosition) -> RateDecision {
-        let w = self.window_ms() as f64;
         let limit = self.limit();
-        let overlap = 1.0 - (pos.elapsed_ms as f64 / w).clamp(0.0, 1.0);
-        let estimate = previous as f64 * overlap + current as f64;
+        let estimate = self.estimate(previous, current, pos);
         let allowed = estimate + 1.0 <= limit as f64;
         let used = if allowed { estimate + 1.0 } else { estimate };
         let remaining = (limit as f64 - used).floor().max(0.0) as u64;
@@ -95,6 +133,69 @@ impl RateLimitPolicy {
         let after_reset =
             if current == 0 { 0.0 } else { ((current as f64 + 1.0 - limit).max(0.0) * w / current as f64).ceil() };
         reset_ms as u64 + after_reset as u64
+    }
+}
+
+/// A block of one key's window that this replica took from the shared count and admits from
+/// locally: the shared count already includes the whole block, so no other replica can be
+/// given it, and admitting from it needs no round trip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowLease {
+    /// The window the block belongs to.
+    window_start: i64,
+    /// The counts the grant was decided on.
+    grant: WindowGrant,
+    /// Requests admitted from the block so far.
+    used: u64,
+}
+
+impl WindowLease {
+    /// The block `grant` took in the window at `pos`.
+    pub fn new(pos: WindowPosition, grant: WindowGrant) -> Self {
+        Self { window_start: pos.current_start, grant, used: 0 }
+    }
+
+    /// Admits one request from the block, if it belongs to the current window and is not used
+    /// up. The headers are those of a single store that had counted `current + used`.
+    pub fn admit(&mut self, policy: &RateLimitPolicy, pos: WindowPosition) -> Option<RateDecision> {
+        if pos.current_start != self.window_start || self.used >= self.grant.granted {
+            return None;
+        }
+        let decision = policy.decide(self.grant.previous, self.grant.current + self.used, pos);
+        self.used += 1;
+        // Counted when granted: a later position only fades the previous window further, so
+        // `decide` agrees except for float rounding, and the count is what holds.
+        Some(RateDecision { allowed: true, retry_after_seconds: None, ..decision })
+    }
+
+    /// Whether every request of the block was admitted.
+    pub fn is_used_up(&self) -> bool {
+        self.used >= self.grant.granted
+    }
+
+    /// Requests granted in the block.
+    pub fn granted(&self) -> u64 {
+        self.grant.granted
+    }
+
+    /// What to hand back once the window at `pos` no longer is the block's: its unadmitted
+    /// requests, while their window still weighs in (it is the previous one).
+    pub fn unused_at(&self, pos: WindowPosition) -> Option<UnusedGrant> {
+        let count = self.grant.granted - self.used.min(self.grant.granted);
+        (count > 0 && self.window_start == pos.previous_start)
+            .then_some(UnusedGrant { window_start: self.window_start, count })
+    }
+}
+
+impl RateDecision {
+    /// The decision when a store granted nothing for counts `previous`/`current` at `pos`: a
+    /// refusal even where float rounding would let `decide` allow it (the store counted).
+    pub fn refused(policy: &RateLimitPolicy, previous: u64, current: u64, pos: WindowPosition) -> Self {
+        let decision = policy.decide(previous, current, pos);
+        if decision.allowed {
+            return Self { allowed: false, remaining: 0, retry_after_seconds: Some(1), ..decision };
+        }
+        decision
     }
 }
 
@@ -129,7 +230,56 @@ mod tests {
         assert!(!POLICY.decide(20, 10, pos).allowed);
     }
 
+    #[test]
+    fn room_is_how_many_decide_would_allow_one_after_another() {
+        let pos = POLICY.position(at(1_005_000));
+        assert_eq!(POLICY.room(20, 0, pos, 100), 10);
+        assert_eq!(POLICY.room(20, 0, pos, 4), 4);
+        assert_eq!(POLICY.room(20, 10, pos, 100), 0);
+    }
+
+    #[test]
+    fn a_lease_admits_its_block_with_the_headers_of_one_store_and_then_stops() {
+        let pos = POLICY.position(at(1_000_000));
+        let mut lease = WindowLease::new(pos, WindowGrant { previous: 0, current: 5, granted: 2 });
+        let first = lease.admit(&POLICY, pos).expect("first of the block");
+        assert_eq!((first.allowed, first.remaining), (true, 14));
+        assert_eq!(lease.admit(&POLICY, pos).map(|d| d.remaining), Some(13));
+        assert!(lease.is_used_up());
+        assert_eq!(lease.admit(&POLICY, pos), None, "the block is used up");
+    }
+
+    #[test]
+    fn a_lease_of_an_earlier_window_admits_nothing_and_hands_back_what_is_left() {
+        let pos = POLICY.position(at(1_000_000));
+        let mut lease = WindowLease::new(pos, WindowGrant { previous: 0, current: 0, granted: 8 });
+        lease.admit(&POLICY, pos).expect("admitted");
+        let next = POLICY.position(at(1_010_000));
+        assert_eq!(lease.admit(&POLICY, next), None);
+        assert_eq!(lease.unused_at(next), Some(UnusedGrant { window_start: pos.current_start, count: 7 }));
+        let much_later = POLICY.position(at(1_030_000));
+        assert_eq!(lease.unused_at(much_later), None, "a window that no longer weighs in needs nothing back");
+    }
+
+    #[test]
+    fn a_refusal_the_arithmetic_would_allow_still_refuses() {
+        let pos = POLICY.position(at(1_000_000));
+        let refused = RateDecision::refused(&POLICY, 0, 0, pos);
+        assert!(!refused.allowed && refused.retry_after_seconds.is_some());
+    }
+
     proptest! {
+        #[test]
+        fn room_agrees_with_decide(prev in 0u64..100, cur in 0u64..100, ms in 0i64..100_000_000) {
+            let pos = POLICY.position(at(ms));
+            let room = POLICY.room(prev, cur, pos, u64::MAX);
+            prop_assert_eq!(room > 0, POLICY.decide(prev, cur, pos).allowed);
+            if room > 0 {
+                prop_assert!(POLICY.decide(prev, cur + room - 1, pos).allowed);
+            }
+            prop_assert!(!POLICY.decide(prev, cur + room, pos).allowed);
+        }
+
         #[test]
         fn never_allows_more_than_the_limit_per_window(prev in 0u64..100, cur in 0u64..100, ms in 0i64..100_000_000) {
             let d = POLICY.decide(prev, cur, POLICY.position(at(ms)));

@@ -15,7 +15,7 @@ use crate::pagination::{Limit, PageRequest};
 use crate::ports::{
     ApiKeyRepository, AuditFilter, AuditLog, CommandQueue, CommandRepository, ProjectRepository, RateLimitStore,
 };
-use crate::rate_limit::RateLimitPolicy;
+use crate::rate_limit::{RateLimitPolicy, UnusedGrant, WindowGrant};
 use crate::DomainError;
 
 fn page(limit: i64) -> PageRequest {
@@ -309,6 +309,24 @@ where
         }
     }
     assert_eq!(granted, 10, "concurrent requests never exceed the limit");
+    rate_limit_blocks(store.as_ref(), much_later + TimeDelta::seconds(60)).await;
+}
+
+/// `RateLimitStore::take`: blocks granted up to the room left, and unused ones handed back.
+async fn rate_limit_blocks<S: RateLimitStore>(store: &S, at: crate::Timestamp) {
+    let policy = RateLimitPolicy { rps: 1, window_seconds: 5 };
+    let take = |want, unused| RateLimitStore::take(store, "key-d", policy, at, want, unused);
+    assert_eq!(take(3, None).await, Ok(WindowGrant { previous: 0, current: 0, granted: 3 }));
+    assert_eq!(take(5, None).await, Ok(WindowGrant { previous: 0, current: 3, granted: 2 }), "only the room left");
+    assert_eq!(take(1, None).await, Ok(WindowGrant { previous: 0, current: 5, granted: 0 }), "nothing is left");
+    let acquired = RateLimitStore::acquire(store, "key-d", policy, at).await.expect("acquire");
+    assert!(!acquired.allowed, "a block counts like the requests it holds");
+    // At the next window's start the previous one weighs fully: only what was handed back fits.
+    let next = at + TimeDelta::seconds(5);
+    let start = policy.position(at).current_start;
+    let unused = Some(UnusedGrant { window_start: start, count: 2 });
+    let grant = RateLimitStore::take(store, "key-d", policy, next, 5, unused).await;
+    assert_eq!(grant, Ok(WindowGrant { previous: 3, current: 0, granted: 2 }), "two were handed back");
 }
 
 /// Registers `worker` so that queue suites can look at capacity.

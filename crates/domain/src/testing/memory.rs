@@ -15,7 +15,7 @@ use crate::output::{CommandEvent, CommandOutput, EventKind, OutputStream};
 use crate::pagination::{Page, PageRequest};
 use crate::ports::*;
 use crate::project::{Project, ProjectName};
-use crate::rate_limit::{RateDecision, RateLimitPolicy};
+use crate::rate_limit::{RateLimitPolicy, UnusedGrant, WindowGrant};
 use crate::{DomainError, DomainResult, Timestamp};
 
 use super::memory_webhooks::WebhookTables;
@@ -565,17 +565,29 @@ pub fn audit_matches(f: &AuditFilter, e: &AuditEntry) -> bool {
 
 #[async_trait]
 impl RateLimitStore for MemoryStore {
-    async fn acquire(&self, key: &str, policy: RateLimitPolicy, now: Timestamp) -> DomainResult<RateDecision> {
+    async fn take(
+        &self,
+        key: &str,
+        policy: RateLimitPolicy,
+        now: Timestamp,
+        want: u64,
+        unused: Option<UnusedGrant>,
+    ) -> DomainResult<WindowGrant> {
         let mut s = self.lock();
+        if let Some(unused) = unused {
+            if let Some(n) = s.windows.get_mut(&(key.to_owned(), unused.window_start)) {
+                *n = n.saturating_sub(unused.count);
+            }
+        }
         let pos = policy.position(now);
-        let prev = s.windows.get(&(key.to_owned(), pos.previous_start)).copied().unwrap_or(0);
-        let cur = s.windows.get(&(key.to_owned(), pos.current_start)).copied().unwrap_or(0);
-        let decision = policy.decide(prev, cur, pos);
-        if decision.allowed {
-            *s.windows.entry((key.to_owned(), pos.current_start)).or_insert(0) += 1;
+        let previous = s.windows.get(&(key.to_owned(), pos.previous_start)).copied().unwrap_or(0);
+        let current = s.windows.get(&(key.to_owned(), pos.current_start)).copied().unwrap_or(0);
+        let granted = policy.room(previous, current, pos, want);
+        if granted > 0 {
+            *s.windows.entry((key.to_owned(), pos.current_start)).or_insert(0) += granted;
         }
         s.windows.retain(|(k, start), _| k != key || *start >= pos.previous_start);
-        Ok(decision)
+        Ok(WindowGrant { previous, current, granted })
     }
 }
 

@@ -1,48 +1,12 @@
-//! Per-key rate limiting over a `RateLimitStore`: the shared store's windows when several
-//! replicas share it, or `LocalWindows` in memory when one process is all there is.
+//! Rate-limit windows in this process's memory, for a store no other process shares.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use async_trait::async_trait;
-use domain::api_key::ApiKey;
-use domain::ports::{Clock, RateLimitStore};
-use domain::rate_limit::{RateDecision, RateLimitPolicy};
+use domain::ports::RateLimitStore;
+use domain::rate_limit::{RateLimitPolicy, UnusedGrant, WindowGrant};
 use domain::{DomainResult, Timestamp};
-
-/// Applies `RATE_LIMIT_RPS` over `RATE_LIMIT_WINDOW_SECONDS`, or a key's own override.
-pub struct RateLimiter {
-    store: Arc<dyn RateLimitStore>,
-    clock: Arc<dyn Clock>,
-    default: RateLimitPolicy,
-}
-
-impl std::fmt::Debug for RateLimiter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RateLimiter").field("default", &self.default).finish_non_exhaustive()
-    }
-}
-
-impl RateLimiter {
-    /// A limiter with the service-wide default.
-    pub fn new(store: Arc<dyn RateLimitStore>, clock: Arc<dyn Clock>, default: RateLimitPolicy) -> Self {
-        Self { store, clock, default }
-    }
-
-    /// The policy that applies to `key`.
-    pub fn policy_for(&self, key: &ApiKey) -> RateLimitPolicy {
-        RateLimitPolicy { rps: key.rate_limit_rps.unwrap_or(self.default.rps), ..self.default }
-    }
-
-    /// Decides and counts one request of `key`.
-    pub async fn check(&self, key: &ApiKey) -> DomainResult<RateDecision> {
-        let decision = self.store.acquire(&format!("key:{}", key.id), self.policy_for(key), self.clock.now()).await?;
-        if !decision.allowed {
-            metrics::counter!(crate::metrics::RATE_LIMITED_TOTAL).increment(1);
-        }
-        Ok(decision)
-    }
-}
 
 /// The sliding windows held in this process: for a store only one process uses (SQLite), where
 /// a window in the database would cost a write transaction per request on its one writer.
@@ -70,26 +34,39 @@ impl Windows {
 
 #[async_trait]
 impl RateLimitStore for LocalWindows {
-    async fn acquire(&self, key: &str, policy: RateLimitPolicy, now: Timestamp) -> DomainResult<RateDecision> {
+    async fn take(
+        &self,
+        key: &str,
+        policy: RateLimitPolicy,
+        now: Timestamp,
+        want: u64,
+        unused: Option<UnusedGrant>,
+    ) -> DomainResult<WindowGrant> {
         let pos = policy.position(now);
         let mut windows = self.windows.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if windows.by_key.len() >= windows.sweep_at {
             windows.sweep(pos.previous_start);
         }
         let slots = windows.by_key.entry(key.to_owned()).or_insert([(i64::MIN, 0); 2]);
+        if let Some(unused) = unused {
+            if let Some((_, n)) = slots.iter_mut().find(|(s, _)| *s == unused.window_start) {
+                *n = n.saturating_sub(unused.count);
+            }
+        }
         let count_at = |start: i64| slots.iter().find(|(s, _)| *s == start).map_or(0, |(_, n)| *n);
-        let decision = policy.decide(count_at(pos.previous_start), count_at(pos.current_start), pos);
-        if decision.allowed {
+        let (previous, current) = (count_at(pos.previous_start), count_at(pos.current_start));
+        let granted = policy.room(previous, current, pos, want);
+        if granted > 0 {
             match slots.iter_mut().find(|(s, _)| *s == pos.current_start) {
-                Some((_, n)) => *n += 1,
+                Some((_, n)) => *n += granted,
                 None => {
                     // The older slot is the one to replace: the other may be the previous window.
                     let oldest = if slots[0].0 <= slots[1].0 { 0 } else { 1 };
-                    slots[oldest] = (pos.current_start, 1);
+                    slots[oldest] = (pos.current_start, granted);
                 }
             }
         }
-        Ok(decision)
+        Ok(WindowGrant { previous, current, granted })
     }
 }
 

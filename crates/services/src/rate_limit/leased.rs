@@ -1,0 +1,243 @@
+//! Rate limiting over a store every replica shares, without a round trip per request: each
+//! replica takes a block of a key's current window from the shared count (one round trip) and
+//! admits from it in memory until it is used up.
+//!
+//! Exact as an upper bound: the shared count includes every block, so all replicas together
+//! never admit more than the limit. What a replica holds unused can only be refused to the
+//! others until its window ends; it is then handed back with the replica's next take, so the
+//! previous window's weight is what was really admitted. Blocks grow while a key's requests
+//! use them up fast and never exceed a sixteenth of the key's limit, so a key whose limit is
+//! under 32 requests a window is decided one request per round trip, exactly as before.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_trait::async_trait;
+use chrono::TimeDelta;
+use domain::ports::RateLimitStore;
+use domain::rate_limit::{RateDecision, RateLimitPolicy, UnusedGrant, WindowGrant, WindowLease};
+use domain::{DomainResult, Timestamp};
+
+/// The largest block a replica takes at once.
+pub const MAX_BLOCK: u64 = 256;
+
+/// A block used up faster than this asks for twice as much next time.
+const FAST: TimeDelta = TimeDelta::milliseconds(100);
+
+/// A block that lasted longer than this asks for half as much next time.
+const SLOW: TimeDelta = TimeDelta::seconds(1);
+
+/// A shared `RateLimitStore` whose decisions are admitted from blocks held in this process.
+pub struct LeasedWindows {
+    shared: Arc<dyn RateLimitStore>,
+    keys: Mutex<LeaseTable>,
+}
+
+impl std::fmt::Debug for LeasedWindows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeasedWindows").finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct LeaseTable {
+    /// Per key, its block; the async lock makes one request take the next block while the
+    /// others of the same key wait for it instead of each taking one.
+    by_key: HashMap<String, Arc<tokio::sync::Mutex<KeyLease>>>,
+    /// Keys are swept of blocks that stopped counting once the map reaches this size.
+    sweep_at: usize,
+}
+
+/// One key's block in this process.
+#[derive(Debug, Default)]
+struct KeyLease {
+    lease: Option<WindowLease>,
+    taken_at: Option<Timestamp>,
+}
+
+impl KeyLease {
+    /// How large the next block should be: grown while blocks go fast, shrunk while they last.
+    fn next_want(&self, policy: &RateLimitPolicy, now: Timestamp) -> u64 {
+        let cap = (policy.limit() / 16).clamp(1, MAX_BLOCK);
+        let want = match (&self.lease, self.taken_at) {
+            (Some(lease), Some(at)) if lease.is_used_up() => {
+                let granted = lease.granted();
+                match now - at {
+                    lasted if lasted < FAST => granted.saturating_mul(2),
+                    lasted if lasted > SLOW => granted / 2,
+                    _ => granted,
+                }
+            }
+            // The window ended with some of the block unused: it was more than enough.
+            (Some(lease), _) => lease.granted() / 2,
+            (None, _) => 1,
+        };
+        want.clamp(1, cap)
+    }
+}
+
+impl LeasedWindows {
+    /// Admits from blocks of `shared`'s windows.
+    pub fn new(shared: Arc<dyn RateLimitStore>) -> Self {
+        Self { shared, keys: Mutex::new(LeaseTable::default()) }
+    }
+
+    /// The block slot of `key`, created when missing.
+    fn slot(&self, key: &str, policy: &RateLimitPolicy, now: Timestamp) -> Arc<tokio::sync::Mutex<KeyLease>> {
+        let mut table = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        if table.by_key.len() >= table.sweep_at {
+            // A block taken two windows ago neither admits nor has anything to hand back.
+            let stale_before = now - TimeDelta::seconds(2 * i64::from(policy.window_seconds.max(1)));
+            table.by_key.retain(|_, slot| {
+                slot.try_lock().map_or(true, |held| held.taken_at.is_some_and(|at| at >= stale_before))
+            });
+            // Amortized: the next sweep waits until the map has doubled (or reaches 1024 keys).
+            table.sweep_at = (table.by_key.len() * 2).max(1024);
+        }
+        table.by_key.entry(key.to_owned()).or_default().clone()
+    }
+}
+
+#[async_trait]
+impl RateLimitStore for LeasedWindows {
+    async fn take(
+        &self,
+        key: &str,
+        policy: RateLimitPolicy,
+        now: Timestamp,
+        want: u64,
+        unused: Option<UnusedGrant>,
+    ) -> DomainResult<WindowGrant> {
+        self.shared.take(key, policy, now, want, unused).await
+    }
+
+    async fn acquire(&self, key: &str, policy: RateLimitPolicy, now: Timestamp) -> DomainResult<RateDecision> {
+        let slot = self.slot(key, &policy, now);
+        let mut held = slot.lock().await;
+        let pos = policy.position(now);
+        if let Some(decision) = held.lease.as_mut().and_then(|lease| lease.admit(&policy, pos)) {
+            return Ok(decision);
+        }
+        let unused = held.lease.as_ref().and_then(|lease| lease.unused_at(pos));
+        let want = held.next_want(&policy, now);
+        // On an error nothing was taken or handed back: the old block stays to hand back later.
+        let grant = self.shared.take(key, policy, now, want, unused).await?;
+        let mut lease = WindowLease::new(pos, grant);
+        let decision = lease
+            .admit(&policy, pos)
+            .unwrap_or_else(|| RateDecision::refused(&policy, grant.previous, grant.current, pos));
+        *held = KeyLease { lease: Some(lease), taken_at: Some(now) };
+        Ok(decision)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain::testing::{fixed_start, MemoryStore};
+
+    fn over(shared: &Arc<MemoryStore>) -> LeasedWindows {
+        LeasedWindows::new(shared.clone())
+    }
+
+    #[tokio::test]
+    async fn leased_windows_pass_the_rate_limit_store_contract() {
+        domain::testing::contracts::rate_limit_store(|| async { over(&Arc::new(MemoryStore::new())) }).await;
+    }
+
+    /// Admits `n` requests of `key` at `at` on `replica`, returning how many were allowed.
+    async fn allowed(replica: &LeasedWindows, key: &str, policy: RateLimitPolicy, at: Timestamp, n: u32) -> u32 {
+        let mut allowed = 0;
+        for _ in 0..n {
+            if replica.acquire(key, policy, at).await.expect("acquire").allowed {
+                allowed += 1;
+            }
+        }
+        allowed
+    }
+
+    #[tokio::test]
+    async fn one_replica_admits_exactly_the_limit_and_its_headers_count_down() {
+        let shared = Arc::new(MemoryStore::new());
+        let replica = over(&shared);
+        let policy = RateLimitPolicy { rps: 100, window_seconds: 10 };
+        let t0 = fixed_start();
+        let mut remaining = Vec::new();
+        for n in 0..1000 {
+            // Requests 1 ms apart, so blocks grow.
+            let d = replica.acquire("k", policy, t0 + TimeDelta::microseconds(n * 10)).await.expect("acquire");
+            assert!(d.allowed, "request {n} is within the limit");
+            remaining.push(d.remaining);
+        }
+        assert_eq!(remaining, (0..1000).rev().collect::<Vec<u64>>(), "RateLimit-Remaining counts down by one");
+        let refused = replica.acquire("k", policy, t0 + TimeDelta::milliseconds(20)).await.expect("acquire");
+        assert!(!refused.allowed && refused.retry_after_seconds.is_some(), "request 1001 is refused");
+    }
+
+    #[tokio::test]
+    async fn replicas_together_never_exceed_the_limit() {
+        let shared = Arc::new(MemoryStore::new());
+        let replicas = [over(&shared), over(&shared), over(&shared)];
+        let policy = RateLimitPolicy { rps: 100, window_seconds: 10 };
+        let t0 = fixed_start();
+        let mut total = 0;
+        for round in 0..600 {
+            for replica in &replicas {
+                total += allowed(replica, "k", policy, t0 + TimeDelta::milliseconds(round), 1).await;
+            }
+        }
+        assert!(total <= 1000, "{total} admitted across replicas, the limit is 1000");
+        assert!(total >= 1000 - 3 * (1000 / 16), "{total}: at most each replica's last block goes unused");
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_of_one_replica_never_exceed_the_limit() {
+        let replica = Arc::new(over(&Arc::new(MemoryStore::new())));
+        let policy = RateLimitPolicy { rps: 40, window_seconds: 1 };
+        let t0 = fixed_start();
+        let tasks: Vec<_> = (0..100)
+            .map(|_| {
+                let replica = replica.clone();
+                tokio::spawn(async move { replica.acquire("k", policy, t0).await.expect("acquire").allowed })
+            })
+            .collect();
+        let mut admitted = 0;
+        for task in tasks {
+            admitted += u32::from(task.await.expect("task"));
+        }
+        assert_eq!(admitted, 40);
+    }
+
+    #[tokio::test]
+    async fn what_a_replica_did_not_use_is_handed_back_when_the_window_ends() {
+        let shared = Arc::new(MemoryStore::new());
+        let replica = over(&shared);
+        let policy = RateLimitPolicy { rps: 100, window_seconds: 10 };
+        let t0 = fixed_start();
+        // A fast burst grows the block, then the key goes quiet with most of it unused.
+        assert_eq!(allowed(&replica, "k", policy, t0, 100).await, 100);
+        let next_window = t0 + TimeDelta::seconds(10);
+        replica.acquire("k", policy, next_window).await.expect("acquire");
+        // At the new window's start the previous one weighs fully: what it really admitted.
+        let grant = shared.take("k", policy, next_window, 0, None).await.expect("take");
+        assert_eq!(grant.previous, 100, "the unused part of the block was handed back");
+    }
+
+    #[tokio::test]
+    async fn blocks_grow_while_used_fast_and_stay_within_a_sixteenth_of_the_limit() {
+        let policy = RateLimitPolicy { rps: 1000, window_seconds: 10 };
+        let t0 = fixed_start();
+        let mut held = KeyLease::default();
+        assert_eq!(held.next_want(&policy, t0), 1);
+        let pos = policy.position(t0);
+        let mut want = 1;
+        for _ in 0..12 {
+            held.lease = Some(WindowLease::new(pos, WindowGrant { previous: 0, current: 0, granted: want }));
+            while held.lease.as_mut().and_then(|l| l.admit(&policy, pos)).is_some() {}
+            held.taken_at = Some(t0);
+            want = held.next_want(&policy, t0 + TimeDelta::milliseconds(1));
+        }
+        assert_eq!(want, MAX_BLOCK.min(policy.limit() / 16));
+        assert_eq!(held.next_want(&policy, t0 + TimeDelta::seconds(5)), want / 2, "a block that lasted shrinks");
+    }
+}
