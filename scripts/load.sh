@@ -7,7 +7,7 @@
 # `postgres` user when run as root) and two replicas on it; figures that involve two replicas
 # (reads served by both, output streamed from the other replica) are measured across them.
 # Needs wrk (apt-get install -y wrk); oha (cargo install oha --locked) for the fixed-rate p99.
-#   LOAD_SECONDS=10 LOAD_STREAMS=1000 LOAD_COMMANDS=1000 [LOAD_STORE=postgres] scripts/load.sh
+#   LOAD_SECONDS=10 LOAD_STREAMS=1000 LOAD_COMMANDS=1000 [LOAD_STORE=postgres] [LOAD_PHASES=auth,streams] scripts/load.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v wrk >/dev/null || { echo "wrk not found: apt-get install -y wrk" >&2; exit 1; }
