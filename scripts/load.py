@@ -239,7 +239,17 @@ async def phase_streams(project):
     rss_before, cpu_before, t = rss_mib(PID), cpu_seconds(PID), time.perf_counter()
     await asyncio.sleep(5)
     idle_cpu = (cpu_seconds(PID) - cpu_before) / (time.perf_counter() - t)
+    fds_before = len(os.listdir(f"/proc/{PID}/fd"))
     writers = await asyncio.gather(*(open_stream(long["id"]) for _ in range(STREAMS)))
+    # Sent is not served: a burst waits in the accept queue (and SYNs are retried) for seconds.
+    # Each served stream holds two descriptors in the server (its socket and the duplicate that
+    # can cut it off), so the figures are taken once all of them are there.
+    deadline = time.monotonic() + 60
+    while len(os.listdir(f"/proc/{PID}/fd")) < fds_before + 2 * STREAMS and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+    served = (len(os.listdir(f"/proc/{PID}/fd")) - fds_before) // 2
+    if served < STREAMS:
+        print(f"  only {served} of {STREAMS} streams served after 60 s", file=sys.stderr)
     await asyncio.sleep(2)
     cpu0, t0 = cpu_seconds(PID), time.perf_counter()
     await asyncio.sleep(10)
