@@ -7,11 +7,16 @@
 # `postgres` user when run as root) and two replicas on it; figures that involve two replicas
 # (reads served by both, output streamed from the other replica) are measured across them.
 # Needs wrk (apt-get install -y wrk); oha (cargo install oha --locked) for the fixed-rate p99.
-#   LOAD_SECONDS=10 LOAD_STREAMS=1000 LOAD_COMMANDS=1000 [LOAD_STORE=postgres] [LOAD_PHASES=auth,streams] scripts/load.sh
+#   LOAD_SECONDS=10 LOAD_STREAMS=1000 LOAD_COMMANDS=1000 [LOAD_STORE=postgres] scripts/load.sh
+# LOAD_PHASES picks phases (scripts/load.py), e.g. LOAD_PHASES=streams LOAD_STREAMS=9000;
+# LOAD_BIN runs a binary built elsewhere (e.g. an older build, to compare) instead of building.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v wrk >/dev/null || { echo "wrk not found: apt-get install -y wrk" >&2; exit 1; }
-cargo build --release -p app --bin rdev-api
+if [ -z "${LOAD_BIN:-}" ]; then
+  cargo build --release -p app --bin rdev-api
+  LOAD_BIN="${CARGO_TARGET_DIR:-target}/release/rdev-api"
+fi
 dir=$(mktemp -d)
 chmod 755 "$dir"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -28,14 +33,14 @@ trap cleanup EXIT
 start_replica() { # $1: database URL, $2: port, $3: name
   DATABASE_URL="$1" WORKSPACES_DIR="$dir/workspaces-$3" BOOTSTRAP_ADMIN_KEY_FILE="$dir/admin.key" \
     LISTEN_ADDR="127.0.0.1:$2" RATE_LIMIT_RPS=100000 MAX_STREAMS_PER_KEY=20000 CONCURRENT_COMMANDS=16 \
-    RUST_LOG=warn ./target/release/rdev-api serve >"$dir/server-$3.log" 2>&1 &
+    RUST_LOG=warn "$LOAD_BIN" serve >"$dir/server-$3.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 100); do [ -s "$dir/admin.key" ] && curl -fsS "http://127.0.0.1:$2/readyz" >/dev/null 2>&1 && return; sleep 0.1; done
   echo "replica $3 did not become ready:" >&2; cat "$dir/server-$3.log" >&2; exit 1
 }
 
 # Raised before the servers start: each stream holds two descriptors there, and one here.
-ulimit -n 65536 2>/dev/null || true
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 port=$(free_port)
 if [ "${LOAD_STORE:-sqlite}" = postgres ]; then
   bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)

@@ -396,6 +396,24 @@ impl CommandRepository for PgStore {
         rows.map_err(|e| e.into_domain("command events"))?.into_iter().map(events::EventRow::into_domain).collect()
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(commands = ids.len()))]
+    async fn last_event_seqs(&self, ids: &[CommandId]) -> DomainResult<Vec<(CommandId, i64)>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Uuid> = ids.iter().map(CommandId::as_uuid).collect();
+        let mut conn = self.conn().await?;
+        // `event_seq` is the number of the command's last event (see `events`); one array
+        // parameter, so the statement is the same whatever the number of ids.
+        let rows: Vec<(Uuid, i64)> = commands::table
+            .filter(commands::id.eq_any(ids))
+            .select((commands::id, commands::event_seq))
+            .load(&mut conn)
+            .await
+            .map_err(|e| db_error(e, "last event seqs"))?;
+        Ok(rows.into_iter().map(|(id, seq)| (CommandId::from_uuid(id), seq)).collect())
+    }
+
     #[tracing::instrument(level = "debug", skip_all, fields(command_id = %id))]
     async fn output(&self, id: CommandId) -> DomainResult<CommandOutput> {
         let mut conn = self.conn().await?;

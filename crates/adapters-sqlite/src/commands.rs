@@ -83,6 +83,9 @@ pub(crate) fn load(conn: &mut SqliteConnection, id: &str) -> StoreResult<Command
 }
 
 /// Whether a command with `id` exists.
+/// Commands per `last_event_seqs` statement: far below SQLite's bound-parameter cap.
+const LAST_SEQS_CHUNK: usize = 500;
+
 pub(crate) fn exists(conn: &mut SqliteConnection, id: &str) -> StoreResult<bool> {
     Ok(commands::table.filter(commands::id.eq(id)).count().get_result::<i64>(conn)? > 0)
 }
@@ -295,6 +298,20 @@ impl CommandRepository for SqliteStore {
             })
             .await?;
         rows.into_iter().map(events::EventRow::into_domain).collect()
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(commands = ids.len()))]
+    async fn last_event_seqs(&self, ids: &[CommandId]) -> DomainResult<Vec<(CommandId, i64)>> {
+        let mut found = Vec::with_capacity(ids.len());
+        // Chunked: SQLite caps the bound parameters of one statement.
+        for chunk in ids.chunks(LAST_SEQS_CHUNK) {
+            let chunk: Vec<String> = chunk.iter().map(ToString::to_string).collect();
+            let rows = self.read("last event seqs", move |conn| events::last_seqs(conn, &chunk)).await?;
+            for (id, seq) in rows {
+                found.push((CommandId::from_uuid(codec::uuid(&id)?), seq));
+            }
+        }
+        Ok(found)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(command_id = %id))]

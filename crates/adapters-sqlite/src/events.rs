@@ -52,3 +52,13 @@ pub(crate) fn after(
         .select(EventRow::as_select())
         .load(conn)?)
 }
+
+/// The last `seq` of each of `command_ids` that has events (every stored command has one).
+pub(crate) fn last_seqs(conn: &mut SqliteConnection, command_ids: &[String]) -> StoreResult<Vec<(String, i64)>> {
+    let rows: Vec<(String, Option<i64>)> = command_events::table
+        .filter(command_events::command_id.eq_any(command_ids))
+        .group_by(command_events::command_id)
+        .select((command_events::command_id, max(command_events::seq)))
+        .load(conn)?;
+    Ok(rows.into_iter().filter_map(|(id, seq)| seq.map(|seq| (id, seq))).collect())
+}

@@ -105,8 +105,10 @@ fn configured(db: &Database, cfg: &ServeConfig) -> Result<ServeConfig, StartupEr
 }
 
 /// The timers that run until the very end: audit checkpoints (signed once more on the way
-/// out), the closing of auth-failure aggregation windows, and the key backstop of open requests.
+/// out), the closing of auth-failure aggregation windows, the key backstop of open requests
+/// and the safety poll of event streams and waiters.
 fn spawn_timers(state: &AppState, stop: &CancellationToken) {
+    tokio::spawn(state.commands.safety_poll().run(services::signalling::SAFETY_POLL, stop.clone()));
     tokio::spawn(state.audit.clone().run_checkpoints(stop.clone()));
     tokio::spawn(Arc::clone(&state.auth_failures).run(stop.clone()));
     tokio::spawn(Arc::clone(&state.open_requests).run_backstop(KEY_BACKSTOP_EVERY, stop.clone()));

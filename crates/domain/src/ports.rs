@@ -126,6 +126,9 @@ pub trait CommandRepository: Send + Sync {
     async fn stats(&self, projects: Option<&[ProjectName]>) -> DomainResult<QueueStats>;
     /// Events with `seq > after`, in order, at most `limit`.
     async fn events_after(&self, id: CommandId, after: i64, limit: u32) -> DomainResult<Vec<CommandEvent>>;
+    /// The `seq` of the last event of each of `ids` that exists, in any order; unknown ids are
+    /// left out. One round trip for many commands: the event streams' shared safety poll.
+    async fn last_event_seqs(&self, ids: &[CommandId]) -> DomainResult<Vec<(CommandId, i64)>>;
     /// The captured output of a command (empty until it ends). MUST return `NotFound` for an unknown id.
     async fn output(&self, id: CommandId) -> DomainResult<CommandOutput>;
     /// Retention: deletes at most `limit` commands that finished before `before`, oldest end

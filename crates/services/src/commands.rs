@@ -222,8 +222,13 @@ impl CommandService {
             if view.command.status.is_terminal() || tokio::time::Instant::now() >= deadline {
                 return Ok(view);
             }
-            let _ = tokio::time::timeout_at(deadline.min(tokio::time::Instant::now() + SAFETY_POLL), changes.changed())
-                .await;
+            // Woken by the command's own changes; a change no signal announced is found by the
+            // replica's `SafetyPoll`, which wakes this same channel.
+            if let Ok(Err(_)) = tokio::time::timeout_at(deadline, changes.changed()).await {
+                // The hub dropped the channel (it keeps it while a receiver lives, so this is
+                // not expected): fall back to polling rather than spinning.
+                tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + SAFETY_POLL)).await;
+            }
         }
     }
 
@@ -249,6 +254,12 @@ impl CommandService {
     /// reading, so nothing slips between the read and the wait).
     pub fn watch(&self, id: CommandId) -> tokio::sync::watch::Receiver<u64> {
         self.signals.watch_command(id)
+    }
+
+    /// The replica's safety poll over the commands its waiters and streams watch (run it
+    /// with `SafetyPoll::run`).
+    pub fn safety_poll(&self) -> crate::signalling::SafetyPoll {
+        crate::signalling::SafetyPoll::new(self.signals.clone(), self.commands.clone())
     }
 
     /// Depth, running and capacity. Needs `commands:read`.

@@ -49,6 +49,8 @@ struct Tail {
     id: CommandId,
     after: i64,
     changes: tokio::sync::watch::Receiver<u64>,
+    /// The store may hold events not read yet: at the start, after a batch, after a tick.
+    dirty: bool,
     done: bool,
     /// Events read but not yet rendered: a batch goes out in chunks of about `CHUNK_BYTES`.
     pending: VecDeque<CommandEvent>,
@@ -77,8 +79,17 @@ pub async fn events(
         .open(&caller.key, RequestKind::Stream)
         .map_err(|TooManyStreams { limit }| ApiError::TooManyStreams(limit))?;
     let changes = state.commands.watch(id);
-    let tail =
-        Tail { state, principal: caller.principal, id, after, changes, done: false, pending: VecDeque::new(), open };
+    let tail = Tail {
+        state,
+        principal: caller.principal,
+        id,
+        after,
+        changes,
+        dirty: true,
+        done: false,
+        pending: VecDeque::new(),
+        open,
+    };
     let (tx, rx) = mpsc::channel(QUEUED_CHUNKS);
     // Cancelled when actix drops the body: the response ended, or the connection did.
     let body_dropped = CancellationToken::new();
@@ -212,9 +223,16 @@ async fn next_chunk(tail: &mut Tail, tx: &mpsc::Sender<Bytes>) -> Result<Bytes, 
         if tx.is_closed() {
             return Err(Stop::Gone);
         }
-        if tail.pending.is_empty() {
+        if tail.pending.is_empty() && tail.dirty {
+            // Seen before the read: a change during the read wakes the next wait.
+            tail.changes.borrow_and_update();
             match tail.state.commands.events_after(&tail.principal, tail.id, tail.after, BATCH).await {
-                Ok(batch) => tail.pending.extend(batch),
+                Ok(batch) => {
+                    // A batch may not be all there is: read again once it is sent. An empty one
+                    // is: nothing to read until the command's channel ticks.
+                    tail.dirty = !batch.is_empty();
+                    tail.pending.extend(batch);
+                }
                 Err(e) => {
                     tracing::warn!(command_id = %tail.id, error = %e, "event stream ended early");
                     return Err(Stop::Finished);
@@ -228,11 +246,21 @@ async fn next_chunk(tail: &mut Tail, tx: &mpsc::Sender<Bytes>) -> Result<Bytes, 
         if tokio::time::Instant::now() >= keepalive_at {
             return Ok(Bytes::from_static(b": keepalive\n\n"));
         }
-        // Woken by the command's own changes; the store is re-read otherwise only at the
-        // safety poll or when a keepalive is due.
-        let wake_at = keepalive_at.min(tokio::time::Instant::now() + SAFETY_POLL);
+        // Woken by the command's own changes, pushed here or by another replica, or found by
+        // the replica's shared `SafetyPoll`; an idle stream reads nothing, not even for its
+        // keepalive.
         tokio::select! {
-            _ = tokio::time::timeout_at(wake_at, tail.changes.changed()) => {}
+            changed = tokio::time::timeout_at(keepalive_at, tail.changes.changed()) => match changed {
+                Ok(Ok(())) => tail.dirty = true,
+                // Keepalive due.
+                Err(_) => {}
+                // The hub keeps a command's channel while a receiver lives, so this is not
+                // expected; poll at the safety interval rather than spin.
+                Ok(Err(_)) => {
+                    tail.dirty = true;
+                    tokio::time::sleep_until(keepalive_at.min(tokio::time::Instant::now() + SAFETY_POLL)).await;
+                }
+            },
             () = tail.open.ended() => {}
             () = tail.state.draining.cancelled() => {}
             // A client that hung up ends its task at once, not at the next keepalive.

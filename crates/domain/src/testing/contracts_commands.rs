@@ -115,6 +115,15 @@ pub async fn command_repository<S: Store, F: Fn() -> Fut, Fut: Future<Output = S
     let by_status = CommandFilter { project: None, status: Some(CommandStatus::Cancelled) };
     assert_eq!(CommandRepository::list(&store, &by_status, PageRequest::default()).await.map(|p| p.items.len()), Ok(1));
 
+    let mut seqs = CommandRepository::last_event_seqs(&store, &[low.command.id, CommandId::generate(), new.id])
+        .await
+        .expect("last event seqs");
+    seqs.sort();
+    let mut expected = vec![(low.command.id, 3), (new.id, 1)];
+    expected.sort();
+    assert_eq!(seqs, expected, "the last seq of each known command; unknown ids are left out");
+    assert_eq!(CommandRepository::last_event_seqs(&store, &[]).await, Ok(Vec::new()));
+
     queue_cap(&store).await;
     purge_finished(fresh().await).await;
 }

@@ -326,6 +326,11 @@ impl CommandRepository for MemoryStore {
         Ok(row.events.iter().filter(|e| e.seq > after).take(limit as usize).cloned().collect())
     }
 
+    async fn last_event_seqs(&self, ids: &[CommandId]) -> DomainResult<Vec<(CommandId, i64)>> {
+        let s = self.lock();
+        Ok(ids.iter().filter_map(|id| s.commands.get(id).and_then(|r| r.events.last()).map(|e| (*id, e.seq))).collect())
+    }
+
     async fn output(&self, id: CommandId) -> DomainResult<CommandOutput> {
         self.lock().commands.get(&id).map(|r| r.output.clone()).ok_or_else(|| not_found("command"))
     }

@@ -16,14 +16,17 @@
 
 mod local;
 mod pump;
+mod safety;
 
 pub use local::{broadcast_stream, LocalSignalBus};
 
-/// How often a waiter or event stream re-reads the store when no signal came: only a safety
-/// net, since every change of a command is signalled here and (NOTIFY) across replicas, and a
-/// lost NOTIFY connection is followed by `Resync`.
+/// How often the replica's `SafetyPoll` looks for event logs that grew without a signal: only
+/// a safety net, since every change of a command is signalled here and (NOTIFY) across
+/// replicas, and a lost NOTIFY connection is followed by `Resync`. One store read a tick for
+/// all watched commands, whatever the number of streams.
 pub const SAFETY_POLL: std::time::Duration = std::time::Duration::from_secs(5);
 pub use pump::SignalPump;
+pub use safety::SafetyPoll;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -127,6 +130,18 @@ impl Signals {
     /// before reading the store, and no change can slip between the read and the wait.
     pub fn watch_command(&self, id: CommandId) -> watch::Receiver<u64> {
         lock(&self.watched).subscribe(id)
+    }
+
+    /// The commands somebody here waits on or streams (at least one receiver is alive).
+    pub fn watched_commands(&self) -> Vec<CommandId> {
+        let watched = lock(&self.watched);
+        watched.channels.iter().filter(|(_, sender)| sender.receiver_count() > 0).map(|(id, _)| *id).collect()
+    }
+
+    /// Wakes this replica's waiters and streams of command `id` (and nobody else): the safety
+    /// poll found its log grew without a signal.
+    pub fn wake_watchers(&self, id: CommandId) {
+        lock(&self.watched).tick(id);
     }
 
     /// Command `id` has new output: its waiters and streams here wake at once, and the other
