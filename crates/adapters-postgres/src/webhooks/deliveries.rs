@@ -18,8 +18,8 @@ use uuid::Uuid;
 
 use domain::pagination::{Page, PageRequest};
 use domain::webhook::{
-    Attempt, AttemptRecord, AttemptReport, Delivery, DeliveryDetail, DeliveryFilter, DeliveryId, DeliveryQueue, DeliveryStatus,
-    FanOut, LeaseRequest, LeasedDelivery, NextStep, OutboxEvent, Webhook, WebhookId,
+    Attempt, AttemptRecord, AttemptReport, Delivery, DeliveryDetail, DeliveryFilter, DeliveryId, DeliveryQueue,
+    DeliveryStatus, FanOut, LeaseRequest, LeasedDelivery, NextStep, OutboxEvent, Webhook, WebhookId,
 };
 use domain::{DomainError, DomainResult, Timestamp};
 

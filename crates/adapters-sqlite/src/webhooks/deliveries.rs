@@ -12,8 +12,8 @@ use diesel::SqliteConnection;
 
 use domain::pagination::{Page, PageRequest};
 use domain::webhook::{
-    Attempt, AttemptRecord, AttemptReport, Delivery, DeliveryDetail, DeliveryFilter, DeliveryId, DeliveryQueue, DeliveryStatus,
-    FanOut, LeaseRequest, LeasedDelivery, NextStep, OutboxEvent, Webhook,
+    Attempt, AttemptRecord, AttemptReport, Delivery, DeliveryDetail, DeliveryFilter, DeliveryId, DeliveryQueue,
+    DeliveryStatus, FanOut, LeaseRequest, LeasedDelivery, NextStep, OutboxEvent, Webhook,
 };
 use domain::{DomainError, DomainResult, Timestamp};
 
@@ -254,7 +254,8 @@ impl DeliveryQueue for SqliteStore {
                 let mut rows = Vec::with_capacity(attempts.len());
                 for a in &attempts {
                     let id = a.id.to_string();
-                    let exists: bool = diesel::select(diesel::dsl::exists(deliveries::table.find(&id))).get_result(conn)?;
+                    let exists: bool =
+                        diesel::select(diesel::dsl::exists(deliveries::table.find(&id))).get_result(conn)?;
                     rows.push(if exists { Some(record(conn, &id, a.fence, &a.report, a.next)?) } else { None });
                 }
                 Ok(rows)

@@ -17,9 +17,9 @@ use crate::pagination::{Limit, PageRequest};
 use crate::ports::{CommandRepository, ProjectRepository};
 use crate::project::ProjectName;
 use crate::webhook::{
-    command_event, AttemptRecord, AttemptReport, Delivery, DeliveryFilter, DeliveryId, DeliveryQueue, DeliveryStatus, EventId,
-    EventPayload, EventSet, EventType, LeaseRequest, LeasedDelivery, NextStep, OutboxEvent, PreviousWebhookSecret,
-    Webhook, WebhookId, WebhookRepository, WebhookSecret, WebhookUrl,
+    command_event, AttemptRecord, AttemptReport, Delivery, DeliveryFilter, DeliveryId, DeliveryQueue, DeliveryStatus,
+    EventId, EventPayload, EventSet, EventType, LeaseRequest, LeasedDelivery, NextStep, OutboxEvent,
+    PreviousWebhookSecret, Webhook, WebhookId, WebhookRepository, WebhookSecret, WebhookUrl,
 };
 use crate::{DomainError, Timestamp};
 
@@ -536,7 +536,10 @@ async fn attempts_are_recorded_in_batches<S: WebhookStore>(store: S) {
 
     let detail = store.get_delivery(mine[0].delivery.id).await.expect("detail");
     assert_eq!(detail.attempts, vec![ok.clone().numbered(1)], "snippets are cut as one at a time");
-    assert_eq!(store.get_delivery(mine[1].delivery.id).await.expect("detail").attempts, vec![failed.clone().numbered(1)]);
+    assert_eq!(
+        store.get_delivery(mine[1].delivery.id).await.expect("detail").attempts,
+        vec![failed.clone().numbered(1)]
+    );
     assert!(store.get_delivery(mine[2].delivery.id).await.expect("detail").attempts.is_empty());
     assert_eq!(
         WebhookRepository::get(&store, hook.id).await.expect("get").failing_since,
@@ -561,7 +564,8 @@ async fn attempts_are_recorded_in_batches<S: WebhookStore>(store: S) {
     let again = lease_one(&store, retry_at).await;
     assert_eq!(again.delivery.id, mine[1].delivery.id);
     let t4 = retry_at + TimeDelta::milliseconds(1);
-    let results = store.record_attempts(&[record(&again, report(t4, Some(204), None, None), NextStep::Succeeded)]).await;
+    let results =
+        store.record_attempts(&[record(&again, report(t4, Some(204), None, None), NextStep::Succeeded)]).await;
     let d = results.expect("record")[0].clone().expect("recorded").expect("held");
     assert_eq!((d.status, d.attempts), (DeliveryStatus::Succeeded, 2), "numbered after the last");
     assert_eq!(WebhookRepository::get(&store, hook.id).await.expect("get").failing_since, None, "cleared by a success");

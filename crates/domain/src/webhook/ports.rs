@@ -6,8 +6,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::model::{
-    Attempt, AttemptRecord, AttemptReport, Delivery, DeliveryDetail, DeliveryFilter, Disabled, FanOut, LeaseRequest, LeasedDelivery,
-    NextStep, OutboxEvent, PreviousWebhookSecret, Webhook,
+    Attempt, AttemptRecord, AttemptReport, Delivery, DeliveryDetail, DeliveryFilter, Disabled, FanOut, LeaseRequest,
+    LeasedDelivery, NextStep, OutboxEvent, PreviousWebhookSecret, Webhook,
 };
 use super::values::{WebhookSecret, WebhookUrl};
 use super::{DeliveryId, WebhookId};

@@ -9,8 +9,8 @@ use domain::audit::{AuditEntry, AuditOutcome};
 use domain::breaker::BreakerConfig;
 use domain::ports::Clock;
 use domain::webhook::{
-    classify, AttemptClass, AttemptRecord, AttemptReport, DeliveryQueue, LeaseRequest, LeasedDelivery, NextStep, RetryPolicy,
-    SendOutcome, WebhookRepository, WebhookRequest, WebhookSender, ENDPOINT_BREAKER,
+    classify, AttemptClass, AttemptRecord, AttemptReport, DeliveryQueue, LeaseRequest, LeasedDelivery, NextStep,
+    RetryPolicy, SendOutcome, WebhookRepository, WebhookRequest, WebhookSender, ENDPOINT_BREAKER,
 };
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -141,7 +141,8 @@ impl WebhookDispatcher {
             }
             while sending.try_join_next().is_some() {}
             let free = self.slots.available_permits();
-            let worth_it = sending.is_empty() || free >= self.lease_threshold() || last_lease.elapsed() >= LEASE_COALESCE;
+            let worth_it =
+                sending.is_empty() || free >= self.lease_threshold() || last_lease.elapsed() >= LEASE_COALESCE;
             if lease_due && free > 0 && worth_it {
                 last_lease = tokio::time::Instant::now();
                 let full = self.start_sends(&mut sending).await;
@@ -261,7 +262,7 @@ impl WebhookDispatcher {
             http.response.status_code = tracing::field::Empty,
         )
     )]
-    async fn deliver(self: Arc<Self>, leased: LeasedDelivery, _slot: OwnedSemaphorePermit) {
+    async fn deliver(self: Arc<Self>, leased: LeasedDelivery, slot: OwnedSemaphorePermit) {
         let LeasedDelivery { delivery, webhook, event, fence, .. } = leased;
         let now = self.ports.clock.now();
         if let Err(retry_at) = self.breakers.acquire(webhook.id, now) {
@@ -280,6 +281,9 @@ impl WebhookDispatcher {
             traceparent: crate::trace_context::of_span(&tracing::Span::current()).map(|t| t.traceparent().to_owned()),
         };
         let outcome = self.ports.sender.send(&request).await;
+        // A slot bounds sends, not store writes: the next lease need not wait for this attempt's
+        // batch to be recorded (the delivery stays leased until it is).
+        drop(slot);
         let span = tracing::Span::current();
         if let Some(status) = outcome.status {
             span.record("http.response.status_code", status);

@@ -38,7 +38,11 @@ impl AttemptRecorder {
     /// Records `attempt` with whatever else is queued and returns its result. The first caller
     /// to find nobody recording records batches until the queue is empty; the others wait for
     /// their answer.
-    pub(super) async fn record(&self, store: &dyn DeliveryQueue, attempt: AttemptRecord) -> DomainResult<Option<Delivery>> {
+    pub(super) async fn record(
+        &self,
+        store: &dyn DeliveryQueue,
+        attempt: AttemptRecord,
+    ) -> DomainResult<Option<Delivery>> {
         let (reply, answer) = oneshot::channel();
         let lead = {
             let mut queue = self.lock();
