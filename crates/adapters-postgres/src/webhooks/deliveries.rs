@@ -638,3 +638,36 @@ impl DeliveryQueue for PgStore {
         codec::int("purged deliveries", purged)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: i64) -> Timestamp {
+        chrono::DateTime::from_timestamp(s, 0).expect("valid time")
+    }
+
+    #[test]
+    fn a_batch_changes_failing_since_as_its_attempts_one_after_the_other_would() {
+        let (a, b, c, d) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3), Uuid::from_u128(4));
+        let changes = failing_since_changes(&[
+            // a: failing since 10, then a success and a new failure: the run restarts at 12.
+            (a, Some(at(10)), true, at(11)),
+            (a, Some(at(10)), false, at(12)),
+            (a, Some(at(10)), false, at(13)),
+            // b: healthy, then two failures: the run starts at the first.
+            (b, None, false, at(20)),
+            (b, None, false, at(21)),
+            // c: failing, then failures: nothing changes.
+            (c, Some(at(5)), false, at(30)),
+            // d: failing, ends with a success: cleared.
+            (d, Some(at(5)), false, at(40)),
+            (d, Some(at(5)), true, at(41)),
+        ]);
+        assert_eq!(
+            changes,
+            vec![FailingSince::Restart(a, at(12)), FailingSince::Start(b, at(20)), FailingSince::Clear(d)]
+        );
+        assert_eq!(failing_since_changes(&[(a, None, true, at(1))]), vec![], "healthy and succeeding: no write");
+    }
+}
