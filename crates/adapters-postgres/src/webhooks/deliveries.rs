@@ -11,14 +11,15 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Bool, Nullable, Timestamptz, Uuid as SqlUuid};
+use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use futures::future::try_join;
 use uuid::Uuid;
 
 use domain::pagination::{Page, PageRequest};
 use domain::webhook::{
-    Attempt, AttemptReport, Delivery, DeliveryDetail, DeliveryFilter, DeliveryId, DeliveryQueue, DeliveryStatus,
-    FanOut, LeaseRequest, LeasedDelivery, NextStep, OutboxEvent, Webhook, WebhookId,
+    Attempt, AttemptRecord, AttemptReport, Delivery, DeliveryDetail, DeliveryFilter, DeliveryId, DeliveryQueue,
+    DeliveryStatus, FanOut, LeaseRequest, LeasedDelivery, NextStep, OutboxEvent, Webhook, WebhookId,
 };
 use domain::{DomainError, DomainResult, Timestamp};
 
@@ -55,6 +56,50 @@ const PURGE_EVENTS: &str = "\
 DELETE FROM webhook_events e \
 WHERE e.dispatched_at IS NOT NULL AND e.created_at < $1 \
   AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = e.id)";
+
+/// Inserts the fanned-out deliveries given as one array per column: fixed SQL for any number
+/// of rows, so the statement stays prepared (a multi-row `VALUES` list would be parsed and
+/// planned anew for every count, a round trip of its own).
+const INSERT_DELIVERIES: &str = "\
+INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type, status, attempts, next_attempt_at, created_at) \
+SELECT id, webhook_id, event_id, event_type, 'pending', 0, $5, $5 \
+FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[]) AS r(id, webhook_id, event_id, event_type)";
+
+/// Records a batch of attempts (one array per field, item `i` at index `i` of each) in one
+/// statement, so one round trip whatever the batch's size:
+/// - `sub` takes each delivery's subscription `FOR SHARE`: attempts to one endpoint do not wait
+///   for each other, while `disable` (which locks the row for update first) waits for the
+///   attempts in flight, or they for it and then see it disabled (a locked row is re-read);
+/// - `recorded` applies each attempt's next step where its fence still holds the pending
+///   delivery (a `Retry` of a disabled subscription's delivery becomes `dead`), bumps the
+///   attempt count and drops the lease;
+/// - `attempts` inserts each recorded attempt, numbered by the new count.
+///
+/// Returns the recorded deliveries with their subscription's `failing_since` as locked.
+const RECORD_ATTEMPTS: &str = "\
+WITH input AS ( \
+    SELECT * FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::timestamptz[], $5::timestamptz[], \
+                         $6::int4[], $7::int8[], $8::text[], $9::text[]) \
+        AS i(id, fence, status, next_at, at, status_code, latency_ms, snippet, error) \
+), sub AS ( \
+    SELECT d.id AS delivery_id, w.enabled, w.failing_since \
+    FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id \
+    WHERE d.id = ANY($1) \
+    FOR SHARE OF w \
+), recorded AS ( \
+    UPDATE webhook_deliveries d SET attempts = d.attempts + 1, last_attempt_at = i.at, \
+        status = CASE WHEN i.status = 'pending' AND NOT s.enabled THEN 'dead' ELSE i.status END, \
+        next_attempt_at = CASE WHEN s.enabled THEN i.next_at END, \
+        lease_owner = NULL, lease_expires_at = NULL \
+    FROM input i JOIN sub s ON s.delivery_id = i.id \
+    WHERE d.id = i.id AND d.status = 'pending' AND d.fence = i.fence AND d.lease_expires_at IS NOT NULL \
+    RETURNING d.* \
+), attempts AS ( \
+    INSERT INTO webhook_attempts (delivery_id, number, at, status_code, latency_ms, response_snippet, error) \
+    SELECT r.id, r.attempts, i.at, i.status_code, i.latency_ms, i.snippet, i.error \
+    FROM recorded r JOIN input i ON i.id = r.id \
+) \
+SELECT r.*, s.failing_since AS subscription_failing_since FROM recorded r JOIN sub s ON s.delivery_id = r.id";
 
 sql_rows::delivery_rows!(diesel::pg::Pg, crate::codec::PgColumns);
 
@@ -144,46 +189,56 @@ macro_rules! held {
 
 async fn fan_out(conn: &mut AsyncPgConnection, now: Timestamp, limit: u32) -> StoreResult<FanOut> {
     // Concurrent fan-outs skip each other's events; a row dispatched by one that committed
-    // meanwhile fails the re-checked `dispatched_at IS NULL` and is left out.
-    let events: Vec<(i64, EventRow)> = webhook_events::table
+    // meanwhile fails the re-checked `dispatched_at IS NULL` and is left out. The events and
+    // the subscriptions are read in one round trip (pipelined), and so are the two writes.
+    let c: &AsyncPgConnection = conn;
+    let events = webhook_events::table
         .filter(webhook_events::dispatched_at.is_null())
         .order(webhook_events::seq.asc())
         .limit(i64::from(limit))
         .select((webhook_events::seq, EventRow::as_select()))
         .for_update()
         .skip_locked()
-        .load(conn)
-        .await?;
-    if events.is_empty() {
-        return Ok(FanOut::default());
-    }
-    let hooks: Vec<Webhook> = webhooks::table
+        .load::<(i64, EventRow)>(&mut &*c);
+    let hooks = webhooks::table
         .filter(webhooks::enabled.eq(true))
         .order(webhooks::id.asc())
         .select(WebhookRow::as_select())
-        .load(conn)
-        .await?
-        .into_iter()
-        .map(WebhookRow::into_domain)
-        .collect::<DomainResult<_>>()?;
+        .load::<WebhookRow>(&mut &*c);
+    let (events, hooks) = try_join(events, hooks).await?;
+    if events.is_empty() {
+        return Ok(FanOut::default());
+    }
+    let hooks: Vec<Webhook> = hooks.into_iter().map(WebhookRow::into_domain).collect::<DomainResult<_>>()?;
     let events = events.into_iter().map(|(seq, row)| Ok((seq, row.into_domain()?))).collect::<DomainResult<_>>()?;
     let (rows, seqs) = DeliveryRow::fan_out(events, &hooks, now);
-    if !rows.is_empty() {
-        diesel::insert_into(deliveries::table).values(&rows).execute(conn).await?;
-    }
-    diesel::update(webhook_events::table.filter(webhook_events::seq.eq_any(&seqs)))
+    let dispatched = diesel::update(webhook_events::table.filter(webhook_events::seq.eq_any(&seqs)))
         .set(webhook_events::dispatched_at.eq(now))
         .cached()
-        .execute(conn)
-        .await?;
+        .execute(&mut &*c);
+    if rows.is_empty() {
+        dispatched.await?;
+    } else {
+        let column = |f: fn(&DeliveryRow) -> Uuid| rows.iter().map(f).collect::<Vec<Uuid>>();
+        let types: Vec<&str> = rows.iter().map(|r| r.event_type.as_str()).collect();
+        let inserted = diesel::sql_query(INSERT_DELIVERIES)
+            .bind::<Array<SqlUuid>, _>(column(|r| r.id))
+            .bind::<Array<SqlUuid>, _>(column(|r| r.webhook_id))
+            .bind::<Array<SqlUuid>, _>(column(|r| r.event_id))
+            .bind::<Array<Text>, _>(types)
+            .bind::<Timestamptz, _>(now)
+            .cached()
+            .execute(&mut &*c);
+        try_join(inserted, dispatched).await?;
+    }
     Ok(FanOut { events: codec::int("events", seqs.len())?, deliveries: codec::int("deliveries", rows.len())? })
 }
 
-async fn lease(
-    conn: &mut AsyncPgConnection,
-    request: &LeaseRequest,
-    until: Timestamp,
-) -> StoreResult<Vec<LeasedDelivery>> {
+/// Leases due deliveries and loads what sending them needs. The lease is one statement, so it
+/// needs no transaction of its own; its events and subscriptions then come in one pipelined
+/// round trip. Should that read fail, the leased deliveries wait out their lease, as when a
+/// dispatcher dies after leasing.
+async fn lease(conn: &AsyncPgConnection, request: &LeaseRequest, until: Timestamp) -> StoreResult<Vec<LeasedDelivery>> {
     let exclude: Vec<Uuid> = request.exclude.iter().map(WebhookId::as_uuid).collect();
     let rows: Vec<DeliveryRow> = diesel::sql_query(LEASE_DUE)
         .bind::<Timestamptz, _>(request.now)
@@ -192,29 +247,36 @@ async fn lease(
         .bind::<diesel::sql_types::Text, _>(&request.owner)
         .bind::<Timestamptz, _>(until)
         .cached()
-        .load(conn)
+        .load(&mut &*conn)
         .await?;
-    // Every leased row's event in one round trip, not one each.
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
     let event_ids: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
-    let events: HashMap<Uuid, EventRow> = webhook_events::table
+    let mut hook_ids: Vec<Uuid> = rows.iter().map(|r| r.webhook_id).collect();
+    hook_ids.sort_unstable();
+    hook_ids.dedup();
+    let events = webhook_events::table
         .filter(webhook_events::id.eq_any(&event_ids))
         .select(EventRow::as_select())
-        .load(conn)
-        .await?
+        .load::<EventRow>(&mut &*conn);
+    let hooks = webhooks::table
+        .filter(webhooks::id.eq_any(&hook_ids))
+        .select(WebhookRow::as_select())
+        .load::<WebhookRow>(&mut &*conn);
+    let (events, hooks) = try_join(events, hooks).await?;
+    let events: HashMap<Uuid, EventRow> = events.into_iter().map(|e| (e.id, e)).collect();
+    let hooks: HashMap<Uuid, Webhook> = hooks
         .into_iter()
-        .map(|e: EventRow| (e.id, e))
-        .collect();
-    let mut hooks: HashMap<Uuid, Webhook> = HashMap::new();
+        .map(|w| {
+            let id = w.id;
+            Ok((id, w.into_domain()?))
+        })
+        .collect::<DomainResult<_>>()?;
     let mut leased = Vec::with_capacity(rows.len());
     for row in rows {
-        let webhook = match hooks.get(&row.webhook_id) {
-            Some(hook) => hook.clone(),
-            None => {
-                let hook = subscriptions::load(conn, row.webhook_id).await?.into_domain()?;
-                hooks.insert(row.webhook_id, hook.clone());
-                hook
-            }
-        };
+        // A subscription deleted since the lease took its deliveries with it.
+        let Some(webhook) = hooks.get(&row.webhook_id).cloned() else { continue };
         // One event fans out to several deliveries; it outlives them (purge deletes events only
         // once no delivery refers to them).
         let event = events.get(&row.event_id).cloned().ok_or_else(not_found)?.into_domain()?;
@@ -226,88 +288,141 @@ async fn lease(
     Ok(leased)
 }
 
-/// The subscription of delivery `$1`, locked `FOR SHARE`: attempts to one endpoint do not wait
-/// for each other, while `disable` (which locks the row for update first) waits for the attempts
-/// in flight, or they for it and then see it disabled.
-const SUBSCRIPTION_OF: &str = "\
-SELECT w.id, w.enabled, w.failing_since FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id \
-WHERE d.id = $1 FOR SHARE OF w";
-
+/// A delivery `RECORD_ATTEMPTS` recorded, with its subscription's `failing_since` before.
 #[derive(Debug, QueryableByName)]
-struct Subscription {
-    #[diesel(sql_type = SqlUuid)]
-    id: Uuid,
-    #[diesel(sql_type = Bool)]
-    enabled: bool,
+struct Recorded {
+    #[diesel(embed)]
+    delivery: DeliveryRow,
     #[diesel(sql_type = Nullable<Timestamptz>)]
-    failing_since: Option<Timestamp>,
+    subscription_failing_since: Option<Timestamp>,
 }
 
-/// What an attempt changes in its subscription's `failing_since`, if anything.
-#[derive(Debug, Clone, Copy)]
+/// What a batch of attempts changes in one subscription's `failing_since`, if anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum FailingSince {
     /// A success after failures: the run of failures is over.
     Clear(Uuid),
-    /// The first failure after a success: a run of failures starts at this time.
+    /// The first failure after a success: a run of failures starts at this time (unless one
+    /// was started meanwhile).
     Start(Uuid, Timestamp),
+    /// Failures that began after a success of the same batch, while an older run was recorded:
+    /// that run ended with the success and this one starts at this time.
+    Restart(Uuid, Timestamp),
 }
 
-/// Records an attempt in the caller's transaction. Returns the delivery (`None` when the fence
-/// is stale) and the `failing_since` change to make after the commit: made inside, it would need
-/// the subscription's row exclusively while other attempts hold it shared, and deadlock.
+/// The `failing_since` changes of `recorded` attempts, in batch order: `(subscription, its
+/// failing_since before the batch, succeeded, at)`. The same result as recording them one after
+/// the other (a success clears, a failure starts a run unless one runs), one change per
+/// subscription at most.
+fn failing_since_changes(recorded: &[(Uuid, Option<Timestamp>, bool, Timestamp)]) -> Vec<FailingSince> {
+    let mut order: Vec<Uuid> = Vec::new();
+    let mut state: HashMap<Uuid, (Option<Timestamp>, Option<Timestamp>)> = HashMap::new();
+    for &(hook, before, succeeded, at) in recorded {
+        let (_, now) = state.entry(hook).or_insert_with(|| {
+            order.push(hook);
+            (before, before)
+        });
+        *now = if succeeded { None } else { now.or(Some(at)) };
+    }
+    order
+        .into_iter()
+        .filter_map(|hook| {
+            let (before, after) = state[&hook];
+            match (before, after) {
+                (b, a) if b == a => None,
+                (_, None) => Some(FailingSince::Clear(hook)),
+                (None, Some(at)) => Some(FailingSince::Start(hook, at)),
+                (Some(_), Some(at)) => Some(FailingSince::Restart(hook, at)),
+            }
+        })
+        .collect()
+}
+
+/// `RECORD_ATTEMPTS`'s binds: one array per field, item `i` at index `i` of each.
+#[derive(Debug, Default)]
+struct AttemptColumns {
+    ids: Vec<Uuid>,
+    fences: Vec<i64>,
+    statuses: Vec<&'static str>,
+    next_at: Vec<Option<Timestamp>>,
+    at: Vec<Timestamp>,
+    codes: Vec<Option<i32>>,
+    latencies: Vec<i64>,
+    snippets: Vec<Option<String>>,
+    errors: Vec<Option<String>>,
+}
+
+impl AttemptColumns {
+    fn of(attempts: &[AttemptRecord]) -> DomainResult<Self> {
+        let mut c = Self::default();
+        for a in attempts {
+            // Numbered here only to cut the snippet as `record_attempt` stores it; the statement
+            // numbers the attempt.
+            let attempt = AttemptRow::from_domain(a.id.as_uuid(), &a.report.clone().numbered(1))?;
+            c.ids.push(a.id.as_uuid());
+            c.fences.push(a.fence);
+            c.statuses.push(a.next.status().as_str());
+            c.next_at.push(match a.next {
+                NextStep::Retry { at } => Some(at),
+                _ => None,
+            });
+            c.at.push(attempt.at);
+            c.codes.push(attempt.status_code);
+            c.latencies.push(attempt.latency_ms);
+            c.snippets.push(attempt.response_snippet);
+            c.errors.push(attempt.error);
+        }
+        Ok(c)
+    }
+}
+
+/// Records `attempts` in one statement. Returns each item's result in order and the
+/// `failing_since` changes to make after: made inside, they would need the subscription's row
+/// exclusively while other attempts hold it shared, and deadlock.
 async fn record(
     conn: &mut AsyncPgConnection,
-    id: Uuid,
-    fence: i64,
-    report: &AttemptReport,
-    next: NextStep,
-) -> StoreResult<(Option<DeliveryRow>, Option<FailingSince>)> {
-    let subscription: Subscription = diesel::sql_query(SUBSCRIPTION_OF)
-        .bind::<SqlUuid, _>(id)
+    attempts: &[AttemptRecord],
+) -> StoreResult<(Vec<DomainResult<Option<Delivery>>>, Vec<FailingSince>)> {
+    let c = AttemptColumns::of(attempts)?;
+    let rows: Vec<Recorded> = diesel::sql_query(RECORD_ATTEMPTS)
+        .bind::<Array<SqlUuid>, _>(&c.ids)
+        .bind::<Array<BigInt>, _>(&c.fences)
+        .bind::<Array<Text>, _>(&c.statuses)
+        .bind::<Array<Nullable<Timestamptz>>, _>(&c.next_at)
+        .bind::<Array<Timestamptz>, _>(&c.at)
+        .bind::<Array<Nullable<Integer>>, _>(&c.codes)
+        .bind::<Array<BigInt>, _>(&c.latencies)
+        .bind::<Array<Nullable<Text>>, _>(&c.snippets)
+        .bind::<Array<Nullable<Text>>, _>(&c.errors)
         .cached()
-        .get_result(conn)
-        .await
-        .optional()?
-        .ok_or_else(not_found)?;
-    let next = match next {
-        NextStep::Retry { .. } if !subscription.enabled => NextStep::Dead,
-        other => other,
-    };
-    let next_attempt_at = match next {
-        NextStep::Retry { at } => Some(at),
-        _ => None,
-    };
-    let updated: Option<DeliveryRow> = diesel::update(held!(id, fence))
-        .set((
-            deliveries::attempts.eq(deliveries::attempts + 1),
-            deliveries::last_attempt_at.eq(report.at),
-            deliveries::status.eq(next.status().as_str()),
-            deliveries::next_attempt_at.eq(next_attempt_at),
-            deliveries::lease_owner.eq(None::<String>),
-            deliveries::lease_expires_at.eq(None::<Timestamp>),
-        ))
-        .returning(DeliveryRow::as_returning())
-        .cached()
-        .get_result(conn)
-        .await
-        .optional()?;
-    // The delivery exists (the join found it): no row means a stale fence or a settled delivery.
-    let Some(updated) = updated else { return Ok((None, None)) };
-    let attempt = report.clone().numbered(codec::int::<i32, u32>("attempts", updated.attempts)?);
-    diesel::insert_into(webhook_attempts::table)
-        .values(AttemptRow::from_domain(id, &attempt)?)
-        .cached()
-        .execute(conn)
+        .load(conn)
         .await?;
-    let change = match (next == NextStep::Succeeded, subscription.failing_since) {
-        (true, Some(_)) => Some(FailingSince::Clear(subscription.id)),
-        (false, None) => Some(FailingSince::Start(subscription.id, report.at)),
-        _ => None,
+    let mut recorded: HashMap<Uuid, Recorded> = rows.into_iter().map(|r| (r.delivery.id, r)).collect();
+    // Not recorded: a stale fence or a settled delivery (`None`), or no such delivery.
+    let missing: Vec<Uuid> = c.ids.iter().filter(|id| !recorded.contains_key(id)).copied().collect();
+    let existing: Vec<Uuid> = if missing.is_empty() {
+        Vec::new()
+    } else {
+        deliveries::table.filter(deliveries::id.eq_any(&missing)).select(deliveries::id).load(conn).await?
     };
-    Ok((Some(updated), change))
+    let mut changes = Vec::new();
+    let mut results = Vec::with_capacity(attempts.len());
+    for a in attempts {
+        let id = a.id.as_uuid();
+        results.push(match recorded.remove(&id) {
+            Some(r) => {
+                let hook = r.delivery.webhook_id;
+                changes.push((hook, r.subscription_failing_since, a.next == NextStep::Succeeded, a.report.at));
+                r.delivery.into_domain().map(Some)
+            }
+            None if existing.contains(&id) => Ok(None),
+            None => Err(not_found()),
+        });
+    }
+    Ok((results, failing_since_changes(&changes)))
 }
 
-/// Applies an attempt's `failing_since` change (a start never moves an earlier one).
+/// Applies a batch's `failing_since` change (a start never moves an earlier one).
 async fn apply(conn: &mut AsyncPgConnection, change: FailingSince) -> StoreResult<()> {
     match change {
         FailingSince::Clear(webhook) => {
@@ -321,6 +436,9 @@ async fn apply(conn: &mut AsyncPgConnection, change: FailingSince) -> StoreResul
                 .set(webhooks::failing_since.eq(at))
                 .execute(conn)
                 .await?
+        }
+        FailingSince::Restart(webhook, at) => {
+            diesel::update(webhooks::table.find(webhook)).set(webhooks::failing_since.eq(at)).execute(conn).await?
         }
     };
     Ok(())
@@ -352,10 +470,8 @@ impl DeliveryQueue for PgStore {
     #[tracing::instrument(level = "trace", skip_all, fields(owner = %request.owner))]
     async fn lease_due(&self, request: &LeaseRequest) -> DomainResult<Vec<LeasedDelivery>> {
         let until = lease_end(request.now, request.lease)?;
-        let mut conn = self.conn().await?;
-        conn.transaction::<_, StoreError, _>(async |conn| lease(conn, request, until).await)
-            .await
-            .map_err(|e| e.into_domain("lease webhook deliveries"))
+        let conn = self.conn().await?;
+        lease(&conn, request, until).await.map_err(|e| e.into_domain("lease webhook deliveries"))
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(delivery_id = %id, fence))]
@@ -366,16 +482,24 @@ impl DeliveryQueue for PgStore {
         report: &AttemptReport,
         next: NextStep,
     ) -> DomainResult<Option<Delivery>> {
+        let one = [AttemptRecord { id, fence, report: report.clone(), next }];
+        let mut results = self.record_attempts(&one).await?;
+        results.pop().unwrap_or_else(|| Err(DomainError::Internal("a batch of one recorded nothing".into())))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(attempts = attempts.len()))]
+    async fn record_attempts(&self, attempts: &[AttemptRecord]) -> DomainResult<Vec<DomainResult<Option<Delivery>>>> {
+        if attempts.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut conn = self.conn().await?;
-        let (row, change) = conn
-            .transaction::<_, StoreError, _>(async |conn| record(conn, id.as_uuid(), fence, report, next).await)
-            .await
-            .map_err(|e| e.into_domain("record webhook attempt"))?;
-        if let Some(change) = change {
+        let (results, changes) =
+            record(&mut conn, attempts).await.map_err(|e| e.into_domain("record webhook attempts"))?;
+        for change in changes {
             // Lost only if this process dies right here; the next attempt makes the same change.
             apply(&mut conn, change).await.map_err(|e| e.into_domain("record webhook failing_since"))?;
         }
-        row.map(DeliveryRow::into_domain).transpose()
+        Ok(results)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(delivery_id = %id, fence))]
@@ -512,5 +636,38 @@ impl DeliveryQueue for PgStore {
             .await
             .map_err(|e| e.into_domain("purge webhook deliveries"))?;
         codec::int("purged deliveries", purged)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: i64) -> Timestamp {
+        chrono::DateTime::from_timestamp(s, 0).expect("valid time")
+    }
+
+    #[test]
+    fn a_batch_changes_failing_since_as_its_attempts_one_after_the_other_would() {
+        let (a, b, c, d) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3), Uuid::from_u128(4));
+        let changes = failing_since_changes(&[
+            // a: failing since 10, then a success and a new failure: the run restarts at 12.
+            (a, Some(at(10)), true, at(11)),
+            (a, Some(at(10)), false, at(12)),
+            (a, Some(at(10)), false, at(13)),
+            // b: healthy, then two failures: the run starts at the first.
+            (b, None, false, at(20)),
+            (b, None, false, at(21)),
+            // c: failing, then failures: nothing changes.
+            (c, Some(at(5)), false, at(30)),
+            // d: failing, ends with a success: cleared.
+            (d, Some(at(5)), false, at(40)),
+            (d, Some(at(5)), true, at(41)),
+        ]);
+        assert_eq!(
+            changes,
+            vec![FailingSince::Restart(a, at(12)), FailingSince::Start(b, at(20)), FailingSince::Clear(d)]
+        );
+        assert_eq!(failing_since_changes(&[(a, None, true, at(1))]), vec![], "healthy and succeeding: no write");
     }
 }

@@ -12,8 +12,8 @@ use diesel::SqliteConnection;
 
 use domain::pagination::{Page, PageRequest};
 use domain::webhook::{
-    Attempt, AttemptReport, Delivery, DeliveryDetail, DeliveryFilter, DeliveryId, DeliveryQueue, DeliveryStatus,
-    FanOut, LeaseRequest, LeasedDelivery, NextStep, OutboxEvent, Webhook,
+    Attempt, AttemptRecord, AttemptReport, Delivery, DeliveryDetail, DeliveryFilter, DeliveryId, DeliveryQueue,
+    DeliveryStatus, FanOut, LeaseRequest, LeasedDelivery, NextStep, OutboxEvent, Webhook,
 };
 use domain::{DomainError, DomainResult, Timestamp};
 
@@ -239,6 +239,35 @@ impl DeliveryQueue for SqliteStore {
         let (id, report) = (id.to_string(), report.clone());
         let row = self.write("record webhook attempt", move |conn| record(conn, &id, fence, &report, next)).await?;
         row.map(DeliveryRow::into_domain).transpose()
+    }
+
+    /// One immediate transaction for the whole batch: SQLite has one writer, so a transaction per
+    /// attempt would make every attempt queue for the write lock on its own.
+    #[tracing::instrument(level = "debug", skip_all, fields(attempts = attempts.len()))]
+    async fn record_attempts(&self, attempts: &[AttemptRecord]) -> DomainResult<Vec<DomainResult<Option<Delivery>>>> {
+        if attempts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let attempts = attempts.to_vec();
+        let rows = self
+            .write("record webhook attempts", move |conn| {
+                let mut rows = Vec::with_capacity(attempts.len());
+                for a in &attempts {
+                    let id = a.id.to_string();
+                    let exists: bool =
+                        diesel::select(diesel::dsl::exists(deliveries::table.find(&id))).get_result(conn)?;
+                    rows.push(if exists { Some(record(conn, &id, a.fence, &a.report, a.next)?) } else { None });
+                }
+                Ok(rows)
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| match row {
+                None => Err(not_found()),
+                Some(recorded) => recorded.map(DeliveryRow::into_domain).transpose(),
+            })
+            .collect())
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(delivery_id = %id, fence))]

@@ -17,9 +17,9 @@ use crate::pagination::{Limit, PageRequest};
 use crate::ports::{CommandRepository, ProjectRepository};
 use crate::project::ProjectName;
 use crate::webhook::{
-    command_event, AttemptReport, Delivery, DeliveryFilter, DeliveryId, DeliveryQueue, DeliveryStatus, EventId,
-    EventPayload, EventSet, EventType, LeaseRequest, LeasedDelivery, NextStep, OutboxEvent, PreviousWebhookSecret,
-    Webhook, WebhookId, WebhookRepository, WebhookSecret, WebhookUrl,
+    command_event, AttemptRecord, AttemptReport, Delivery, DeliveryFilter, DeliveryId, DeliveryQueue, DeliveryStatus,
+    EventId, EventPayload, EventSet, EventType, LeaseRequest, LeasedDelivery, NextStep, OutboxEvent,
+    PreviousWebhookSecret, Webhook, WebhookId, WebhookRepository, WebhookSecret, WebhookUrl,
 };
 use crate::{DomainError, Timestamp};
 
@@ -112,6 +112,7 @@ pub async fn webhook_store_contract<S: WebhookStore, F: Fn() -> Fut, Fut: Future
     fan_out_respects_filters(fresh().await).await;
     fan_out_and_leases_are_exclusive(Arc::new(fresh().await)).await;
     attempts_are_recorded_in_order(fresh().await).await;
+    attempts_are_recorded_in_batches(fresh().await).await;
     redeliver_and_listing(fresh().await).await;
     disabling_kills_pending_deliveries(fresh().await).await;
     purge_keeps_pending_deliveries(fresh().await).await;
@@ -479,6 +480,95 @@ async fn attempts_are_recorded_in_order<S: WebhookStore>(store: S) {
     assert_eq!(store.record_attempt(released.delivery.id, released.fence, &r3, NextStep::Succeeded).await, Ok(None));
     assert!(store.lease_due(&lease_at(now, 10)).await.expect("lease").is_empty(), "released until back_at");
     assert_eq!(lease_one(&store, back_at).await.delivery.id, released.delivery.id);
+}
+
+fn record(leased: &LeasedDelivery, report: AttemptReport, next: NextStep) -> AttemptRecord {
+    AttemptRecord { id: leased.delivery.id, fence: leased.fence, report, next }
+}
+
+/// `record_attempts` gives each item what `record_attempt` would have given it, in order, in
+/// one call: stale fences and unknown ids affect only their own item.
+async fn attempts_are_recorded_in_batches<S: WebhookStore>(store: S) {
+    let hook = sample_webhook(EventSet::all(), ProjectAccess::All);
+    let other = sample_webhook(EventSet::all(), ProjectAccess::All);
+    for (w, n) in [(&hook, 3), (&other, 1)] {
+        WebhookRepository::create(&store, w).await.expect("create");
+        for _ in 0..n {
+            store.append_event(&sample_event(EventType::Ping, None, Some(w.id))).await.expect("append");
+        }
+    }
+    store.fan_out(now_micros(), 10).await.expect("fan out");
+    let t0 = now_micros();
+    let leased = store.lease_due(&lease_at(t0, 10)).await.expect("lease");
+    assert_eq!(leased.len(), 4);
+    let (mine, theirs): (Vec<_>, Vec<_>) = leased.into_iter().partition(|l| l.webhook.id == hook.id);
+    store.disable(other.id, "a client disabled it", t0).await.expect("disable");
+    assert_eq!(store.record_attempts(&[]).await, Ok(Vec::new()), "an empty batch records nothing");
+
+    let (t1, t2) = (t0 + TimeDelta::milliseconds(1), t0 + TimeDelta::milliseconds(2));
+    let long = "é".repeat(15 * 1024);
+    let ok = report(t1, Some(200), Some(&long), None);
+    let failed = report(t2, Some(500), None, Some("server error"));
+    let retry_at = t2 + TimeDelta::seconds(5);
+    let mut stale = record(&mine[2], ok.clone(), NextStep::Succeeded);
+    stale.fence += 1000;
+    let unknown = AttemptRecord { id: DeliveryId::generate(), ..stale.clone() };
+    let batch = [
+        record(&mine[0], ok.clone(), NextStep::Succeeded),
+        record(&mine[1], failed.clone(), NextStep::Retry { at: retry_at }),
+        stale,
+        unknown,
+        record(&theirs[0], failed.clone(), NextStep::Retry { at: retry_at }),
+    ];
+    let results = store.record_attempts(&batch).await.expect("record a batch");
+    assert_eq!(results.len(), 5, "one result per item, in order");
+    let first = results[0].clone().expect("recorded").expect("held");
+    assert_eq!((first.id, first.status, first.attempts), (mine[0].delivery.id, DeliveryStatus::Succeeded, 1));
+    let second = results[1].clone().expect("recorded").expect("held");
+    assert_eq!(
+        (second.id, second.status, second.attempts, second.next_attempt_at, second.last_attempt_at),
+        (mine[1].delivery.id, DeliveryStatus::Pending, 1, Some(retry_at), Some(t2))
+    );
+    assert_eq!(results[2], Ok(None), "a stale fence changes nothing, and only its own item");
+    assert!(matches!(results[3], Err(DomainError::NotFound(_))), "an unknown id is its item's NotFound");
+    let dead = results[4].clone().expect("recorded").expect("a leased delivery outlives the disable");
+    assert_eq!((dead.status, dead.next_attempt_at), (DeliveryStatus::Dead, None), "no retry for a disabled endpoint");
+
+    let detail = store.get_delivery(mine[0].delivery.id).await.expect("detail");
+    assert_eq!(detail.attempts, vec![ok.clone().numbered(1)], "snippets are cut as one at a time");
+    assert_eq!(
+        store.get_delivery(mine[1].delivery.id).await.expect("detail").attempts,
+        vec![failed.clone().numbered(1)]
+    );
+    assert!(store.get_delivery(mine[2].delivery.id).await.expect("detail").attempts.is_empty());
+    assert_eq!(
+        WebhookRepository::get(&store, hook.id).await.expect("get").failing_since,
+        Some(t2),
+        "a failure after a success in one batch starts a run of failures, as one after the other"
+    );
+    assert_eq!(
+        store.record_attempts(&batch[..1]).await.expect("again"),
+        vec![Ok(None)],
+        "a recorded attempt ends the lease"
+    );
+
+    let t3 = t2 + TimeDelta::milliseconds(1);
+    let later = report(t3, None, None, Some("timed out"));
+    let results = store.record_attempts(&[record(&mine[2], later.clone(), NextStep::Failed)]).await.expect("record");
+    assert_eq!(results[0].clone().expect("recorded").expect("held").status, DeliveryStatus::Failed);
+    assert_eq!(
+        WebhookRepository::get(&store, hook.id).await.expect("get").failing_since,
+        Some(t2),
+        "kept while failing"
+    );
+    let again = lease_one(&store, retry_at).await;
+    assert_eq!(again.delivery.id, mine[1].delivery.id);
+    let t4 = retry_at + TimeDelta::milliseconds(1);
+    let results =
+        store.record_attempts(&[record(&again, report(t4, Some(204), None, None), NextStep::Succeeded)]).await;
+    let d = results.expect("record")[0].clone().expect("recorded").expect("held");
+    assert_eq!((d.status, d.attempts), (DeliveryStatus::Succeeded, 2), "numbered after the last");
+    assert_eq!(WebhookRepository::get(&store, hook.id).await.expect("get").failing_since, None, "cleared by a success");
 }
 
 async fn redeliver_and_listing<S: WebhookStore>(store: S) {

@@ -211,6 +211,20 @@ impl AttemptReport {
     }
 }
 
+/// One attempt to record in a batch (`DeliveryQueue::record_attempts`): what
+/// `record_attempt` takes, as one value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRecord {
+    /// The leased delivery.
+    pub id: DeliveryId,
+    /// The fence its lease was handed out with.
+    pub fence: i64,
+    /// What the attempt found.
+    pub report: AttemptReport,
+    /// What happens to the delivery next.
+    pub next: NextStep,
+}
+
 /// One recorded attempt of a delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attempt {

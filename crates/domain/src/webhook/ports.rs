@@ -6,13 +6,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::model::{
-    Attempt, AttemptReport, Delivery, DeliveryDetail, DeliveryFilter, Disabled, FanOut, LeaseRequest, LeasedDelivery,
-    NextStep, OutboxEvent, PreviousWebhookSecret, Webhook,
+    Attempt, AttemptRecord, AttemptReport, Delivery, DeliveryDetail, DeliveryFilter, Disabled, FanOut, LeaseRequest,
+    LeasedDelivery, NextStep, OutboxEvent, PreviousWebhookSecret, Webhook,
 };
 use super::values::{WebhookSecret, WebhookUrl};
 use super::{DeliveryId, WebhookId};
 use crate::pagination::{Page, PageRequest};
-use crate::{DomainResult, Timestamp};
+use crate::{DomainError, DomainResult, Timestamp};
 
 /// Webhook subscriptions.
 #[async_trait]
@@ -81,6 +81,23 @@ pub trait DeliveryQueue: Send + Sync {
         report: &AttemptReport,
         next: NextStep,
     ) -> DomainResult<Option<Delivery>>;
+    /// Records several attempts, each as `record_attempt` would, and returns each one's result in
+    /// order (an unknown id is that item's `NotFound`; the others are recorded all the same).
+    /// The items MUST name distinct deliveries. A store SHOULD record them in one round trip
+    /// (the dispatcher batches the attempts that finish together); an `Err` of the whole call
+    /// MAY leave some recorded, whose leases then simply run out. The default records them one
+    /// after the other.
+    async fn record_attempts(&self, attempts: &[AttemptRecord]) -> DomainResult<Vec<DomainResult<Option<Delivery>>>> {
+        let mut results = Vec::with_capacity(attempts.len());
+        for a in attempts {
+            results.push(match self.record_attempt(a.id, a.fence, &a.report, a.next).await {
+                Err(DomainError::NotFound(what)) => Err(DomainError::NotFound(what)),
+                Err(e) => return Err(e),
+                Ok(done) => Ok(done),
+            });
+        }
+        Ok(results)
+    }
     /// Hands a leased delivery back unattempted, due again at `next_attempt_at` (a breaker
     /// refused it). Returns whether `fence` still held it.
     async fn release(&self, id: DeliveryId, fence: i64, next_attempt_at: Timestamp) -> DomainResult<bool>;

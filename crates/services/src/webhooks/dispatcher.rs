@@ -9,20 +9,26 @@ use domain::audit::{AuditEntry, AuditOutcome};
 use domain::breaker::BreakerConfig;
 use domain::ports::Clock;
 use domain::webhook::{
-    classify, AttemptClass, AttemptReport, DeliveryQueue, LeaseRequest, LeasedDelivery, NextStep, RetryPolicy,
-    SendOutcome, WebhookRepository, WebhookRequest, WebhookSender, ENDPOINT_BREAKER,
+    classify, AttemptClass, AttemptRecord, AttemptReport, DeliveryQueue, LeaseRequest, LeasedDelivery, NextStep,
+    RetryPolicy, SendOutcome, WebhookRepository, WebhookRequest, WebhookSender, ENDPOINT_BREAKER,
 };
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::breakers::Breakers;
+use super::recorder::AttemptRecorder;
 use crate::audit::AuditService;
 use crate::metrics::{WEBHOOK_DELIVERIES_TOTAL, WEBHOOK_DELIVERY_DURATION_SECONDS, WEBHOOK_ENDPOINTS_DISABLED_TOTAL};
 use crate::signalling::Signals;
 
 /// Most rounds of fan-out per loop turn, so a flood of events cannot starve sending.
 const FAN_OUT_ROUNDS: u32 = 10;
+
+/// While sends are in flight, how long a few free slots wait for more to free up before they
+/// are leased anyway: a lease costs a round trip however many it takes, so leasing one slot
+/// at a time as each send ends would cost one per delivery.
+const LEASE_COALESCE: Duration = Duration::from_millis(2);
 
 /// How the dispatcher behaves; `new` gives the production defaults.
 #[derive(Debug, Clone)]
@@ -93,6 +99,7 @@ pub struct WebhookDispatcher {
     config: DispatcherConfig,
     breakers: Breakers,
     slots: Arc<Semaphore>,
+    recorder: AttemptRecorder,
 }
 
 impl std::fmt::Debug for WebhookDispatcher {
@@ -106,7 +113,13 @@ impl WebhookDispatcher {
     pub fn new(ports: DispatcherPorts, config: DispatcherConfig) -> Arc<Self> {
         let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
         let breakers = Breakers::new(config.breaker);
-        Arc::new(Self { ports, config, breakers, slots })
+        let recorder = AttemptRecorder::new(config.batch as usize);
+        Arc::new(Self { ports, config, breakers, slots, recorder })
+    }
+
+    /// Free slots worth a lease of their own while sends are in flight: half of them.
+    fn lease_threshold(&self) -> usize {
+        (self.config.concurrency / 2).clamp(1, self.config.batch.max(1) as usize)
     }
 
     /// Delivers until `shutdown` fires, then lets sends in flight finish for `shutdown_grace`.
@@ -114,19 +127,38 @@ impl WebhookDispatcher {
         let mut sending = JoinSet::new();
         let mut changes = Some(self.ports.signals.subscribe_state());
         tracing::info!(owner = %self.config.owner, concurrency = self.config.concurrency, "webhook dispatcher started");
+        // Events appear only with a signal (a state change, a queued ping or redelivery) or, from
+        // elsewhere, by the poll: a turn woken by a send that ended has nothing to fan out.
+        let mut fan_out_due = true;
+        // Whether a lease may come up with something: not after one that came back short until
+        // something changes (a signal, the poll, a send that ended and may have scheduled a retry).
+        let mut lease_due = true;
+        let mut last_lease = tokio::time::Instant::now();
         while !shutdown.is_cancelled() {
-            self.fan_out().await;
-            let full = self.start_sends(&mut sending).await;
-            while sending.try_join_next().is_some() {}
-            if full && self.slots.available_permits() > 0 {
-                continue;
+            if fan_out_due {
+                fan_out_due = self.fan_out().await;
+                lease_due = true;
             }
+            while sending.try_join_next().is_some() {}
+            let free = self.slots.available_permits();
+            let worth_it =
+                sending.is_empty() || free >= self.lease_threshold() || last_lease.elapsed() >= LEASE_COALESCE;
+            if lease_due && free > 0 && worth_it {
+                last_lease = tokio::time::Instant::now();
+                let full = self.start_sends(&mut sending).await;
+                lease_due = full;
+                if full && self.slots.available_permits() >= self.lease_threshold() {
+                    continue;
+                }
+            }
+            let coalescing = lease_due && free > 0 && !worth_it;
             tokio::select! {
                 () = shutdown.cancelled() => {}
-                () = self.ports.signals.deliveries_due() => {}
-                () = changed(&mut changes) => {}
-                Some(_) = sending.join_next(), if !sending.is_empty() => {}
-                () = tokio::time::sleep(self.config.poll_every) => {}
+                () = self.ports.signals.deliveries_due() => fan_out_due = true,
+                () = changed(&mut changes) => fan_out_due = true,
+                Some(_) = sending.join_next(), if !sending.is_empty() => lease_due = true,
+                () = tokio::time::sleep_until(last_lease + LEASE_COALESCE), if coalescing => {}
+                () = tokio::time::sleep(self.config.poll_every) => fan_out_due = true,
             }
         }
         self.drain(sending).await;
@@ -145,24 +177,27 @@ impl WebhookDispatcher {
             if !full {
                 break;
             }
-            // Wait for room rather than leasing deliveries that would sit in their lease.
-            sending.join_next().await;
+            // Wait for room rather than leasing deliveries that would sit in their lease, and
+            // for enough of it to be worth a lease.
+            while sending.join_next().await.is_some() && self.slots.available_permits() < self.lease_threshold() {}
         }
         while sending.join_next().await.is_some() {}
         leased
     }
 
-    async fn fan_out(&self) {
+    /// Fans out what the outbox holds; returns whether more may be left (the rounds ran out).
+    async fn fan_out(&self) -> bool {
         for _ in 0..FAN_OUT_ROUNDS {
             match self.ports.deliveries.fan_out(self.ports.clock.now(), self.config.fan_out_batch).await {
-                Ok(done) if done.events < self.config.fan_out_batch => return,
+                Ok(done) if done.events < self.config.fan_out_batch => return false,
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "fanning out webhook events failed");
-                    return;
+                    return false;
                 }
             }
         }
+        true
     }
 
     /// Leases as many due deliveries as there are free slots and starts sending them; returns
@@ -227,7 +262,7 @@ impl WebhookDispatcher {
             http.response.status_code = tracing::field::Empty,
         )
     )]
-    async fn deliver(self: Arc<Self>, leased: LeasedDelivery, _slot: OwnedSemaphorePermit) {
+    async fn deliver(self: Arc<Self>, leased: LeasedDelivery, slot: OwnedSemaphorePermit) {
         let LeasedDelivery { delivery, webhook, event, fence, .. } = leased;
         let now = self.ports.clock.now();
         if let Err(retry_at) = self.breakers.acquire(webhook.id, now) {
@@ -246,6 +281,9 @@ impl WebhookDispatcher {
             traceparent: crate::trace_context::of_span(&tracing::Span::current()).map(|t| t.traceparent().to_owned()),
         };
         let outcome = self.ports.sender.send(&request).await;
+        // A slot bounds sends, not store writes: the next lease need not wait for this attempt's
+        // batch to be recorded (the delivery stays leased until it is).
+        drop(slot);
         let span = tracing::Span::current();
         if let Some(status) = outcome.status {
             span.record("http.response.status_code", status);
@@ -259,7 +297,8 @@ impl WebhookDispatcher {
         self.breakers.record(webhook.id, done_at, class.is_success());
         let next =
             self.config.retry.next_step(class, delivery.attempts + 1, outcome.retry_after, done_at, rand::random());
-        let recorded = self.ports.deliveries.record_attempt(delivery.id, fence, &report(now, &outcome), next).await;
+        let attempt = AttemptRecord { id: delivery.id, fence, report: report(now, &outcome), next };
+        let recorded = self.recorder.record(&*self.ports.deliveries, attempt).await;
         let label = match recorded {
             Ok(Some(_)) => outcome_label(next),
             Ok(None) => {

@@ -5,6 +5,7 @@
 
 mod breakers;
 mod dispatcher;
+mod recorder;
 mod service;
 #[cfg(test)]
 mod tests;
