@@ -30,6 +30,8 @@ STREAMS = int(os.environ.get("LOAD_STREAMS", "1000"))
 COMMANDS = int(os.environ.get("LOAD_COMMANDS", "1000"))
 BASE2 = os.environ.get("BASE2")  # a second replica on the same Postgres (LOAD_STORE=postgres)
 STORE = os.environ.get("STORE", "sqlite")
+# Which phases run (comma-separated; all by default), for re-measuring one figure quickly.
+PHASES = set(os.environ.get("LOAD_PHASES", "auth,round_trip,throughput,output,streams").split(","))
 
 
 def host_port(base):
@@ -279,11 +281,16 @@ def main():
     row("idle RSS", f"{rss_mib(PID):.0f} MiB", "-", "started, one key and no load yet", "< 30 MiB")
     project = f"load{int(time.time())}"
     call("POST", "/v1/projects", {"name": project, "image": "alpine:3.20", "max_concurrent_commands": 1000})
-    phase_auth(load_key)
-    phase_round_trip(project)
-    asyncio.run(phase_throughput(project))
-    asyncio.run(phase_output_latency(project))
-    asyncio.run(phase_streams(project))
+    if "auth" in PHASES:
+        phase_auth(load_key)
+    if "round_trip" in PHASES:
+        phase_round_trip(project)
+    if "throughput" in PHASES:
+        asyncio.run(phase_throughput(project))
+    if "output" in PHASES:
+        asyncio.run(phase_output_latency(project))
+    if "streams" in PHASES:
+        asyncio.run(phase_streams(project))
     print("\n| figure | measured | baseline (same run) | relation | target |\n|---|---|---|---|---|")
     for r in ROWS:
         print("| " + " | ".join(r) + " |")

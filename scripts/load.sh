@@ -11,7 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v wrk >/dev/null || { echo "wrk not found: apt-get install -y wrk" >&2; exit 1; }
-cargo build --release -p app --bin rdev-api
+# Both binaries, as `make run` builds them: the server starts sandboxes with rdev-sandbox.
+cargo build --release -p app --bin rdev-api -p adapters-process --bin rdev-sandbox
 dir=$(mktemp -d)
 chmod 755 "$dir"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -28,7 +29,7 @@ trap cleanup EXIT
 start_replica() { # $1: database URL, $2: port, $3: name
   DATABASE_URL="$1" WORKSPACES_DIR="$dir/workspaces-$3" BOOTSTRAP_ADMIN_KEY_FILE="$dir/admin.key" \
     LISTEN_ADDR="127.0.0.1:$2" RATE_LIMIT_RPS=100000 MAX_STREAMS_PER_KEY=20000 CONCURRENT_COMMANDS=16 \
-    RUST_LOG=warn ./target/release/rdev-api serve >"$dir/server-$3.log" 2>&1 &
+    RUST_LOG=warn "${CARGO_TARGET_DIR:-target}/release/rdev-api" serve >"$dir/server-$3.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 100); do [ -s "$dir/admin.key" ] && curl -fsS "http://127.0.0.1:$2/readyz" >/dev/null 2>&1 && return; sleep 0.1; done
   echo "replica $3 did not become ready:" >&2; cat "$dir/server-$3.log" >&2; exit 1
