@@ -7,8 +7,9 @@ LISTEN_ADDR ?= 127.0.0.1:8080
 .PHONY: run test e2e build lint deny fmt hooks bench load load-postgres clean
 
 ## Build and start the service on SQLite + local processes; prints where the admin key is.
+## `rdev-sandbox` is built beside the server, which then starts each command's sandbox with it.
 run:
-	cargo build --release -p app
+	cargo build --release -p app --bin rdev-api -p adapters-process --bin rdev-sandbox
 	@mkdir -p -m 700 $(DATA_DIR)
 	@echo "rdev-api: on first start the admin key is written to $(ADMIN_KEY_FILE)"
 	DATABASE_URL=sqlite://$(DATA_DIR)/rdev.db \

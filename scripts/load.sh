@@ -14,7 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v wrk >/dev/null || { echo "wrk not found: apt-get install -y wrk" >&2; exit 1; }
 if [ -z "${LOAD_BIN:-}" ]; then
-  cargo build --release -p app --bin rdev-api
+  # Both binaries, as `make run` builds them: the server starts sandboxes with rdev-sandbox.
+  cargo build --release -p app --bin rdev-api -p adapters-process --bin rdev-sandbox
   LOAD_BIN="${CARGO_TARGET_DIR:-target}/release/rdev-api"
 fi
 dir=$(mktemp -d)

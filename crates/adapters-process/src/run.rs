@@ -1,5 +1,6 @@
 //! Driving one started command to its end: stdin, both output streams and the clock at once.
 
+use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::ExitStatus;
@@ -14,7 +15,7 @@ use tokio::process::{Child, ChildStdin};
 use tokio_util::sync::CancellationToken;
 
 use crate::group::{self, GroupGuard};
-use crate::sandbox::Sandbox;
+use crate::sandbox::{self, Sandbox};
 use crate::spawn::{self, Spawned};
 
 /// How long output pipes may stay open after the command ended (exited or was killed). A
@@ -55,53 +56,82 @@ pub(crate) async fn execute(
             };
         }
     };
-    let Spawned { mut child, group, stdin, stdout, stderr } = spawned;
+    let Spawned { mut child, group, stdin, stdout, stderr, ended: end_pipe } = spawned;
     sink.started().await;
     let mut guard = GroupGuard::new(group);
     // Fires once the child has ended (and, after a kill, its group has been killed).
     let ended = CancellationToken::new();
     let (cap, timeout, stdin_bytes) = (request.max_output_bytes, request.timeout, request.stdin);
     let supervise = async {
-        let termination = supervise(&mut child, group, timeout, kill_grace, &cancel).await;
+        let outcome = supervise(&mut child, group, end_pipe, timeout, kill_grace, &cancel).await;
         ended.cancel();
-        termination
+        outcome
     };
-    let (termination, (), out, err) = tokio::join!(
+    let ((termination, reaped), (), out, err) = tokio::join!(
         supervise,
         feed_stdin(stdin, stdin_bytes, &ended),
         pump(stdout, OutputStream::Stdout, sink, cap, &ended),
         pump(stderr, OutputStream::Stderr, sink, cap, &ended),
     );
     guard.disarm();
+    if !reaped {
+        // The sandbox reported the end first: its helper is still waiting for the namespaces
+        // to be torn down. Reaped here, off the command's path.
+        tokio::spawn(async move {
+            if let Err(e) = child.wait().await {
+                tracing::warn!(error = %e, "cannot reap the sandbox helper");
+            }
+        });
+    }
     tracing::debug!(?termination, "command ended");
     ExecResult { termination, stdout: out.finish(), stderr: err.finish() }
 }
 
-/// Waits for the child, its timeout or a cancel, whichever comes first, and kills the group
-/// in the last two cases (and when waiting itself fails, so nothing runs unwatched).
+/// Waits for the child (or, sandboxed, the end its helper reports first), its timeout or a
+/// cancel, whichever comes first, and kills the group in the last two cases (and when waiting
+/// itself fails, so nothing runs unwatched). `true` with the termination when the child was
+/// reaped.
 async fn supervise(
     child: &mut Child,
     group: Pid,
+    end_pipe: Option<OwnedFd>,
     timeout: Duration,
     kill_grace: Duration,
     cancel: &CancellationToken,
-) -> Termination {
+) -> (Termination, bool) {
     let outcome = tokio::select! {
         // Biased so a command that ended just as the clock ran out keeps its real status.
         biased;
         status = child.wait() => match status {
-            Ok(status) => return termination_of(status),
+            Ok(status) => return (termination_of(status), true),
             Err(e) => {
                 tracing::error!(error = %e, "cannot wait for the command");
                 Termination::Unknown(format!("lost track of the process: {e}"))
             }
         },
+        termination = reported_end(end_pipe) => return (termination, false),
         () = cancel.cancelled() => Termination::Cancelled,
         () = tokio::time::sleep(timeout) => Termination::TimedOut,
     };
     tracing::info!(?outcome, "killing the command's process group");
     group::terminate(child, group, kill_grace).await;
-    outcome
+    (outcome, true)
+}
+
+/// The end a sandbox helper reports on `pipe` once every process of the command is gone;
+/// never ready without a pipe or when the helper closes it without one (then the helper's own
+/// exit says how the command ended).
+async fn reported_end(pipe: Option<OwnedFd>) -> Termination {
+    let mut end = [0u8; 2];
+    let read = match pipe.map(tokio::net::unix::pipe::Receiver::from_owned_fd) {
+        Some(Ok(mut pipe)) => pipe.read_exact(&mut end).await.is_ok(),
+        _ => false,
+    };
+    match read.then(|| sandbox::decode_end(end)).flatten() {
+        Some(sandbox::End::Exited(code)) => Termination::Exited(code),
+        Some(sandbox::End::Signaled(signal)) => Termination::Signaled(signal),
+        None => std::future::pending().await,
+    }
 }
 
 /// How a child that ended on its own ended.

@@ -67,6 +67,9 @@ pub(crate) struct Spawned {
     pub stdout: Option<ChildStdout>,
     /// Its stderr.
     pub stderr: Option<ChildStderr>,
+    /// Sandboxed: where the helper writes the command's end (two bytes, `sandbox::ended`) as
+    /// soon as nothing of it is left, before the namespaces are torn down.
+    pub ended: Option<OwnedFd>,
 }
 
 /// Unsandboxed: `cwd` taken from the workspace when relative, as is when absolute.
@@ -139,10 +142,8 @@ async fn start_sandboxed(
     // helper can be started with posix_spawn rather than a fork of the whole server). A helper
     // of another command spawned at the same moment may inherit it too; it closes every
     // descriptor but its own at once, so this one still sees EOF on time.
-    let (report, report_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| StartError::Sandboxed(format!("sandbox: cannot create a pipe: {e}")))?;
-    nix::fcntl::fcntl(report_write.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))
-        .map_err(|e| StartError::Sandboxed(format!("sandbox: cannot pass the report pipe: {e}")))?;
+    let (report, report_write) = inherited_pipe()?;
+    let (ended, ended_write) = inherited_pipe()?;
     let spec = Spec {
         workspace: workspace.to_path_buf(),
         cwd: sandbox_cwd(&workdir, request.cwd.as_deref()),
@@ -153,16 +154,17 @@ async fn start_sandboxed(
         hostname: format!("local-{}", request.project),
         hidden: config.hidden.clone(),
         report_fd: report_write.as_raw_fd(),
+        ended_fd: ended_write.as_raw_fd(),
         server_pid: i32::try_from(std::process::id()).unwrap_or(i32::MAX),
         argv: request.argv.iter().map(OsString::from).collect(),
     };
     let mut command = base_command(&config.helper, request, &workdir);
     command.arg(sandbox::HELPER_MODE_ARG).args(spec.to_args());
     let spawn = command.spawn();
-    drop(report_write);
+    drop((report_write, ended_write));
     let mut child = spawn.map_err(|e| StartError::Sandboxed(format!("sandbox: cannot start the helper: {e}")))?;
     match read_report(report).await {
-        Ok(reason) if reason.is_empty() => spawned(child, &spec.cwd),
+        Ok(reason) if reason.is_empty() => spawned(child, &spec.cwd).map(|s| Spawned { ended: Some(ended), ..s }),
         outcome => {
             let reason = match outcome {
                 Ok(reason) => reason,
@@ -175,6 +177,15 @@ async fn start_sandboxed(
             Err(StartError::Sandboxed(reason))
         }
     }
+}
+
+/// A pipe whose write end the helper inherits (the read end stays close-on-exec).
+fn inherited_pipe() -> Result<(OwnedFd, OwnedFd), StartError> {
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| StartError::Sandboxed(format!("sandbox: cannot create a pipe: {e}")))?;
+    nix::fcntl::fcntl(write.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))
+        .map_err(|e| StartError::Sandboxed(format!("sandbox: cannot pass a pipe to the helper: {e}")))?;
+    Ok((read, write))
 }
 
 /// Reads the helper's report to its end: nothing when the command was executed (the pipe
@@ -199,6 +210,7 @@ fn spawned(mut child: Child, cwd: &Path) -> Result<Spawned, StartError> {
         stdout: child.stdout.take(),
         stderr: child.stderr.take(),
         child,
+        ended: None,
     })
 }
 

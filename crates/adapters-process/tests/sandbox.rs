@@ -265,3 +265,41 @@ async fn a_host_that_forbids_namespaces_makes_the_probe_fail_with_the_cause() {
     assert!(matches!(result.termination, Termination::StartFailed(_)), "never unsandboxed: {:?}", result.termination);
     assert_eq!(result.stdout.text(), "");
 }
+
+#[tokio::test]
+async fn the_end_is_reported_only_once_nothing_of_the_command_is_left() {
+    let (root, _, _) = server_tree();
+    let tag = format!("{}", std::process::id() * 10 + 4);
+    let result = run(&executor(root.path()), request("alpha", &escaping_script(&tag))).await;
+    assert_eq!(result.termination, Termination::Exited(0), "{}", result.stderr.text());
+    // At once, not after a grace: the helper passes the end on before the namespaces are torn
+    // down, and init kills and reaps whatever the command left before it reports. The helper
+    // and init themselves (whose arguments hold the script) may still be exiting.
+    let left: Vec<String> =
+        host_processes_with(&format!(".{tag}")).into_iter().filter(|p| !p.contains(" __sandbox ")).collect();
+    assert!(left.is_empty(), "processes of the command were alive when its end was reported: {left:?}");
+}
+
+#[tokio::test]
+async fn a_command_cannot_report_an_end_of_its_own() {
+    let (root, _, _) = server_tree();
+    // Two zero bytes are the helper's "exited 0"; written to every descriptor the command
+    // could have inherited, none may reach the server as the command's end.
+    // bash, because dash cannot name a descriptor above 9 in a redirection.
+    let script = "bash -c 'for f in /proc/$$/fd/*; do n=${f##*/}; [ $n -gt 2 ] && printf \"\\0\\0\" >&$n; done' \
+                  2>/dev/null; sleep 0.2; exit 7";
+    let result = run(&executor(root.path()), request("alpha", script)).await;
+    assert_eq!(result.termination, Termination::Exited(7), "{}", result.stderr.text());
+}
+
+#[tokio::test]
+async fn a_workdir_under_tmp_is_the_workspace() {
+    let (root, _, _) = server_tree();
+    let exec = executor(root.path());
+    let request = ExecRequest { workdir: "/tmp/work".to_owned(), ..request("alpha", "pwd; echo hi > note") };
+    let result = run(&exec, request).await;
+    assert_eq!(result.termination, Termination::Exited(0), "{}", result.stderr.text());
+    assert_eq!(result.stdout.text(), "/tmp/work\n");
+    let host = exec.workspace_dir(&project_name("alpha")).join("note");
+    assert_eq!(std::fs::read_to_string(host).expect("written through /tmp/work"), "hi\n");
+}

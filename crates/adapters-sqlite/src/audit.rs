@@ -18,7 +18,7 @@ use crate::{SqliteStore, StoreResult};
 sql_rows::audit_rows!(diesel::sqlite::Sqlite, crate::codec::SqliteColumns);
 
 /// Seals `entry` after the last record and stores it; the caller holds the write transaction.
-fn append_sealed(conn: &mut SqliteConnection, entry: AuditEntry) -> StoreResult<AuditRecord> {
+pub(crate) fn append_sealed(conn: &mut SqliteConnection, entry: AuditEntry) -> StoreResult<AuditRecord> {
     let last: Option<(i64, Vec<u8>)> = audit_log::table
         .order(audit_log::seq.desc())
         .select((audit_log::seq, audit_log::hash))

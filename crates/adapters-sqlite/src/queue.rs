@@ -10,6 +10,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 use diesel::SqliteConnection;
 
+use domain::audit::{AuditEntry, AuditRecord};
 use domain::command::{Command, CommandStatus, Completion};
 use domain::ids::{CommandId, WorkerId};
 use domain::output::{CommandOutput, EventKind, OutputStream};
@@ -229,6 +230,32 @@ impl CommandQueue for SqliteStore {
         let row =
             self.write("finish command", move |conn| finish_held(conn, &id, fence, &completion, &output, at)).await?;
         row.map(CommandRow::into_domain).transpose()
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(command_id = %id, fence))]
+    async fn finish_audited(
+        &self,
+        id: CommandId,
+        fence: i64,
+        completion: &Completion,
+        output: &CommandOutput,
+        at: Timestamp,
+        end: AuditEntry,
+    ) -> DomainResult<(Option<Command>, Option<AuditRecord>)> {
+        let id = id.to_string();
+        let (completion, output) = (completion.clone(), output.clone());
+        // One immediate transaction: SQLite has one writer, and on a short command's path
+        // the end's own transaction cost as much as the finish.
+        let (row, record) = self
+            .write("finish command and record its end", move |conn| {
+                let Some(row) = finish_held(conn, &id, fence, &completion, &output, at)? else {
+                    return Ok((None, None));
+                };
+                let record = crate::audit::append_sealed(conn, end)?;
+                Ok((Some(row), Some(record)))
+            })
+            .await?;
+        Ok((row.map(CommandRow::into_domain).transpose()?, record))
     }
 
     #[tracing::instrument(level = "debug", skip_all)]

@@ -313,8 +313,9 @@ pub struct ServeConfig {
     /// The gid sandboxed commands run as (never 0).
     #[arg(long, env = "COMMAND_GID", default_value_t = adapters_process::sandbox::DEFAULT_COMMAND_ID, value_parser = clap::value_parser!(u32).range(1..))]
     pub command_gid: u32,
-    /// The executable that sets up the sandbox; by default this very binary (`__sandbox`
-    /// mode). Tests that run the service in-process point it at the built `rdev-api`.
+    /// The executable that sets up the sandbox; by default `rdev-sandbox` next to this binary
+    /// when it is there, else this very binary (`__sandbox` mode). Tests that run the service
+    /// in-process point it at the built `rdev-api`.
     #[arg(long, env = "SANDBOX_HELPER", hide = true)]
     pub sandbox_helper: Option<PathBuf>,
     /// Server files (database, key file) that commands must not see even if a mounted system

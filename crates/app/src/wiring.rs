@@ -1,7 +1,7 @@
 //! Builds the running service from the configuration: store, executor, services, worker.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -120,18 +120,29 @@ struct Backend {
     breaker: Option<Arc<CircuitBreaker>>,
 }
 
-/// The process executor's sandbox as configured; the helper is this binary unless overridden.
-fn sandbox(cfg: &ServeConfig) -> Result<Sandbox, StartupError> {
+/// The process executor's sandbox as configured, and the helper to fall back to should the
+/// chosen one fail the start-up probe. The helper is `SANDBOX_HELPER` when set; otherwise the
+/// small `rdev-sandbox` next to this binary when it is there (it starts each command about a
+/// millisecond sooner), with this binary's own `__sandbox` mode as the fallback; otherwise this
+/// binary.
+fn sandbox(cfg: &ServeConfig) -> Result<(Sandbox, Option<PathBuf>), StartupError> {
     if cfg.process_sandbox == SandboxSwitch::Off {
-        return Ok(Sandbox::Off);
+        return Ok((Sandbox::Off, None));
     }
-    let helper = match &cfg.sandbox_helper {
-        Some(helper) => helper.clone(),
-        None => std::env::current_exe().map_err(|e| StartupError::Sandbox(format!("cannot find this binary: {e}")))?,
+    let (helper, fallback) = match &cfg.sandbox_helper {
+        Some(helper) => (helper.clone(), None),
+        None => {
+            let me =
+                std::env::current_exe().map_err(|e| StartupError::Sandbox(format!("cannot find this binary: {e}")))?;
+            match adapters_process::sandbox::sibling_helper(&me) {
+                Some(sibling) => (sibling, Some(me)),
+                None => (me, None),
+            }
+        }
     };
     let mut hidden = cfg.sandbox_hidden_paths.clone();
     hidden.push(std::path::absolute(&cfg.workspaces_dir).unwrap_or_else(|_| cfg.workspaces_dir.clone()));
-    Ok(Sandbox::On(SandboxConfig {
+    let sandbox = Sandbox::On(SandboxConfig {
         helper,
         uid: cfg.command_uid,
         gid: cfg.command_gid,
@@ -140,7 +151,49 @@ fn sandbox(cfg: &ServeConfig) -> Result<Sandbox, StartupError> {
             ProcessNetwork::None => NetworkMode::None,
         },
         hidden,
-    }))
+    });
+    Ok((sandbox, fallback))
+}
+
+/// The process executor, once its sandbox has run `true`: a server that cannot confine
+/// commands refuses to start. A sibling helper that fails the probe (left from another build,
+/// not executable by this user) is replaced by this binary's own mode, which is probed in turn.
+async fn process_executor(cfg: &ServeConfig) -> Result<ProcessExecutor, StartupError> {
+    let (sandbox, fallback) = sandbox(cfg)?;
+    let executor = |sandbox| {
+        ProcessExecutor::new(ProcessConfig {
+            workspaces_root: cfg.workspaces_dir.clone(),
+            kill_grace: Duration::from_secs(2),
+            sandbox,
+        })
+    };
+    let first = executor(sandbox.clone());
+    let failure = match first.probe_sandbox().await {
+        Ok(()) => {
+            log_helper(&sandbox);
+            return Ok(first);
+        }
+        Err(failure) => failure,
+    };
+    let (Some(me), Sandbox::On(config)) = (fallback, sandbox) else { return Err(StartupError::Sandbox(failure)) };
+    tracing::warn!(
+        helper = %config.helper.display(),
+        reason = %failure,
+        fallback = %me.display(),
+        "the sandbox helper next to this binary failed its probe; using this binary's own sandbox mode"
+    );
+    let sandbox = Sandbox::On(SandboxConfig { helper: me, ..config });
+    let second = executor(sandbox.clone());
+    second.probe_sandbox().await.map_err(StartupError::Sandbox)?;
+    log_helper(&sandbox);
+    Ok(second)
+}
+
+/// Says at start which binary sets up each command's sandbox.
+fn log_helper(sandbox: &Sandbox) {
+    if let Sandbox::On(config) = sandbox {
+        tracing::info!(helper = %config.helper.display(), "sandbox helper probed: commands run sandboxed");
+    }
 }
 
 /// What `/readyz` says about command confinement.
@@ -157,12 +210,7 @@ fn confinement(cfg: &ServeConfig) -> &'static str {
 async fn backend(cfg: &ServeConfig) -> Result<Backend, StartupError> {
     match cfg.executor {
         ExecutorKind::Process => {
-            let executor = ProcessExecutor::new(ProcessConfig {
-                workspaces_root: cfg.workspaces_dir.clone(),
-                kill_grace: Duration::from_secs(2),
-                sandbox: sandbox(cfg)?,
-            });
-            executor.probe_sandbox().await.map_err(StartupError::Sandbox)?;
+            let executor = process_executor(cfg).await?;
             if cfg.process_sandbox == SandboxSwitch::Off {
                 tracing::warn!(
                     "PROCESS_SANDBOX=off: commands run unconfined as the server's own user and can read its \

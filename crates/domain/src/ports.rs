@@ -225,6 +225,23 @@ pub trait CommandQueue: Send + Sync {
         output: &CommandOutput,
         at: Timestamp,
     ) -> DomainResult<Option<Command>>;
+    /// `finish`, and `end` (the audit record of that end) appended to the audit log in the
+    /// same transaction, where the store holds both: one write on the command's path instead
+    /// of two. Returns the finished command and the appended record. A `None` record means the
+    /// store appended nothing and the caller records `end` itself (the default, for stores and
+    /// decorators that keep them apart). MUST append nothing when `fence` no longer holds.
+    async fn finish_audited(
+        &self,
+        id: CommandId,
+        fence: i64,
+        completion: &Completion,
+        output: &CommandOutput,
+        at: Timestamp,
+        end: AuditEntry,
+    ) -> DomainResult<(Option<Command>, Option<AuditRecord>)> {
+        let _ = end;
+        Ok((self.finish(id, fence, completion, output, at).await?, None))
+    }
     /// Marks every running command whose lease ended before `now` as `Lost` (reason
     /// `worker_lost`, events `Status(Lost)`, `Exit`) and returns them. Never re-queues.
     async fn reap_expired(&self, now: Timestamp) -> DomainResult<Vec<Command>>;

@@ -105,6 +105,13 @@ impl AuditService {
         }
     }
 
+    /// Does for a record a store appended itself (in the transaction of the change it
+    /// describes, `CommandQueue::finish_audited`) what `record` does after an append: signs a
+    /// checkpoint when one is due.
+    pub async fn appended(&self, record: &AuditRecord) {
+        self.sign_if_due(record).await;
+    }
+
     /// Appends the record of a CLI action. Unlike `record`, a failure is returned: a one-shot
     /// command can still say that its change went unaudited, which a server action cannot.
     pub async fn record_cli(&self, action: CliAction) -> DomainResult<()> {

@@ -487,8 +487,17 @@ impl QueueWorker {
     async fn record_end(&self, command: &Command, fence: i64, completion: &Completion, output: &CommandOutput) {
         let mut attempt = 0;
         loop {
-            match self.ports.queue.finish(command.id, fence, completion, output, self.ports.clock.now()).await {
-                Ok(Some(done)) => {
+            let now = self.ports.clock.now();
+            // The end's record is built from the completion, which is what `finish` stores.
+            let ended = Command {
+                status: completion.status,
+                exit_code: completion.exit_code,
+                termination_reason: Some(completion.reason),
+                ..command.clone()
+            };
+            let end = end_entry(now, &ended);
+            match self.ports.queue.finish_audited(command.id, fence, completion, output, now, end).await {
+                Ok((Some(done), record)) => {
                     metrics::counter!(m::COMMANDS_TOTAL, "status" => done.status.as_str()).increment(1);
                     if done.termination_reason == Some(TerminationReason::ReplicaShutdown) {
                         metrics::counter!(m::COMMANDS_LOST_TOTAL, "cause" => "shutdown").increment(1);
@@ -498,10 +507,13 @@ impl QueueWorker {
                             .record((f - s).to_std().unwrap_or_default().as_secs_f64());
                     }
                     tracing::info!(command_id = %done.id, status = %done.status, exit_code = ?done.exit_code, "command finished");
-                    self.audit_end(&done).await;
+                    match record {
+                        Some(record) => self.ports.audit.appended(&record).await,
+                        None => self.audit_end(&done).await,
+                    }
                     return;
                 }
-                Ok(None) => {
+                Ok((None, _)) => {
                     tracing::warn!(command_id = %command.id, "finish refused: the lease was lost meanwhile");
                     return;
                 }

@@ -46,15 +46,15 @@ pub(crate) fn run(spec: &Spec) -> i32 {
     if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err() || nix::unistd::getppid().as_raw() != spec.server_pid {
         return SETUP_FAILED;
     }
-    if let Err(e) = sys::close_descriptors_except(spec.report_fd) {
+    if let Err(e) = sys::close_descriptors_except(&[spec.report_fd, spec.ended_fd]) {
         // Nothing can be reported yet: the report descriptor may be among those not closed.
         eprintln!("rdev-api sandbox: cannot close inherited descriptors: {e}");
         return SETUP_FAILED;
     }
-    let report = match sys::adopt_descriptor(spec.report_fd) {
-        Ok(fd) => File::from(fd),
-        Err(e) => {
-            eprintln!("rdev-api sandbox: no report descriptor {}: {e}", spec.report_fd);
+    let (report, to_server) = match (sys::adopt_descriptor(spec.report_fd), sys::adopt_descriptor(spec.ended_fd)) {
+        (Ok(report), Ok(ended)) => (File::from(report), File::from(ended)),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("rdev-api sandbox: no report or end descriptor ({}, {}): {e}", spec.report_fd, spec.ended_fd);
             return SETUP_FAILED;
         }
     };
@@ -62,7 +62,7 @@ pub(crate) fn run(spec: &Spec) -> i32 {
         Ok(init) => {
             drop(report);
             detach_stdio();
-            wait_for(init)
+            wait_for(init, to_server)
         }
         Err(reason) => {
             let _ = (&report).write_all(reason.as_bytes());
@@ -96,8 +96,9 @@ fn start(spec: &Spec, report: &File) -> Result<Started, String> {
         flags |= CloneFlags::CLONE_NEWNET;
     }
     let (mut go_read, mut ended_write) = (Some(go_read), Some(ended_write));
-    // The helper's own ends must be closed in init, or init would never see the helper go.
-    let parent_ends = [go_write.as_raw_fd(), ended_read.as_raw_fd()];
+    // The helper's own ends must be closed in init, or init would never see the helper go;
+    // so must the server's end pipe, or the command could write an end of its own choosing.
+    let parent_ends = [go_write.as_raw_fd(), ended_read.as_raw_fd(), spec.ended_fd];
     let pid = sys::clone_process(flags, || {
         for fd in parent_ends {
             let _ = nix::unistd::close(fd);
@@ -174,17 +175,24 @@ fn detach_stdio() {
     }
 }
 
-/// Waits for init, then ends as the command ended.
-fn wait_for(init: Started) -> i32 {
+/// Passes the command's end to the server as soon as init reports it (every process of the
+/// command is gone by then), then waits for init, whose exit tears the namespaces down, and
+/// ends as the command ended.
+fn wait_for(init: Started, mut to_server: File) -> i32 {
     let Started { pid, mut ended, _lifeline } = init;
+    let mut end = [0u8; 2];
+    let reported = ended.read_exact(&mut end).is_ok();
+    if reported {
+        // The server may not be listening (it also learns the end from this exit): no matter.
+        let _ = to_server.write_all(&end);
+    }
+    drop(to_server);
     let status = loop {
         match waitpid(pid, None) {
             Err(nix::errno::Errno::EINTR) => continue,
             other => break other,
         }
     };
-    let mut end = [0u8; 2];
-    let reported = ended.read_exact(&mut end).is_ok();
     match (reported, end, status) {
         (true, [ENDED_EXIT, code], _) => i32::from(code),
         (true, [ENDED_SIGNAL, signal], _) => die_of(i32::from(signal)),

@@ -114,8 +114,24 @@ fn supervise(spec: &Spec, report: &File, privileged: bool, mut ended: File) -> i
         }
     }
     let end = wait_for_command(command, &waited);
+    // The end is reported only once nothing of the command is left, so a server that records
+    // it at once (before init's exit has torn the namespaces down) never records the end of a
+    // command with a process still running.
+    kill_the_rest();
     let _ = ended.write_all(&end);
     0
+}
+
+/// Kills every other process of the namespace and reaps them all: every process of a PID
+/// namespace ends up a child of its init, so once `waitpid` finds no child, none is left.
+fn kill_the_rest() {
+    let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+    loop {
+        match waitpid(Pid::from_raw(-1), None) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return,
+        }
+    }
 }
 
 /// Forwards signals to every process of the namespace and reaps them until `command` ends.

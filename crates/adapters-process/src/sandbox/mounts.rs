@@ -2,9 +2,13 @@
 //! directories read-only, the project's workspace read-write at the project's workdir, private
 //! `/tmp`, `/dev/shm` and `/proc`, a minimal `/dev`, and nothing else of the host.
 //!
-//! Two `pivot_root`s, as bubblewrap does: a scratch tmpfs first becomes the root, so the host
-//! stays reachable under `/oldroot` while the new root is assembled from it; then the new root
-//! replaces the scratch one and the host tree is detached.
+//! The new root is a tmpfs mounted over the host's `/tmp` (in this namespace only), assembled
+//! from the host paths, which are still the root's; then one `pivot_root(".", ".")` makes it the
+//! root and the host tree is detached. Bubblewrap pivots twice (through a scratch root, so the
+//! host stays reachable under `/oldroot`); the host is reachable here without it, which saves a
+//! tmpfs, a pivot and an unmount per command. Everything read-only is made so by one recursive
+//! `mount_setattr` on the new root, before the writable mounts (`/tmp`, `/dev`, `/proc`, the
+//! workspace) are stacked on it: one call instead of one per system directory and mask.
 
 use std::fs::File;
 use std::io;
@@ -26,31 +30,35 @@ const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 const ETC_SECRETS: [&str; 6] =
     ["/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-", "/etc/ssl/private", "/etc/ssh"];
 
-const OLD_ROOT: &str = "/oldroot";
-const NEW_ROOT: &str = "/newroot";
+/// Where the new root is assembled: an existing host directory whose own contents the sandbox
+/// never needs (the sandbox gets a private `/tmp`; the workspace is reached by descriptor).
+const NEW_ROOT: &str = "/tmp";
 
 /// Builds the sandbox's root and makes it the process's root.
 pub(crate) fn build(spec: &Spec, workspace: &File) -> Result<(), String> {
     fn step(what: &str) -> impl Fn(io::Error) -> String + '_ {
         move |e| format!("sandbox: {what}: {e}")
     }
-    enter_scratch_root().map_err(step("scratch root"))?;
+    enter_new_root().map_err(step("new root"))?;
     for dir in SYSTEM_DIRS {
         bind_system_dir(dir).map_err(step(&format!("mounting /{dir}")))?;
     }
-    private_dirs().map_err(step("private /tmp, /dev and /proc"))?;
-    bind_workspace(spec, workspace)?;
-    for dir in SYSTEM_DIRS {
-        let dest = new_root().join(dir);
-        if dest.symlink_metadata().is_ok_and(|m| m.is_dir()) {
-            sys::make_read_only(&dest, true).map_err(step(&format!("read-only /{dir}")))?;
-        }
+    let root = new_root();
+    for dir in ["tmp", "dev", "proc"] {
+        std::fs::create_dir(root.join(dir)).map_err(step(&format!("creating /{dir}")))?;
     }
+    // Made now, while the root is writable; a workdir under a later mount (`/tmp/…`) or inside
+    // a system directory is made (or found missing) when the workspace is mounted.
+    let _ = std::fs::create_dir_all(under(&root, &spec.workdir));
     for hidden in spec.hidden.iter().map(PathBuf::as_path).chain(ETC_SECRETS.iter().map(Path::new)) {
         mask(hidden).map_err(step(&format!("hiding {}", hidden.display())))?;
     }
-    sys::make_read_only(&new_root(), false).map_err(step("read-only root"))?;
-    leave_scratch_root().map_err(step("switching to the new root"))
+    // The root, every system directory and every mask at once; what is mounted from here on
+    // (private directories, the workspace) stays writable.
+    sys::make_read_only(&root, true).map_err(step("read-only root"))?;
+    private_dirs().map_err(step("private /tmp, /dev and /proc"))?;
+    bind_workspace(spec, workspace)?;
+    switch_root().map_err(step("switching to the new root"))
 }
 
 fn new_root() -> PathBuf {
@@ -74,23 +82,15 @@ fn bind(source: &Path, target: &Path, flags: MsFlags) -> io::Result<()> {
     mount(Some(source), target, None::<&str>, MsFlags::MS_BIND | flags, None::<&str>).map_err(errno)
 }
 
-/// Makes every mount private (nothing propagates back to the host), then pivots into a tmpfs
-/// holding the empty new root, with the host at `/oldroot`.
-fn enter_scratch_root() -> io::Result<()> {
+/// Makes every mount private (nothing propagates back to the host) and mounts the empty new
+/// root.
+fn enter_new_root() -> io::Result<()> {
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>).map_err(errno)?;
-    // Any existing directory would do as the scratch mount point; the host's /tmp stays
-    // reachable as /oldroot/tmp once the scratch tmpfs has become the root.
-    let scratch = Path::new("/tmp");
-    mount_fs("tmpfs", scratch, MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "mode=0755")?;
-    std::fs::create_dir(scratch.join("newroot"))?;
-    std::fs::create_dir(scratch.join("oldroot"))?;
-    mount_fs("tmpfs", &scratch.join("newroot"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "mode=0755")?;
-    pivot_root(scratch, &scratch.join("oldroot")).map_err(errno)?;
-    chdir("/").map_err(errno)
+    mount_fs("tmpfs", &new_root(), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "mode=0755")
 }
 
 fn bind_system_dir(dir: &str) -> io::Result<()> {
-    let source = Path::new(OLD_ROOT).join(dir);
+    let source = Path::new("/").join(dir);
     let target = new_root().join(dir);
     let meta = match source.symlink_metadata() {
         Ok(meta) => meta,
@@ -107,17 +107,16 @@ fn bind_system_dir(dir: &str) -> io::Result<()> {
     bind(&source, &target, MsFlags::MS_REC)
 }
 
-/// A private `/tmp`, a minimal `/dev` with a private `/dev/shm`, and the namespace's `/proc`.
+/// A private `/tmp`, a minimal `/dev` with a private `/dev/shm`, and the namespace's `/proc`,
+/// on the directories `build` made for them.
 fn private_dirs() -> io::Result<()> {
     let root = new_root();
     let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    std::fs::create_dir(root.join("tmp"))?;
     mount_fs("tmpfs", &root.join("tmp"), hardened, "mode=1777")?;
     let dev = root.join("dev");
-    std::fs::create_dir(&dev)?;
     mount_fs("tmpfs", &dev, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, "mode=0755")?;
     for device in DEVICES {
-        let source = Path::new(OLD_ROOT).join("dev").join(device);
+        let source = Path::new("/dev").join(device);
         if source.exists() {
             std::fs::File::create(dev.join(device))?;
             bind(&source, &dev.join(device), MsFlags::empty())?;
@@ -133,12 +132,12 @@ fn private_dirs() -> io::Result<()> {
     }
     std::fs::create_dir(dev.join("shm"))?;
     mount_fs("tmpfs", &dev.join("shm"), hardened | MsFlags::MS_NOEXEC, "mode=1777")?;
-    std::fs::create_dir(root.join("proc"))?;
     mount_fs("proc", &root.join("proc"), hardened | MsFlags::MS_NOEXEC, "")
 }
 
-/// The workspace at the project's workdir. A workdir inside a read-only system directory that
-/// lacks it cannot be created, and the command fails to start saying so.
+/// The workspace at the project's workdir (made here when `build` could not make it: under
+/// the private `/tmp`). A workdir inside a read-only system directory that lacks it cannot be
+/// created, and the command fails to start saying so.
 fn bind_workspace(spec: &Spec, workspace: &File) -> Result<(), String> {
     let target = under(&new_root(), &spec.workdir);
     std::fs::create_dir_all(&target).map_err(|e| {
@@ -146,13 +145,13 @@ fn bind_workspace(spec: &Spec, workspace: &File) -> Result<(), String> {
     })?;
     // Through the descriptor opened before init gave up the server's identity: the path to the
     // workspace crosses the server's private workspaces root.
-    let source = Path::new(OLD_ROOT).join(format!("proc/self/fd/{}", workspace.as_raw_fd()));
+    let source = PathBuf::from(format!("/proc/self/fd/{}", workspace.as_raw_fd()));
     bind(&source, &target, MsFlags::MS_NOSUID | MsFlags::MS_NODEV)
         .map_err(|e| format!("sandbox: cannot mount the workspace at {}: {e}", spec.workdir.display()))
 }
 
 /// Hides `path` (a host path) if the new root shows it: an empty read-only tmpfs over a
-/// directory, /dev/null over anything else.
+/// directory, /dev/null over anything else (made read-only with the root by `build`).
 fn mask(path: &Path) -> io::Result<()> {
     let target = under(&new_root(), path);
     let meta = match target.symlink_metadata() {
@@ -167,18 +166,15 @@ fn mask(path: &Path) -> io::Result<()> {
         let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
         return mount_fs("tmpfs", &target, flags, "mode=0755,size=4k");
     }
-    bind(&Path::new(OLD_ROOT).join("dev/null"), &target, MsFlags::empty())?;
-    sys::make_read_only(&target, false)
+    bind(Path::new("/dev/null"), &target, MsFlags::empty())
 }
 
-/// Detaches the host tree and makes the new root the root.
-fn leave_scratch_root() -> io::Result<()> {
-    let old = Path::new(OLD_ROOT);
-    mount(None::<&str>, old, None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>).map_err(errno)?;
-    umount2(old, MntFlags::MNT_DETACH).map_err(errno)?;
+/// Makes the new root the root and detaches the host tree.
+fn switch_root() -> io::Result<()> {
     chdir(NEW_ROOT).map_err(errno)?;
-    // pivot_root(".", ".") stacks the scratch root on top of the new one; detaching "." then
-    // removes the scratch root and leaves the new root as "/".
+    // pivot_root(".", ".") stacks the old root on top of the new one; detaching "." then
+    // removes the old root (the host tree, private since `enter_new_root`) and leaves the new
+    // root as "/".
     pivot_root(".", ".").map_err(errno)?;
     umount2(".", MntFlags::MNT_DETACH).map_err(errno)?;
     chdir("/").map_err(errno)

@@ -62,6 +62,10 @@ pub(crate) struct Spec {
     pub hidden: Vec<PathBuf>,
     /// The descriptor on which the helper reports why the command could not start.
     pub report_fd: i32,
+    /// The descriptor on which the helper tells the server how the command ended, as soon as
+    /// every process of it is gone: before the namespaces are torn down, which takes the kernel
+    /// milliseconds (an RCU grace period for the mount namespace).
+    pub ended_fd: i32,
     /// The server's pid: the helper dies with it, and exits at once if it is already gone.
     pub server_pid: i32,
     /// Program and arguments.
@@ -84,6 +88,7 @@ impl Spec {
         flag("--network", self.network.as_str().into());
         flag("--hostname", self.hostname.clone().into());
         flag("--report-fd", self.report_fd.to_string().into());
+        flag("--ended-fd", self.ended_fd.to_string().into());
         flag("--server-pid", self.server_pid.to_string().into());
         for hidden in &self.hidden {
             flag("--hide", hidden.clone().into_os_string());
@@ -106,6 +111,7 @@ impl Spec {
             hostname: String::new(),
             hidden: Vec::new(),
             report_fd: -1,
+            ended_fd: -1,
             server_pid: 0,
             argv: Vec::new(),
         };
@@ -124,6 +130,7 @@ impl Spec {
                 Some("--network") => spec.network = text(&name, &value)?.parse()?,
                 Some("--hostname") => spec.hostname = text(&name, &value)?.to_owned(),
                 Some("--report-fd") => spec.report_fd = number(&name, &value)?,
+                Some("--ended-fd") => spec.ended_fd = number(&name, &value)?,
                 Some("--server-pid") => spec.server_pid = number(&name, &value)?,
                 Some("--hide") => spec.hidden.push(value.into()),
                 _ => return Err(format!("unknown argument {}", name.to_string_lossy())),
@@ -144,8 +151,8 @@ impl Spec {
         if self.uid == 0 || self.gid == 0 {
             return Err("commands never run as uid or gid 0".to_owned());
         }
-        if self.report_fd < 3 {
-            return Err("--report-fd must be 3 or above".to_owned());
+        if self.report_fd < 3 || self.ended_fd < 3 || self.report_fd == self.ended_fd {
+            return Err("--report-fd and --ended-fd must be two descriptors, 3 or above".to_owned());
         }
         if self.argv.is_empty() {
             return Err("the command is empty".to_owned());
@@ -177,6 +184,7 @@ mod tests {
             hostname: "local-p".into(),
             hidden: vec!["/data".into(), "/etc/rdev/key".into()],
             report_fd: 3,
+            ended_fd: 4,
             server_pid: 42,
             argv: vec!["sh".into(), "-c".into(), "echo --; ls".into()],
         }
@@ -196,6 +204,8 @@ mod tests {
         assert!(Spec::parse(relative.to_args()).is_err());
         let top = Spec { workdir: "/".into(), ..spec() };
         assert!(Spec::parse(top.to_args()).is_err());
+        let shared = Spec { ended_fd: 3, ..spec() };
+        assert!(Spec::parse(shared.to_args()).is_err(), "one descriptor for both pipes");
     }
 
     #[test]

@@ -34,14 +34,22 @@ pub(crate) fn fork_single_threaded() -> nix::Result<ForkResult> {
     unsafe { nix::unistd::fork() }
 }
 
-/// Closes every descriptor but the standard three and `keep`, so nothing the server opened
-/// (or another command's pipe, inherited in a race) reaches the command.
-pub(crate) fn close_descriptors_except(keep: RawFd) -> io::Result<()> {
-    let keep = u32::try_from(keep).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    if keep > 3 {
-        close_range(3, keep - 1)?;
+/// Closes every descriptor but the standard three and those in `keep`, so nothing the server
+/// opened (or another command's pipe, inherited in a race) reaches the command.
+pub(crate) fn close_descriptors_except(keep: &[RawFd]) -> io::Result<()> {
+    let mut keep = keep
+        .iter()
+        .map(|fd| u32::try_from(*fd).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput)))
+        .collect::<io::Result<Vec<u32>>>()?;
+    keep.sort_unstable();
+    let mut first = 3;
+    for fd in keep {
+        if fd > first {
+            close_range(first, fd - 1)?;
+        }
+        first = first.max(fd + 1);
     }
-    close_range(keep + 1, u32::MAX)
+    close_range(first, u32::MAX)
 }
 
 fn close_range(first: u32, last: u32) -> io::Result<()> {

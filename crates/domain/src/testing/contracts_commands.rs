@@ -260,6 +260,7 @@ pub async fn command_queue<S: Store, F: Fn() -> Fut, Fut: Future<Output = S>>(fr
     priority_order_under_a_cap(fresh().await).await;
     trace_context_reaches_the_claim(fresh().await).await;
     fencing_and_finishing(fresh().await).await;
+    a_finish_with_its_audit_record(fresh().await).await;
     expired_leases_are_lost(fresh().await).await;
     absent_owners_are_lost(fresh().await).await;
     commands_that_never_started_go_back(fresh().await).await;
@@ -419,6 +420,58 @@ async fn fencing_and_finishing<S: Store>(store: S) {
         Ok(None),
         "finishing twice changes nothing"
     );
+}
+
+/// `finish_audited`: the record is appended with the finish or not at all (then the caller
+/// appends it); never by a stale fence.
+async fn a_finish_with_its_audit_record<S: Store>(store: S) {
+    let web = sample_project("web", 5);
+    ProjectRepository::create(&store, &web).await.expect("project");
+    CommandRepository::enqueue(&store, sample_command(&web, Priority::Normal, None)).await.expect("enqueue");
+    let claim = CommandQueue::claim_next(&store, &worker(), now_micros(), LEASE).await.expect("claim").expect("one");
+    let id = claim.command.id;
+    let done = Completion {
+        status: CommandStatus::Succeeded,
+        exit_code: Some(0),
+        reason: TerminationReason::Exited,
+        error: None,
+    };
+    let end = crate::audit::AuditEntry {
+        at: now_micros(),
+        actor: None,
+        client_ip: None,
+        action: "command.end".into(),
+        resource: format!("command/{id}"),
+        project: Some("web".into()),
+        outcome: crate::audit::AuditOutcome::Success,
+        detail: Some("status=succeeded".into()),
+        request_id: None,
+        trace_id: None,
+        count: 1,
+    };
+    let records = || async {
+        crate::ports::AuditLog::list(
+            &store,
+            &crate::ports::AuditFilter::default(),
+            PageRequest { after: None, limit: Limit::DEFAULT },
+        )
+        .await
+        .expect("audit log")
+        .items
+    };
+    let output = CommandOutput::default();
+    let stale =
+        CommandQueue::finish_audited(&store, id, claim.fence - 1, &done, &output, now_micros(), end.clone()).await;
+    assert_eq!(stale, Ok((None, None)), "a stale finish changes nothing");
+    assert!(records().await.is_empty(), "MUST append nothing when the fence no longer holds");
+    let (finished, record) =
+        CommandQueue::finish_audited(&store, id, claim.fence, &done, &output, now_micros(), end).await.expect("finish");
+    assert_eq!(finished.map(|c| c.status), Some(CommandStatus::Succeeded));
+    let stored = records().await;
+    match record {
+        Some(record) => assert_eq!(stored, vec![record], "appended once, as returned"),
+        None => assert!(stored.is_empty(), "left to the caller: nothing appended"),
+    }
 }
 
 async fn expired_leases_are_lost<S: Store>(store: S) {
