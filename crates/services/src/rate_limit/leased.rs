@@ -118,9 +118,12 @@ impl RateLimitStore for LeasedWindows {
         if let Some(decision) = held.lease.as_mut().and_then(|lease| lease.admit(&policy, pos)) {
             return Ok(decision);
         }
-        let unused = held.lease.as_ref().and_then(|lease| lease.unused_at(pos));
         let want = held.next_want(&policy, now);
-        // On an error nothing was taken or handed back: the old block stays to hand back later.
+        // The old block is given up before the round trip: if the request is dropped after the
+        // store handed it back (a client hanging up) or the call fails, it must not be handed
+        // back a second time, which would let the key past its limit. Losing it only refuses
+        // more, until the window ends.
+        let unused = held.lease.take().and_then(|lease| lease.unused_at(pos));
         let grant = self.shared.take(key, policy, now, want, unused).await?;
         let mut lease = WindowLease::new(pos, grant);
         let decision = lease
@@ -133,6 +136,8 @@ impl RateLimitStore for LeasedWindows {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use domain::testing::{fixed_start, MemoryStore};
 
@@ -221,6 +226,82 @@ mod tests {
         // At the new window's start the previous one weighs fully: what it really admitted.
         let grant = shared.take("k", policy, next_window, 0, None).await.expect("take");
         assert_eq!(grant.previous, 100, "the unused part of the block was handed back");
+    }
+
+    /// What the next take of a `Faulty` store does wrong.
+    #[derive(Debug, Clone, Copy)]
+    enum Fault {
+        /// Takes, then never answers: as when a client hangs up after the database committed.
+        HangAfterTaking,
+        /// Fails without taking anything: a database that is away.
+        Fail,
+    }
+
+    /// A store whose next take goes wrong the way it is told.
+    struct Faulty {
+        inner: Arc<MemoryStore>,
+        next: std::sync::Mutex<Option<Fault>>,
+    }
+
+    impl Faulty {
+        fn over(inner: &Arc<MemoryStore>) -> Arc<Self> {
+            Arc::new(Self { inner: inner.clone(), next: std::sync::Mutex::new(None) })
+        }
+
+        fn next(&self, fault: Fault) {
+            *self.next.lock().expect("lock") = Some(fault);
+        }
+    }
+
+    #[async_trait]
+    impl RateLimitStore for Faulty {
+        async fn take(
+            &self,
+            key: &str,
+            policy: RateLimitPolicy,
+            now: Timestamp,
+            want: u64,
+            unused: Option<UnusedGrant>,
+        ) -> DomainResult<WindowGrant> {
+            let fault = self.next.lock().expect("lock").take();
+            if let Some(Fault::Fail) = fault {
+                return Err(domain::DomainError::Unavailable("database restarting".into()));
+            }
+            let grant = self.inner.take(key, policy, now, want, unused).await;
+            if let Some(Fault::HangAfterTaking) = fault {
+                std::future::pending::<()>().await;
+            }
+            grant
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_dropped_after_its_take_never_hands_a_block_back_twice() {
+        let shared = Arc::new(MemoryStore::new());
+        let store = Faulty::over(&shared);
+        let replica = LeasedWindows::new(store.clone());
+        let policy = RateLimitPolicy { rps: 100, window_seconds: 10 };
+        let t0 = fixed_start();
+        assert_eq!(allowed(&replica, "k", policy, t0, 100).await, 100);
+        let next_window = t0 + TimeDelta::seconds(10);
+        store.next(Fault::HangAfterTaking);
+        let hung = tokio::time::timeout(Duration::from_millis(50), replica.acquire("k", policy, next_window)).await;
+        assert!(hung.is_err(), "the first take of the window hangs after handing the block back");
+        replica.acquire("k", policy, next_window).await.expect("acquire");
+        let previous = shared.take("k", policy, next_window, 0, None).await.expect("take").previous;
+        assert_eq!(previous, 100, "handed back once: the previous window weighs what it admitted");
+    }
+
+    #[tokio::test]
+    async fn a_store_that_fails_admits_nothing_and_the_next_request_takes_again() {
+        let shared = Arc::new(MemoryStore::new());
+        let store = Faulty::over(&shared);
+        let replica = LeasedWindows::new(store.clone());
+        let policy = RateLimitPolicy { rps: 100, window_seconds: 10 };
+        let t0 = fixed_start();
+        store.next(Fault::Fail);
+        assert!(replica.acquire("k", policy, t0).await.is_err(), "no decision without the store");
+        assert!(replica.acquire("k", policy, t0).await.expect("acquire").allowed);
     }
 
     #[tokio::test]
