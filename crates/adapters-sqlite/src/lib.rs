@@ -1,7 +1,8 @@
 //! rdev-api's embedded default store: every repository port of `domain::ports` on SQLite,
 //! through diesel with an r2d2 pool and the migrations in `migrations/sqlite` built in.
 //!
-//! Diesel is blocking, so every query runs on tokio's blocking pool. Writes that read before
+//! Diesel is blocking, so every query runs on tokio's blocking pool, and only as many at once as
+//! the pool has connections: callers beyond that wait as futures, not as parked threads. Writes that read before
 //! they write run in `BEGIN IMMEDIATE` transactions: SQLite then takes its single write lock up
 //! front, so concurrent callers (other tasks, other processes) serialize instead of failing
 //! with `SQLITE_BUSY` when a read transaction tries to upgrade.
@@ -20,6 +21,7 @@ mod schema;
 mod webhooks;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -29,6 +31,7 @@ use diesel::{RunQueryDsl, SqliteConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use domain::ports::HealthCheck;
 use domain::{DomainError, DomainResult};
+use tokio::sync::Semaphore;
 
 use connection::pool_error;
 pub(crate) use connection::{StoreError, StoreResult};
@@ -54,6 +57,11 @@ type SqlitePool = Pool<ConnectionManager<SqliteConnection>>;
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// One permit per connection, taken before a query goes to the blocking pool. Without it a
+    /// burst (thousands of streams opening at once) parks one blocking thread per caller on
+    /// `pool.get()`, and each thread's stack and malloc arena stay resident after the burst;
+    /// a caller that hangs up while it waits here also never runs its query.
+    callers: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -96,7 +104,9 @@ impl SqliteStore {
             .connection_customizer(Box::new(Pragmas))
             .build(manager)
             .map_err(|e| DomainError::Unavailable(format!("cannot open SQLite database {path}: {e}")))?;
-        Ok(SqliteStore { pool })
+        // A pool size is a u32 and at most POOL_SIZE, so it always fits a usize.
+        let callers = Arc::new(Semaphore::new(pool.max_size() as usize));
+        Ok(SqliteStore { pool, callers })
     }
 
     /// Runs the migrations that have not run yet; running it again changes nothing.
@@ -114,14 +124,22 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Runs `op` on a pooled connection on the blocking pool, in autocommit mode.
+    /// Runs `op` on a pooled connection on the blocking pool, in autocommit mode, once one of
+    /// the pool's permits is free (waiting at most as long as for a connection).
     pub(crate) async fn read<T, F>(&self, what: &'static str, op: F) -> DomainResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut SqliteConnection) -> StoreResult<T> + Send + 'static,
     {
+        let permit = tokio::time::timeout(POOL_TIMEOUT, Arc::clone(&self.callers).acquire_owned())
+            .await
+            .map_err(|_| {
+                DomainError::Unavailable(format!("{what}: no SQLite connection free within {POOL_TIMEOUT:?}"))
+            })?
+            .map_err(|_| DomainError::Internal(format!("{what}: the store's permits were closed")))?;
         let pool = self.pool.clone();
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let mut conn = pool.get().map_err(StoreError::Pool)?;
             op(&mut conn)
         })
@@ -216,5 +234,41 @@ mod tests {
         assert_eq!(database_path("sqlite:data/rdev.db"), "data/rdev.db");
         assert_eq!(database_path("/tmp/x.db"), "/tmp/x.db");
         assert_eq!(database_path(":memory:"), ":memory:");
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_hangs_up_while_waiting_for_a_connection_never_runs_its_query() {
+        // `:memory:` has one connection, so the second read waits for the first.
+        let store = SqliteStore::open(":memory:").expect("open");
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let first = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .read("holding the connection", move |_| {
+                        held.recv().expect("released");
+                        Ok(())
+                    })
+                    .await
+            }
+        });
+        while store.callers.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let waiting = store.read("waiting for it", {
+            let ran = Arc::clone(&ran);
+            move |_| {
+                ran.store(true, std::sync::atomic::Ordering::SeqCst);
+                Ok(())
+            }
+        });
+        let gave_up = tokio::time::timeout(Duration::from_millis(50), waiting).await;
+        assert!(gave_up.is_err(), "the second read waited for the connection");
+        release.send(()).expect("first read still running");
+        first.await.expect("first read joined").expect("first read");
+        store.read("after both", |_| Ok(())).await.expect("the pool is free again");
+        assert!(!ran.load(std::sync::atomic::Ordering::SeqCst), "the dropped read's query ran");
+        assert_eq!(store.callers.available_permits(), 1);
     }
 }

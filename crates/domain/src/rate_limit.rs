@@ -178,6 +178,16 @@ impl WindowLease {
         self.grant.granted
     }
 
+    /// Requests of the block not admitted yet.
+    pub fn remaining(&self) -> u64 {
+        self.grant.granted.saturating_sub(self.used)
+    }
+
+    /// Start of the window the block belongs to.
+    pub fn window_start(&self) -> i64 {
+        self.window_start
+    }
+
     /// What to hand back once the window at `pos` no longer is the block's: its unadmitted
     /// requests, while their window still weighs in (it is the previous one).
     pub fn unused_at(&self, pos: WindowPosition) -> Option<UnusedGrant> {

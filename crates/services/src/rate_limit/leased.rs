@@ -8,6 +8,11 @@
 //! previous window's weight is what was really admitted. Blocks grow while a key's requests
 //! use them up fast and never exceed a sixteenth of the key's limit, so a key whose limit is
 //! under 32 requests a window is decided one request per round trip, exactly as before.
+//!
+//! Once half of a block is admitted, the next one is taken in the background, so that under a
+//! steady load no request waits for the store: a request only waits when it finds both blocks
+//! used up (or the window changed). A replica therefore holds up to one block and a half more
+//! than it admitted, which the others can be refused until the window ends.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -15,7 +20,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use async_trait::async_trait;
 use chrono::TimeDelta;
 use domain::ports::RateLimitStore;
-use domain::rate_limit::{RateDecision, RateLimitPolicy, UnusedGrant, WindowGrant, WindowLease};
+use domain::rate_limit::{RateDecision, RateLimitPolicy, UnusedGrant, WindowGrant, WindowLease, WindowPosition};
 use domain::{DomainResult, Timestamp};
 
 /// The largest block a replica takes at once.
@@ -41,38 +46,108 @@ impl std::fmt::Debug for LeasedWindows {
 
 #[derive(Default)]
 struct LeaseTable {
-    /// Per key, its block; the async lock makes one request take the next block while the
-    /// others of the same key wait for it instead of each taking one.
-    by_key: HashMap<String, Arc<tokio::sync::Mutex<KeyLease>>>,
+    by_key: HashMap<String, Arc<KeySlot>>,
     /// Keys are swept of blocks that stopped counting once the map reaches this size.
     sweep_at: usize,
 }
 
-/// One key's block in this process.
+/// One key's blocks in this process.
+#[derive(Default)]
+struct KeySlot {
+    /// The blocks; the async lock makes one request take the next block while the others of
+    /// the same key wait for it instead of each taking one.
+    held: tokio::sync::Mutex<KeyLease>,
+    /// Held while a block is being taken, ahead in the background or by a request that waits:
+    /// a request that finds nothing to admit waits for it rather than taking a block of its own.
+    /// Always taken before `held` when both are awaited.
+    refill: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A block and when it was taken.
+#[derive(Debug, Clone, Copy)]
+struct Taken {
+    lease: WindowLease,
+    at: Timestamp,
+}
+
+/// One key's blocks: the one admitting and the one taken ahead, always of the same window.
 #[derive(Debug, Default)]
 struct KeyLease {
-    lease: Option<WindowLease>,
-    taken_at: Option<Timestamp>,
+    current: Option<Taken>,
+    ahead: Option<Taken>,
+    /// The store granted nothing ahead in the current block's window: no more tries until the
+    /// next block is taken the ordinary way.
+    ahead_refused: bool,
 }
 
 impl KeyLease {
-    /// How large the next block should be: grown while blocks go fast, shrunk while they last.
+    /// Admits one request from the current block, moving on to the block taken ahead once the
+    /// current one is used up.
+    fn admit(&mut self, policy: &RateLimitPolicy, pos: WindowPosition) -> Option<RateDecision> {
+        if let Some(decision) = self.current.as_mut().and_then(|taken| taken.lease.admit(policy, pos)) {
+            return Some(decision);
+        }
+        // A block not used up belongs to a window that ended: it and the one ahead are handed
+        // back together by the next take.
+        if self.current.is_some_and(|taken| !taken.lease.is_used_up()) {
+            return None;
+        }
+        let ahead = self.ahead.take()?;
+        self.current = Some(ahead);
+        self.current.as_mut().and_then(|taken| taken.lease.admit(policy, pos))
+    }
+
+    /// How large a block taken ahead should be, or `None` when none is due: the current block
+    /// is not half used yet, one is already ahead, or blocks are a single request.
+    fn ahead_want(&self, policy: &RateLimitPolicy, now: Timestamp) -> Option<u64> {
+        let cap = block_cap(policy);
+        let Taken { lease, at } = self.current?;
+        if cap < 2 || self.ahead.is_some() || self.ahead_refused || lease.remaining() > lease.granted() / 2 {
+            return None;
+        }
+        Some(scaled(lease.granted(), now - at, 2).clamp(1, cap))
+    }
+
+    /// How large the next block should be when a request has to wait for it: grown while
+    /// blocks go fast, shrunk while they last.
     fn next_want(&self, policy: &RateLimitPolicy, now: Timestamp) -> u64 {
-        let cap = (policy.limit() / 16).clamp(1, MAX_BLOCK);
-        let want = match (&self.lease, self.taken_at) {
-            (Some(lease), Some(at)) if lease.is_used_up() => {
-                let granted = lease.granted();
-                match now - at {
-                    lasted if lasted < FAST => granted.saturating_mul(2),
-                    lasted if lasted > SLOW => granted / 2,
-                    _ => granted,
-                }
-            }
+        let want = match self.current {
+            Some(Taken { lease, at }) if lease.is_used_up() => scaled(lease.granted(), now - at, 1),
             // The window ended with some of the block unused: it was more than enough.
-            (Some(lease), _) => lease.granted() / 2,
-            (None, _) => 1,
+            Some(Taken { lease, .. }) => lease.granted() / 2,
+            None => 1,
         };
-        want.clamp(1, cap)
+        want.clamp(1, block_cap(policy))
+    }
+
+    /// Gives up both blocks, returning what to hand back of them.
+    fn give_up(&mut self, pos: WindowPosition) -> Option<UnusedGrant> {
+        let blocks = [self.current.take(), self.ahead.take()];
+        self.ahead_refused = false;
+        // Both blocks belong to one window (a block taken ahead is only kept in the current
+        // block's window), so what they leave unused adds up.
+        blocks
+            .into_iter()
+            .flatten()
+            .filter_map(|taken| taken.lease.unused_at(pos))
+            .reduce(|a, b| UnusedGrant { count: a.count + b.count, ..a })
+    }
+}
+
+/// The largest block a key's policy allows.
+fn block_cap(policy: &RateLimitPolicy) -> u64 {
+    (policy.limit() / 16).clamp(1, MAX_BLOCK)
+}
+
+/// `granted` scaled by how fast `1/portion` of it went: doubled when faster than [`FAST`],
+/// halved when slower than [`SLOW`] (each divided by `portion`).
+fn scaled(granted: u64, lasted: TimeDelta, portion: i32) -> u64 {
+    if lasted < FAST / portion {
+        granted.saturating_mul(2)
+    } else if lasted > SLOW / portion {
+        granted / 2
+    } else {
+        granted
     }
 }
 
@@ -82,19 +157,45 @@ impl LeasedWindows {
         Self { shared, keys: Mutex::new(LeaseTable::default()) }
     }
 
-    /// The block slot of `key`, created when missing.
-    fn slot(&self, key: &str, policy: &RateLimitPolicy, now: Timestamp) -> Arc<tokio::sync::Mutex<KeyLease>> {
+    /// The slot of `key`, created when missing.
+    fn slot(&self, key: &str, policy: &RateLimitPolicy, now: Timestamp) -> Arc<KeySlot> {
         let mut table = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
         if table.by_key.len() >= table.sweep_at {
             // A block taken two windows ago neither admits nor has anything to hand back.
             let stale_before = now - TimeDelta::seconds(2 * i64::from(policy.window_seconds.max(1)));
             table.by_key.retain(|_, slot| {
-                slot.try_lock().map_or(true, |held| held.taken_at.is_some_and(|at| at >= stale_before))
+                slot.held.try_lock().map_or(true, |held| held.current.is_some_and(|taken| taken.at >= stale_before))
             });
             // Amortized: the next sweep waits until the map has doubled (or reaches 1024 keys).
             table.sweep_at = (table.by_key.len() * 2).max(1024);
         }
         table.by_key.entry(key.to_owned()).or_default().clone()
+    }
+
+    /// Takes the next block of `key` in the background when the current one is half used, so
+    /// that the request that uses up the current one does not wait for the store.
+    fn take_ahead(&self, slot: &Arc<KeySlot>, held: &KeyLease, key: &str, policy: RateLimitPolicy, now: Timestamp) {
+        let Some(want) = held.ahead_want(&policy, now) else { return };
+        let Ok(refilling) = Arc::clone(&slot.refill).try_lock_owned() else { return };
+        let (shared, slot, key) = (Arc::clone(&self.shared), Arc::clone(slot), key.to_owned());
+        // Spawned, so that a client hanging up cannot drop a block the store already counted.
+        tokio::spawn(async move {
+            let _refilling = refilling;
+            let Ok(grant) = shared.take(&key, policy, now, want, None).await else {
+                // The request that finds nothing left takes (and reports the store's error) itself.
+                return;
+            };
+            let pos = policy.position(now);
+            let mut held = slot.held.lock().await;
+            let same_window = held.current.is_some_and(|taken| taken.lease.window_start() == pos.current_start);
+            if grant.granted == 0 {
+                held.ahead_refused = true;
+            } else if same_window {
+                held.ahead = Some(Taken { lease: WindowLease::new(pos, grant), at: now });
+            }
+            // Otherwise the window moved on while the block was taken: it stays counted and
+            // unused, which can only refuse more, and only in a window that is ending.
+        });
     }
 }
 
@@ -113,23 +214,53 @@ impl RateLimitStore for LeasedWindows {
 
     async fn acquire(&self, key: &str, policy: RateLimitPolicy, now: Timestamp) -> DomainResult<RateDecision> {
         let slot = self.slot(key, &policy, now);
-        let mut held = slot.lock().await;
         let pos = policy.position(now);
-        if let Some(decision) = held.lease.as_mut().and_then(|lease| lease.admit(&policy, pos)) {
+        let mut held = slot.held.lock().await;
+        if let Some(decision) = held.admit(&policy, pos) {
+            self.take_ahead(&slot, &held, key, policy, now);
             return Ok(decision);
         }
+        let _refilling = match slot.refill.try_lock() {
+            Ok(refilling) => refilling,
+            Err(_) => {
+                // A block is on its way: wait for it, then look once more. The refill lock is
+                // kept while looking, so that the requests waiting take turns rather than each
+                // handing the lock to the next and none ever finding it free (a livelock).
+                drop(held);
+                let refilling = slot.refill.lock().await;
+                held = slot.held.lock().await;
+                if let Some(decision) = held.admit(&policy, pos) {
+                    return Ok(decision);
+                }
+                refilling
+            }
+        };
+        self.take_waiting(&mut held, key, policy, now).await
+    }
+}
+
+impl LeasedWindows {
+    /// Takes the next block while the request waits, handing back what the old ones left.
+    async fn take_waiting(
+        &self,
+        held: &mut KeyLease,
+        key: &str,
+        policy: RateLimitPolicy,
+        now: Timestamp,
+    ) -> DomainResult<RateDecision> {
+        let pos = policy.position(now);
         let want = held.next_want(&policy, now);
-        // The old block is given up before the round trip: if the request is dropped after the
-        // store handed it back (a client hanging up) or the call fails, it must not be handed
-        // back a second time, which would let the key past its limit. Losing it only refuses
-        // more, until the window ends.
-        let unused = held.lease.take().and_then(|lease| lease.unused_at(pos));
+        // The old blocks are given up before the round trip: if the request is dropped after
+        // the store handed them back (a client hanging up) or the call fails, they must not be
+        // handed back a second time, which would let the key past its limit. Losing them only
+        // refuses more, until the window ends.
+        let unused = held.give_up(pos);
         let grant = self.shared.take(key, policy, now, want, unused).await?;
         let mut lease = WindowLease::new(pos, grant);
         let decision = lease
             .admit(&policy, pos)
             .unwrap_or_else(|| RateDecision::refused(&policy, grant.previous, grant.current, pos));
-        *held = KeyLease { lease: Some(lease), taken_at: Some(now) };
+        held.current = Some(Taken { lease, at: now });
         Ok(decision)
     }
 }
@@ -228,6 +359,13 @@ mod tests {
         assert_eq!(grant.previous, 100, "the unused part of the block was handed back");
     }
 
+    /// Lets blocks being taken ahead land.
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
     /// What the next take of a `Faulty` store does wrong.
     #[derive(Debug, Clone, Copy)]
     enum Fault {
@@ -283,6 +421,7 @@ mod tests {
         let policy = RateLimitPolicy { rps: 100, window_seconds: 10 };
         let t0 = fixed_start();
         assert_eq!(allowed(&replica, "k", policy, t0, 100).await, 100);
+        settle().await;
         let next_window = t0 + TimeDelta::seconds(10);
         store.next(Fault::HangAfterTaking);
         let hung = tokio::time::timeout(Duration::from_millis(50), replica.acquire("k", policy, next_window)).await;
@@ -304,6 +443,65 @@ mod tests {
         assert!(replica.acquire("k", policy, t0).await.expect("acquire").allowed);
     }
 
+    /// A store whose every take needs `delay` to answer, like a database a round trip away.
+    struct Distant {
+        inner: Arc<MemoryStore>,
+        delay: Duration,
+    }
+
+    #[async_trait]
+    impl RateLimitStore for Distant {
+        async fn take(
+            &self,
+            key: &str,
+            policy: RateLimitPolicy,
+            now: Timestamp,
+            want: u64,
+            unused: Option<UnusedGrant>,
+        ) -> DomainResult<WindowGrant> {
+            tokio::time::sleep(self.delay).await;
+            self.inner.take(key, policy, now, want, unused).await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn under_a_steady_load_requests_stop_waiting_for_the_store() {
+        let shared = Arc::new(MemoryStore::new());
+        let replica = LeasedWindows::new(Arc::new(Distant { inner: shared.clone(), delay: Duration::from_millis(5) }));
+        let policy = RateLimitPolicy { rps: 1000, window_seconds: 10 };
+        let t0 = fixed_start();
+        let mut waited = Vec::new();
+        for n in 0..1000 {
+            let started = tokio::time::Instant::now();
+            let d = replica.acquire("k", policy, t0 + TimeDelta::milliseconds(n)).await.expect("acquire");
+            assert!(d.allowed);
+            if started.elapsed() >= Duration::from_millis(1) {
+                waited.push(n);
+            }
+            // One request a millisecond.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(waited.len() < 10 && waited.iter().all(|&n| n < 100), "requests that waited: {waited:?}");
+        let counted = shared.take("k", policy, t0 + TimeDelta::seconds(1), 0, None).await.expect("take").current;
+        assert!((1000..=1000 + 3 * MAX_BLOCK / 2).contains(&counted), "{counted} counted for 1000 admitted");
+    }
+
+    #[tokio::test]
+    async fn a_block_taken_ahead_that_fails_leaves_the_next_request_to_take_its_own() {
+        let shared = Arc::new(MemoryStore::new());
+        let store = Faulty::over(&shared);
+        let replica = LeasedWindows::new(store.clone());
+        let policy = RateLimitPolicy { rps: 100, window_seconds: 10 };
+        let t0 = fixed_start();
+        for n in 0..200 {
+            if n == 50 {
+                store.next(Fault::Fail);
+            }
+            assert!(replica.acquire("k", policy, t0).await.expect("acquire").allowed, "request {n}");
+            tokio::task::yield_now().await;
+        }
+    }
+
     #[tokio::test]
     async fn blocks_grow_while_used_fast_and_stay_within_a_sixteenth_of_the_limit() {
         let policy = RateLimitPolicy { rps: 1000, window_seconds: 10 };
@@ -313,9 +511,9 @@ mod tests {
         let pos = policy.position(t0);
         let mut want = 1;
         for _ in 0..12 {
-            held.lease = Some(WindowLease::new(pos, WindowGrant { previous: 0, current: 0, granted: want }));
-            while held.lease.as_mut().and_then(|l| l.admit(&policy, pos)).is_some() {}
-            held.taken_at = Some(t0);
+            let lease = WindowLease::new(pos, WindowGrant { previous: 0, current: 0, granted: want });
+            held.current = Some(Taken { lease, at: t0 });
+            while held.admit(&policy, pos).is_some() {}
             want = held.next_want(&policy, t0 + TimeDelta::milliseconds(1));
         }
         assert_eq!(want, MAX_BLOCK.min(policy.limit() / 16));
