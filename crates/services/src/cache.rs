@@ -2,9 +2,15 @@
 //! path (one lookup per request) rarely reaches the store. Writes through this decorator
 //! invalidate what they change; other replicas rely on the TTL (or a store notification calling
 //! `invalidate`).
+//!
+//! A lookup of an entry older than half the TTL refreshes it in the background, so a key in
+//! steady use is read again before it expires and its requests never wait for the store; an
+//! entry still expires a TTL after it was read, so the staleness bound is unchanged.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use domain::api_key::{ApiKey, KeyHash, PreviousSecret};
@@ -35,16 +41,37 @@ impl Default for CacheConfig {
 /// of bad keys does not reach the store; new keys have fresh random hashes, never cached before.
 #[derive(Debug)]
 pub struct CachedRepository<R> {
-    inner: R,
-    by_hash: Cache<KeyHash, Option<ApiKey>>,
+    inner: Arc<R>,
+    by_hash: Cache<KeyHash, Lookup>,
+    /// Age after which a lookup refreshes its entry in the background.
+    refresh_after: Duration,
+    /// Hashes being refreshed, so a busy key is read once per refresh, not once per request.
+    refreshing: Arc<Mutex<HashSet<KeyHash>>>,
+    /// Bumped by every invalidation: a refresh that read before one must not put back what it
+    /// read.
+    invalidations: Arc<AtomicU64>,
     open_requests: Option<Arc<OpenRequests>>,
 }
 
-impl<R: ApiKeyRepository> CachedRepository<R> {
+/// A cached lookup and when the store was read for it.
+#[derive(Debug, Clone)]
+struct Lookup {
+    key: Option<ApiKey>,
+    read_at: Instant,
+}
+
+impl<R: ApiKeyRepository + 'static> CachedRepository<R> {
     /// Wraps `inner`.
     pub fn new(inner: R, config: CacheConfig) -> Self {
         let by_hash = Cache::builder().max_capacity(config.capacity).time_to_live(config.ttl).build();
-        Self { inner, by_hash, open_requests: None }
+        Self {
+            inner: Arc::new(inner),
+            by_hash,
+            refresh_after: config.ttl / 2,
+            refreshing: Arc::default(),
+            invalidations: Arc::default(),
+            open_requests: None,
+        }
     }
 
     /// Also ends the open streams and waits of a key revoked through this cache, in the same
@@ -56,6 +83,9 @@ impl<R: ApiKeyRepository> CachedRepository<R> {
 
     /// Drops every cached lookup of `key` (its current and previous hash).
     pub async fn invalidate(&self, key: &ApiKey) {
+        // Bumped before the entries go, so a refresh that puts its read back after this point
+        // sees the bump and takes it out again (see `refresh`).
+        self.invalidations.fetch_add(1, Ordering::SeqCst);
         self.by_hash.invalidate(&key.hash).await;
         if let Some(previous) = key.previous {
             self.by_hash.invalidate(&previous.hash).await;
@@ -64,12 +94,38 @@ impl<R: ApiKeyRepository> CachedRepository<R> {
 
     /// Drops everything (a notification that does not say which key changed).
     pub fn invalidate_all(&self) {
+        self.invalidations.fetch_add(1, Ordering::SeqCst);
         self.by_hash.invalidate_all();
+    }
+
+    /// Reads `hash` again in the background and replaces its entry, unless a refresh of it runs
+    /// already. A read that an invalidation overtook is not kept: it may predate the change the
+    /// invalidation announced.
+    fn refresh(&self, hash: KeyHash) {
+        if !self.refreshing.lock().unwrap_or_else(PoisonError::into_inner).insert(hash) {
+            return;
+        }
+        let (inner, cache) = (Arc::clone(&self.inner), self.by_hash.clone());
+        let (refreshing, invalidations) = (Arc::clone(&self.refreshing), Arc::clone(&self.invalidations));
+        let before = invalidations.load(Ordering::SeqCst);
+        tokio::spawn(async move {
+            let read_at = Instant::now();
+            // A failed read leaves the entry to expire; the next lookup then reads (and fails) itself.
+            if let Ok(key) = inner.find_by_hash(&hash).await {
+                cache.insert(hash, Lookup { key, read_at }).await;
+                // Checked after the insert: an invalidation that came before the insert finds it
+                // here, one that came after removed it itself.
+                if invalidations.load(Ordering::SeqCst) != before {
+                    cache.invalidate(&hash).await;
+                }
+            }
+            refreshing.lock().unwrap_or_else(PoisonError::into_inner).remove(&hash);
+        });
     }
 }
 
 #[async_trait]
-impl<R: ApiKeyRepository> ApiKeyRepository for CachedRepository<R> {
+impl<R: ApiKeyRepository + 'static> ApiKeyRepository for CachedRepository<R> {
     async fn create(&self, key: &ApiKey) -> DomainResult<()> {
         self.inner.create(key).await
     }
@@ -81,7 +137,22 @@ impl<R: ApiKeyRepository> ApiKeyRepository for CachedRepository<R> {
     async fn find_by_hash(&self, hash: &KeyHash) -> DomainResult<Option<ApiKey>> {
         // One store read per expired entry, however many requests of that key arrive while it
         // runs: they wait for it rather than each reading the store (a burst at every expiry).
-        self.by_hash.try_get_with(*hash, self.inner.find_by_hash(hash)).await.map_err(|e| (*e).clone())
+        let before = self.invalidations.load(Ordering::SeqCst);
+        let read_here = AtomicBool::new(false);
+        let read = async {
+            read_here.store(true, Ordering::Relaxed);
+            Ok(Lookup { key: self.inner.find_by_hash(hash).await?, read_at: Instant::now() })
+        };
+        let lookup =
+            self.by_hash.try_get_with(*hash, read).await.map_err(|e: Arc<domain::DomainError>| (*e).clone())?;
+        if read_here.load(Ordering::Relaxed) && self.invalidations.load(Ordering::SeqCst) != before {
+            // An invalidation overtook this read: answer with it (as if the lookup came first),
+            // but do not keep it.
+            self.by_hash.invalidate(hash).await;
+        } else if lookup.read_at.elapsed() >= self.refresh_after {
+            self.refresh(*hash);
+        }
+        Ok(lookup.key)
     }
 
     async fn list(&self, page: PageRequest) -> DomainResult<Page<ApiKey>> {
@@ -155,9 +226,11 @@ mod tests {
         }
         async fn find_by_hash(&self, hash: &KeyHash) -> DomainResult<Option<ApiKey>> {
             self.lookups.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            // Slow enough that the concurrent lookups below all arrive while it runs.
+            let found = self.store.find_by_hash(hash).await;
+            // Slow enough that the concurrent lookups below all arrive while it runs, and that a
+            // change can land between the read and its answer.
             tokio::time::sleep(Duration::from_millis(20)).await;
-            self.store.find_by_hash(hash).await
+            found
         }
         async fn list(&self, page: PageRequest) -> DomainResult<Page<ApiKey>> {
             self.store.list(page).await
@@ -202,6 +275,62 @@ mod tests {
             assert!(lookup.await.expect("task").expect("lookup").is_some_and(|k| k.id == key.id));
         }
         assert_eq!(counting.lookups.load(std::sync::atomic::Ordering::SeqCst), 1, "one store read for all 16");
+    }
+
+    #[tokio::test]
+    async fn a_key_in_steady_use_is_refreshed_before_it_expires_so_no_lookup_waits() {
+        let counting = Arc::new(Counting::default());
+        let cache =
+            CachedRepository::new(Arc::clone(&counting), CacheConfig { capacity: 10, ttl: Duration::from_millis(100) });
+        let (key, secret) = sample_key("k", &[Scope::Admin], ProjectAccess::All);
+        counting.create(&key).await.expect("create");
+        cache.find_by_hash(&secret.hash()).await.expect("first lookup reads");
+        let mut waited = Vec::new();
+        for n in 0..60 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let started = Instant::now();
+            assert!(cache.find_by_hash(&secret.hash()).await.expect("lookup").is_some());
+            if started.elapsed() >= Duration::from_millis(15) {
+                waited.push(n);
+            }
+        }
+        assert!(waited.is_empty(), "lookups that waited for the store: {waited:?}");
+        let reads = counting.lookups.load(std::sync::atomic::Ordering::SeqCst);
+        assert!((5..=20).contains(&reads), "{reads} store reads in 600 ms: refreshed every ~50 ms");
+    }
+
+    #[tokio::test]
+    async fn a_read_overtaken_by_a_revocation_is_not_kept() {
+        let counting = Arc::new(Counting::default());
+        let cache = Arc::new(CachedRepository::new(
+            Arc::clone(&counting),
+            CacheConfig { capacity: 10, ttl: Duration::from_millis(100) },
+        ));
+        let (key, secret) = sample_key("k", &[Scope::Admin], ProjectAccess::All);
+        counting.create(&key).await.expect("create");
+        let hash = secret.hash();
+        // A lookup whose read lands after the revocation: it answers with what it read…
+        let lookup = tokio::spawn({
+            let cache = Arc::clone(&cache);
+            async move { cache.find_by_hash(&hash).await }
+        });
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        cache.revoke(key.id, now_micros()).await.expect("revoke");
+        assert!(lookup.await.expect("task").expect("lookup").is_some_and(|k| k.revoked_at.is_none()));
+        // …but does not keep it.
+        assert!(cache.find_by_hash(&hash).await.expect("lookup").is_some_and(|k| k.revoked_at.is_some()));
+        // The same for a background refresh: one starts once the entry is half its TTL old.
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let (other, other_secret) = sample_key("other", &[Scope::Admin], ProjectAccess::All);
+        counting.create(&other).await.expect("create");
+        cache.find_by_hash(&other_secret.hash()).await.expect("lookup");
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(cache.find_by_hash(&other_secret.hash()).await.expect("lookup").is_some(), "refresh starts");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        cache.revoke(other.id, now_micros()).await.expect("revoke");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let after = cache.find_by_hash(&other_secret.hash()).await.expect("lookup");
+        assert!(after.is_some_and(|k| k.revoked_at.is_some()), "the refresh's older read was not kept");
     }
 
     #[tokio::test]
