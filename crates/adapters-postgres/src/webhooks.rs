@@ -14,8 +14,7 @@ use uuid::Uuid;
 use domain::command::Command;
 use domain::pagination::{Page, PageRequest};
 use domain::webhook::{
-    command_event, DeliveryStatus, Disabled, OutboxEvent, PreviousWebhookSecret, Webhook, WebhookId, WebhookRepository,
-    WebhookSecret,
+    command_event, Disabled, OutboxEvent, PreviousWebhookSecret, Webhook, WebhookId, WebhookRepository, WebhookSecret,
 };
 use domain::{DomainError, DomainResult, Timestamp};
 
@@ -23,13 +22,29 @@ use crate::codec;
 use crate::connection::db_error;
 use crate::prepared::CachedExt;
 use crate::{PgStore, StoreError, StoreResult};
-use schema::{webhook_deliveries, webhook_events, webhooks};
+use schema::{webhook_events, webhooks};
 
 /// Appends an event (`$1`…`$6`) only while an enabled subscription exists: command transitions
 /// skip the outbox when nobody listens, decided in the same statement as the write.
 const APPEND_IF_SUBSCRIBED: &str = "\
 INSERT INTO webhook_events (id, event_type, project, target_webhook, payload, created_at) \
 SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS (SELECT 1 FROM webhooks WHERE enabled)";
+
+/// What `disable` does to subscription `$1`'s pending deliveries at `$2`: those not leased end
+/// `dead`; those leased stay pending so their attempt can be recorded, with no owner, which
+/// tells the attempt's record that the subscription was disabled meanwhile (a `Retry` then
+/// ends `dead` too; see `deliveries::RECORD_ATTEMPTS`). Rows are locked in id order, the order
+/// a batch of attempts updates them in, so the two never deadlock.
+const DISABLE_DELIVERIES: &str = "\
+WITH pending AS ( \
+    SELECT id FROM webhook_deliveries WHERE webhook_id = $1 AND status = 'pending' ORDER BY id FOR UPDATE \
+) \
+UPDATE webhook_deliveries d SET \
+    status = CASE WHEN d.lease_expires_at >= $2 THEN d.status ELSE 'dead' END, \
+    next_attempt_at = CASE WHEN d.lease_expires_at >= $2 THEN d.next_attempt_at END, \
+    lease_expires_at = CASE WHEN d.lease_expires_at >= $2 THEN d.lease_expires_at END, \
+    lease_owner = NULL \
+FROM pending p WHERE d.id = p.id";
 
 /// `$ts` (a `timestamptz` expression) as `domain::webhook`'s RFC 3339 text: UTC, microseconds, `Z`.
 macro_rules! rfc3339 {
@@ -260,8 +275,8 @@ impl WebhookRepository for PgStore {
         let mut conn = self.conn().await?;
         let (row, was_enabled) = conn
             .transaction::<_, StoreError, _>(async |conn| {
-                // The subscription's row first, then its deliveries: the order `record_attempt`
-                // locks them in, so the two never deadlock.
+                // Waits for a `disable` or an `enable` in flight, and for attempts that a replica
+                // of the previous release records under a share lock on this row.
                 let was_enabled: bool = webhooks::table
                     .find(id)
                     .select(webhooks::enabled)
@@ -280,24 +295,11 @@ impl WebhookRepository for PgStore {
                         .execute(conn)
                         .await?;
                 }
-                let d = webhook_deliveries::table;
-                diesel::update(
-                    d.filter(webhook_deliveries::webhook_id.eq(id))
-                        .filter(webhook_deliveries::status.eq(DeliveryStatus::Pending.as_str()))
-                        .filter(
-                            webhook_deliveries::lease_expires_at
-                                .is_null()
-                                .or(webhook_deliveries::lease_expires_at.lt(at)),
-                        ),
-                )
-                .set((
-                    webhook_deliveries::status.eq(DeliveryStatus::Dead.as_str()),
-                    webhook_deliveries::next_attempt_at.eq(None::<Timestamp>),
-                    webhook_deliveries::lease_owner.eq(None::<String>),
-                    webhook_deliveries::lease_expires_at.eq(None::<Timestamp>),
-                ))
-                .execute(conn)
-                .await?;
+                diesel::sql_query(DISABLE_DELIVERIES)
+                    .bind::<SqlUuid, _>(id)
+                    .bind::<Timestamptz, _>(at)
+                    .execute(conn)
+                    .await?;
                 Ok((load(conn, id).await?, was_enabled))
             })
             .await

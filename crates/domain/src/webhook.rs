@@ -26,7 +26,8 @@ use crate::DomainError;
 pub use events::{command_event, command_event_type, ping_event, pod_change_event, pod_event, pod_event_type};
 pub use model::{
     truncate_snippet, Attempt, AttemptRecord, AttemptReport, Delivery, DeliveryDetail, DeliveryFilter, DeliveryStatus,
-    Disabled, FanOut, LeaseRequest, LeasedDelivery, NextStep, OutboxEvent, PreviousWebhookSecret, Webhook,
+    Disabled, FanOut, FannedOutAndLeased, LeaseRequest, LeasedDelivery, NextStep, OutboxEvent, PreviousWebhookSecret,
+    Webhook,
 };
 pub use ports::{
     DeliveryQueue, SendError, SendErrorKind, SendOutcome, WebhookRepository, WebhookRequest, WebhookSender,

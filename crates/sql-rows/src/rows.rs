@@ -451,26 +451,6 @@ macro_rules! delivery_rows {
                 }
             }
 
-            /// A fan-out's new deliveries: one per subscription in `hooks` that wants each of
-            /// `events` (outbox seq and event), and the seqs of the events, now dispatched.
-            fn fan_out(
-                events: Vec<(i64, $crate::__domain::webhook::OutboxEvent)>,
-                hooks: &[$crate::__domain::webhook::Webhook],
-                now: $crate::__domain::Timestamp,
-            ) -> (Vec<Self>, Vec<i64>) {
-                use $crate::__domain::webhook::DeliveryId;
-                use $crate::Columns as _;
-                let mut rows = Vec::new();
-                let mut seqs = Vec::with_capacity(events.len());
-                for (seq, event) in events {
-                    for hook in hooks.iter().filter(|h| h.wants(&event)) {
-                        rows.push(Self::new(DeliveryId::generate(), Cols::id(hook.id.as_uuid()), &event, now));
-                    }
-                    seqs.push(seq);
-                }
-                (rows, seqs)
-            }
-
             fn into_domain(self) -> $crate::__domain::DomainResult<$crate::__domain::webhook::Delivery> {
                 use $crate::__domain::webhook::{Delivery, DeliveryId, DeliveryStatus, EventId, WebhookId};
                 use $crate::codec::{int, stored};

@@ -1,5 +1,5 @@
 //! `DeliveryQueue` on PostgreSQL: fan-out of the outbox into `webhook_deliveries`, leases
-//! fenced by the `webhook_fence` sequence, and `webhook_attempts`.
+//! fenced by the `webhook_fence` sequence (both in `dispatch`), and `webhook_attempts`.
 //!
 //! Dispatchers on any replica lease with `FOR UPDATE SKIP LOCKED`: they never wait for each
 //! other's rows, and a row leased by a transaction that committed meanwhile is re-checked
@@ -13,18 +13,19 @@ use async_trait::async_trait;
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use futures::future::try_join;
 use uuid::Uuid;
 
 use domain::pagination::{Page, PageRequest};
 use domain::webhook::{
     Attempt, AttemptRecord, AttemptReport, Delivery, DeliveryDetail, DeliveryFilter, DeliveryId, DeliveryQueue,
-    DeliveryStatus, FanOut, LeaseRequest, LeasedDelivery, NextStep, OutboxEvent, Webhook, WebhookId,
+    DeliveryStatus, FanOut, FannedOutAndLeased, LeaseRequest, LeasedDelivery, NextStep, OutboxEvent,
 };
 use domain::{DomainError, DomainResult, Timestamp};
 
+mod dispatch;
+
 use super::schema::{webhook_attempts, webhook_deliveries as deliveries, webhook_events, webhooks};
-use super::{self as subscriptions, EventRow, WebhookRow};
+use super::{self as subscriptions, EventRow};
 use crate::codec;
 use crate::connection::db_error;
 use crate::prepared::CachedExt;
@@ -32,74 +33,45 @@ use crate::{PgStore, StoreError, StoreResult};
 
 const PENDING: &str = DeliveryStatus::Pending.as_str();
 
-/// Leases up to `$3` due deliveries (`$1`: now) of enabled subscriptions not in `$2`, earliest
-/// due first, to owner `$4` until `$5`, all under one fresh fence. Rows another leaser holds
-/// locked are skipped rather than waited for.
-const LEASE_DUE: &str = "\
-WITH due AS ( \
-    SELECT d.id FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id \
-    WHERE d.status = 'pending' AND d.next_attempt_at <= $1 \
-      AND (d.lease_expires_at IS NULL OR d.lease_expires_at < $1) \
-      AND w.enabled AND NOT (d.webhook_id = ANY($2)) \
-    ORDER BY d.next_attempt_at, d.id \
-    LIMIT $3 \
-    FOR UPDATE OF d SKIP LOCKED \
-), fence AS ( \
-    SELECT nextval('webhook_fence') AS value \
-) \
-UPDATE webhook_deliveries d SET lease_owner = $4, lease_expires_at = $5, fence = (SELECT value FROM fence) \
-FROM due WHERE d.id = due.id \
-RETURNING d.*";
-
 /// Deletes dispatched events created before `$1` that no delivery refers to any more.
 const PURGE_EVENTS: &str = "\
 DELETE FROM webhook_events e \
 WHERE e.dispatched_at IS NOT NULL AND e.created_at < $1 \
   AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = e.id)";
 
-/// Inserts the fanned-out deliveries given as one array per column: fixed SQL for any number
-/// of rows, so the statement stays prepared (a multi-row `VALUES` list would be parsed and
-/// planned anew for every count, a round trip of its own).
-const INSERT_DELIVERIES: &str = "\
-INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type, status, attempts, next_attempt_at, created_at) \
-SELECT id, webhook_id, event_id, event_type, 'pending', 0, $5, $5 \
-FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[]) AS r(id, webhook_id, event_id, event_type)";
-
 /// Records a batch of attempts (one array per field, item `i` at index `i` of each) in one
 /// statement, so one round trip whatever the batch's size:
-/// - `sub` takes each delivery's subscription `FOR SHARE`: attempts to one endpoint do not wait
-///   for each other, while `disable` (which locks the row for update first) waits for the
-///   attempts in flight, or they for it and then see it disabled (a locked row is re-read);
 /// - `recorded` applies each attempt's next step where its fence still holds the pending
-///   delivery (a `Retry` of a disabled subscription's delivery becomes `dead`), bumps the
-///   attempt count and drops the lease;
+///   delivery, bumps the attempt count and drops the lease. A `Retry` becomes `dead` when the
+///   subscription is disabled: `disable` clears the owner of the deliveries it finds leased
+///   (`lease_owner` NULL on a held lease), and when it commits between this statement's start
+///   and its update of a row, the update waits for it and re-reads the row (READ COMMITTED),
+///   owner included. So no lock on the subscription is needed; `enabled` as of the statement's
+///   start also counts (a `disable` of the previous release sets no mark);
 /// - `attempts` inserts each recorded attempt, numbered by the new count.
 ///
-/// Returns the recorded deliveries with their subscription's `failing_since` as locked.
+/// Returns the recorded deliveries with their subscription's `failing_since`.
 const RECORD_ATTEMPTS: &str = "\
 WITH input AS ( \
     SELECT * FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::timestamptz[], $5::timestamptz[], \
                          $6::int4[], $7::int8[], $8::text[], $9::text[]) \
         AS i(id, fence, status, next_at, at, status_code, latency_ms, snippet, error) \
-), sub AS ( \
-    SELECT d.id AS delivery_id, w.enabled, w.failing_since \
-    FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id \
-    WHERE d.id = ANY($1) \
-    FOR SHARE OF w \
 ), recorded AS ( \
     UPDATE webhook_deliveries d SET attempts = d.attempts + 1, last_attempt_at = i.at, \
-        status = CASE WHEN i.status = 'pending' AND NOT s.enabled THEN 'dead' ELSE i.status END, \
-        next_attempt_at = CASE WHEN s.enabled THEN i.next_at END, \
+        status = CASE WHEN i.status = 'pending' AND NOT (w.enabled AND d.lease_owner IS NOT NULL) \
+            THEN 'dead' ELSE i.status END, \
+        next_attempt_at = CASE WHEN w.enabled AND d.lease_owner IS NOT NULL THEN i.next_at END, \
         lease_owner = NULL, lease_expires_at = NULL \
-    FROM input i JOIN sub s ON s.delivery_id = i.id \
-    WHERE d.id = i.id AND d.status = 'pending' AND d.fence = i.fence AND d.lease_expires_at IS NOT NULL \
-    RETURNING d.* \
+    FROM input i, webhooks w \
+    WHERE d.id = i.id AND w.id = d.webhook_id \
+      AND d.status = 'pending' AND d.fence = i.fence AND d.lease_expires_at IS NOT NULL \
+    RETURNING d.*, w.failing_since AS subscription_failing_since \
 ), attempts AS ( \
     INSERT INTO webhook_attempts (delivery_id, number, at, status_code, latency_ms, response_snippet, error) \
     SELECT r.id, r.attempts, i.at, i.status_code, i.latency_ms, i.snippet, i.error \
     FROM recorded r JOIN input i ON i.id = r.id \
 ) \
-SELECT r.*, s.failing_since AS subscription_failing_since FROM recorded r JOIN sub s ON s.delivery_id = r.id";
+SELECT * FROM recorded";
 
 sql_rows::delivery_rows!(diesel::pg::Pg, crate::codec::PgColumns);
 
@@ -187,107 +159,6 @@ macro_rules! held {
     };
 }
 
-async fn fan_out(conn: &mut AsyncPgConnection, now: Timestamp, limit: u32) -> StoreResult<FanOut> {
-    // Concurrent fan-outs skip each other's events; a row dispatched by one that committed
-    // meanwhile fails the re-checked `dispatched_at IS NULL` and is left out. The events and
-    // the subscriptions are read in one round trip (pipelined), and so are the two writes.
-    let c: &AsyncPgConnection = conn;
-    let events = webhook_events::table
-        .filter(webhook_events::dispatched_at.is_null())
-        .order(webhook_events::seq.asc())
-        .limit(i64::from(limit))
-        .select((webhook_events::seq, EventRow::as_select()))
-        .for_update()
-        .skip_locked()
-        .load::<(i64, EventRow)>(&mut &*c);
-    let hooks = webhooks::table
-        .filter(webhooks::enabled.eq(true))
-        .order(webhooks::id.asc())
-        .select(WebhookRow::as_select())
-        .load::<WebhookRow>(&mut &*c);
-    let (events, hooks) = try_join(events, hooks).await?;
-    if events.is_empty() {
-        return Ok(FanOut::default());
-    }
-    let hooks: Vec<Webhook> = hooks.into_iter().map(WebhookRow::into_domain).collect::<DomainResult<_>>()?;
-    let events = events.into_iter().map(|(seq, row)| Ok((seq, row.into_domain()?))).collect::<DomainResult<_>>()?;
-    let (rows, seqs) = DeliveryRow::fan_out(events, &hooks, now);
-    let dispatched = diesel::update(webhook_events::table.filter(webhook_events::seq.eq_any(&seqs)))
-        .set(webhook_events::dispatched_at.eq(now))
-        .cached()
-        .execute(&mut &*c);
-    if rows.is_empty() {
-        dispatched.await?;
-    } else {
-        let column = |f: fn(&DeliveryRow) -> Uuid| rows.iter().map(f).collect::<Vec<Uuid>>();
-        let types: Vec<&str> = rows.iter().map(|r| r.event_type.as_str()).collect();
-        let inserted = diesel::sql_query(INSERT_DELIVERIES)
-            .bind::<Array<SqlUuid>, _>(column(|r| r.id))
-            .bind::<Array<SqlUuid>, _>(column(|r| r.webhook_id))
-            .bind::<Array<SqlUuid>, _>(column(|r| r.event_id))
-            .bind::<Array<Text>, _>(types)
-            .bind::<Timestamptz, _>(now)
-            .cached()
-            .execute(&mut &*c);
-        try_join(inserted, dispatched).await?;
-    }
-    Ok(FanOut { events: codec::int("events", seqs.len())?, deliveries: codec::int("deliveries", rows.len())? })
-}
-
-/// Leases due deliveries and loads what sending them needs. The lease is one statement, so it
-/// needs no transaction of its own; its events and subscriptions then come in one pipelined
-/// round trip. Should that read fail, the leased deliveries wait out their lease, as when a
-/// dispatcher dies after leasing.
-async fn lease(conn: &AsyncPgConnection, request: &LeaseRequest, until: Timestamp) -> StoreResult<Vec<LeasedDelivery>> {
-    let exclude: Vec<Uuid> = request.exclude.iter().map(WebhookId::as_uuid).collect();
-    let rows: Vec<DeliveryRow> = diesel::sql_query(LEASE_DUE)
-        .bind::<Timestamptz, _>(request.now)
-        .bind::<Array<SqlUuid>, _>(&exclude)
-        .bind::<BigInt, _>(i64::from(request.limit))
-        .bind::<diesel::sql_types::Text, _>(&request.owner)
-        .bind::<Timestamptz, _>(until)
-        .cached()
-        .load(&mut &*conn)
-        .await?;
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
-    let event_ids: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
-    let mut hook_ids: Vec<Uuid> = rows.iter().map(|r| r.webhook_id).collect();
-    hook_ids.sort_unstable();
-    hook_ids.dedup();
-    let events = webhook_events::table
-        .filter(webhook_events::id.eq_any(&event_ids))
-        .select(EventRow::as_select())
-        .load::<EventRow>(&mut &*conn);
-    let hooks = webhooks::table
-        .filter(webhooks::id.eq_any(&hook_ids))
-        .select(WebhookRow::as_select())
-        .load::<WebhookRow>(&mut &*conn);
-    let (events, hooks) = try_join(events, hooks).await?;
-    let events: HashMap<Uuid, EventRow> = events.into_iter().map(|e| (e.id, e)).collect();
-    let hooks: HashMap<Uuid, Webhook> = hooks
-        .into_iter()
-        .map(|w| {
-            let id = w.id;
-            Ok((id, w.into_domain()?))
-        })
-        .collect::<DomainResult<_>>()?;
-    let mut leased = Vec::with_capacity(rows.len());
-    for row in rows {
-        // A subscription deleted since the lease took its deliveries with it.
-        let Some(webhook) = hooks.get(&row.webhook_id).cloned() else { continue };
-        // One event fans out to several deliveries; it outlives them (purge deletes events only
-        // once no delivery refers to them).
-        let event = events.get(&row.event_id).cloned().ok_or_else(not_found)?.into_domain()?;
-        let fence = row.fence;
-        let delivery = row.into_domain()?;
-        leased.push(LeasedDelivery { delivery, webhook, event, fence, lease_until: until });
-    }
-    leased.sort_by_key(|l| (l.delivery.next_attempt_at, l.delivery.id));
-    Ok(leased)
-}
-
 /// A delivery `RECORD_ATTEMPTS` recorded, with its subscription's `failing_since` before.
 #[derive(Debug, QueryableByName)]
 struct Recorded {
@@ -355,7 +226,12 @@ struct AttemptColumns {
 impl AttemptColumns {
     fn of(attempts: &[AttemptRecord]) -> DomainResult<Self> {
         let mut c = Self::default();
-        for a in attempts {
+        // In id order, the order `disable` locks a subscription's deliveries in: the statement
+        // updates them in the order given, so a batch and a `disable` never wait for each other
+        // both ways (a deadlock).
+        let mut sorted: Vec<&AttemptRecord> = attempts.iter().collect();
+        sorted.sort_by_key(|a| a.id.as_uuid());
+        for a in sorted {
             // Numbered here only to cut the snippet as `record_attempt` stores it; the statement
             // numbers the attempt.
             let attempt = AttemptRow::from_domain(a.id.as_uuid(), &a.report.clone().numbered(1))?;
@@ -377,8 +253,8 @@ impl AttemptColumns {
 }
 
 /// Records `attempts` in one statement. Returns each item's result in order and the
-/// `failing_since` changes to make after: made inside, they would need the subscription's row
-/// exclusively while other attempts hold it shared, and deadlock.
+/// `failing_since` changes to make after the commit, so that the statement locks no
+/// subscription row (which every attempt to that endpoint would then wait for).
 async fn record(
     conn: &mut AsyncPgConnection,
     attempts: &[AttemptRecord],
@@ -462,16 +338,23 @@ impl DeliveryQueue for PgStore {
     #[tracing::instrument(level = "trace", skip_all)]
     async fn fan_out(&self, now: Timestamp, limit: u32) -> DomainResult<FanOut> {
         let mut conn = self.conn().await?;
-        conn.transaction::<_, StoreError, _>(async |conn| fan_out(conn, now, limit).await)
-            .await
-            .map_err(|e| e.into_domain("fan out webhook events"))
+        dispatch::fan_out(&mut conn, now, limit).await.map_err(|e| e.into_domain("fan out webhook events"))
     }
 
     #[tracing::instrument(level = "trace", skip_all, fields(owner = %request.owner))]
     async fn lease_due(&self, request: &LeaseRequest) -> DomainResult<Vec<LeasedDelivery>> {
         let until = lease_end(request.now, request.lease)?;
-        let conn = self.conn().await?;
-        lease(&conn, request, until).await.map_err(|e| e.into_domain("lease webhook deliveries"))
+        let mut conn = self.conn().await?;
+        dispatch::lease(&mut conn, request, until).await.map_err(|e| e.into_domain("lease webhook deliveries"))
+    }
+
+    #[tracing::instrument(level = "trace", skip_all, fields(owner = %request.owner))]
+    async fn fan_out_and_lease(&self, fan_out_limit: u32, request: &LeaseRequest) -> DomainResult<FannedOutAndLeased> {
+        let until = lease_end(request.now, request.lease)?;
+        let mut conn = self.conn().await?;
+        dispatch::fan_out_and_lease(&mut conn, fan_out_limit, request, until)
+            .await
+            .map_err(|e| e.into_domain("fan out and lease webhook deliveries"))
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(delivery_id = %id, fence))]

@@ -22,6 +22,7 @@ use super::{self as subscriptions, EventRow, WebhookRow};
 use crate::codec::{self, micros};
 use crate::schema::counters;
 use crate::{SqliteStore, StoreResult};
+use sql_rows::Columns as _;
 
 const PENDING: &str = DeliveryStatus::Pending.as_str();
 const FENCE_COUNTER: &str = "webhook_fence";
@@ -92,6 +93,20 @@ fn next_fence(conn: &mut SqliteConnection) -> StoreResult<i64> {
         .get_result(conn)?)
 }
 
+/// A fan-out's new deliveries: one per subscription in `hooks` that wants each of `events`
+/// (outbox seq and event), and the seqs of the events, now dispatched.
+fn new_deliveries(events: Vec<(i64, OutboxEvent)>, hooks: &[Webhook], now: Timestamp) -> (Vec<DeliveryRow>, Vec<i64>) {
+    let mut rows = Vec::new();
+    let mut seqs = Vec::with_capacity(events.len());
+    for (seq, event) in events {
+        for hook in hooks.iter().filter(|h| h.wants(&event)) {
+            rows.push(DeliveryRow::new(DeliveryId::generate(), Cols::id(hook.id.as_uuid()), &event, now));
+        }
+        seqs.push(seq);
+    }
+    (rows, seqs)
+}
+
 fn fan_out(conn: &mut SqliteConnection, now: Timestamp, limit: u32) -> StoreResult<FanOut> {
     let events: Vec<(i64, EventRow)> = webhook_events::table
         .filter(webhook_events::dispatched_at.is_null())
@@ -111,7 +126,7 @@ fn fan_out(conn: &mut SqliteConnection, now: Timestamp, limit: u32) -> StoreResu
         .map(WebhookRow::into_domain)
         .collect::<DomainResult<_>>()?;
     let events = events.into_iter().map(|(seq, row)| Ok((seq, row.into_domain()?))).collect::<DomainResult<_>>()?;
-    let (rows, seqs) = DeliveryRow::fan_out(events, &hooks, now);
+    let (rows, seqs) = new_deliveries(events, &hooks, now);
     diesel::insert_into(deliveries::table).values(&rows).execute(conn)?;
     diesel::update(webhook_events::table.filter(webhook_events::seq.eq_any(&seqs)))
         .set(webhook_events::dispatched_at.eq(micros(now)))

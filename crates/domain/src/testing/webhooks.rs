@@ -23,6 +23,8 @@ use crate::webhook::{
 };
 use crate::{DomainError, Timestamp};
 
+mod dispatch;
+
 /// Every port a webhook-capable store provides.
 pub trait WebhookStore: Store + WebhookRepository + DeliveryQueue {}
 
@@ -111,6 +113,8 @@ pub async fn webhook_store_contract<S: WebhookStore, F: Fn() -> Fut, Fut: Future
     command_events_carry_the_domain_payload(fresh().await).await;
     fan_out_respects_filters(fresh().await).await;
     fan_out_and_leases_are_exclusive(Arc::new(fresh().await)).await;
+    dispatch::fan_out_and_lease_leases_what_it_creates(fresh().await).await;
+    dispatch::fan_out_and_lease_is_exclusive(Arc::new(fresh().await)).await;
     attempts_are_recorded_in_order(fresh().await).await;
     attempts_are_recorded_in_batches(fresh().await).await;
     redeliver_and_listing(fresh().await).await;

@@ -112,6 +112,15 @@ pub struct FanOut {
     pub deliveries: u32,
 }
 
+/// What one `DeliveryQueue::fan_out_and_lease` did: the fan-out, and the deliveries leased.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FannedOutAndLeased {
+    /// The fan-out's counts, as `fan_out` reports them.
+    pub fan_out: FanOut,
+    /// The leased deliveries, as `lease_due` returns them.
+    pub leased: Vec<LeasedDelivery>,
+}
+
 /// Where a delivery is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

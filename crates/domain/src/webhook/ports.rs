@@ -6,8 +6,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::model::{
-    Attempt, AttemptRecord, AttemptReport, Delivery, DeliveryDetail, DeliveryFilter, Disabled, FanOut, LeaseRequest,
-    LeasedDelivery, NextStep, OutboxEvent, PreviousWebhookSecret, Webhook,
+    Attempt, AttemptRecord, AttemptReport, Delivery, DeliveryDetail, DeliveryFilter, Disabled, FanOut,
+    FannedOutAndLeased, LeaseRequest, LeasedDelivery, NextStep, OutboxEvent, PreviousWebhookSecret, Webhook,
 };
 use super::values::{WebhookSecret, WebhookUrl};
 use super::{DeliveryId, WebhookId};
@@ -69,6 +69,19 @@ pub trait DeliveryQueue: Send + Sync {
     /// until `now + lease`, each with a fence higher than any it had. MUST never hand one delivery
     /// to two callers while its lease runs, even when they call concurrently.
     async fn lease_due(&self, request: &LeaseRequest) -> DomainResult<Vec<LeasedDelivery>>;
+    /// Fans out up to `fan_out_limit` events at `request.now` and leases due deliveries as
+    /// `request` asks, those just created included: what `fan_out` then `lease_due` do, except
+    /// that the deliveries this call creates rank after every delivery that was due before it
+    /// (they are due at `now`, the others at or before it), in outbox order. The dispatcher's
+    /// path from an event to its first attempt: a store SHOULD do it in one round trip. MUST
+    /// keep every guarantee of both (each event dispatched once, no delivery leased twice). An
+    /// `Err` MAY leave the fan-out done (its deliveries then wait for the next lease). The
+    /// default calls the two in turn.
+    async fn fan_out_and_lease(&self, fan_out_limit: u32, request: &LeaseRequest) -> DomainResult<FannedOutAndLeased> {
+        let fan_out = self.fan_out(request.now, fan_out_limit).await?;
+        let leased = self.lease_due(request).await?;
+        Ok(FannedOutAndLeased { fan_out, leased })
+    }
     /// Records the next attempt of a leased delivery (numbered after the last), applies `next`
     /// (a `Retry` of a disabled subscription's delivery becomes `Dead`), drops the lease, and sets
     /// the subscription's `failing_since` (cleared by a success, else kept or set to the

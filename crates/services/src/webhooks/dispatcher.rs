@@ -136,8 +136,12 @@ impl WebhookDispatcher {
         let mut last_lease = tokio::time::Instant::now();
         while !shutdown.is_cancelled() {
             if fan_out_due {
-                fan_out_due = self.fan_out().await;
-                lease_due = true;
+                last_lease = tokio::time::Instant::now();
+                let (more, full) = self.fan_out_and_start_sends(&mut sending).await;
+                fan_out_due = more && self.fan_out().await;
+                // Not after a lease that came back short and left no events behind: it took
+                // everything due, its own new deliveries included.
+                lease_due = full || more;
             }
             while sending.try_join_next().is_some() {}
             let free = self.slots.available_permits();
@@ -167,19 +171,20 @@ impl WebhookDispatcher {
     /// One round without the loop: fan out, lease what is due, send it all and wait. Returns
     /// how many deliveries were leased. For tests and benchmarks.
     pub async fn run_once(self: &Arc<Self>) -> usize {
-        self.fan_out().await;
         let mut sending = JoinSet::new();
-        let mut leased = 0;
-        loop {
-            let before = sending.len();
-            let full = self.start_sends(&mut sending).await;
-            leased += sending.len() - before;
-            if !full {
-                break;
-            }
+        let (more, mut full) = self.fan_out_and_start_sends(&mut sending).await;
+        if more {
+            self.fan_out().await;
+            full = true;
+        }
+        let mut leased = sending.len();
+        while full {
             // Wait for room rather than leasing deliveries that would sit in their lease, and
             // for enough of it to be worth a lease.
             while sending.join_next().await.is_some() && self.slots.available_permits() < self.lease_threshold() {}
+            let before = sending.len();
+            full = self.start_sends(&mut sending).await;
+            leased += sending.len() - before;
         }
         while sending.join_next().await.is_some() {}
         leased
@@ -200,21 +205,55 @@ impl WebhookDispatcher {
         true
     }
 
-    /// Leases as many due deliveries as there are free slots and starts sending them; returns
-    /// whether the lease came back full (more may be due).
-    async fn start_sends(self: &Arc<Self>, sending: &mut JoinSet<()>) -> bool {
+    /// What a lease for the free slots asks for, or `None` when no slot is free.
+    fn lease_request(&self) -> Option<LeaseRequest> {
         let free = u32::try_from(self.slots.available_permits()).unwrap_or(u32::MAX).min(self.config.batch);
         if free == 0 {
-            return true;
+            return None;
         }
         let now = self.ports.clock.now();
-        let request = LeaseRequest {
+        Some(LeaseRequest {
             owner: self.config.owner.clone(),
             now,
             lease: self.config.lease,
             limit: free,
             exclude: self.breakers.open_at(now),
+        })
+    }
+
+    /// Starts sending `leased`, one free slot each.
+    fn spawn_sends(self: &Arc<Self>, leased: Vec<LeasedDelivery>, sending: &mut JoinSet<()>) {
+        for delivery in leased {
+            let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() else { break };
+            let me = Arc::clone(self);
+            sending.spawn(async move { me.deliver(delivery, permit).await });
+        }
+    }
+
+    /// Fans out one round and leases for the free slots in one call (the store's one round
+    /// trip from an event to its first attempt), and starts sending what it leased. Returns
+    /// whether events may be left in the outbox and whether the lease came back full.
+    async fn fan_out_and_start_sends(self: &Arc<Self>, sending: &mut JoinSet<()>) -> (bool, bool) {
+        let Some(request) = self.lease_request() else {
+            return (self.fan_out().await, true);
         };
+        match self.ports.deliveries.fan_out_and_lease(self.config.fan_out_batch, &request).await {
+            Ok(done) => {
+                let full = done.leased.len() == request.limit as usize;
+                self.spawn_sends(done.leased, sending);
+                (done.fan_out.events >= self.config.fan_out_batch, full)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "fanning out and leasing webhook deliveries failed");
+                (false, true)
+            }
+        }
+    }
+
+    /// Leases as many due deliveries as there are free slots and starts sending them; returns
+    /// whether the lease came back full (more may be due).
+    async fn start_sends(self: &Arc<Self>, sending: &mut JoinSet<()>) -> bool {
+        let Some(request) = self.lease_request() else { return true };
         let leased = match self.ports.deliveries.lease_due(&request).await {
             Ok(leased) => leased,
             Err(e) => {
@@ -222,12 +261,8 @@ impl WebhookDispatcher {
                 return false;
             }
         };
-        let full = leased.len() == free as usize;
-        for delivery in leased {
-            let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() else { break };
-            let me = Arc::clone(self);
-            sending.spawn(async move { me.deliver(delivery, permit).await });
-        }
+        let full = leased.len() == request.limit as usize;
+        self.spawn_sends(leased, sending);
         full
     }
 
