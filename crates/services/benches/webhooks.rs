@@ -4,7 +4,12 @@
 //! - deliveries per second through the dispatcher (outbox → fan-out → lease → sign → POST →
 //!   record) vs bare reqwest POSTs of the same bodies at the same concurrency;
 //! - event → first attempt (a ping appended, the running dispatcher woken, the receiver seeing
-//!   it) vs one bare POST seen by the receiver.
+//!   it) vs one bare POST seen by the receiver;
+//! - the same after the path sat idle for 20 ms before each event, as events arrive in service:
+//!   a server process that went to sleep answers its next round trip later, so this is what a
+//!   chain of round trips costs when nothing keeps it warm. Criterion cannot leave gaps between
+//!   iterations it does not count, so these are timed by hand, 200 each, and printed as
+//!   percentiles (p50, p90, p99).
 //!
 //! Each on the memory store, SQLite, and Postgres (a throwaway cluster, or `DATABASE_URL`).
 //!
@@ -215,9 +220,75 @@ fn latency(c: &mut Criterion) {
     group.finish();
 }
 
+/// Events timed per store after an idle pause.
+const IDLE_SAMPLES: usize = 200;
+/// How long the path sits idle before each of them.
+const IDLE: Duration = Duration::from_millis(20);
+
+/// p50, p90 and p99 of `samples`, in microseconds.
+fn percentiles(mut samples: Vec<Duration>) -> String {
+    samples.sort();
+    let at = |q: f64| {
+        // `samples` is never empty here: IDLE_SAMPLES of them.
+        let i = ((samples.len() as f64 * q) as usize).min(samples.len() - 1);
+        samples[i].as_micros()
+    };
+    format!("p50 {} µs, p90 {} µs, p99 {} µs", at(0.5), at(0.9), at(0.99))
+}
+
+/// Times `IDLE_SAMPLES` runs of `once`, each after `IDLE` with nothing going on.
+fn after_idle<'a>(
+    rt: &tokio::runtime::Runtime,
+    receiver: &Receiver,
+    once: impl Fn() -> futures::future::BoxFuture<'a, ()>,
+) -> String {
+    let mut samples = Vec::with_capacity(IDLE_SAMPLES);
+    for _ in 0..IDLE_SAMPLES {
+        receiver.clear();
+        std::thread::sleep(IDLE);
+        let started = std::time::Instant::now();
+        rt.block_on(async {
+            once().await;
+            assert_eq!(receiver.wait_for_count(1, Duration::from_secs(5)).await, 1, "delivered");
+        });
+        samples.push(started.elapsed());
+    }
+    percentiles(samples)
+}
+
+fn first_attempt_after_idle<S: Stores>(rt: &tokio::runtime::Runtime, s: &Setup<S>, receiver: &Receiver) -> String {
+    let shutdown = CancellationToken::new();
+    let running = rt.spawn(Arc::clone(&s.dispatcher).run(shutdown.clone()));
+    rt.block_on(s.store.purge(SystemClock.now() + chrono::TimeDelta::hours(1))).expect("purge");
+    let result = after_idle(rt, receiver, || {
+        Box::pin(async move {
+            s.service.test(&Principal::system(), s.webhook).await.expect("ping");
+        })
+    });
+    shutdown.cancel();
+    rt.block_on(running).expect("dispatcher stops");
+    result
+}
+
+fn latency_after_idle(_: &mut Criterion) {
+    let rt = runtime();
+    let receiver = rt.block_on(Receiver::start()).expect("receiver");
+    let memory = rt.block_on(setup(Arc::new(MemoryStore::new()), &receiver));
+    let db = rt.block_on(TestDatabase::create());
+    let on_postgres = rt.block_on(async { setup(Arc::new(db.store().await), &receiver).await });
+    let client = baseline_client();
+    let url = receiver.url("/baseline");
+    let baseline = after_idle(&rt, &receiver, || Box::pin(post_all(&client, &url, 1)));
+    println!("webhook_first_attempt_after_{}ms_idle/baseline: one bare POST: {baseline}", IDLE.as_millis());
+    let memory = first_attempt_after_idle(&rt, &memory, &receiver);
+    println!("webhook_first_attempt_after_{}ms_idle/memory store: {memory}", IDLE.as_millis());
+    let postgres = first_attempt_after_idle(&rt, &on_postgres, &receiver);
+    println!("webhook_first_attempt_after_{}ms_idle/Postgres: {postgres}", IDLE.as_millis());
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_secs(1));
-    targets = throughput, latency
+    targets = throughput, latency, latency_after_idle
 }
 criterion_main!(benches);
