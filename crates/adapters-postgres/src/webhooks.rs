@@ -275,8 +275,10 @@ impl WebhookRepository for PgStore {
         let mut conn = self.conn().await?;
         let (row, was_enabled) = conn
             .transaction::<_, StoreError, _>(async |conn| {
-                // Waits for a `disable` or an `enable` in flight, and for attempts that a replica
-                // of the previous release records under a share lock on this row.
+                // Waits for a `disable` or an `enable` in flight, for attempts that a replica of
+                // the previous release records under a share lock on this row, and for a fan-out
+                // that holds the row to lease its new deliveries (`dispatch::FAN_OUT_AND_LEASE`),
+                // so `DISABLE_DELIVERIES` below sees and marks what that fan-out leased.
                 let was_enabled: bool = webhooks::table
                     .find(id)
                     .select(webhooks::enabled)

@@ -10,7 +10,10 @@ use adapters_postgres::PgStore;
 use domain::api_key::ProjectAccess;
 use domain::testing::now_micros;
 use domain::testing::webhooks::{sample_event, sample_webhook};
-use domain::webhook::{DeliveryId, DeliveryQueue, EventSet, EventType, LeaseRequest, WebhookRepository};
+use domain::webhook::{
+    DeliveryId, DeliveryQueue, DeliveryStatus, EventSet, EventType, LeaseRequest, WebhookId, WebhookRepository,
+};
+use tokio_postgres::NoTls;
 
 const DELIVERIES: usize = 240;
 const LEASERS_PER_STORE: usize = 4;
@@ -69,4 +72,73 @@ async fn two_stores_leasing_concurrently_never_lease_one_delivery_twice() {
     }
     assert_eq!(seen.len(), DELIVERIES, "every due delivery is leased once");
     assert!(leasers_with_work > 1, "the leasers ran concurrently and shared the work");
+}
+
+fn lease_for(owner: &str, limit: u32) -> LeaseRequest {
+    LeaseRequest {
+        owner: owner.to_owned(),
+        now: now_micros(),
+        lease: Duration::from_secs(600),
+        limit,
+        exclude: Vec::new(),
+    }
+}
+
+/// A fan-out whose statement began before a `disable` committed must not lease new deliveries
+/// to that subscription: `disable` cannot see them to kill or mark them, so they would be sent
+/// after it returned. Here the disable is held in flight, after its update of the subscription
+/// and before it commits, by a delivery another session keeps locked (as a recording would),
+/// while a fan-out runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_during_a_disable_leases_nothing_to_that_subscription() {
+    let db = TestDatabase::create().await;
+    let (a, b) = (db.store().await, db.store().await);
+    let hook = sample_webhook(EventSet::all(), ProjectAccess::All);
+    let other = sample_webhook(EventSet::all(), ProjectAccess::All);
+    for w in [&hook, &other] {
+        WebhookRepository::create(&a, w).await.expect("webhook");
+    }
+    a.append_event(&sample_event(EventType::Ping, None, Some(hook.id))).await.expect("event");
+    assert_eq!(a.fan_out(now_micros(), 10).await.expect("fan out").deliveries, 1);
+
+    let (blocker, connection) = tokio_postgres::connect(db.url(), NoTls).await.expect("raw connection");
+    tokio::spawn(connection);
+    blocker.batch_execute("BEGIN").await.expect("begin");
+    let lock = format!("SELECT id FROM webhook_deliveries WHERE webhook_id = '{}' FOR UPDATE", hook.id.as_uuid());
+    let held = blocker.execute(lock.as_str(), &[]).await.expect("lock the pending delivery");
+    assert_eq!(held, 1);
+    let disabling = {
+        let b = b.clone();
+        tokio::spawn(async move { b.disable(hook.id, "a client disabled it", now_micros()).await })
+    };
+    // The disable has set `enabled = false` (uncommitted) once it waits for the delivery.
+    let waiting =
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()";
+    let started = std::time::Instant::now();
+    while blocker.query_one(waiting, &[]).await.expect("activity").get::<_, i64>(0) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the disable never waited for the delivery");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    for w in [&hook, &other] {
+        a.append_event(&sample_event(EventType::Ping, None, Some(w.id))).await.expect("event");
+    }
+    let done = a.fan_out_and_lease(10, &lease_for("a", 10)).await.expect("fan out and lease");
+    assert_eq!((done.fan_out.events, done.fan_out.deliveries), (2, 2), "both events fanned out");
+    let leased: Vec<WebhookId> = done.leased.iter().map(|l| l.webhook.id).collect();
+    assert_eq!(leased, vec![other.id], "nothing leased to the subscription being disabled");
+
+    blocker.batch_execute("COMMIT").await.expect("commit");
+    let disabled = disabling.await.expect("task").expect("disable");
+    assert!(disabled.was_enabled);
+    assert!(a.lease_due(&lease_for("a", 10)).await.expect("lease").is_empty(), "nothing due for the disabled one");
+    let filter = domain::webhook::DeliveryFilter { webhook: hook.id, status: None };
+    let mine = a.list_deliveries(&filter, domain::pagination::PageRequest::default()).await.expect("list").items;
+    assert_eq!(mine.len(), 2);
+    assert_eq!(mine[0].status, DeliveryStatus::Dead, "pending when disabled, not leased: dead");
+    assert_eq!(
+        (mine[1].status, mine[1].attempts),
+        (DeliveryStatus::Pending, 0),
+        "made by the fan-out the disable did not see: never leased while the subscription is disabled"
+    );
 }

@@ -1,4 +1,5 @@
 #![allow(clippy::expect_used, reason = "benchmark setup: a failure aborts the run")]
+#![allow(clippy::print_stdout, reason = "the idle latencies are timed by hand, so printing them is the report")]
 
 //! Webhook delivery against a receiver on loopback, each beside a baseline from the same run:
 //! - deliveries per second through the dispatcher (outbox → fan-out → lease → sign → POST →

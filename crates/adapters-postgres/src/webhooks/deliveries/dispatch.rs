@@ -92,6 +92,18 @@ const LEASE_DUE: &str =
 /// not for an excluded subscription. `matched` is `Webhook::wants` in SQL: enabled, and either
 /// aimed at this subscription (pings) or of a wanted type from a wanted project (an event
 /// without a project only for subscriptions to every project, `projects` NULL).
+///
+/// `held` is what keeps a new delivery from going to a subscription being disabled. `matched`
+/// reads `enabled` as of the statement's start, and the deliveries it creates are invisible to
+/// a `disable` that commits before this statement does, so that `disable` could neither kill
+/// nor mark them. New deliveries are therefore leased only for subscriptions this statement
+/// holds `FOR SHARE`: a `disable` (which takes the row `FOR NO KEY UPDATE` first) then waits for
+/// this statement and sees, and marks, what it leased; one that got there first, in flight or
+/// committed, makes the row skipped (`SKIP LOCKED`) or fail the re-checked `w.enabled`, and that
+/// subscription's new deliveries are created unleased, which no lease takes while it is
+/// disabled. Never waiting here is also why this cannot deadlock with a `disable` waiting for a
+/// delivery `relet` holds. The lock costs no extra write: inserting the deliveries locks the
+/// same rows `FOR KEY SHARE` for their foreign key anyway.
 const FAN_OUT_AND_LEASE: &str = concat!(
     "WITH taken AS ( \
         SELECT e.seq, e.id, e.event_type, e.project, e.target_webhook FROM webhook_events e \
@@ -109,11 +121,18 @@ const FAN_OUT_AND_LEASE: &str = concat!(
         END \
     ), ",
     lease_ctes!(),
-    ", room AS ( \
-        SELECT m.*, NOT m.excluded \
-            AND row_number() OVER (PARTITION BY m.excluded ORDER BY m.n) <= $3 - (SELECT count(*) FROM relet) \
+    ", held AS ( \
+        SELECT w.id FROM webhooks w \
+        WHERE w.enabled AND w.id IN (SELECT m.webhook_id FROM matched m WHERE NOT m.excluded) \
+          AND $3 > (SELECT count(*) FROM relet) \
+        FOR SHARE SKIP LOCKED \
+    ), ready AS ( \
+        SELECT m.*, m.webhook_id IN (SELECT h.id FROM held h) AS leasable FROM matched m \
+    ), room AS ( \
+        SELECT r.*, r.leasable \
+            AND row_number() OVER (PARTITION BY r.leasable ORDER BY r.n) <= $3 - (SELECT count(*) FROM relet) \
             AS leased \
-        FROM matched m \
+        FROM ready r \
     ), stamp AS ( \
         SELECT clock_timestamp() AS at \
     ), created AS ( \
@@ -227,7 +246,7 @@ impl QueryableByName<Pg> for DispatchRow {
 
 /// The rows of one statement as the port's answer.
 fn answer(rows: Vec<DispatchRow>, lease_until: Timestamp) -> DomainResult<FannedOutAndLeased> {
-    let (events, deliveries) = rows.iter().next().map_or((0, 0), |r| (r.fanned_events, r.fanned_deliveries));
+    let (events, deliveries) = <[_]>::first(&rows).map_or((0, 0), |r| (r.fanned_events, r.fanned_deliveries));
     let leased = rows
         .into_iter()
         .filter_map(|r| r.leased)
@@ -312,7 +331,10 @@ pub(super) async fn fan_out_and_lease(
     Ok(answer(rows, until)?)
 }
 
-#[cfg(all(test, feature = "testing"))]
+// Two attributes rather than `all(test, …)`: clippy only sees a module as test code (where
+// `expect` is allowed) under a plain `cfg(test)`.
+#[cfg(test)]
+#[cfg(feature = "testing")]
 mod tests {
     use std::collections::BTreeSet;
 
