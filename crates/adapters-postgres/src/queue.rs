@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::TimeDelta;
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Bool, Bytea, Integer, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel::sql_types::{Array, BigInt, Bool, Bytea, Integer, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
@@ -26,6 +26,7 @@ use crate::codec;
 use crate::commands::{self as rows, CommandRow, RUNNING};
 use crate::connection::db_error;
 use crate::events;
+use crate::finishes::FinishRequest;
 use crate::prepared::CachedExt;
 use crate::schema::{commands, workers};
 use crate::webhooks::{self, announce_command};
@@ -137,26 +138,6 @@ WITH held AS ( \
 INSERT INTO command_events (command_id, seq, kind, stream, data, at) \
 SELECT id, event_seq, 'output', $3, $4, $5 FROM held";
 
-/// Ends command `$1` if fence `$2` still holds it, with its output, and appends the events
-/// `Status(final)` then `Exit` (what `events::ending` makes) and the webhook event `$12`, all
-/// in one statement.
-const FINISH: &str = concat!(
-    "WITH done AS ( \
-        UPDATE commands SET status = $3, exit_code = $4, termination_reason = $5, error = $6, finished_at = $7, \
-            lease_owner = NULL, lease_expires_at = NULL, event_seq = event_seq + 2, \
-            stdout = $8, stderr = $9, stdout_truncated = $10, stderr_truncated = $11 \
-        WHERE id = $1 AND status = 'running' AND fence = $2 \
-        RETURNING * \
-    ), ended AS ( \
-        INSERT INTO command_events (command_id, seq, kind, stream, data, at) \
-        SELECT id, event_seq - 1, 'status', NULL, convert_to(status, 'UTF8'), finished_at FROM done \
-        UNION ALL \
-        SELECT id, event_seq, 'exit', NULL, NULL, finished_at FROM done \
-    ), announced AS (",
-    announce_command!("done", "$12", "$7"),
-    ") SELECT * FROM done"
-);
-
 /// Claim attempts that may find their candidate's project full before reporting nothing claimable.
 const MAX_FULL_PROJECTS: usize = 32;
 /// Claim transactions aborted as deadlock victims that are run again before the error is reported.
@@ -267,39 +248,6 @@ async fn must_exist(conn: &mut AsyncPgConnection, id: Uuid) -> StoreResult<()> {
     } else {
         Err(rows::not_found().into())
     }
-}
-
-/// Ends a running command held by `fence` with its output and its webhook event, in one
-/// statement; `None` (and no event) when the fence is stale.
-async fn finish_held(
-    conn: &mut AsyncPgConnection,
-    id: Uuid,
-    fence: i64,
-    c: &Completion,
-    output: &CommandOutput,
-    at: Timestamp,
-) -> StoreResult<Option<CommandRow>> {
-    let ended: Option<CommandRow> = diesel::sql_query(FINISH)
-        .bind::<SqlUuid, _>(id)
-        .bind::<BigInt, _>(fence)
-        .bind::<Text, _>(c.status.as_str())
-        .bind::<Nullable<Integer>, _>(c.exit_code)
-        .bind::<Text, _>(c.reason.as_str())
-        .bind::<Nullable<Text>, _>(c.error.as_deref())
-        .bind::<Timestamptz, _>(at)
-        .bind::<Bytea, _>(output.stdout.as_bytes())
-        .bind::<Bytea, _>(output.stderr.as_bytes())
-        .bind::<Bool, _>(output.stdout_truncated)
-        .bind::<Bool, _>(output.stderr_truncated)
-        .bind::<SqlUuid, _>(EventId::generate().as_uuid())
-        .cached()
-        .get_result(conn)
-        .await
-        .optional()?;
-    if ended.is_none() {
-        must_exist(conn, id).await?;
-    }
-    Ok(ended)
 }
 
 /// Marks every running command whose lease ended before `now` as lost.
@@ -618,12 +566,10 @@ impl CommandQueue for PgStore {
         output: &CommandOutput,
         at: Timestamp,
     ) -> DomainResult<Option<Command>> {
-        let id = id.as_uuid();
-        let mut conn = self.conn().await?;
-        let row = finish_held(&mut conn, id, fence, completion, output, at)
-            .await
-            .map_err(|e| e.into_domain("finish command"))?;
-        row.map(CommandRow::into_domain).transpose()
+        // Owned, because the finish may wait for a batch written by a task of its own.
+        let request =
+            FinishRequest { id: id.as_uuid(), fence, completion: completion.clone(), output: output.clone(), at };
+        self.finishes.finish(request).await?.map(CommandRow::into_domain).transpose()
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
