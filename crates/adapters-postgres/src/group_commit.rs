@@ -1,14 +1,24 @@
-//! Group commit: requests that arrive while a batch is being written wait, and are written
+//! Group commit: requests that arrive while batches are being written wait, and are written
 //! together in the next batch. A store that writes a batch in one statement then pays one round
 //! trip per batch instead of one per request, and nobody waits for a timer: a request that
-//! finds nobody writing is written at once, alone.
+//! finds a writer free is written at once.
 //!
-//! Batches are written by a task of their own, spawned by the request that finds nobody
-//! writing, and that task writes until the queue is empty. No caller writes: a caller dropped
-//! mid-batch (a request future abandoned at shutdown, a timed-out client) can neither strand
-//! the callers queued behind it nor cut its own write short. Its item is written all the same,
-//! because what a caller submits (a command's end) must happen whether or not anyone waits for
-//! the answer.
+//! Batches are written by tasks of their own (at most `BatchLimits::writers` at a time, each
+//! writing one batch after the other until the queue is empty), spawned by requests that find
+//! fewer writers than that. More than one writer keeps a request from waiting for a whole batch
+//! in flight before its own starts; requests that arrive in one burst still share a batch,
+//! because a spawned writer takes everything queued when it first runs. No caller writes: a
+//! caller dropped mid-batch (a request future abandoned at shutdown, a timed-out client) can
+//! neither strand the callers queued behind it nor cut its own write short. Its item is written
+//! all the same, because what a caller submits (a command's end) must happen whether or not
+//! anyone waits for the answer.
+//!
+//! The number of writers is counted under the queue's lock and given back exactly once per
+//! writer: by the writer that finds the queue empty (under the same lock, so a request queued
+//! after that finds the place free and starts a writer), or by its guard when the writer ends
+//! any other way (it panicked, or its task was dropped, run or not, with its runtime). When that
+//! writer was the last one, the guard fails the waiting callers with `Abandoned`; while others
+//! run they serve the queue, since each writes until it finds the queue empty.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -26,6 +36,8 @@ pub(crate) struct BatchLimits {
     pub(crate) items: usize,
     /// Sum of the items' weights per batch; an item heavier than this still goes, alone.
     pub(crate) weight: usize,
+    /// Batches in flight at once (at least one).
+    pub(crate) writers: usize,
 }
 
 /// A request's batch ended without an answer for it: the writing task panicked, its runtime
@@ -34,11 +46,11 @@ pub(crate) struct BatchLimits {
 #[error("the batch was abandoned before it answered")]
 pub(crate) struct Abandoned;
 
-/// What waits to be written, and whether a task is writing.
+/// What waits to be written, and how many tasks are writing.
 struct Queue<T, R> {
     waiting: VecDeque<(T, oneshot::Sender<R>)>,
-    /// A writing task runs; it takes what queues meanwhile into its next batch.
-    flushing: bool,
+    /// Writing tasks that run; each takes what queued meanwhile into its next batch.
+    writers: usize,
 }
 
 struct Shared<T, R> {
@@ -48,8 +60,8 @@ struct Shared<T, R> {
     flush: Flush<T, R>,
 }
 
-/// Writes submitted items in batches, one batch in flight at a time. Cheap to clone: clones
-/// share one queue.
+/// Writes submitted items in batches, at most `BatchLimits::writers` in flight. Cheap to clone:
+/// clones share one queue.
 pub(crate) struct GroupCommit<T, R>(Arc<Shared<T, R>>);
 
 impl<T, R> Clone for GroupCommit<T, R> {
@@ -67,8 +79,8 @@ impl<T, R> std::fmt::Debug for GroupCommit<T, R> {
 impl<T: Send + 'static, R: Send + 'static> GroupCommit<T, R> {
     /// Batches of at most `limits` (items weighed by `weigh`), each written by `flush`.
     pub(crate) fn new(limits: BatchLimits, weigh: fn(&T) -> usize, flush: Flush<T, R>) -> Self {
-        let limits = BatchLimits { items: limits.items.max(1), ..limits };
-        let queue = Mutex::new(Queue { waiting: VecDeque::new(), flushing: false });
+        let limits = BatchLimits { items: limits.items.max(1), writers: limits.writers.max(1), ..limits };
+        let queue = Mutex::new(Queue { waiting: VecDeque::new(), writers: 0 });
         Self(Arc::new(Shared { queue, limits, weigh, flush }))
     }
 
@@ -79,10 +91,14 @@ impl<T: Send + 'static, R: Send + 'static> GroupCommit<T, R> {
         let start = {
             let mut queue = self.0.lock();
             queue.waiting.push_back((item, reply));
-            !std::mem::replace(&mut queue.flushing, true)
+            let start = queue.writers < self.0.limits.writers;
+            queue.writers += usize::from(start);
+            start
         };
         if start {
-            tokio::spawn(drain(Arc::clone(&self.0)));
+            // The guard exists before the task does: a task dropped before its first poll (its
+            // runtime shut down) or a spawn that panics (no runtime) still gives the place back.
+            tokio::spawn(drain(Writer { shared: Arc::clone(&self.0), done: false }));
         }
         answer.await.map_err(|_| Abandoned)
     }
@@ -95,13 +111,13 @@ impl<T, R> Shared<T, R> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The next batch from the head of the queue, within the limits; `None`, and nobody
-    /// writing any more, when the queue is empty. Both under one lock, so an item queued just
-    /// after the last batch was taken either is in it or starts a new task.
+    /// The next batch from the head of the queue, within the limits; `None`, and one writer
+    /// fewer, when the queue is empty. Both under one lock, so an item queued just after a
+    /// writer found the queue empty finds a free writer's place and starts a new task.
     fn next_batch(&self) -> Option<Vec<(T, oneshot::Sender<R>)>> {
         let mut queue = self.lock();
         if queue.waiting.is_empty() {
-            queue.flushing = false;
+            queue.writers -= 1;
             return None;
         }
         let (mut count, mut weight) = (0, 0_usize);
@@ -118,12 +134,11 @@ impl<T, R> Shared<T, R> {
 }
 
 /// Writes batches until the queue is empty.
-async fn drain<T, R>(shared: Arc<Shared<T, R>>) {
-    let mut writing = Writing { shared: shared.as_ref(), done: false };
-    while let Some(batch) = shared.next_batch() {
+async fn drain<T, R>(mut writer: Writer<T, R>) {
+    while let Some(batch) = writer.shared.next_batch() {
         let (items, replies): (Vec<T>, Vec<oneshot::Sender<R>>) = batch.into_iter().unzip();
         let expected = replies.len();
-        let results = (shared.flush)(items).await;
+        let results = (writer.shared.flush)(items).await;
         if results.len() != expected {
             // The callers left without a result get `Abandoned` when their sender drops.
             tracing::error!(expected, answered = results.len(), "a batch answered the wrong number of results");
@@ -133,26 +148,35 @@ async fn drain<T, R>(shared: Arc<Shared<T, R>>) {
             let _ = reply.send(result);
         }
     }
-    writing.done = true;
+    // `next_batch` gave the place back with the `None` that ended the loop.
+    writer.done = true;
 }
 
-/// Cleans up after a writing task that ends before the queue is empty (its write panicked,
-/// or its runtime shut down): the waiting callers get `Abandoned` instead of waiting for good,
-/// and the next submit starts a new task.
-struct Writing<'a, T, R> {
-    shared: &'a Shared<T, R>,
+/// One writer's place among `BatchLimits::writers`, taken by the submit that spawns it. Cleans
+/// up after a writer that ends before it found the queue empty (its write panicked, or its task
+/// was dropped with its runtime, even before it first ran): its place goes back, and when it was
+/// the last writer the waiting callers get `Abandoned` instead of waiting for good (while others
+/// run, they write what waits); the next submit starts a new writer.
+struct Writer<T, R> {
+    shared: Arc<Shared<T, R>>,
+    /// The place was given back by `next_batch`.
     done: bool,
 }
 
-impl<T, R> Drop for Writing<'_, T, R> {
+impl<T, R> Drop for Writer<T, R> {
     fn drop(&mut self) {
         if self.done {
             return;
         }
         let waiting = {
             let mut queue = self.shared.lock();
-            queue.flushing = false;
-            std::mem::take(&mut queue.waiting)
+            queue.writers -= 1;
+            // Other writers still serve the queue; without them nobody would.
+            if queue.writers == 0 {
+                std::mem::take(&mut queue.waiting)
+            } else {
+                VecDeque::new()
+            }
         };
         // Dropped outside the lock: each drop wakes a caller.
         drop(waiting);
@@ -161,6 +185,7 @@ impl<T, R> Drop for Writing<'_, T, R> {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
     use std::time::Duration;
 
     use futures::FutureExt;
@@ -193,7 +218,7 @@ mod tests {
         Harness { commit: GroupCommit::new(limits, |i| *i as usize, flush), started, gate }
     }
 
-    const WIDE: BatchLimits = BatchLimits { items: 64, weight: usize::MAX };
+    const WIDE: BatchLimits = BatchLimits { items: 64, weight: usize::MAX, writers: 1 };
 
     fn submit(h: &Harness, item: u32) -> tokio::task::JoinHandle<Result<u32, Abandoned>> {
         let commit = h.commit.clone();
@@ -232,7 +257,7 @@ mod tests {
 
     #[tokio::test]
     async fn batches_stay_within_their_limits() {
-        let mut h = harness(BatchLimits { items: 3, weight: 10 });
+        let mut h = harness(BatchLimits { items: 3, weight: 10, writers: 1 });
         let first = submit(&h, 1);
         assert_eq!(h.started.recv().await, Some(vec![1]));
         let rest: Vec<_> = [2, 2, 2, 2, 6, 5, 20, 1].into_iter().map(|i| submit(&h, i)).collect();
@@ -247,6 +272,125 @@ mod tests {
         for task in rest {
             task.await.expect("task").expect("answered");
         }
+    }
+
+    #[tokio::test]
+    async fn a_second_writer_starts_while_a_batch_is_in_flight_and_a_burst_still_shares_one() {
+        let mut h = harness(BatchLimits { writers: 2, ..WIDE });
+        let first = submit(&h, 1);
+        assert_eq!(h.started.recv().await, Some(vec![1]));
+        let burst = h.commit.clone();
+        let burst = tokio::spawn(async move { futures::future::join_all((2..=4).map(|i| burst.submit(i))).await });
+        assert_eq!(h.started.recv().await, Some(vec![2, 3, 4]), "not behind the batch in flight, and together");
+        let late = submit(&h, 5);
+        settle().await;
+        h.gate.add_permits(3);
+        assert_eq!(h.started.recv().await, Some(vec![5]), "a writer that is done takes what queued");
+        assert_eq!(first.await.expect("task"), Ok(2));
+        assert_eq!(burst.await.expect("task"), [Ok(4), Ok(6), Ok(8)]);
+        assert_eq!(late.await.expect("task"), Ok(10));
+    }
+
+    /// Submits `item` and waits until its batch has started (it then waits at the gate).
+    async fn started_alone(h: &mut Harness, item: u32) -> tokio::task::JoinHandle<Result<u32, Abandoned>> {
+        let task = submit(h, item);
+        assert_eq!(h.started.recv().await, Some(vec![item]), "a free writer takes it at once");
+        task
+    }
+
+    #[tokio::test]
+    async fn writers_never_exceed_their_limit_and_each_gives_its_place_back() {
+        let mut h = harness(BatchLimits { writers: 2, ..WIDE });
+        let one = started_alone(&mut h, 1).await;
+        let two = started_alone(&mut h, 2).await;
+        let queued: Vec<_> = (3..=4).map(|i| submit(&h, i)).collect();
+        settle().await;
+        assert!(h.started.try_recv().is_err(), "no third batch while two are in flight");
+        h.gate.add_permits(1);
+        assert_eq!(h.started.recv().await, Some(vec![3, 4]), "the writer that is done takes what queued");
+        h.gate.add_permits(2);
+        assert_eq!(one.await.expect("task"), Ok(2));
+        assert_eq!(two.await.expect("task"), Ok(4));
+        for (i, task) in (3..=4).zip(queued) {
+            assert_eq!(task.await.expect("task"), Ok(i * 2));
+        }
+        settle().await;
+        // Both places came back: two batches are in flight at once again, and no more.
+        let five = started_alone(&mut h, 5).await;
+        let six = started_alone(&mut h, 6).await;
+        let seven = submit(&h, 7);
+        settle().await;
+        assert!(h.started.try_recv().is_err(), "still two at most");
+        h.gate.add_permits(3);
+        assert_eq!((five.await.expect("task"), six.await.expect("task")), (Ok(10), Ok(12)));
+        assert_eq!(seven.await.expect("task"), Ok(14));
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_panics_while_another_runs_leaves_the_waiting_callers_to_it() {
+        let mut h = harness(BatchLimits { writers: 2, ..WIDE });
+        let doomed = started_alone(&mut h, 13).await;
+        let running = started_alone(&mut h, 1).await;
+        let behind: Vec<_> = [7, 8].into_iter().map(|i| submit(&h, i)).collect();
+        settle().await;
+        // The gate is fair: the first permit goes to the panicking writer, which waited first.
+        h.gate.add_permits(1);
+        assert_eq!(doomed.await.expect("task"), Err(Abandoned), "its own batch fails");
+        settle().await;
+        assert!(h.started.try_recv().is_err(), "the other writer is still busy");
+        h.gate.add_permits(2);
+        assert_eq!(h.started.recv().await, Some(vec![7, 8]), "the writer left running writes them");
+        assert_eq!(running.await.expect("task"), Ok(2));
+        for (i, task) in [7, 8].into_iter().zip(behind) {
+            assert_eq!(task.await.expect("task"), Ok(i * 2), "not abandoned while a writer runs");
+        }
+        settle().await;
+        let a = started_alone(&mut h, 20).await;
+        let b = started_alone(&mut h, 21).await;
+        h.gate.add_permits(2);
+        assert_eq!((a.await.expect("task"), b.await.expect("task")), (Ok(40), Ok(42)), "both places are free");
+    }
+
+    #[tokio::test]
+    async fn the_last_writer_to_panic_fails_the_waiting_callers() {
+        let mut h = harness(BatchLimits { writers: 2, ..WIDE });
+        let first = started_alone(&mut h, 13).await;
+        let second = started_alone(&mut h, 13).await;
+        let behind = submit(&h, 7);
+        settle().await;
+        h.gate.add_permits(1);
+        assert_eq!(first.await.expect("task"), Err(Abandoned));
+        settle().await;
+        h.gate.add_permits(1);
+        assert_eq!(second.await.expect("task"), Err(Abandoned));
+        let told = tokio::time::timeout(Duration::from_secs(5), behind).await.expect("told, not left waiting");
+        assert_eq!(told.expect("task"), Err(Abandoned));
+        h.gate.add_permits(1);
+        assert_eq!(h.commit.submit(8).await, Ok(16), "a new writer starts");
+    }
+
+    #[test]
+    fn a_writer_dropped_with_its_runtime_before_it_ran_gives_its_place_back() {
+        let mut h = harness(WIDE);
+        let commit = h.commit.clone();
+        let mut first = Box::pin(commit.submit(1));
+        let dead = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        {
+            // Entered, never run: the submit spawns its writer there, and nothing polls it.
+            let _entered = dead.enter();
+            let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
+            assert!(first.as_mut().poll(&mut cx).is_pending(), "queued");
+        }
+        drop(dead);
+        let live = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+        live.block_on(async {
+            let told = tokio::time::timeout(Duration::from_secs(5), first).await;
+            assert_eq!(told.expect("told, not left waiting"), Err(Abandoned));
+            h.gate.add_permits(1);
+            let next = tokio::time::timeout(Duration::from_secs(5), h.commit.submit(2)).await;
+            assert_eq!(next.expect("the only place is free again"), Ok(4));
+            assert_eq!(h.started.recv().await, Some(vec![2]));
+        });
     }
 
     #[tokio::test]
