@@ -103,7 +103,9 @@ const MAX_BATCH_OUTPUT_BYTES: usize = 8 * 1024 * 1024;
 /// Batches in flight at once, each on a connection of its own. One would make every finish that
 /// arrives during a batch wait for it to end before its own starts: claimers waiting for their
 /// slots' finishes then take turns on one connection (0.81 of pgbench where finishes written
-/// alone gave 0.95 in the same run).
+/// alone gave 0.95 in the same run). More than 4 measured no better in the queue bench, and each
+/// writer holds a pool connection: 4 are at most a quarter of the default pool of 16
+/// (`docs/architecture.md`, `docs/performance.md`).
 const WRITERS: usize = 4;
 
 /// One command's end, as `CommandQueue::finish` was given it.
