@@ -11,8 +11,14 @@
 //!   claiming and finishing one command at a time (a no-op executor).
 //!
 //! The comparison printed at the end also drains with batch claims: each claimer is a worker
-//! with `SLOTS` slots that claims up to `SLOTS` commands in one transaction
-//! (`claim_batch`) and then finishes them one by one, as the queue worker does.
+//! with `SLOTS` slots that claims up to `SLOTS` commands in one transaction (`claim_batch`) and
+//! then finishes them concurrently, as a worker's slots do when their commands end together, so
+//! finishes of one worker and of different workers arrive together. `PgStore` groups finishes
+//! that arrive together into one statement; the same drain against a store that writes each
+//! finish alone (`with_max_finish_batch(1)`) shows what that grouping is worth. pgbench stays
+//! one claim and one finish per transaction: the same SQL per command as the adapter's single
+//! claim and single finish. Each run also reads the CPU the client (or pgbench) and the server
+//! spent per command, from `/proc`, when the server runs on this machine.
 //!
 //! Run: `cargo bench -p adapters-postgres --features testing --bench queue`
 
@@ -30,6 +36,7 @@ use domain::output::CommandOutput;
 use domain::ports::{CommandQueue, CommandRepository, ProjectRepository};
 use domain::project::Project;
 use domain::testing::{now_micros, sample_command, sample_project};
+use futures::future::join_all;
 use tokio::runtime::Runtime;
 
 /// Commands per measured batch.
@@ -49,8 +56,13 @@ const LEASE: Duration = Duration::from_secs(60);
 struct Bench {
     rt: Runtime,
     db: TestDatabase,
+    /// Finishes that arrive together share a statement (the default).
     store: PgStore,
+    /// Every finish is a statement of its own.
+    alone: PgStore,
     projects: Vec<Project>,
+    /// The database server's main process, when it runs on this machine (its CPU is read).
+    postmaster: Option<u32>,
 }
 
 impl Bench {
@@ -58,11 +70,30 @@ impl Bench {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
         let db = rt.block_on(TestDatabase::create());
         let store = rt.block_on(db.store());
+        let alone = rt.block_on(db.store()).with_max_finish_batch(1);
         let projects: Vec<Project> = (0..PROJECTS).map(|i| sample_project(&format!("bench-{i}"), 1000)).collect();
         for p in &projects {
             rt.block_on(ProjectRepository::create(&store, p)).expect("project");
         }
-        Bench { rt, db, store, projects }
+        let mut bench = Bench { rt, db, store, alone, projects, postmaster: None };
+        bench.postmaster = bench.backend_pid().and_then(|pid| Some(stat(pid)?.ppid));
+        bench
+    }
+
+    /// The process id of a server backend, as the server reports it.
+    fn backend_pid(&self) -> Option<u32> {
+        self.rt.block_on(async {
+            let (client, connection) = tokio_postgres::connect(self.db.url(), tokio_postgres::NoTls).await.ok()?;
+            tokio::spawn(connection);
+            let row = client.query_one("SELECT pg_backend_pid()", &[]).await.ok()?;
+            u32::try_from(row.get::<_, i32>(0)).ok()
+        })
+    }
+
+    /// CPU used so far by this process, by its waited-for children (pgbench), and by the server.
+    fn cpu(&self) -> Option<Cpu> {
+        let me = stat(std::process::id())?;
+        Some(Cpu { client: me.own, children: me.children, server: server_cpu(self.postmaster?)? })
     }
 
     /// Enqueues `n` commands with `CLAIMERS` concurrent tasks; returns how long it took.
@@ -89,15 +120,17 @@ impl Bench {
         started.elapsed()
     }
 
-    /// Claims and finishes everything queued with `CLAIMERS` concurrent claimers, each claiming
-    /// up to `batch` commands at once (a batch of one is `claim_next`'s single claim).
-    fn drain(&self, batch: usize) -> (Duration, usize) {
+    /// Claims and finishes everything queued through `store` with `CLAIMERS` concurrent
+    /// claimers, each claiming up to `batch` commands at once (a batch of one is `claim_next`'s
+    /// single claim) and finishing what it claimed concurrently, as a worker's slots do when
+    /// their commands end together (a no-op executor).
+    fn drain(&self, store: &PgStore, batch: usize) -> (Duration, usize) {
         let started = Instant::now();
         let done = Arc::new(AtomicUsize::new(0));
         self.rt.block_on(async {
             let tasks: Vec<_> = (0..CLAIMERS)
                 .map(|t| {
-                    let store = self.store.clone();
+                    let store = store.clone();
                     let done = Arc::clone(&done);
                     tokio::spawn(async move {
                         let me = WorkerId::new(format!("bench-{t}"));
@@ -110,11 +143,11 @@ impl Bench {
                             if claims.is_empty() {
                                 break;
                             }
-                            for claim in claims {
-                                let at = now_micros();
-                                let finished =
-                                    CommandQueue::finish(&store, claim.command.id, claim.fence, &ok, &output, at);
-                                finished.await.expect("finish").expect("held");
+                            let finishes = claims.iter().map(|claim| {
+                                CommandQueue::finish(&store, claim.command.id, claim.fence, &ok, &output, now_micros())
+                            });
+                            for finished in join_all(finishes).await {
+                                finished.expect("finish").expect("held");
                                 done.fetch_add(1, Ordering::Relaxed);
                             }
                         }
@@ -147,8 +180,9 @@ impl Bench {
 }
 
 /// The pgbench baseline: `CLAIMERS` clients each running `per_client` claim/finish cycles over
-/// as many queued commands; returns commands per second (pgbench's tps, one command per transaction).
-fn pgbench(bench: &Bench, per_client: usize) -> f64 {
+/// as many queued commands; returns commands per second (pgbench's tps, one command per
+/// transaction) and the CPU spent by pgbench and the server, queue set-up excluded.
+fn pgbench(bench: &Bench, per_client: usize) -> (f64, Option<Cpu>, Option<Cpu>) {
     bench.reset();
     let total = per_client * CLAIMERS;
     bench.sql(&format!(
@@ -161,21 +195,25 @@ fn pgbench(bench: &Bench, per_client: usize) -> f64 {
          VACUUM ANALYZE commands;"
     ));
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/pgbench-queue.sql");
+    let before = bench.cpu();
     let output = Command::new(pgbench_binary())
         .args(["-n", "-M", "prepared", "-f", script])
         .args(["-c", &CLAIMERS.to_string(), "-j", &PGBENCH_THREADS.to_string(), "-t", &per_client.to_string()])
         .arg(bench.db.url())
         .output()
         .expect("run pgbench (apt-get install -y postgresql-contrib or postgresql-client)");
+    let after = bench.cpu();
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "pgbench failed:\n{text}\n{}", String::from_utf8_lossy(&output.stderr));
     let failed = text.lines().find(|l| l.contains("number of failed transactions")).unwrap_or_default().to_owned();
     assert!(failed.is_empty() || failed.contains(": 0 "), "pgbench had failures: {failed}");
-    text.lines()
+    let tps = text
+        .lines()
         .find_map(|l| l.strip_prefix("tps = "))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|tps| tps.parse().ok())
-        .unwrap_or_else(|| panic!("no tps in pgbench output:\n{text}"))
+        .unwrap_or_else(|| panic!("no tps in pgbench output:\n{text}"));
+    (tps, before, after)
 }
 
 fn pgbench_binary() -> String {
@@ -211,7 +249,7 @@ fn criterion_benches(c: &mut Criterion, bench: &Bench) {
                 .map(|_| {
                     bench.reset();
                     bench.enqueue(COMMANDS);
-                    let (took, done) = bench.drain(1);
+                    let (took, done) = bench.drain(&bench.store, 1);
                     assert_eq!(done, COMMANDS, "every command claimed and finished once");
                     took
                 })
@@ -219,6 +257,63 @@ fn criterion_benches(c: &mut Criterion, bench: &Bench) {
         })
     });
     group.finish();
+}
+
+/// Linux reports process times in clock ticks of 1/100 s (`USER_HZ`).
+const TICK: Duration = Duration::from_millis(10);
+
+/// CPU time (user + system) used so far, in the three places a command costs it.
+#[derive(Debug, Clone, Copy)]
+struct Cpu {
+    /// This process: the Rust client.
+    client: Duration,
+    /// This process's waited-for children: pgbench.
+    children: Duration,
+    /// The database server: its main process and every backend, live or ended.
+    server: Duration,
+}
+
+impl Cpu {
+    /// Microseconds per command of (client, server) between `self` and `later`; pgbench counts as the client.
+    fn per_command(self, later: Cpu, commands: usize) -> (f64, f64) {
+        let us = |d: Duration| d.as_secs_f64() * 1e6 / commands as f64;
+        let client = (later.client + later.children).saturating_sub(self.client + self.children);
+        (us(client), us(later.server.saturating_sub(self.server)))
+    }
+}
+
+/// What `/proc/<pid>/stat` says about a process.
+struct Stat {
+    ppid: u32,
+    /// Its own user + system time.
+    own: Duration,
+    /// User + system time of its children that ended and were waited for.
+    children: Duration,
+}
+
+fn stat(pid: u32) -> Option<Stat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: the fields that follow start after the last ')'.
+    let fields: Vec<u64> = text[text.rfind(')')? + 2..].split_whitespace().map(|f| f.parse().unwrap_or(0)).collect();
+    let ticks = |range: std::ops::Range<usize>| -> Option<Duration> {
+        Some(TICK * u32::try_from(fields.get(range)?.iter().sum::<u64>()).ok()?)
+    };
+    // After the name: state, ppid, …, utime (11), stime, cutime, cstime (14).
+    Some(Stat { ppid: u32::try_from(*fields.get(1)?).ok()?, own: ticks(11..13)?, children: ticks(13..15)? })
+}
+
+/// CPU used so far by the server whose main process is `postmaster`: its own, its live
+/// children's, and that of the children it has reaped (ended backends).
+fn server_cpu(postmaster: u32) -> Option<Duration> {
+    let main = stat(postmaster)?;
+    let mut total = main.own + main.children;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        if let Some(child) = stat(pid).filter(|s| s.ppid == postmaster) {
+            total += child.own;
+        }
+    }
+    Some(total)
 }
 
 /// Median of a few runs of `f`.
@@ -234,24 +329,54 @@ fn main() {
     c.final_summary();
 
     // The comparison itself: the same number of cycles, the same concurrency, alternating.
-    let (mut single, mut batched, mut baseline) = (Vec::new(), Vec::new(), Vec::new());
+    // Each run also reads the CPU the client and the server spent on it.
+    let variants = [
+        ("pgbench, one claim + one finish per transaction (baseline)", None, 1),
+        ("PgStore, single claims, grouped finishes", Some(&bench.store), 1),
+        ("PgStore, batches of up to 4, each finish alone", Some(&bench.alone), SLOTS),
+        ("PgStore, batches of up to 4, grouped finishes", Some(&bench.store), SLOTS),
+    ];
+    let mut runs: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> = variants.iter().map(|_| Default::default()).collect();
     for _ in 0..ROUNDS {
-        for (batch, runs) in [(1, &mut single), (SLOTS, &mut batched)] {
-            bench.reset();
-            bench.enqueue(COMMANDS);
-            let (took, done) = bench.drain(batch);
-            assert_eq!(done, COMMANDS, "every command claimed and finished once");
-            runs.push(done as f64 / took.as_secs_f64());
+        for ((_, store, batch), (rates, client, server)) in variants.iter().zip(&mut runs) {
+            let rate = match store {
+                Some(store) => {
+                    bench.reset();
+                    bench.enqueue(COMMANDS);
+                    let before = bench.cpu();
+                    let (took, done) = bench.drain(store, *batch);
+                    assert_eq!(done, COMMANDS, "every command claimed and finished once");
+                    let rate = done as f64 / took.as_secs_f64();
+                    record_cpu(before, bench.cpu(), client, server);
+                    rate
+                }
+                None => {
+                    let (tps, before, after) = pgbench(&bench, COMMANDS / CLAIMERS);
+                    record_cpu(before, after, client, server);
+                    tps
+                }
+            };
+            rates.push(rate);
         }
-        baseline.push(pgbench(&bench, COMMANDS / CLAIMERS));
     }
-    let (single, batched, baseline) = (median(single), median(batched), median(baseline));
-    println!(
-        "\nqueue throughput, {CLAIMERS} concurrent claimers, {COMMANDS} commands (median of {ROUNDS}):\n  \
-         pgbench, one claim per transaction (baseline): {baseline:>8.0} commands/s\n  \
-         PgStore, batches of 1:                         {single:>8.0} commands/s  ratio {:.2}\n  \
-         PgStore, batches of up to {SLOTS}:                  {batched:>8.0} commands/s  ratio {:.2}",
-        single / baseline,
-        batched / baseline
-    );
+    let baseline = median(runs[0].0.clone());
+    println!("\nqueue throughput, {CLAIMERS} concurrent claimers, {COMMANDS} commands (median of {ROUNDS}):");
+    for ((name, _, _), (rates, client, server)) in variants.iter().zip(runs) {
+        let rate = median(rates);
+        let cpu = if client.is_empty() {
+            String::new()
+        } else {
+            format!("  CPU per command: client {:>4.0} µs, server {:>4.0} µs", median(client), median(server))
+        };
+        println!("  {name:<60} {rate:>6.0} commands/s  ratio {:.2}{cpu}", rate / baseline);
+    }
+}
+
+/// Adds one run's CPU per command to `client` and `server`, when it could be read.
+fn record_cpu(before: Option<Cpu>, after: Option<Cpu>, client: &mut Vec<f64>, server: &mut Vec<f64>) {
+    if let (Some(before), Some(after)) = (before, after) {
+        let (c, s) = before.per_command(after, COMMANDS);
+        client.push(c);
+        server.push(s);
+    }
 }

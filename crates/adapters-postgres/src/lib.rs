@@ -14,6 +14,8 @@ mod commands;
 mod connection;
 mod driver_errors;
 mod events;
+mod finishes;
+mod group_commit;
 mod prepared;
 mod projects;
 mod queue;
@@ -37,6 +39,7 @@ use domain::{DomainError, DomainResult};
 
 use crate::connection::{Connections, Pooled};
 pub(crate) use crate::connection::{StoreError, StoreResult};
+use crate::finishes::Finishes;
 pub use crate::signals::PgSignalBus;
 
 /// The SQL migrations of this store, compiled into the binary.
@@ -62,6 +65,8 @@ pub struct PgStore {
     url: String,
     /// The sessions that hold this process's replicas' presence locks, by replica.
     presence: PresenceSessions,
+    /// How commands end: finishes that arrive together share one statement.
+    finishes: Finishes,
 }
 
 /// Replicas' presence sessions: each holds its replica's presence lock while it lives.
@@ -92,12 +97,22 @@ impl PgStore {
     pub async fn connect(url: &str, pool_size: u32) -> DomainResult<PgStore> {
         connection::target(url).map_err(|e| DomainError::invalid("DATABASE_URL", e))?;
         let first = open(url).await?;
+        let connections = Connections::new(url, pool_size, Some(first));
         Ok(PgStore {
-            connections: Connections::new(url, pool_size, Some(first)),
+            finishes: Finishes::grouped(connections.clone()),
+            connections,
             liveness: Connections::with_session_settings(url, LIVENESS_POOL_SIZE, None, Some(LIVENESS_SESSION)),
             url: url.to_owned(),
             presence: PresenceSessions::default(),
         })
+    }
+
+    /// This store with at most `max` finishes sharing one statement (64 by default; 1 writes
+    /// every finish on its own, as before finishes were grouped, for comparisons).
+    #[must_use]
+    pub fn with_max_finish_batch(mut self, max: usize) -> PgStore {
+        self.finishes = Finishes::new(self.connections.clone(), max);
+        self
     }
 
     /// Runs the migrations that have not run yet; running it again changes nothing. Replicas

@@ -216,7 +216,9 @@ pub trait CommandQueue: Send + Sync {
     ) -> DomainResult<bool>;
     /// Ends a running command: status, exit code, reason, error, output, `finished_at`, and the
     /// events `Status(final)` then `Exit`. MUST change nothing and return `None` when `fence`
-    /// no longer holds it (a stale worker's late write).
+    /// no longer holds it (a stale worker's late write). Finishes that race (a worker's slots
+    /// ending together; a store MAY write them together) MUST each get the answer they would
+    /// get alone: a command ends once, the other finishes of it return `None`.
     async fn finish(
         &self,
         id: CommandId,

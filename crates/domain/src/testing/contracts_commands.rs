@@ -268,6 +268,7 @@ pub async fn command_queue<S: Store, F: Fn() -> Fut, Fut: Future<Output = S>>(fr
     concurrent_enqueues_respect_the_cap(Arc::new(fresh().await)).await;
     concurrent_job_leases_have_one_winner(Arc::new(fresh().await)).await;
     super::contracts_claims::run(&fresh).await;
+    super::contracts_finishes::run(&fresh).await;
     let store = fresh().await;
     heartbeat_of(&store, &WorkerId::new("a"), 5).await;
     heartbeat_of(&store, &WorkerId::new("b"), 3).await;

@@ -4,6 +4,7 @@
 
 mod contracts_claims;
 mod contracts_commands;
+mod contracts_finishes;
 mod contracts_store;
 pub mod executor;
 pub mod fakes;
