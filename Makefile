@@ -52,8 +52,11 @@ lint:
 	cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 ## Licences, banned crates and sources of every dependency (needs `cargo install cargo-deny`);
-## offline: advisories need the network and are left to a scheduled job.
+## offline: advisories need the network and are left to a scheduled job. `cargo fetch` first,
+## because cargo-deny reads the metadata of every platform's crates, which a build alone never
+## downloads on a fresh machine.
 deny:
+	cargo fetch --locked
 	cargo deny --offline check --hide-inclusion-graph licenses bans sources
 
 fmt:
