@@ -26,6 +26,11 @@ use domain::{DomainResult, Timestamp};
 /// The largest block a replica takes at once.
 pub const MAX_BLOCK: u64 = 256;
 
+/// How long a block taken ahead may keep the key's refill lock: a store that never answers
+/// (a connection lost without a reset) must not leave the key's requests waiting behind it.
+/// A block the store counted but never handed over only refuses more, until its window ends.
+const AHEAD_TAKE_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A block used up faster than this asks for twice as much next time.
 const FAST: TimeDelta = TimeDelta::milliseconds(100);
 
@@ -181,7 +186,8 @@ impl LeasedWindows {
         // Spawned, so that a client hanging up cannot drop a block the store already counted.
         tokio::spawn(async move {
             let _refilling = refilling;
-            let Ok(grant) = shared.take(&key, policy, now, want, None).await else {
+            let taken = tokio::time::timeout(AHEAD_TAKE_LIMIT, shared.take(&key, policy, now, want, None)).await;
+            let Ok(Ok(grant)) = taken else {
                 // The request that finds nothing left takes (and reports the store's error) itself.
                 return;
             };
@@ -498,6 +504,23 @@ mod tests {
                 store.next(Fault::Fail);
             }
             assert!(replica.acquire("k", policy, t0).await.expect("acquire").allowed, "request {n}");
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_block_taken_ahead_that_never_answers_does_not_hold_the_key_up() {
+        let shared = Arc::new(MemoryStore::new());
+        let store = Faulty::over(&shared);
+        let replica = LeasedWindows::new(store.clone());
+        let policy = RateLimitPolicy { rps: 100, window_seconds: 10 };
+        let t0 = fixed_start();
+        for n in 0..200 {
+            if n == 50 {
+                store.next(Fault::HangAfterTaking);
+            }
+            let decided = tokio::time::timeout(2 * AHEAD_TAKE_LIMIT, replica.acquire("k", policy, t0)).await;
+            assert!(decided.expect("decided, not stuck behind the hung take").expect("acquire").allowed, "request {n}");
             tokio::task::yield_now().await;
         }
     }
