@@ -2,10 +2,10 @@
 //! through diesel with an r2d2 pool and the migrations in `migrations/sqlite` built in.
 //!
 //! Diesel is blocking, so every query runs on tokio's blocking pool, and only as many at once as
-//! the pool has connections: callers beyond that wait as futures, not as parked threads. Writes that read before
-//! they write run in `BEGIN IMMEDIATE` transactions: SQLite then takes its single write lock up
-//! front, so concurrent callers (other tasks, other processes) serialize instead of failing
-//! with `SQLITE_BUSY` when a read transaction tries to upgrade.
+//! the pool has connections: callers beyond that wait as futures, not as parked threads. Writes
+//! that read before they write run in `BEGIN IMMEDIATE` transactions: SQLite then takes its
+//! single write lock up front, so concurrent callers (other tasks, other processes) serialize
+//! instead of failing with `SQLITE_BUSY` when a read transaction tries to upgrade.
 
 mod api_keys;
 mod audit;
@@ -270,5 +270,28 @@ mod tests {
         store.read("after both", |_| Ok(())).await.expect("the pool is free again");
         assert!(!ran.load(std::sync::atomic::Ordering::SeqCst), "the dropped read's query ran");
         assert_eq!(store.callers.available_permits(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_that_finds_no_connection_free_in_time_is_told_the_store_is_unavailable() {
+        let store = SqliteStore::open(":memory:").expect("open");
+        let busy = Arc::clone(&store.callers).acquire_many_owned(1).await.expect("every permit");
+        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let read = store
+            .read("waiting past the timeout", {
+                let ran = Arc::clone(&ran);
+                move |_| {
+                    ran.store(true, std::sync::atomic::Ordering::SeqCst);
+                    Ok(())
+                }
+            })
+            .await;
+        assert!(
+            matches!(&read, Err(DomainError::Unavailable(why)) if why.contains("no SQLite connection free")),
+            "{read:?}"
+        );
+        assert!(!ran.load(std::sync::atomic::Ordering::SeqCst), "the query ran without a permit");
+        drop(busy);
+        store.read("once one is free", |_| Ok(())).await.expect("read");
     }
 }
