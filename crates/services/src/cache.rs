@@ -141,7 +141,9 @@ impl<R: ApiKeyRepository + 'static> ApiKeyRepository for CachedRepository<R> {
         let read_here = AtomicBool::new(false);
         let read = async {
             read_here.store(true, Ordering::Relaxed);
-            Ok(Lookup { key: self.inner.find_by_hash(hash).await?, read_at: Instant::now() })
+            // Timed from before the read, as a refresh is: an entry's age never understates it.
+            let read_at = Instant::now();
+            Ok(Lookup { key: self.inner.find_by_hash(hash).await?, read_at })
         };
         let lookup =
             self.by_hash.try_get_with(*hash, read).await.map_err(|e: Arc<domain::DomainError>| (*e).clone())?;
