@@ -122,6 +122,16 @@ pub(crate) async fn exists(conn: &mut AsyncPgConnection, id: Uuid) -> StoreResul
     Ok(diesel::select(diesel::dsl::exists(commands::table.find(id))).get_result(conn).await?)
 }
 
+/// Whether a command with `id` exists; `NotFound` otherwise (what a stale write to an unknown
+/// command answers).
+pub(crate) async fn must_exist(conn: &mut AsyncPgConnection, id: Uuid) -> StoreResult<()> {
+    if exists(conn, id).await? {
+        Ok(())
+    } else {
+        Err(not_found().into())
+    }
+}
+
 /// Writes a command's terminal state, drops its lease, and appends `Status(final)`, `Exit` and
 /// the webhook event of the final status. Callers hold the command's row lock and have checked that the transition is legal.
 pub(crate) async fn end(

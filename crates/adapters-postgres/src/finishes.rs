@@ -9,8 +9,10 @@
 //! left to the planner. Batches of different writers run side by side; two finishes of one
 //! command in flight at once in two of them (only when a caller gave up and finished again
 //! before its first finish was written) are ordered by the command's row lock, and the one
-//! committed second finds the command no longer running and changes nothing, as it would alone. A batch that fails as a whole (a deadlock, a bad row) is written again
-//! one finish at a time, so every finish gets the answer it would have got alone.
+//! committed second finds the command no longer running and changes nothing, as it would alone.
+//! A batch statement that fails (a deadlock, a bad row) wrote nothing and is written again one
+//! finish at a time, so every finish gets the answer it would have got alone; once it
+//! committed, nothing of it is written again.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -35,6 +37,29 @@ use crate::schema::commands;
 use crate::webhooks::announce_command;
 use crate::StoreResult;
 
+/// The columns of `CommandRow`, which is what a finish answers (a finished command's output
+/// stays on the server: it can be megabytes per command). A test checks it against the row type.
+macro_rules! command_row_columns {
+    () => {
+        "id, project_id, project_name, spec, env, cwd, stdin, timeout_seconds, priority, status, exit_code, \
+         termination_reason, error, created_by, cancel_requested, queued_at, started_at, finished_at, \
+         traceparent, tracestate"
+    };
+}
+
+/// The CTE `ended`: the events `Status(final)` then `Exit` (what `events::ending` makes) of every
+/// command in the CTE `done`.
+macro_rules! end_events {
+    () => {
+        "ended AS ( \
+            INSERT INTO command_events (command_id, seq, kind, stream, data, at) \
+            SELECT id, event_seq - 1, 'status', NULL, convert_to(status, 'UTF8'), finished_at FROM done \
+            UNION ALL \
+            SELECT id, event_seq, 'exit', NULL, NULL, finished_at FROM done \
+        )"
+    };
+}
+
 /// Ends command `$1` if fence `$2` still holds it, with its output, and appends the events
 /// `Status(final)` then `Exit` (what `events::ending` makes) and the webhook event `$12`, all
 /// in one statement.
@@ -45,25 +70,14 @@ const FINISH: &str = concat!(
             stdout = $8, stderr = $9, stdout_truncated = $10, stderr_truncated = $11 \
         WHERE id = $1 AND status = 'running' AND fence = $2 \
         RETURNING * \
-    ), ended AS ( \
-        INSERT INTO command_events (command_id, seq, kind, stream, data, at) \
-        SELECT id, event_seq - 1, 'status', NULL, convert_to(status, 'UTF8'), finished_at FROM done \
-        UNION ALL \
-        SELECT id, event_seq, 'exit', NULL, NULL, finished_at FROM done \
-    ), announced AS (",
+    ), ",
+    end_events!(),
+    ", announced AS (",
     announce_command!("done", "$12", "$7"),
-    ") SELECT * FROM done"
+    ") SELECT ",
+    command_row_columns!(),
+    " FROM done"
 );
-
-/// The columns of `CommandRow`, which is what a finish answers (a finished command's output
-/// stays on the server: it can be megabytes per command). A test checks it against the row type.
-macro_rules! command_row_columns {
-    () => {
-        "id, project_id, project_name, spec, env, cwd, stdin, timeout_seconds, priority, status, exit_code, \
-         termination_reason, error, created_by, cancel_requested, queued_at, started_at, finished_at, \
-         traceparent, tracestate"
-    };
-}
 
 /// `FINISH` for a batch of distinct commands given as one array per field (item `i` at index
 /// `i` of each; fixed SQL for any batch size, so it stays prepared): every row whose fence still
@@ -83,12 +97,9 @@ const FINISH_BATCH: &str = concat!(
         FROM input i \
         WHERE c.id = i.id AND c.status = 'running' AND c.fence = i.fence \
         RETURNING c.*, i.event_id, i.place \
-    ), ended AS ( \
-        INSERT INTO command_events (command_id, seq, kind, stream, data, at) \
-        SELECT id, event_seq - 1, 'status', NULL, convert_to(status, 'UTF8'), finished_at FROM done \
-        UNION ALL \
-        SELECT id, event_seq, 'exit', NULL, NULL, finished_at FROM done \
-    ), announced AS (",
+    ), ",
+    end_events!(),
+    ", announced AS (",
     announce_command!("done", "s.event_id", "s.finished_at"),
     ") SELECT ",
     command_row_columns!(),
@@ -200,8 +211,8 @@ async fn write_distinct(conn: &mut AsyncPgConnection, requests: &[&FinishRequest
     if let [single] = requests {
         return vec![finish_one(conn, single).await.map_err(|e| e.into_domain("finish command"))];
     }
-    match finish_batch(conn, requests).await {
-        Ok(answers) => answers,
+    let finished = match finish_batch(conn, requests).await {
+        Ok(finished) => finished,
         Err(e) => {
             // The statement is atomic: nothing of it was written. Alone, each finish gets the
             // answer it would have had without company (a deadlock victim simply goes through).
@@ -210,9 +221,61 @@ async fn write_distinct(conn: &mut AsyncPgConnection, requests: &[&FinishRequest
             for request in requests {
                 answers.push(finish_one(conn, request).await.map_err(|e| e.into_domain("finish command")));
             }
-            answers
+            return answers;
+        }
+    };
+    // The statement committed: from here on nothing is written again, whatever fails, or the
+    // finishes it ended would be told their fence no longer holds.
+    let ended = match by_place(requests.len(), finished) {
+        Ok(ended) => ended,
+        Err(e) => return requests.iter().map(|_| Err(e.clone())).collect(),
+    };
+    let missed: Vec<Uuid> = requests.iter().zip(&ended).filter(|(_, e)| e.is_none()).map(|(r, _)| r.id).collect();
+    let known = if missed.is_empty() {
+        Ok(HashSet::new())
+    } else {
+        existing(conn, missed).await.map_err(|e| e.into_domain("finish command"))
+    };
+    let ids: Vec<Uuid> = requests.iter().map(|r| r.id).collect();
+    answer_each(&ids, ended, known)
+}
+
+/// Each finish's answer once its batch committed: its command when the batch ended it; for
+/// the others, `None` when the command exists (its fence no longer holds), `NotFound` when it
+/// does not, or the error that kept the store from telling.
+fn answer_each<T>(
+    ids: &[Uuid],
+    ended: Vec<Option<T>>,
+    known: DomainResult<HashSet<Uuid>>,
+) -> Vec<DomainResult<Option<T>>> {
+    ids.iter()
+        .zip(ended)
+        .map(|(id, row)| match (row, &known) {
+            (Some(row), _) => Ok(Some(row)),
+            (None, Ok(known)) if known.contains(id) => Ok(None),
+            (None, Ok(_)) => Err(rows::not_found()),
+            (None, Err(e)) => Err(e.clone()),
+        })
+        .collect()
+}
+
+/// The rows a batch ended, at their item's index (`place` is 1-based).
+fn by_place(items: usize, finished: Vec<Finished>) -> DomainResult<Vec<Option<CommandRow>>> {
+    let mut ended: Vec<Option<CommandRow>> = (0..items).map(|_| None).collect();
+    for f in finished {
+        let slot = usize::try_from(f.place).ok().and_then(|p| p.checked_sub(1)).and_then(|i| ended.get_mut(i));
+        match slot {
+            Some(slot) => *slot = Some(f.command),
+            None => return Err(DomainError::Internal(format!("a batch of finishes answered place {}", f.place))),
         }
     }
+    Ok(ended)
+}
+
+/// Which of `ids` are commands.
+async fn existing(conn: &mut AsyncPgConnection, ids: Vec<Uuid>) -> StoreResult<HashSet<Uuid>> {
+    let found = commands::table.filter(commands::id.eq_any(ids)).select(commands::id).load::<Uuid>(conn).await?;
+    Ok(found.into_iter().collect())
 }
 
 /// Ends a running command held by `fence` with its output and its webhook event, in one
@@ -236,8 +299,8 @@ async fn finish_one(conn: &mut AsyncPgConnection, r: &FinishRequest) -> StoreRes
         .get_result(conn)
         .await
         .optional()?;
-    if ended.is_none() && !rows::exists(conn, r.id).await? {
-        return Err(rows::not_found().into());
+    if ended.is_none() {
+        rows::must_exist(conn, r.id).await?;
     }
     Ok(ended)
 }
@@ -289,11 +352,11 @@ impl<'a> FinishColumns<'a> {
     }
 }
 
-/// Ends the held ones among `requests` (distinct commands) in one statement; answers each in
-/// order: its command, `None` when its fence no longer holds, `NotFound` for an unknown command.
-async fn finish_batch(conn: &mut AsyncPgConnection, requests: &[&FinishRequest]) -> StoreResult<Vec<Answer>> {
+/// Ends the held ones among `requests` (distinct commands) in one statement; returns the rows
+/// it ended, each with its item's place.
+async fn finish_batch(conn: &mut AsyncPgConnection, requests: &[&FinishRequest]) -> StoreResult<Vec<Finished>> {
     let c = FinishColumns::of(requests);
-    let finished: Vec<Finished> = diesel::sql_query(FINISH_BATCH)
+    let finished = diesel::sql_query(FINISH_BATCH)
         .bind::<Array<SqlUuid>, _>(&c.ids)
         .bind::<Array<BigInt>, _>(&c.fences)
         .bind::<Array<Text>, _>(&c.statuses)
@@ -309,36 +372,7 @@ async fn finish_batch(conn: &mut AsyncPgConnection, requests: &[&FinishRequest])
         .cached()
         .load(conn)
         .await?;
-    let mut ended: Vec<Option<CommandRow>> = requests.iter().map(|_| None).collect();
-    for f in finished {
-        let slot = usize::try_from(f.place).ok().and_then(|p| p.checked_sub(1)).and_then(|i| ended.get_mut(i));
-        match slot {
-            Some(slot) => *slot = Some(f.command),
-            None => return Err(DomainError::Internal(format!("a batch of finishes answered place {}", f.place)).into()),
-        }
-    }
-    // Those not ended: a stale fence changes nothing, an unknown command is `NotFound` (as alone).
-    let missed: Vec<Uuid> = requests.iter().zip(&ended).filter(|(_, e)| e.is_none()).map(|(r, _)| r.id).collect();
-    let known: HashSet<Uuid> = if missed.is_empty() {
-        HashSet::new()
-    } else {
-        commands::table
-            .filter(commands::id.eq_any(missed))
-            .select(commands::id)
-            .load::<Uuid>(conn)
-            .await?
-            .into_iter()
-            .collect()
-    };
-    Ok(requests
-        .iter()
-        .zip(ended)
-        .map(|(r, row)| match row {
-            Some(row) => Ok(Some(row)),
-            None if known.contains(&r.id) => Ok(None),
-            None => Err(rows::not_found()),
-        })
-        .collect())
+    Ok(finished)
 }
 
 #[cfg(test)]
@@ -346,6 +380,18 @@ mod tests {
     use diesel::pg::Pg;
 
     use super::*;
+
+    #[test]
+    fn once_a_batch_committed_a_failed_lookup_only_reaches_the_finishes_it_did_not_end() {
+        let (ended, stale, unknown) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
+        let ids = [ended, stale, unknown];
+        let rows = || vec![Some("row"), None, None];
+        let down = answer_each(&ids, rows(), Err(DomainError::Unavailable("connection lost".into())));
+        assert!(matches!(down[0], Ok(Some("row"))), "an ended command is answered as ended: {down:?}");
+        assert!(down[1..].iter().all(|a| matches!(a, Err(DomainError::Unavailable(_)))), "{down:?}");
+        let told = answer_each(&ids, rows(), Ok(HashSet::from([ended, stale])));
+        assert!(matches!(told[..], [Ok(Some("row")), Ok(None), Err(DomainError::NotFound(_))]), "{told:?}");
+    }
 
     #[test]
     fn a_batch_answers_every_column_of_a_command_row() {

@@ -259,16 +259,6 @@ async fn claim_batch_once(
     Ok(started)
 }
 
-/// Whether a command with `id` exists; `NotFound` otherwise (what a stale write to an unknown
-/// command answers).
-async fn must_exist(conn: &mut AsyncPgConnection, id: Uuid) -> StoreResult<()> {
-    if rows::exists(conn, id).await? {
-        Ok(())
-    } else {
-        Err(rows::not_found().into())
-    }
-}
-
 /// Marks every running command whose lease ended before `now` as lost.
 async fn reap(conn: &mut AsyncPgConnection, now: Timestamp) -> StoreResult<Vec<CommandRow>> {
     // Rows another reaper (or the late worker's own finish) holds are theirs to settle.
@@ -568,7 +558,7 @@ impl CommandQueue for PgStore {
                 .execute(&mut conn)
                 .await?;
             if inserted == 0 {
-                must_exist(&mut conn, id).await?;
+                rows::must_exist(&mut conn, id).await?;
             }
             Ok(inserted > 0)
         }
@@ -613,7 +603,7 @@ impl CommandQueue for PgStore {
                 .execute(&mut conn)
                 .await?;
             if changed == 0 {
-                must_exist(&mut conn, id).await?;
+                rows::must_exist(&mut conn, id).await?;
             }
             Ok(changed > 0)
         }
