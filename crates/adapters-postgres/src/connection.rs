@@ -277,6 +277,9 @@ pub(crate) enum StoreError {
     Domain(#[from] DomainError),
 }
 
+/// Transactions aborted as deadlock victims that are run again before the error is reported.
+pub(crate) const DEADLOCK_RETRIES: u32 = 3;
+
 /// Result of the code that runs on a connection.
 pub(crate) type StoreResult<T> = Result<T, StoreError>;
 

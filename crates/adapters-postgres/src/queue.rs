@@ -24,7 +24,7 @@ use domain::{DomainError, DomainResult, Timestamp};
 
 use crate::codec;
 use crate::commands::{self as rows, CommandRow, RUNNING};
-use crate::connection::db_error;
+use crate::connection::{db_error, DEADLOCK_RETRIES};
 use crate::events;
 use crate::finishes::FinishRequest;
 use crate::prepared::CachedExt;
@@ -155,8 +155,6 @@ fn head_for(max: usize) -> i64 {
 
 /// Claim attempts that may find their candidate's project full before reporting nothing claimable.
 const MAX_FULL_PROJECTS: usize = 32;
-/// Claim transactions aborted as deadlock victims that are run again before the error is reported.
-const DEADLOCK_RETRIES: u32 = 3;
 
 #[derive(Debug, QueryableByName)]
 struct Candidate {

@@ -142,3 +142,42 @@ async fn a_fan_out_during_a_disable_leases_nothing_to_that_subscription() {
         "made by the fan-out the disable did not see: never leased while the subscription is disabled"
     );
 }
+
+#[tokio::test]
+async fn a_delete_aborted_to_break_a_deadlock_with_the_dispatcher_is_run_again() {
+    let db = TestDatabase::create().await;
+    let store = db.store().await;
+    let hook = sample_webhook(EventSet::all(), ProjectAccess::All);
+    WebhookRepository::create(&store, &hook).await.expect("webhook");
+    store.append_event(&sample_event(EventType::Ping, None, Some(hook.id))).await.expect("event");
+    assert_eq!(store.fan_out(now_micros(), 10).await.expect("fan out").deliveries, 1);
+
+    // The dispatcher's side by hand, in the order its fan-out and lease takes locks: a delivery
+    // of the subscription held, then the subscription's key share (a new delivery's foreign key).
+    let (dispatcher, connection) = tokio_postgres::connect(db.url(), NoTls).await.expect("raw connection");
+    tokio::spawn(connection);
+    // Long, so that the delete is the side whose deadlock check runs first and is aborted.
+    dispatcher.batch_execute("SET deadlock_timeout = '60s'; BEGIN").await.expect("begin");
+    let lock = format!("SELECT id FROM webhook_deliveries WHERE webhook_id = '{}' FOR UPDATE", hook.id.as_uuid());
+    assert_eq!(dispatcher.execute(lock.as_str(), &[]).await.expect("hold the delivery"), 1);
+    let deleting = {
+        let store = store.clone();
+        tokio::spawn(async move { WebhookRepository::delete(&store, hook.id).await })
+    };
+    let waiting =
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()";
+    let started = std::time::Instant::now();
+    while dispatcher.query_one(waiting, &[]).await.expect("activity").get::<_, i64>(0) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the delete never waited for the delivery");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Waits for the delete's row lock until PostgreSQL aborts the delete (its deadlock_timeout
+    // of 1 s), then holds the key share the delete's second run waits for.
+    let share = format!("SELECT id FROM webhooks WHERE id = '{}' FOR KEY SHARE", hook.id.as_uuid());
+    assert_eq!(dispatcher.execute(share.as_str(), &[]).await.expect("key share"), 1);
+    dispatcher.batch_execute("COMMIT").await.expect("commit");
+
+    deleting.await.expect("task").expect("the delete went through on its second run");
+    let gone = WebhookRepository::get(&store, hook.id).await;
+    assert!(matches!(gone, Err(domain::DomainError::NotFound(_))), "deleted: {gone:?}");
+}
