@@ -83,6 +83,19 @@ pub(super) async fn fan_out_and_lease_leases_what_it_creates<S: WebhookStore>(st
     assert_eq!(d.expect("record").expect("held").status, DeliveryStatus::Dead, "no retry for a disabled endpoint");
     let d = store.get_delivery(ping.delivery.id).await.expect("detail").delivery;
     assert_eq!((d.attempts, d.next_attempt_at), (1, None));
+
+    // A lease the call made on a delivery it created runs out like any other: the delivery is
+    // due again under a new fence, and an attempt under the old one records nothing.
+    let created = &done.leased[1];
+    let later = now + TimeDelta::seconds(61);
+    let again = store.lease_due(&lease_at(later, 100)).await.expect("lease");
+    let relet = again.iter().find(|l| l.delivery.id == created.delivery.id).expect("due again once its lease ran out");
+    assert!(relet.fence > created.fence, "a new fence: {} after {}", relet.fence, created.fence);
+    let r = report(later, Some(200), None, None);
+    let stale = store.record_attempt(created.delivery.id, created.fence, &r, NextStep::Succeeded).await;
+    assert!(stale.expect("record").is_none(), "the old fence no longer holds it");
+    let d = store.get_delivery(created.delivery.id).await.expect("detail").delivery;
+    assert_eq!((d.status, d.attempts), (DeliveryStatus::Pending, 0), "nothing recorded under the old fence");
 }
 
 /// Concurrent calls dispatch each event once and lease each delivery once, and leave the
