@@ -5,22 +5,27 @@
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use adapters_sqlite::SqliteStore;
 use adapters_webhook::testing::{verify_with_python, PythonVerifier, Received, Receiver, Reply};
 use adapters_webhook::{HttpWebhookSender, SenderConfig};
+use async_trait::async_trait;
 use domain::api_key::ProjectAccess;
 use domain::breaker::BreakerConfig;
 use domain::command::Priority;
-use domain::pagination::PageRequest;
+use domain::pagination::{Page, PageRequest};
 use domain::ports::{AuditFilter, AuditLog, CommandRepository, ProjectRepository};
+use domain::testing::webhooks::{sample_event, sample_webhook};
 use domain::testing::{project_name, sample_command, sample_project, MemoryStore};
 use domain::webhook::{
-    DeliveryDetail, DeliveryQueue, DeliveryStatus, EventSet, EventType, RetryPolicy, RetrySchedule, WebhookId,
-    WebhookRepository, WebhookUrl, ENDPOINT_BREAKER,
+    Attempt, AttemptRecord, AttemptReport, Delivery, DeliveryDetail, DeliveryFilter, DeliveryId, DeliveryQueue,
+    DeliveryStatus, EventSet, EventType, FanOut, FannedOutAndLeased, LeaseRequest, LeasedDelivery, NextStep,
+    OutboxEvent, RetryPolicy, RetrySchedule, WebhookId, WebhookRepository, WebhookUrl, ENDPOINT_BREAKER,
 };
+use domain::{DomainError, DomainResult, Timestamp};
 use services::access::Principal;
 use services::audit::AuditService;
 use services::clock::SystemClock;
@@ -66,6 +71,15 @@ fn sender() -> Arc<HttpWebhookSender> {
 }
 
 fn start<S: Stores>(store: Arc<S>, configs: Vec<DispatcherConfig>) -> Harness<S> {
+    start_with(store.clone(), store, configs)
+}
+
+/// `start`, with the dispatchers' outbox and deliveries behind `deliveries`.
+fn start_with<S: Stores>(
+    store: Arc<S>,
+    deliveries: Arc<dyn DeliveryQueue>,
+    configs: Vec<DispatcherConfig>,
+) -> Harness<S> {
     let signals = Arc::new(Signals::default());
     let clock = Arc::new(SystemClock);
     let sender = sender();
@@ -76,7 +90,7 @@ fn start<S: Stores>(store: Arc<S>, configs: Vec<DispatcherConfig>) -> Harness<S>
         .map(|config| {
             let ports = DispatcherPorts {
                 webhooks: store.clone(),
-                deliveries: store.clone(),
+                deliveries: deliveries.clone(),
                 sender: sender.clone(),
                 audit: AuditService::new(store.clone()),
                 clock: clock.clone(),
@@ -322,5 +336,82 @@ async fn two_dispatchers_on_one_sqlite_store_deliver_each_event_once() {
     let all = receiver.received();
     let distinct: BTreeSet<String> = ids(&all).into_iter().collect();
     assert_eq!((got.len() >= 30, all.len(), distinct.len()), (true, 30, 30), "every delivery exactly once");
+    h.stop().await;
+}
+
+/// A store whose first `failures` calls of `fan_out_and_lease` fail as a database that is away.
+struct FailingFanOuts {
+    inner: Arc<MemoryStore>,
+    failures: AtomicU32,
+}
+
+#[async_trait]
+impl DeliveryQueue for FailingFanOuts {
+    async fn append_event(&self, event: &OutboxEvent) -> DomainResult<()> {
+        self.inner.append_event(event).await
+    }
+    async fn fan_out(&self, now: Timestamp, limit: u32) -> DomainResult<FanOut> {
+        self.inner.fan_out(now, limit).await
+    }
+    async fn lease_due(&self, request: &LeaseRequest) -> DomainResult<Vec<LeasedDelivery>> {
+        self.inner.lease_due(request).await
+    }
+    async fn fan_out_and_lease(&self, fan_out_limit: u32, request: &LeaseRequest) -> DomainResult<FannedOutAndLeased> {
+        if self.failures.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+            return Err(DomainError::Unavailable("database restarting".into()));
+        }
+        self.inner.fan_out_and_lease(fan_out_limit, request).await
+    }
+    async fn record_attempt(
+        &self,
+        id: DeliveryId,
+        fence: i64,
+        report: &AttemptReport,
+        next: NextStep,
+    ) -> DomainResult<Option<Delivery>> {
+        self.inner.record_attempt(id, fence, report, next).await
+    }
+    async fn record_attempts(&self, attempts: &[AttemptRecord]) -> DomainResult<Vec<DomainResult<Option<Delivery>>>> {
+        self.inner.record_attempts(attempts).await
+    }
+    async fn release(&self, id: DeliveryId, fence: i64, next_attempt_at: Timestamp) -> DomainResult<bool> {
+        self.inner.release(id, fence, next_attempt_at).await
+    }
+    async fn redeliver(&self, id: DeliveryId, new_id: DeliveryId, now: Timestamp) -> DomainResult<Delivery> {
+        self.inner.redeliver(id, new_id, now).await
+    }
+    async fn list_deliveries(&self, filter: &DeliveryFilter, page: PageRequest) -> DomainResult<Page<Delivery>> {
+        self.inner.list_deliveries(filter, page).await
+    }
+    async fn get_delivery(&self, id: DeliveryId) -> DomainResult<DeliveryDetail> {
+        self.inner.get_delivery(id).await
+    }
+    async fn last_attempts(&self, ids: &[DeliveryId]) -> DomainResult<Vec<(DeliveryId, Attempt)>> {
+        self.inner.last_attempts(ids).await
+    }
+    async fn purge(&self, before: Timestamp) -> DomainResult<u64> {
+        self.inner.purge(before).await
+    }
+}
+
+#[tokio::test]
+async fn an_event_whose_fan_out_and_lease_failed_is_delivered_once_at_a_later_turn() {
+    let receiver = Receiver::start().await.unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let mut hook = sample_webhook(EventSet::all(), ProjectAccess::All);
+    hook.url = WebhookUrl::parse(&receiver.url("/hook")).unwrap();
+    WebhookRepository::create(&*store, &hook).await.unwrap();
+    // Pending before the dispatcher starts, so its first turns meet the failures with it.
+    store.append_event(&sample_event(EventType::Ping, None, Some(hook.id))).await.unwrap();
+    let flaky = Arc::new(FailingFanOuts { inner: store.clone(), failures: AtomicU32::new(3) });
+    let h = start_with(store, flaky.clone(), vec![config("a")]);
+    assert_eq!(receiver.wait_for(1, WAIT).await.len(), 1, "delivered once the store answers again");
+    assert_eq!(flaky.failures.load(Ordering::SeqCst), 0, "every failure was met first");
+    eventually("recorded as succeeded", || async {
+        h.deliveries(hook.id).await.first().is_some_and(|d| d.delivery.status == DeliveryStatus::Succeeded)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(receiver.received().len(), 1, "and only once");
     h.stop().await;
 }
