@@ -17,16 +17,8 @@ use domain::testing::{now_micros, sample_command, sample_project};
 use domain::webhook::{command_event, EventSet, WebhookRepository};
 use domain::DomainResult;
 use futures::future::join_all;
-use tokio_postgres::NoTls;
 
 const LEASE: Duration = Duration::from_secs(60);
-
-/// A plain connection for looking at the database behind the store's back.
-async fn raw(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("raw connection");
-    tokio::spawn(connection);
-    client
-}
 
 /// `n` commands of a new project, claimed.
 async fn claimed(store: &PgStore, project: &str, n: usize) -> Vec<Claim> {
@@ -77,7 +69,7 @@ async fn finishes_that_end_together_share_a_statement_and_keep_their_events_and_
     const N: usize = 16;
     let db = TestDatabase::create().await;
     let store = db.store().await;
-    let client = raw(db.url()).await;
+    let client = db.raw_client().await;
     WebhookRepository::create(&store, &sample_webhook(EventSet::all(), ProjectAccess::All)).await.expect("webhook");
 
     let claims = claimed(&store, "grouped", N).await;

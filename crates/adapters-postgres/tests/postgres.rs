@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use adapters_postgres::testing::TestDatabase;
+use adapters_postgres::testing::{raw_client, TestDatabase};
 use adapters_postgres::{PgStore, MIGRATIONS};
 use chrono::TimeDelta;
 use domain::audit::{AuditEntry, AuditOutcome, ChainVerifier};
@@ -18,16 +18,8 @@ use domain::ports::{AuditLog, CommandQueue, CommandRepository, HealthCheck, Proj
 use domain::rate_limit::RateLimitPolicy;
 use domain::testing::{fixed_start, now_micros, sample_command, sample_project};
 use domain::DomainError;
-use tokio_postgres::NoTls;
 
 const LEASE: Duration = Duration::from_secs(60);
-
-/// A plain connection for poking at the database behind the store's back.
-async fn raw(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("raw connection");
-    tokio::spawn(connection);
-    client
-}
 
 fn audit_entry(action: &str) -> AuditEntry {
     AuditEntry {
@@ -53,7 +45,8 @@ async fn migrating_again_changes_nothing() {
     ProjectRepository::create(&store, &web).await.expect("create");
     store.migrate().await.expect("second migrate");
     assert_eq!(ProjectRepository::get(&store, &web.name).await, Ok(web));
-    let applied: i64 = raw(db.url())
+    let applied: i64 = db
+        .raw_client()
         .await
         .query_one("SELECT count(*) FROM __diesel_schema_migrations", &[])
         .await
@@ -86,7 +79,7 @@ async fn the_audit_log_refuses_changes_and_verify_finds_one_made_without_the_tri
     for action in ["projects.create", "projects.update", "projects.delete"] {
         AuditLog::append(&store, audit_entry(action)).await.expect("append");
     }
-    let client = raw(db.url()).await;
+    let client = db.raw_client().await;
     for statement in
         ["UPDATE audit_log SET action = 'forged' WHERE seq = 2", "DELETE FROM audit_log", "TRUNCATE audit_log"]
     {
@@ -136,7 +129,7 @@ async fn audit_appends_from_two_replicas_form_one_chain() {
 
 /// Largest number of running commands per project the database held at any one moment.
 async fn watch_running(url: String, stop: Arc<AtomicUsize>) -> i64 {
-    let client = raw(&url).await;
+    let client = raw_client(&url).await;
     let mut worst = 0;
     while stop.load(Ordering::Relaxed) == 0 {
         let rows = client
@@ -450,7 +443,8 @@ async fn a_replica_whose_session_ends_is_absent_at_once_and_one_that_holds_it_ne
 
     // The doomed replica's presence session dies the way a killed process's does: the server
     // ends it. Nothing else of that store is touched.
-    let killed: i64 = raw(db.url())
+    let killed: i64 = db
+        .raw_client()
         .await
         .query_one(
             "SELECT count(pg_terminate_backend(l.pid)) FROM pg_locks l \

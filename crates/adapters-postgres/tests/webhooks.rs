@@ -13,7 +13,6 @@ use domain::testing::webhooks::{sample_event, sample_webhook};
 use domain::webhook::{
     DeliveryId, DeliveryQueue, DeliveryStatus, EventSet, EventType, LeaseRequest, WebhookId, WebhookRepository,
 };
-use tokio_postgres::NoTls;
 
 const DELIVERIES: usize = 240;
 const LEASERS_PER_STORE: usize = 4;
@@ -101,8 +100,7 @@ async fn a_fan_out_during_a_disable_leases_nothing_to_that_subscription() {
     a.append_event(&sample_event(EventType::Ping, None, Some(hook.id))).await.expect("event");
     assert_eq!(a.fan_out(now_micros(), 10).await.expect("fan out").deliveries, 1);
 
-    let (blocker, connection) = tokio_postgres::connect(db.url(), NoTls).await.expect("raw connection");
-    tokio::spawn(connection);
+    let blocker = db.raw_client().await;
     blocker.batch_execute("BEGIN").await.expect("begin");
     let lock = format!("SELECT id FROM webhook_deliveries WHERE webhook_id = '{}' FOR UPDATE", hook.id.as_uuid());
     let held = blocker.execute(lock.as_str(), &[]).await.expect("lock the pending delivery");
@@ -154,8 +152,7 @@ async fn a_delete_aborted_to_break_a_deadlock_with_the_dispatcher_is_run_again()
 
     // The dispatcher's side by hand, in the order its fan-out and lease takes locks: a delivery
     // of the subscription held, then the subscription's key share (a new delivery's foreign key).
-    let (dispatcher, connection) = tokio_postgres::connect(db.url(), NoTls).await.expect("raw connection");
-    tokio::spawn(connection);
+    let dispatcher = db.raw_client().await;
     // Long, so that the delete is the side whose deadlock check runs first and is aborted.
     dispatcher.batch_execute("SET deadlock_timeout = '60s'; BEGIN").await.expect("begin");
     let lock = format!("SELECT id FROM webhook_deliveries WHERE webhook_id = '{}' FOR UPDATE", hook.id.as_uuid());

@@ -208,6 +208,14 @@ impl TestDatabase {
         PgStore::connect(&self.url, TEST_POOL_SIZE).await.unwrap_or_else(|e| panic!("cannot connect a store: {e}"))
     }
 
+    /// A plain connection to this database, for looking at or locking it behind a store's back.
+    ///
+    /// # Panics
+    /// When the database cannot be reached.
+    pub async fn raw_client(&self) -> tokio_postgres::Client {
+        raw_client(&self.url).await
+    }
+
     /// A signal bus on this database.
     ///
     /// # Panics
@@ -215,6 +223,17 @@ impl TestDatabase {
     pub async fn signal_bus(&self) -> PgSignalBus {
         PgSignalBus::connect(&self.url).await.unwrap_or_else(|e| panic!("cannot connect a signal bus: {e}"))
     }
+}
+
+/// A plain connection to `url`, driven by a task of its own.
+///
+/// # Panics
+/// When the server cannot be reached.
+pub async fn raw_client(url: &str) -> tokio_postgres::Client {
+    let (client, connection) =
+        tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap_or_else(|e| panic!("raw connection: {e}"));
+    tokio::spawn(connection);
+    client
 }
 
 /// Databases kept until the end of a test, for suites that ask for several fresh stores.
