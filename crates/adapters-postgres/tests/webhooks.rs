@@ -11,7 +11,8 @@ use domain::api_key::ProjectAccess;
 use domain::testing::now_micros;
 use domain::testing::webhooks::{sample_event, sample_webhook};
 use domain::webhook::{
-    DeliveryId, DeliveryQueue, DeliveryStatus, EventSet, EventType, LeaseRequest, WebhookId, WebhookRepository,
+    AttemptRecord, AttemptReport, DeliveryId, DeliveryQueue, DeliveryStatus, EventSet, EventType, LeaseRequest,
+    NextStep, WebhookId, WebhookRepository,
 };
 
 const DELIVERIES: usize = 240;
@@ -83,6 +84,18 @@ fn lease_for(owner: &str, limit: u32) -> LeaseRequest {
     }
 }
 
+/// Returns once some session of `client`'s database waits for a lock; `what` says which wait
+/// never came after 10 s.
+async fn until_a_session_waits_for_a_lock(client: &tokio_postgres::Client, what: &str) {
+    let waiting =
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()";
+    let started = std::time::Instant::now();
+    while client.query_one(waiting, &[]).await.expect("activity").get::<_, i64>(0) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "{what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// A fan-out whose statement began before a `disable` committed must not lease new deliveries
 /// to that subscription: `disable` cannot see them to kill or mark them, so they would be sent
 /// after it returned. Here the disable is held in flight, after its update of the subscription
@@ -110,13 +123,7 @@ async fn a_fan_out_during_a_disable_leases_nothing_to_that_subscription() {
         tokio::spawn(async move { b.disable(hook.id, "a client disabled it", now_micros()).await })
     };
     // The disable has set `enabled = false` (uncommitted) once it waits for the delivery.
-    let waiting =
-        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()";
-    let started = std::time::Instant::now();
-    while blocker.query_one(waiting, &[]).await.expect("activity").get::<_, i64>(0) == 0 {
-        assert!(started.elapsed() < Duration::from_secs(10), "the disable never waited for the delivery");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_a_session_waits_for_a_lock(&blocker, "the disable never waited for the delivery").await;
 
     for w in [&hook, &other] {
         a.append_event(&sample_event(EventType::Ping, None, Some(w.id))).await.expect("event");
@@ -161,13 +168,7 @@ async fn a_delete_aborted_to_break_a_deadlock_with_the_dispatcher_is_run_again()
         let store = store.clone();
         tokio::spawn(async move { WebhookRepository::delete(&store, hook.id).await })
     };
-    let waiting =
-        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()";
-    let started = std::time::Instant::now();
-    while dispatcher.query_one(waiting, &[]).await.expect("activity").get::<_, i64>(0) == 0 {
-        assert!(started.elapsed() < Duration::from_secs(10), "the delete never waited for the delivery");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_a_session_waits_for_a_lock(&dispatcher, "the delete never waited for the delivery").await;
     // Waits for the delete's row lock until PostgreSQL aborts the delete (its deadlock_timeout
     // of 1 s), then holds the key share the delete's second run waits for.
     let share = format!("SELECT id FROM webhooks WHERE id = '{}' FOR KEY SHARE", hook.id.as_uuid());
@@ -177,4 +178,55 @@ async fn a_delete_aborted_to_break_a_deadlock_with_the_dispatcher_is_run_again()
     deleting.await.expect("task").expect("the delete went through on its second run");
     let gone = WebhookRepository::get(&store, hook.id).await;
     assert!(matches!(gone, Err(domain::DomainError::NotFound(_))), "deleted: {gone:?}");
+}
+
+#[tokio::test]
+async fn attempts_recorded_in_a_batch_that_loses_a_deadlock_are_recorded_on_a_second_run() {
+    let db = TestDatabase::create().await;
+    let store = db.store().await;
+    let hook = sample_webhook(EventSet::all(), ProjectAccess::All);
+    WebhookRepository::create(&store, &hook).await.expect("webhook");
+    for _ in 0..2 {
+        store.append_event(&sample_event(EventType::Ping, None, Some(hook.id))).await.expect("event");
+    }
+    assert_eq!(store.fan_out(now_micros(), 10).await.expect("fan out").deliveries, 2);
+    let mut leased = store.lease_due(&lease_for("a", 10)).await.expect("lease");
+    leased.sort_by_key(|l| l.delivery.id.as_uuid());
+    let attempts: Vec<AttemptRecord> = leased
+        .iter()
+        .map(|l| AttemptRecord {
+            id: l.delivery.id,
+            fence: l.fence,
+            report: AttemptReport {
+                at: now_micros(),
+                status_code: Some(204),
+                latency_ms: 3,
+                response_snippet: None,
+                error: None,
+            },
+            next: NextStep::Succeeded,
+        })
+        .collect();
+
+    // Another transaction takes the two rows the other way round: the second first.
+    let other = db.raw_client().await;
+    // Long, so that the batch is the side whose deadlock check runs first and is aborted.
+    other.batch_execute("SET deadlock_timeout = '60s'; BEGIN").await.expect("begin");
+    let lock =
+        |d: &AttemptRecord| format!("SELECT id FROM webhook_deliveries WHERE id = '{}' FOR UPDATE", d.id.as_uuid());
+    assert_eq!(other.execute(lock(&attempts[1]).as_str(), &[]).await.expect("lock the second"), 1);
+    let recording = {
+        let (store, attempts) = (store.clone(), attempts.clone());
+        tokio::spawn(async move { store.record_attempts(&attempts).await })
+    };
+    until_a_session_waits_for_a_lock(&other, "the batch never waited for the second row").await;
+    // Waits for the first row, which the batch holds, until PostgreSQL aborts the batch.
+    assert_eq!(other.execute(lock(&attempts[0]).as_str(), &[]).await.expect("lock the first"), 1);
+    other.batch_execute("COMMIT").await.expect("commit");
+
+    let results = recording.await.expect("task").expect("recorded on the second run");
+    assert_eq!(results.len(), 2);
+    for r in results {
+        assert_eq!(r.expect("item").expect("fence held").status, DeliveryStatus::Succeeded);
+    }
 }

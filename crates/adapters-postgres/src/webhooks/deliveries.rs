@@ -27,7 +27,7 @@ mod dispatch;
 use super::schema::{webhook_attempts, webhook_deliveries as deliveries, webhook_events, webhooks};
 use super::{self as subscriptions, EventRow};
 use crate::codec;
-use crate::connection::db_error;
+use crate::connection::{db_error, DEADLOCK_RETRIES};
 use crate::prepared::CachedExt;
 use crate::{PgStore, StoreError, StoreResult};
 
@@ -226,9 +226,10 @@ struct AttemptColumns {
 impl AttemptColumns {
     fn of(attempts: &[AttemptRecord]) -> DomainResult<Self> {
         let mut c = Self::default();
-        // In id order, the order `disable` locks a subscription's deliveries in: the statement
-        // updates them in the order given, so a batch and a `disable` never wait for each other
-        // both ways (a deadlock).
+        // In id order, the order `disable` locks a subscription's deliveries in: with the plan
+        // the statement gets (a nested loop over the input) a batch and a `disable` then never
+        // wait for each other both ways; `record_attempts` runs a deadlock victim again for
+        // when a plan does otherwise.
         let mut sorted: Vec<&AttemptRecord> = attempts.iter().collect();
         sorted.sort_by_key(|a| a.id.as_uuid());
         for a in sorted {
@@ -376,8 +377,15 @@ impl DeliveryQueue for PgStore {
             return Ok(Vec::new());
         }
         let mut conn = self.conn().await?;
-        let (results, changes) =
-            record(&mut conn, attempts).await.map_err(|e| e.into_domain("record webhook attempts"))?;
+        // The rows go in id order (see `AttemptColumns::of`), but the plan decides the order
+        // the statement locks them in: a deadlock victim changed nothing and is run again.
+        let mut deadlocks = 0;
+        let (results, changes) = loop {
+            match record(&mut conn, attempts).await {
+                Err(e) if e.is_deadlock() && deadlocks < DEADLOCK_RETRIES => deadlocks += 1,
+                other => break other.map_err(|e| e.into_domain("record webhook attempts"))?,
+            }
+        };
         for change in changes {
             // Lost only if this process dies right here; the next attempt makes the same change.
             apply(&mut conn, change).await.map_err(|e| e.into_domain("record webhook failing_since"))?;
