@@ -39,11 +39,15 @@ pub(crate) async fn prepare_dirs(sim: &Sim, namespace: &str, name: &str) -> std:
 
 async fn remove_dirs(sim: &Sim, namespace: &str, name: &str) {
     for dir in [sim.pod_dir(namespace, name), sim.pod_log_dir(namespace, name)] {
-        match tokio::fs::remove_dir_all(&dir).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a pod directory"),
-        }
+        remove_dir(&dir).await;
+    }
+}
+
+async fn remove_dir(dir: &std::path::Path) {
+    match tokio::fs::remove_dir_all(dir).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a pod directory"),
     }
 }
 
@@ -160,11 +164,37 @@ pub(crate) async fn delete_pod(
 
 /// The containers are gone: remove the object (DELETED), then kill what ran in them, so that
 /// an exec client that sees its command killed finds the pod already gone.
+///
+/// The pod's directories are moved aside in the same step as the removal: whoever sees the
+/// pod gone finds no directory, and a same-named pod created right after keeps the fresh
+/// directories it prepared (a removal by name after the kill could take them).
 async fn finish(sim: &Sim, key: &PodKey, uid: &str) -> Option<Value> {
-    let removed = sim.remove_pod(key, uid, |p| pod::stop_containers(p, Utc::now()))?;
+    let trash = sim.trash_dir(uid);
+    let removed = sim.remove_pod(key, uid, |p| {
+        pod::stop_containers(p, Utc::now());
+        move_aside(sim, key, &trash);
+    })?;
     sim.processes.kill_pod(uid, None);
-    remove_dirs(sim, &key.0, &key.1).await;
+    remove_dir(&trash).await;
     Some(removed)
+}
+
+/// Renames the pod's directories into `trash` (one rename each, so it is quick enough to run
+/// under the store's lock).
+fn move_aside(sim: &Sim, key: &PodKey, trash: &std::path::Path) {
+    let moves =
+        [(sim.pod_dir(&key.0, &key.1), trash.join("fs")), (sim.pod_log_dir(&key.0, &key.1), trash.join("logs"))];
+    if let Err(e) = std::fs::create_dir_all(trash) {
+        tracing::warn!(dir = %trash.display(), error = %e, "cannot prepare a deleted pod's trash");
+        return;
+    }
+    for (from, to) in moves {
+        match std::fs::rename(&from, &to) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(dir = %from.display(), error = %e, "cannot move a deleted pod's directory aside"),
+        }
+    }
 }
 
 /// Node-pressure signals the kubelet evicts for (`resource` of `POST /_sim/pods/{ns}/{name}/evict`).

@@ -31,7 +31,9 @@
 //! - **Exec** runs `command` as a local process, not in a container: cwd is the pod's directory
 //!   ([`KubeSim::pod_dir`], `pods_root/<namespace>/<pod>`), the environment is `PATH` (a minimal
 //!   default), `HOME` (the pod's directory), `HOSTNAME` (the pod name), the container's literal
-//!   `env` entries and the marker `KUBE_SIM_POD_UID`. Absolute paths are host paths; the
+//!   `env` entries and the marker `KUBE_SIM_POD_UID`. The directory goes with the pod: it is
+//!   moved aside (`pods_root/.trash/<uid>`) in the same step that removes the object, then
+//!   removed once the pod's processes are killed. Absolute paths are host paths; the
 //!   container's `workingDir` is not applied. Each exec leads its own process group.
 //!   Exec processes run as the simulator's own user (a pod's `securityContext` is stored, not
 //!   enforced) and see the host's `/proc`, where they can read each other's

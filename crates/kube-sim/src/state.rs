@@ -198,6 +198,12 @@ impl Sim {
         self.config.pods_root.join(".logs").join(namespace).join(pod)
     }
 
+    /// Where a deleted pod's directories wait for removal, named by the pod's uid (a namespace
+    /// cannot be named `.trash`), so a same-named successor never shares them.
+    pub(crate) fn trash_dir(&self, uid: &str) -> PathBuf {
+        self.config.pods_root.join(".trash").join(uid)
+    }
+
     /// The log file of one container.
     pub(crate) fn log_path(&self, namespace: &str, pod: &str, container: &str) -> PathBuf {
         self.pod_log_dir(namespace, pod).join(format!("{container}.log"))
