@@ -381,15 +381,21 @@ mod tests {
         Fail,
     }
 
-    /// A store whose next take goes wrong the way it is told.
+    /// A store whose next take goes wrong the way it is told, and whose every take needs
+    /// `delay` to answer (like a database a round trip away).
     struct Faulty {
         inner: Arc<MemoryStore>,
         next: std::sync::Mutex<Option<Fault>>,
+        delay: Duration,
     }
 
     impl Faulty {
         fn over(inner: &Arc<MemoryStore>) -> Arc<Self> {
-            Arc::new(Self { inner: inner.clone(), next: std::sync::Mutex::new(None) })
+            Self::distant(inner, Duration::ZERO)
+        }
+
+        fn distant(inner: &Arc<MemoryStore>, delay: Duration) -> Arc<Self> {
+            Arc::new(Self { inner: inner.clone(), next: std::sync::Mutex::new(None), delay })
         }
 
         fn next(&self, fault: Fault) {
@@ -408,6 +414,9 @@ mod tests {
             unused: Option<UnusedGrant>,
         ) -> DomainResult<WindowGrant> {
             let fault = self.next.lock().expect("lock").take();
+            if !self.delay.is_zero() {
+                tokio::time::sleep(self.delay).await;
+            }
             if let Some(Fault::Fail) = fault {
                 return Err(domain::DomainError::Unavailable("database restarting".into()));
             }
@@ -449,31 +458,10 @@ mod tests {
         assert!(replica.acquire("k", policy, t0).await.expect("acquire").allowed);
     }
 
-    /// A store whose every take needs `delay` to answer, like a database a round trip away.
-    struct Distant {
-        inner: Arc<MemoryStore>,
-        delay: Duration,
-    }
-
-    #[async_trait]
-    impl RateLimitStore for Distant {
-        async fn take(
-            &self,
-            key: &str,
-            policy: RateLimitPolicy,
-            now: Timestamp,
-            want: u64,
-            unused: Option<UnusedGrant>,
-        ) -> DomainResult<WindowGrant> {
-            tokio::time::sleep(self.delay).await;
-            self.inner.take(key, policy, now, want, unused).await
-        }
-    }
-
     #[tokio::test(start_paused = true)]
     async fn under_a_steady_load_requests_stop_waiting_for_the_store() {
         let shared = Arc::new(MemoryStore::new());
-        let replica = LeasedWindows::new(Arc::new(Distant { inner: shared.clone(), delay: Duration::from_millis(5) }));
+        let replica = LeasedWindows::new(Faulty::distant(&shared, Duration::from_millis(5)));
         let policy = RateLimitPolicy { rps: 1000, window_seconds: 10 };
         let t0 = fixed_start();
         let mut waited = Vec::new();
