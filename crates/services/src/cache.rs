@@ -8,7 +8,7 @@
 //! entry still expires a TTL after it was read, so the staleness bound is unchanged.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -47,17 +47,19 @@ pub struct CachedRepository<R> {
     refresh_after: Duration,
     /// Hashes being refreshed, so a busy key is read once per refresh, not once per request.
     refreshing: Arc<Mutex<HashSet<KeyHash>>>,
-    /// Bumped by every invalidation: a refresh that read before one must not put back what it
-    /// read.
+    /// Bumped by every invalidation: a lookup never answers with an entry whose read began
+    /// before an invalidation that came before the lookup.
     invalidations: Arc<AtomicU64>,
     open_requests: Option<Arc<OpenRequests>>,
 }
 
-/// A cached lookup and when the store was read for it.
+/// A cached lookup, when the store was read for it, and how many invalidations had happened
+/// when that read began.
 #[derive(Debug, Clone)]
 struct Lookup {
     key: Option<ApiKey>,
     read_at: Instant,
+    generation: u64,
 }
 
 impl<R: ApiKeyRepository + 'static> CachedRepository<R> {
@@ -83,8 +85,8 @@ impl<R: ApiKeyRepository + 'static> CachedRepository<R> {
 
     /// Drops every cached lookup of `key` (its current and previous hash).
     pub async fn invalidate(&self, key: &ApiKey) {
-        // Bumped before the entries go, so a refresh that puts its read back after this point
-        // sees the bump and takes it out again (see `refresh`).
+        // Bumped before the entries go: an entry read earlier and stored after this point still
+        // carries the old generation, which every later lookup refuses (see `find_by_hash`).
         self.invalidations.fetch_add(1, Ordering::SeqCst);
         self.by_hash.invalidate(&key.hash).await;
         if let Some(previous) = key.previous {
@@ -98,26 +100,27 @@ impl<R: ApiKeyRepository + 'static> CachedRepository<R> {
         self.by_hash.invalidate_all();
     }
 
+    /// Reads `hash` from the store, noting the generation and time before the read: an entry
+    /// never looks newer than it is.
+    async fn read(inner: &R, invalidations: &AtomicU64, hash: &KeyHash) -> DomainResult<Lookup> {
+        let generation = invalidations.load(Ordering::SeqCst);
+        let read_at = Instant::now();
+        Ok(Lookup { key: inner.find_by_hash(hash).await?, read_at, generation })
+    }
+
     /// Reads `hash` again in the background and replaces its entry, unless a refresh of it runs
-    /// already. A read that an invalidation overtook is not kept: it may predate the change the
-    /// invalidation announced.
+    /// already. A read that an invalidation overtook is stored with its older generation, which
+    /// the next lookup refuses.
     fn refresh(&self, hash: KeyHash) {
         if !self.refreshing.lock().unwrap_or_else(PoisonError::into_inner).insert(hash) {
             return;
         }
         let (inner, cache) = (Arc::clone(&self.inner), self.by_hash.clone());
         let (refreshing, invalidations) = (Arc::clone(&self.refreshing), Arc::clone(&self.invalidations));
-        let before = invalidations.load(Ordering::SeqCst);
         tokio::spawn(async move {
-            let read_at = Instant::now();
             // A failed read leaves the entry to expire; the next lookup then reads (and fails) itself.
-            if let Ok(key) = inner.find_by_hash(&hash).await {
-                cache.insert(hash, Lookup { key, read_at }).await;
-                // Checked after the insert: an invalidation that came before the insert finds it
-                // here, one that came after removed it itself.
-                if invalidations.load(Ordering::SeqCst) != before {
-                    cache.invalidate(&hash).await;
-                }
+            if let Ok(lookup) = Self::read(&inner, &invalidations, &hash).await {
+                cache.insert(hash, lookup).await;
             }
             refreshing.lock().unwrap_or_else(PoisonError::into_inner).remove(&hash);
         });
@@ -138,20 +141,19 @@ impl<R: ApiKeyRepository + 'static> ApiKeyRepository for CachedRepository<R> {
         // One store read per expired entry, however many requests of that key arrive while it
         // runs: they wait for it rather than each reading the store (a burst at every expiry).
         let before = self.invalidations.load(Ordering::SeqCst);
-        let read_here = AtomicBool::new(false);
-        let read = async {
-            read_here.store(true, Ordering::Relaxed);
-            // Timed from before the read, as a refresh is: an entry's age never understates it.
-            let read_at = Instant::now();
-            Ok(Lookup { key: self.inner.find_by_hash(hash).await?, read_at })
-        };
+        let read = Self::read(&self.inner, &self.invalidations, hash);
         let lookup =
             self.by_hash.try_get_with(*hash, read).await.map_err(|e: Arc<domain::DomainError>| (*e).clone())?;
-        if read_here.load(Ordering::Relaxed) && self.invalidations.load(Ordering::SeqCst) != before {
-            // An invalidation overtook this read: answer with it (as if the lookup came first),
-            // but do not keep it.
+        if lookup.generation < before {
+            // The entry's read began before an invalidation this lookup came after (a read it
+            // joined, or a refresh, started before a revocation): it may show the key as it
+            // was. Drop it and ask the store itself.
             self.by_hash.invalidate(hash).await;
-        } else if lookup.read_at.elapsed() >= self.refresh_after {
+            return self.inner.find_by_hash(hash).await;
+        }
+        // Unknown hashes are not refreshed: a flood of made-up keys must not cost a read each
+        // half TTL; they are read again when they expire.
+        if lookup.key.is_some() && lookup.read_at.elapsed() >= self.refresh_after {
             self.refresh(*hash);
         }
         Ok(lookup.key)
@@ -333,6 +335,45 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(30)).await;
         let after = cache.find_by_hash(&other_secret.hash()).await.expect("lookup");
         assert!(after.is_some_and(|k| k.revoked_at.is_some()), "the refresh's older read was not kept");
+    }
+
+    #[tokio::test]
+    async fn a_lookup_after_a_revocation_never_joins_a_read_that_began_before_it() {
+        let counting = Arc::new(Counting::default());
+        let cache = Arc::new(CachedRepository::new(
+            Arc::clone(&counting),
+            CacheConfig { capacity: 10, ttl: Duration::from_secs(60) },
+        ));
+        let (key, secret) = sample_key("k", &[Scope::Admin], ProjectAccess::All);
+        counting.create(&key).await.expect("create");
+        let hash = secret.hash();
+        // A lookup whose store read (20 ms) is still running when the key is revoked…
+        let earlier = tokio::spawn({
+            let cache = Arc::clone(&cache);
+            async move { cache.find_by_hash(&hash).await }
+        });
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        cache.revoke(key.id, now_micros()).await.expect("revoke");
+        // …must not answer a lookup that came after the revocation.
+        let later = cache.find_by_hash(&hash).await.expect("lookup");
+        assert!(later.is_some_and(|k| k.revoked_at.is_some()), "a revoked key was accepted after its revocation");
+        earlier.await.expect("task").expect("earlier lookup");
+        assert!(cache.find_by_hash(&hash).await.expect("lookup").is_some_and(|k| k.revoked_at.is_some()));
+    }
+
+    #[tokio::test]
+    async fn unknown_hashes_are_not_refreshed() {
+        let counting = Arc::new(Counting::default());
+        let cache =
+            CachedRepository::new(Arc::clone(&counting), CacheConfig { capacity: 10, ttl: Duration::from_secs(1) });
+        let (_, unknown) = sample_key("never stored", &[Scope::Admin], ProjectAccess::All);
+        for _ in 0..8 {
+            assert_eq!(cache.find_by_hash(&unknown.hash()).await, Ok(None));
+            // Past half the TTL (a refresh's age) by the last lookup, well within the TTL.
+            tokio::time::sleep(Duration::from_millis(80)).await;
+        }
+        let reads = counting.lookups.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(reads, 1, "one read within the TTL, no refresh of a hash no key has");
     }
 
     #[tokio::test]
