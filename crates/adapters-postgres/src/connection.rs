@@ -280,6 +280,31 @@ pub(crate) enum StoreError {
 /// Transactions aborted as deadlock victims that are run again before the error is reported.
 pub(crate) const DEADLOCK_RETRIES: u32 = 3;
 
+/// Evaluates `$op` (awaiting one transaction or one autocommit statement, a `StoreResult`)
+/// again while PostgreSQL aborts it to break a deadlock (or while `$retryable` holds for its
+/// error), at most `DEADLOCK_RETRIES` times: an aborted statement committed nothing, so
+/// running it again is safe. `$what` names it in the logs. A macro, not a function taking a
+/// closure: the operations borrow the connection mutably, and an async closure doing so is
+/// not provably `Send` inside `async_trait` methods.
+macro_rules! retry_deadlocks {
+    ($what:expr, $op:expr) => {
+        $crate::connection::retry_deadlocks!($what, $op, $crate::StoreError::is_deadlock)
+    };
+    ($what:expr, $op:expr, $retryable:expr) => {{
+        let mut retries = 0;
+        loop {
+            match $op {
+                Err(e) if $retryable(&e) && retries < $crate::connection::DEADLOCK_RETRIES => {
+                    retries += 1;
+                    tracing::debug!(retries, what = $what, error = %e, "aborted; running it again");
+                }
+                other => break other,
+            }
+        }
+    }};
+}
+pub(crate) use retry_deadlocks;
+
 /// Result of the code that runs on a connection.
 pub(crate) type StoreResult<T> = Result<T, StoreError>;
 
@@ -289,6 +314,14 @@ impl StoreError {
     pub(crate) fn is_deadlock(&self) -> bool {
         matches!(self, StoreError::Db(DieselError::DatabaseError(kind, info))
             if driver_errors::sqlstate(kind, info.message()) == Some("40P01"))
+    }
+
+    /// Whether the statement was aborted as a deadlock victim, or because a row it referred to
+    /// was deleted while it ran (SQLSTATE 23503): in both cases it committed nothing.
+    pub(crate) fn is_deadlock_or_lost_reference(&self) -> bool {
+        self.is_deadlock()
+            || matches!(self, StoreError::Db(DieselError::DatabaseError(kind, info))
+                if driver_errors::sqlstate(kind, info.message()) == Some("23503"))
     }
 
     /// Translates into the domain's words; `what` names the operation for the logs.

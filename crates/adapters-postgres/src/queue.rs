@@ -24,7 +24,7 @@ use domain::{DomainError, DomainResult, Timestamp};
 
 use crate::codec;
 use crate::commands::{self as rows, CommandRow, RUNNING};
-use crate::connection::{db_error, DEADLOCK_RETRIES};
+use crate::connection::{db_error, retry_deadlocks};
 use crate::events;
 use crate::finishes::FinishRequest;
 use crate::prepared::CachedExt;
@@ -440,26 +440,20 @@ impl CommandQueue for PgStore {
         let until = lease_end(now, lease)?;
         let mut conn = self.conn().await?;
         let mut full: Vec<Uuid> = Vec::new();
-        let mut deadlocks = 0;
         // Each attempt is its own transaction: a full project's lock is released before the
         // next candidate's project is locked. One statement can still hold two project locks:
         // a candidate that fails its re-check after a wait keeps the locks taken for it while
         // the scan moves on, so two claimers can deadlock. PostgreSQL then aborts one of them,
         // which committed nothing and simply tries again.
         while full.len() < MAX_FULL_PROJECTS {
-            let attempt = conn
-                .transaction::<_, StoreError, _>(async |conn| {
+            let attempt = retry_deadlocks!(
+                "claim command",
+                conn.transaction::<_, StoreError, _>(async |conn| {
                     claim_once(conn, &full, worker.as_str(), now, until).await
                 })
-                .await;
-            let attempt = match attempt {
-                Err(e) if e.is_deadlock() && deadlocks < DEADLOCK_RETRIES => {
-                    deadlocks += 1;
-                    tracing::debug!(deadlocks, "claim was a deadlock victim; trying again");
-                    continue;
-                }
-                other => other.map_err(|e| e.into_domain("claim command"))?,
-            };
+                .await
+            )
+            .map_err(|e| e.into_domain("claim command"))?;
             match attempt {
                 Attempt::Empty => return Ok(None),
                 Attempt::Started(s) => return Ok(Some(Claim { command: s.command.into_domain()?, fence: s.fence })),
@@ -485,23 +479,16 @@ impl CommandQueue for PgStore {
         }
         let until = lease_end(now, lease)?;
         let mut conn = self.conn().await?;
-        let mut deadlocks = 0;
-        let started = loop {
-            let attempt = conn
-                .transaction::<_, StoreError, _>(async |conn| {
-                    claim_batch_once(conn, max, worker.as_str(), now, until).await
-                })
-                .await;
-            match attempt {
-                // A single claim (`claim_next`) takes its project lock outside the id order,
-                // so it and a batch can still meet in a deadlock; the victim committed nothing.
-                Err(e) if e.is_deadlock() && deadlocks < DEADLOCK_RETRIES => {
-                    deadlocks += 1;
-                    tracing::debug!(deadlocks, "batch claim was a deadlock victim; trying again");
-                }
-                other => break other.map_err(|e| e.into_domain("claim commands"))?,
-            }
-        };
+        // A single claim (`claim_next`) takes its project lock outside the id order, so it and
+        // a batch can still meet in a deadlock.
+        let started = retry_deadlocks!(
+            "claim commands",
+            conn.transaction::<_, StoreError, _>(async |conn| {
+                claim_batch_once(conn, max, worker.as_str(), now, until).await
+            })
+            .await
+        )
+        .map_err(|e| e.into_domain("claim commands"))?;
         started.into_iter().map(|s| Ok(Claim { command: s.command.into_domain()?, fence: s.fence })).collect()
     }
 

@@ -19,7 +19,7 @@ use domain::webhook::{
 use domain::{DomainError, DomainResult, Timestamp};
 
 use crate::codec;
-use crate::connection::{db_error, DEADLOCK_RETRIES};
+use crate::connection::{db_error, retry_deadlocks};
 use crate::prepared::CachedExt;
 use crate::{PgStore, StoreError, StoreResult};
 use schema::{webhook_events, webhooks};
@@ -221,14 +221,11 @@ impl WebhookRepository for PgStore {
         // lease the other way round (it holds the deliveries it leases again while the ones it
         // creates check their subscription): PostgreSQL breaks such a deadlock by aborting one
         // side, and a delete it aborted changed nothing, so it is simply run again.
-        let mut deadlocks = 0;
-        let deleted = loop {
-            match diesel::delete(webhooks::table.find(id.as_uuid())).execute(&mut conn).await.map_err(StoreError::from)
-            {
-                Err(e) if e.is_deadlock() && deadlocks < DEADLOCK_RETRIES => deadlocks += 1,
-                other => break other.map_err(|e| e.into_domain("delete webhook"))?,
-            }
-        };
+        let deleted = retry_deadlocks!(
+            "delete webhook",
+            diesel::delete(webhooks::table.find(id.as_uuid())).execute(&mut conn).await.map_err(StoreError::from)
+        )
+        .map_err(|e| e.into_domain("delete webhook"))?;
         if deleted == 0 {
             return Err(not_found());
         }

@@ -181,6 +181,34 @@ async fn a_delete_aborted_to_break_a_deadlock_with_the_dispatcher_is_run_again()
 }
 
 #[tokio::test]
+async fn a_fan_out_and_lease_that_a_webhook_delete_commits_under_is_run_again() {
+    let db = TestDatabase::create().await;
+    let store = db.store().await;
+    let hook = sample_webhook(EventSet::all(), ProjectAccess::All);
+    WebhookRepository::create(&store, &hook).await.expect("webhook");
+    store.append_event(&sample_event(EventType::Ping, None, Some(hook.id))).await.expect("event");
+
+    // A delete in flight: the statement still sees the subscription and makes it a delivery,
+    // whose reference then waits for the delete and finds the subscription gone.
+    let deleter = db.raw_client().await;
+    deleter.batch_execute("BEGIN").await.expect("begin");
+    let delete = format!("DELETE FROM webhooks WHERE id = '{}'", hook.id.as_uuid());
+    assert_eq!(deleter.execute(delete.as_str(), &[]).await.expect("delete"), 1);
+    let dispatching = {
+        let store = store.clone();
+        tokio::spawn(async move { store.fan_out_and_lease(10, &lease_for("a", 10)).await })
+    };
+    until_a_session_waits_for_a_lock(&deleter, "the fan-out never waited for the delete").await;
+    deleter.batch_execute("COMMIT").await.expect("commit");
+
+    let done = dispatching.await.expect("task").expect("run again after the delete, not failed");
+    assert_eq!((done.fan_out.events, done.fan_out.deliveries), (1, 0), "the event went to nobody");
+    assert!(done.leased.is_empty());
+    let again = store.fan_out(now_micros(), 10).await.expect("fan out");
+    assert_eq!(again.events, 0, "the event was dispatched once, by the second run");
+}
+
+#[tokio::test]
 async fn attempts_recorded_in_a_batch_that_loses_a_deadlock_are_recorded_on_a_second_run() {
     let db = TestDatabase::create().await;
     let store = db.store().await;

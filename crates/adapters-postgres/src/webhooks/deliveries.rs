@@ -27,7 +27,7 @@ mod dispatch;
 use super::schema::{webhook_attempts, webhook_deliveries as deliveries, webhook_events, webhooks};
 use super::{self as subscriptions, EventRow};
 use crate::codec;
-use crate::connection::{db_error, DEADLOCK_RETRIES};
+use crate::connection::{db_error, retry_deadlocks};
 use crate::prepared::CachedExt;
 use crate::{PgStore, StoreError, StoreResult};
 
@@ -353,9 +353,15 @@ impl DeliveryQueue for PgStore {
     async fn fan_out_and_lease(&self, fan_out_limit: u32, request: &LeaseRequest) -> DomainResult<FannedOutAndLeased> {
         let until = lease_end(request.now, request.lease)?;
         let mut conn = self.conn().await?;
-        dispatch::fan_out_and_lease(&mut conn, fan_out_limit, request, until)
-            .await
-            .map_err(|e| e.into_domain("fan out and lease webhook deliveries"))
+        // The one statement meets a webhook DELETE in the other lock order (see `delete`): when
+        // PostgreSQL aborts this side, or the delete commits while the statement's new
+        // deliveries still refer to the subscription, it changed nothing and is run again.
+        retry_deadlocks!(
+            "fan out and lease webhook deliveries",
+            dispatch::fan_out_and_lease(&mut conn, fan_out_limit, request, until).await,
+            StoreError::is_deadlock_or_lost_reference
+        )
+        .map_err(|e| e.into_domain("fan out and lease webhook deliveries"))
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(delivery_id = %id, fence))]
@@ -379,13 +385,8 @@ impl DeliveryQueue for PgStore {
         let mut conn = self.conn().await?;
         // The rows go in id order (see `AttemptColumns::of`), but the plan decides the order
         // the statement locks them in: a deadlock victim changed nothing and is run again.
-        let mut deadlocks = 0;
-        let (results, changes) = loop {
-            match record(&mut conn, attempts).await {
-                Err(e) if e.is_deadlock() && deadlocks < DEADLOCK_RETRIES => deadlocks += 1,
-                other => break other.map_err(|e| e.into_domain("record webhook attempts"))?,
-            }
-        };
+        let (results, changes) = retry_deadlocks!("record webhook attempts", record(&mut conn, attempts).await)
+            .map_err(|e| e.into_domain("record webhook attempts"))?;
         for change in changes {
             // Lost only if this process dies right here; the next attempt makes the same change.
             apply(&mut conn, change).await.map_err(|e| e.into_domain("record webhook failing_since"))?;
