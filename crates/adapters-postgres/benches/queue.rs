@@ -83,8 +83,7 @@ impl Bench {
     /// The process id of a server backend, as the server reports it.
     fn backend_pid(&self) -> Option<u32> {
         self.rt.block_on(async {
-            let (client, connection) = tokio_postgres::connect(self.db.url(), tokio_postgres::NoTls).await.ok()?;
-            tokio::spawn(connection);
+            let client = self.db.raw_client().await;
             let row = client.query_one("SELECT pg_backend_pid()", &[]).await.ok()?;
             u32::try_from(row.get::<_, i32>(0)).ok()
         })

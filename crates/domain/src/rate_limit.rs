@@ -191,7 +191,7 @@ impl WindowLease {
     /// What to hand back once the window at `pos` no longer is the block's: its unadmitted
     /// requests, while their window still weighs in (it is the previous one).
     pub fn unused_at(&self, pos: WindowPosition) -> Option<UnusedGrant> {
-        let count = self.grant.granted - self.used.min(self.grant.granted);
+        let count = self.remaining();
         (count > 0 && self.window_start == pos.previous_start)
             .then_some(UnusedGrant { window_start: self.window_start, count })
     }

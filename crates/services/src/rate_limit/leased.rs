@@ -21,15 +21,16 @@ use async_trait::async_trait;
 use chrono::TimeDelta;
 use domain::ports::RateLimitStore;
 use domain::rate_limit::{RateDecision, RateLimitPolicy, UnusedGrant, WindowGrant, WindowLease, WindowPosition};
-use domain::{DomainResult, Timestamp};
+use domain::{DomainError, DomainResult, Timestamp};
 
 /// The largest block a replica takes at once.
 pub const MAX_BLOCK: u64 = 256;
 
-/// How long a block taken ahead may keep the key's refill lock: a store that never answers
-/// (a connection lost without a reset) must not leave the key's requests waiting behind it.
-/// A block the store counted but never handed over only refuses more, until its window ends.
-const AHEAD_TAKE_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a take of a block (ahead, or by a request that found nothing left) may keep the
+/// key's refill lock: a store that never answers (a connection lost without a reset) must not
+/// leave the key's requests waiting behind it. A block the store counted but never handed over
+/// only refuses more, until its window ends.
+const TAKE_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A block used up faster than this asks for twice as much next time.
 const FAST: TimeDelta = TimeDelta::milliseconds(100);
@@ -186,7 +187,7 @@ impl LeasedWindows {
         // Spawned, so that a client hanging up cannot drop a block the store already counted.
         tokio::spawn(async move {
             let _refilling = refilling;
-            let taken = tokio::time::timeout(AHEAD_TAKE_LIMIT, shared.take(&key, policy, now, want, None)).await;
+            let taken = tokio::time::timeout(TAKE_LIMIT, shared.take(&key, policy, now, want, None)).await;
             let Ok(Ok(grant)) = taken else {
                 // The request that finds nothing left takes (and reports the store's error) itself.
                 return;
@@ -261,7 +262,9 @@ impl LeasedWindows {
         // handed back a second time, which would let the key past its limit. Losing them only
         // refuses more, until the window ends.
         let unused = held.give_up(pos);
-        let grant = self.shared.take(key, policy, now, want, unused).await?;
+        let grant = tokio::time::timeout(TAKE_LIMIT, self.shared.take(key, policy, now, want, unused)).await.map_err(
+            |_| DomainError::Unavailable(format!("the rate-limit store did not answer within {TAKE_LIMIT:?}")),
+        )??;
         let mut lease = WindowLease::new(pos, grant);
         let decision = lease
             .admit(&policy, pos)
@@ -481,7 +484,7 @@ mod tests {
     }
 
     /// Runs 200 requests of one key within its limit, the block taken ahead during request 50
-    /// meeting `fault`: every one of them must be decided, and allowed, within `2 * AHEAD_TAKE_LIMIT`.
+    /// meeting `fault`: every one of them must be decided, and allowed, within `2 * TAKE_LIMIT`.
     async fn every_request_is_decided_when_the_block_taken_ahead_meets(fault: Fault) {
         let shared = Arc::new(MemoryStore::new());
         let store = Faulty::over(&shared);
@@ -492,7 +495,7 @@ mod tests {
             if n == 50 {
                 store.next(fault);
             }
-            let decided = tokio::time::timeout(2 * AHEAD_TAKE_LIMIT, replica.acquire("k", policy, t0)).await;
+            let decided = tokio::time::timeout(2 * TAKE_LIMIT, replica.acquire("k", policy, t0)).await;
             assert!(decided.expect("decided, not stuck behind the take").expect("acquire").allowed, "request {n}");
             tokio::task::yield_now().await;
         }
@@ -506,6 +509,21 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_block_taken_ahead_that_never_answers_does_not_hold_the_key_up() {
         every_request_is_decided_when_the_block_taken_ahead_meets(Fault::HangAfterTaking).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_take_that_never_answers_is_an_unavailable_store_and_does_not_hold_the_key_up() {
+        let shared = Arc::new(MemoryStore::new());
+        let store = Faulty::over(&shared);
+        let replica = LeasedWindows::new(store.clone());
+        let policy = RateLimitPolicy { rps: 100, window_seconds: 10 };
+        let t0 = fixed_start();
+        store.next(Fault::HangAfterTaking);
+        let first = tokio::time::timeout(2 * TAKE_LIMIT, replica.acquire("k", policy, t0)).await;
+        let first = first.expect("decided, not stuck on the store");
+        assert!(matches!(first, Err(DomainError::Unavailable(_))), "{first:?}");
+        let next = tokio::time::timeout(2 * TAKE_LIMIT, replica.acquire("k", policy, t0)).await;
+        assert!(next.expect("decided").expect("acquire").allowed, "the next request takes its own block");
     }
 
     #[tokio::test]
