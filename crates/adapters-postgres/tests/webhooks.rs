@@ -132,6 +132,7 @@ async fn a_fan_out_during_a_disable_leases_nothing_to_that_subscription() {
     assert_eq!((done.fan_out.events, done.fan_out.deliveries), (2, 2), "both events fanned out");
     let leased: Vec<WebhookId> = done.leased.iter().map(|l| l.webhook.id).collect();
     assert_eq!(leased, vec![other.id], "nothing leased to the subscription being disabled");
+    assert!(done.left_unleased, "its new delivery was left unleased, and the answer says so");
 
     blocker.batch_execute("COMMIT").await.expect("commit");
     let disabled = disabling.await.expect("task").expect("disable");

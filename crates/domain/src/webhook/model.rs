@@ -119,6 +119,10 @@ pub struct FannedOutAndLeased {
     pub fan_out: FanOut,
     /// The leased deliveries, as `lease_due` returns them.
     pub leased: Vec<LeasedDelivery>,
+    /// Whether the fan-out made deliveries it did not lease though they were not excluded (a
+    /// store that leases them in the same step may skip a subscription a change holds at that
+    /// moment): a lease may find them due even when this one came back short.
+    pub left_unleased: bool,
 }
 
 /// Where a delivery is in its life.

@@ -80,7 +80,8 @@ pub trait DeliveryQueue: Send + Sync {
     async fn fan_out_and_lease(&self, fan_out_limit: u32, request: &LeaseRequest) -> DomainResult<FannedOutAndLeased> {
         let fan_out = self.fan_out(request.now, fan_out_limit).await?;
         let leased = self.lease_due(request).await?;
-        Ok(FannedOutAndLeased { fan_out, leased })
+        // The lease came after the fan-out: what it did not take was excluded or beyond its room.
+        Ok(FannedOutAndLeased { fan_out, leased, left_unleased: false })
     }
     /// Records the next attempt of a leased delivery (numbered after the last), applies `next`
     /// (a `Retry` of a disabled subscription's delivery becomes `Dead`), drops the lease, and sets

@@ -234,12 +234,13 @@ impl WebhookDispatcher {
     /// trip from an event to its first attempt), and starts sending what it leased. Returns
     /// whether events may be left in the outbox and whether the lease came back full.
     async fn fan_out_and_start_sends(self: &Arc<Self>, sending: &mut JoinSet<()>) -> (bool, bool) {
-        let Some(request) = self.lease_request() else {
-            return (self.fan_out().await, true);
-        };
+        // No free slot: nothing to lease, and the caller fans out (once, so that a flood of
+        // events stays bounded per turn).
+        let Some(request) = self.lease_request() else { return (true, true) };
         match self.ports.deliveries.fan_out_and_lease(self.config.fan_out_batch, &request).await {
             Ok(done) => {
-                let full = done.leased.len() == request.limit as usize;
+                // Deliveries it made but could not lease are due for the next lease too.
+                let full = done.leased.len() == request.limit as usize || done.left_unleased;
                 self.spawn_sends(done.leased, sending);
                 (done.fan_out.events >= self.config.fan_out_batch, full)
             }

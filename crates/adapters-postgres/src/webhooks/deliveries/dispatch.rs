@@ -54,17 +54,20 @@ macro_rules! lease_ctes {
     };
 }
 
-/// The result of every statement here: the fan-out's counts (`$events`, `$deliveries`), then one
+/// The result of every statement here: the fan-out's counts (`$events`, `$deliveries`) and
+/// whether it left new deliveries unleased that were not excluded (`$left_unleased`), then one
 /// row per leased delivery of `leased` with its event and subscription, or one row with
 /// `leased` false when nothing was leased (so the counts always arrive).
 macro_rules! leased_rows {
-    ($events:literal, $deliveries:literal) => {
+    ($events:literal, $deliveries:literal, $left_unleased:literal) => {
         concat!(
             "SELECT ",
             $events,
             " AS fanned_events, ",
             $deliveries,
-            " AS fanned_deliveries, l.id IS NOT NULL AS leased, \
+            " AS fanned_deliveries, ",
+            $left_unleased,
+            " AS left_unleased, l.id IS NOT NULL AS leased, \
             l.id, l.webhook_id, l.event_id, l.event_type, l.status, l.attempts, l.next_attempt_at, \
             l.last_attempt_at, l.redelivery_of, l.lease_owner, l.lease_expires_at, l.fence, l.created_at, \
             e.project AS event_project, e.target_webhook AS event_target_webhook, \
@@ -85,7 +88,7 @@ macro_rules! leased_rows {
 /// Leases due deliveries (see `lease_ctes!`) and returns them with their events and
 /// subscriptions.
 const LEASE_DUE: &str =
-    concat!("WITH ", lease_ctes!(), ", leased AS (SELECT * FROM relet) ", leased_rows!("0::int8", "0::int8"));
+    concat!("WITH ", lease_ctes!(), ", leased AS (SELECT * FROM relet) ", leased_rows!("0::int8", "0::int8", "false"));
 
 /// Fans out up to `$6` events at `$1`, then leases as `LEASE_DUE` does, filling the room the
 /// due deliveries leave (`$3` minus those) with the new deliveries, in outbox order, that are
@@ -146,7 +149,11 @@ const FAN_OUT_AND_LEASE: &str = concat!(
     ), leased AS ( \
         SELECT * FROM relet UNION ALL SELECT * FROM created WHERE lease_expires_at IS NOT NULL \
     ) ",
-    leased_rows!("(SELECT count(*) FROM taken)", "(SELECT count(*) FROM created)")
+    leased_rows!(
+        "(SELECT count(*) FROM taken)",
+        "(SELECT count(*) FROM created)",
+        "EXISTS (SELECT 1 FROM room r WHERE NOT r.leasable AND NOT r.excluded)"
+    )
 );
 
 /// A leased delivery as the statements return it: the delivery's own columns, then its
@@ -228,6 +235,7 @@ impl LeasedRow {
 struct DispatchRow {
     fanned_events: i64,
     fanned_deliveries: i64,
+    left_unleased: bool,
     leased: Option<LeasedRow>,
 }
 
@@ -239,6 +247,7 @@ impl QueryableByName<Pg> for DispatchRow {
         Ok(Self {
             fanned_events: NamedRow::get::<BigInt, i64>(row, "fanned_events")?,
             fanned_deliveries: NamedRow::get::<BigInt, i64>(row, "fanned_deliveries")?,
+            left_unleased: NamedRow::get::<Bool, bool>(row, "left_unleased")?,
             leased,
         })
     }
@@ -246,7 +255,8 @@ impl QueryableByName<Pg> for DispatchRow {
 
 /// The rows of one statement as the port's answer.
 fn answer(rows: Vec<DispatchRow>, lease_until: Timestamp) -> DomainResult<FannedOutAndLeased> {
-    let (events, deliveries) = <[_]>::first(&rows).map_or((0, 0), |r| (r.fanned_events, r.fanned_deliveries));
+    let (events, deliveries, left_unleased) =
+        <[_]>::first(&rows).map_or((0, 0, false), |r| (r.fanned_events, r.fanned_deliveries, r.left_unleased));
     let leased = rows
         .into_iter()
         .filter_map(|r| r.leased)
@@ -255,6 +265,7 @@ fn answer(rows: Vec<DispatchRow>, lease_until: Timestamp) -> DomainResult<Fanned
     Ok(FannedOutAndLeased {
         fan_out: FanOut { events: codec::int("events", events)?, deliveries: codec::int("deliveries", deliveries)? },
         leased,
+        left_unleased,
     })
 }
 

@@ -44,6 +44,7 @@ pub(super) async fn fan_out_and_lease_leases_what_it_creates<S: WebhookStore>(st
     assert_eq!((done.fan_out.events, done.fan_out.deliveries), (2, 5), "a, b and open; then a and open");
     let got: Vec<_> = done.leased.iter().map(|l| (l.event.id, l.webhook.id)).collect();
     assert_eq!(got.len(), 3, "{got:?}");
+    assert!(!done.left_unleased, "what it did not lease was excluded or beyond its room");
     assert_eq!(got[0], (older.id, a.id), "what was due before comes first");
     assert_eq!(
         got[1..].iter().copied().collect::<BTreeSet<_>>(),
@@ -70,6 +71,7 @@ pub(super) async fn fan_out_and_lease_leases_what_it_creates<S: WebhookStore>(st
     );
     let next = store.fan_out_and_lease(10, &lease_at(now, 10)).await.expect("fan out and lease");
     assert_eq!((next.fan_out.events, next.fan_out.deliveries), (1, 1), "the event past the limit");
+    assert!(!next.left_unleased);
     assert_eq!(next.leased.iter().map(|l| (l.event.id, l.webhook.id)).collect::<Vec<_>>(), vec![(events[2].id, b.id)]);
     let idle = store.fan_out_and_lease(10, &lease_at(now, 10)).await.expect("fan out and lease");
     assert_eq!((idle.fan_out.events, idle.fan_out.deliveries, idle.leased.len()), (0, 0, 0));
