@@ -33,7 +33,7 @@ SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS (SELECT 1 FROM webhooks WHERE enabled
 /// What `disable` does to subscription `$1`'s pending deliveries at `$2`: those not leased end
 /// `dead`; those leased stay pending so their attempt can be recorded, with no owner, which
 /// tells the attempt's record that the subscription was disabled meanwhile (a `Retry` then
-/// ends `dead` too; see `deliveries::RECORD_ATTEMPTS`). Rows are locked in id order, the order
+/// ends `dead` too, unless `enable` removed the mark first; see `deliveries::RECORD_ATTEMPTS`). Rows are locked in id order, the order
 /// a batch of attempts updates them in, so the two never deadlock.
 const DISABLE_DELIVERIES: &str = "\
 WITH pending AS ( \
@@ -45,6 +45,17 @@ UPDATE webhook_deliveries d SET \
     lease_expires_at = CASE WHEN d.lease_expires_at >= $2 THEN d.lease_expires_at END, \
     lease_owner = NULL \
 FROM pending p WHERE d.id = p.id";
+
+/// What `enable` does to subscription `$1`'s leased pending deliveries that a `disable` marked
+/// (no owner; see `DISABLE_DELIVERIES`): the mark goes, so their attempts are recorded as for
+/// an enabled subscription, as they would have been without the disable. Id order, as there.
+const UNMARK_DELIVERIES: &str = "\
+WITH marked AS ( \
+    SELECT id FROM webhook_deliveries \
+    WHERE webhook_id = $1 AND status = 'pending' AND lease_owner IS NULL AND lease_expires_at IS NOT NULL \
+    ORDER BY id FOR UPDATE \
+) \
+UPDATE webhook_deliveries d SET lease_owner = 'enabled again' FROM marked m WHERE d.id = m.id";
 
 /// `$ts` (a `timestamptz` expression) as `domain::webhook`'s RFC 3339 text: UTC, microseconds, `Z`.
 macro_rules! rfc3339 {
@@ -258,19 +269,29 @@ impl WebhookRepository for PgStore {
 
     #[tracing::instrument(level = "debug", skip_all, fields(webhook_id = %id))]
     async fn enable(&self, id: WebhookId, at: Timestamp) -> DomainResult<Webhook> {
+        let id = id.as_uuid();
         let mut conn = self.conn().await?;
-        let stored = diesel::update(webhooks::table.find(id.as_uuid()))
-            .set((
-                webhooks::enabled.eq(true),
-                webhooks::disabled_reason.eq(None::<String>),
-                webhooks::failing_since.eq(None::<Timestamp>),
-                webhooks::updated_at.eq(at),
-            ))
-            .returning(WebhookRow::as_returning())
-            .get_result(&mut conn)
+        // The subscription's row first, then its deliveries, as `disable` takes them.
+        let stored = conn
+            .transaction::<_, StoreError, _>(async |conn| {
+                let stored = diesel::update(webhooks::table.find(id))
+                    .set((
+                        webhooks::enabled.eq(true),
+                        webhooks::disabled_reason.eq(None::<String>),
+                        webhooks::failing_since.eq(None::<Timestamp>),
+                        webhooks::updated_at.eq(at),
+                    ))
+                    .returning(WebhookRow::as_returning())
+                    .get_result(conn)
+                    .await
+                    .optional()?;
+                if stored.is_some() {
+                    diesel::sql_query(UNMARK_DELIVERIES).bind::<SqlUuid, _>(id).execute(conn).await?;
+                }
+                Ok(stored)
+            })
             .await
-            .optional()
-            .map_err(|e| db_error(e, "enable webhook"))?;
+            .map_err(|e| e.into_domain("enable webhook"))?;
         updated(stored)
     }
 

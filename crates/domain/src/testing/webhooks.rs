@@ -672,6 +672,18 @@ async fn disabling_kills_pending_deliveries<S: WebhookStore>(store: S) {
     let enabled = store.enable(hook.id, now).await.expect("enable");
     assert!(enabled.enabled);
     assert_eq!((enabled.disabled_reason, enabled.failing_since), (None, None));
+
+    // Enabled again while an attempt was in flight: what decides its retry is the subscription
+    // as it is when the attempt is recorded.
+    store.append_event(&sample_event(EventType::Ping, None, Some(hook.id))).await.expect("append");
+    assert_eq!(store.fan_out(now, 10).await.expect("fan out").deliveries, 1);
+    let leased = lease_one(&store, now).await;
+    store.disable(hook.id, "a client disabled it", now).await.expect("disable");
+    store.enable(hook.id, now).await.expect("enable");
+    let retry_at = now + TimeDelta::seconds(30);
+    let d = store.record_attempt(leased.delivery.id, leased.fence, &r, NextStep::Retry { at: retry_at }).await;
+    let d = d.expect("record").expect("held");
+    assert_eq!((d.status, d.next_attempt_at), (DeliveryStatus::Pending, Some(retry_at)), "retried: enabled again");
 }
 
 async fn purge_keeps_pending_deliveries<S: WebhookStore>(store: S) {
