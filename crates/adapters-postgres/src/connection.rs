@@ -324,6 +324,13 @@ impl StoreError {
                 if driver_errors::sqlstate(kind, info.message()) == Some("23503"))
     }
 
+    /// Whether the server refused the statement: an error it reported, so an autocommit
+    /// statement committed nothing. A lost connection, or an answer that could not be read,
+    /// leaves open whether it committed.
+    pub(crate) fn refused_by_server(&self) -> bool {
+        matches!(self, StoreError::Db(DieselError::DatabaseError(kind, _)) if !driver_errors::is_transport(kind))
+    }
+
     /// Translates into the domain's words; `what` names the operation for the logs.
     pub(crate) fn into_domain(self, what: &str) -> DomainError {
         match self {
@@ -360,6 +367,17 @@ fn is_unavailable(kind: &DatabaseErrorKind, message: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_errors_the_server_reported_prove_a_statement_wrote_nothing() {
+        let db = |kind, message: &str| StoreError::Db(DieselError::DatabaseError(kind, Box::new(message.to_owned())));
+        assert!(db(DatabaseErrorKind::Unknown, "invalid byte sequence for encoding \"UTF8\": 0x00").refused_by_server());
+        assert!(db(DatabaseErrorKind::Unknown, "deadlock detected").refused_by_server());
+        assert!(!db(DatabaseErrorKind::ClosedConnection, "connection closed").refused_by_server());
+        assert!(!db(DatabaseErrorKind::UnableToSendCommand, "broken pipe").refused_by_server());
+        let unreadable = StoreError::Db(DieselError::DeserializationError("bad row".into()));
+        assert!(!unreadable.refused_by_server(), "an answer arrived: the statement may have committed");
+    }
 
     #[test]
     fn lost_connections_and_shutdowns_are_unavailable() {

@@ -30,7 +30,7 @@ use domain::webhook::EventId;
 use domain::{DomainError, DomainResult, Timestamp};
 
 use crate::commands::{self as rows, CommandRow};
-use crate::connection::Connections;
+use crate::connection::{retry_deadlocks, Connections};
 use crate::group_commit::{Abandoned, BatchLimits, Flush, GroupCommit};
 use crate::prepared::CachedExt;
 use crate::schema::commands;
@@ -206,16 +206,24 @@ async fn write(connections: Connections, batch: Vec<FinishRequest>) -> Vec<Answe
     .await
 }
 
-/// Writes finishes of distinct commands: one statement for all, or each alone if that fails.
+/// Writes finishes of distinct commands: one statement for all, or each alone if the server
+/// refused that.
 async fn write_distinct(conn: &mut AsyncPgConnection, requests: &[&FinishRequest]) -> Vec<Answer> {
     if let [single] = requests {
         return vec![finish_one(conn, single).await.map_err(|e| e.into_domain("finish command"))];
     }
-    let finished = match finish_batch(conn, requests).await {
+    let finished = match retry_deadlocks!("finish commands", finish_batch(conn, requests).await) {
         Ok(finished) => finished,
+        Err(e) if !e.refused_by_server() => {
+            // Lost with the connection, or an answer that could not be read: the statement may
+            // have committed, so nothing is written again (a finish it ended would be told its
+            // fence no longer holds); the worker retries each.
+            let e = e.into_domain("finish commands");
+            return requests.iter().map(|_| Err(e.clone())).collect();
+        }
         Err(e) => {
-            // The statement is atomic: nothing of it was written. Alone, each finish gets the
-            // answer it would have had without company (a deadlock victim simply goes through).
+            // Refused, so nothing of it was written. Alone, each finish gets the answer it
+            // would have had without company (one that cannot be written fails by itself).
             tracing::warn!(error = %e, finishes = requests.len(), "a batch of finishes failed; writing each alone");
             let mut answers = Vec::with_capacity(requests.len());
             for request in requests {
