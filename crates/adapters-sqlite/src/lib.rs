@@ -125,7 +125,8 @@ impl SqliteStore {
     }
 
     /// Runs `op` on a pooled connection on the blocking pool, in autocommit mode, once one of
-    /// the pool's permits is free (waiting at most as long as for a connection).
+    /// the pool's permits is free (waiting for it at most `POOL_TIMEOUT`; with a permit, a
+    /// connection of this pool is free unless another process's transaction holds the file).
     pub(crate) async fn read<T, F>(&self, what: &'static str, op: F) -> DomainResult<T>
     where
         T: Send + 'static,

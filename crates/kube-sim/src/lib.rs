@@ -160,12 +160,17 @@ impl Drop for KubeSim {
 }
 
 impl KubeSim {
-    /// Binds the listener, creates `pods_root` and starts serving.
+    /// Binds the listener, creates `pods_root` (emptying the trash a sim that stopped before
+    /// removing its deleted pods' directories left there) and starts serving.
     ///
     /// # Errors
     /// When the address cannot be bound or `pods_root` cannot be created.
     pub async fn start(config: SimConfig) -> std::io::Result<KubeSim> {
         tokio::fs::create_dir_all(&config.pods_root).await?;
+        match tokio::fs::remove_dir_all(config.pods_root.join(state::TRASH)).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         let local = listener.local_addr()?;
         let sim = Arc::new(state::Sim::new(config, local));

@@ -87,6 +87,9 @@ struct Store {
     next_ip: u32,
 }
 
+/// The directory under `pods_root` where deleted pods' directories wait for removal.
+pub(crate) const TRASH: &str = ".trash";
+
 /// Everything one simulator shares between its connections and background tasks.
 #[derive(Debug)]
 pub(crate) struct Sim {
@@ -201,7 +204,7 @@ impl Sim {
     /// Where a deleted pod's directories wait for removal, named by the pod's uid (a namespace
     /// cannot be named `.trash`), so a same-named successor never shares them.
     pub(crate) fn trash_dir(&self, uid: &str) -> PathBuf {
-        self.config.pods_root.join(".trash").join(uid)
+        self.config.pods_root.join(TRASH).join(uid)
     }
 
     /// The log file of one container.

@@ -176,6 +176,20 @@ async fn watch_refuses_streaming_lists_and_expired_versions() {
 }
 
 #[tokio::test]
+async fn a_restarted_sim_empties_the_trash_a_stopped_one_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let pods = dir.path().join("pods");
+    let left = pods.join(".trash").join("an-old-uid").join("fs");
+    std::fs::create_dir_all(&left).unwrap();
+    std::fs::write(left.join("file"), "from a pod deleted before the sim stopped").unwrap();
+    std::fs::create_dir_all(pods.join("default").join("kept")).unwrap();
+    let sim = kube_sim::KubeSim::start(kube_sim::SimConfig::for_tests(pods.clone())).await.unwrap();
+    assert!(!pods.join(".trash").exists(), "the trash is emptied on start");
+    assert!(pods.join("default").join("kept").is_dir(), "nothing else is touched");
+    sim.shutdown().await;
+}
+
+#[tokio::test]
 async fn graceful_delete_marks_the_pod_then_removes_it() {
     let t = start().await;
     t.running("w1").await;
