@@ -14,6 +14,8 @@
 //!   lease `UPDATE` of its own. Their ids come from `webhook_delivery_id` (migration
 //!   `2026-12-04-000018_webhook_dispatch`), UUID v7 in the statement's order.
 
+use std::collections::HashMap;
+
 use diesel::deserialize::{self, QueryableByName};
 use diesel::pg::Pg;
 use diesel::row::NamedRow;
@@ -21,7 +23,7 @@ use diesel::sql_types::{Array, BigInt, Bool, Jsonb, Nullable, Text, Timestamptz,
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use domain::webhook::{FanOut, FannedOutAndLeased, LeaseRequest, LeasedDelivery, WebhookId};
+use domain::webhook::{FanOut, FannedOutAndLeased, LeaseRequest, LeasedDelivery, Webhook, WebhookId};
 use domain::{DomainResult, Timestamp};
 
 use super::DeliveryRow;
@@ -195,7 +197,21 @@ struct LeasedRow {
 }
 
 impl LeasedRow {
-    fn into_domain(self, lease_until: Timestamp) -> DomainResult<LeasedDelivery> {
+    /// The leased delivery; its subscription is decoded once per statement (`subscriptions`),
+    /// however many of its deliveries the statement leased.
+    fn into_domain(
+        self,
+        lease_until: Timestamp,
+        subscriptions: &mut HashMap<Uuid, Webhook>,
+    ) -> DomainResult<LeasedDelivery> {
+        let webhook = match subscriptions.get(&self.delivery.webhook_id) {
+            Some(webhook) => webhook.clone(),
+            None => {
+                let webhook = self.webhook_row().into_domain()?;
+                subscriptions.insert(self.delivery.webhook_id, webhook.clone());
+                webhook
+            }
+        };
         let event = EventRow {
             id: self.delivery.event_id,
             event_type: self.delivery.event_type.clone(),
@@ -204,28 +220,32 @@ impl LeasedRow {
             payload: self.event_payload,
             created_at: self.event_created_at,
         };
-        let webhook = WebhookRow {
-            id: self.delivery.webhook_id,
-            url: self.webhook_url,
-            events: self.webhook_events,
-            projects: self.webhook_projects,
-            secret: self.webhook_secret,
-            previous_secret: self.webhook_previous_secret,
-            previous_valid_until: self.webhook_previous_valid_until,
-            enabled: self.webhook_enabled,
-            disabled_reason: self.webhook_disabled_reason,
-            failing_since: self.webhook_failing_since,
-            created_at: self.webhook_created_at,
-            updated_at: self.webhook_updated_at,
-        };
         let fence = self.delivery.fence;
         Ok(LeasedDelivery {
             delivery: self.delivery.into_domain()?,
-            webhook: webhook.into_domain()?,
+            webhook,
             event: event.into_domain()?,
             fence,
             lease_until,
         })
+    }
+
+    /// The subscription's columns as its own row.
+    fn webhook_row(&self) -> WebhookRow {
+        WebhookRow {
+            id: self.delivery.webhook_id,
+            url: self.webhook_url.clone(),
+            events: self.webhook_events.clone(),
+            projects: self.webhook_projects.clone(),
+            secret: self.webhook_secret.clone(),
+            previous_secret: self.webhook_previous_secret.clone(),
+            previous_valid_until: self.webhook_previous_valid_until,
+            enabled: self.webhook_enabled,
+            disabled_reason: self.webhook_disabled_reason.clone(),
+            failing_since: self.webhook_failing_since,
+            created_at: self.webhook_created_at,
+            updated_at: self.webhook_updated_at,
+        }
     }
 }
 
@@ -257,10 +277,11 @@ impl QueryableByName<Pg> for DispatchRow {
 fn answer(rows: Vec<DispatchRow>, lease_until: Timestamp) -> DomainResult<FannedOutAndLeased> {
     let (events, deliveries, left_unleased) =
         <[_]>::first(&rows).map_or((0, 0, false), |r| (r.fanned_events, r.fanned_deliveries, r.left_unleased));
+    let mut subscriptions = HashMap::new();
     let leased = rows
         .into_iter()
         .filter_map(|r| r.leased)
-        .map(|r| r.into_domain(lease_until))
+        .map(|r| r.into_domain(lease_until, &mut subscriptions))
         .collect::<DomainResult<Vec<_>>>()?;
     Ok(FannedOutAndLeased {
         fan_out: FanOut { events: codec::int("events", events)?, deliveries: codec::int("deliveries", deliveries)? },
