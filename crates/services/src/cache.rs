@@ -259,19 +259,23 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn concurrent_lookups_of_an_uncached_key_read_the_store_once() {
+    /// A cache living `ttl` over a slow counting store that holds one key; the key's hash.
+    async fn cache_over_one_key(
+        ttl: Duration,
+    ) -> (Arc<Counting>, Arc<CachedRepository<Arc<Counting>>>, ApiKey, KeyHash) {
         let counting = Arc::new(Counting::default());
-        let cache = Arc::new(CachedRepository::new(
-            Arc::clone(&counting),
-            CacheConfig { capacity: 10, ttl: Duration::from_secs(60) },
-        ));
+        let cache = Arc::new(CachedRepository::new(Arc::clone(&counting), CacheConfig { capacity: 10, ttl }));
         let (key, secret) = sample_key("k", &[Scope::Admin], ProjectAccess::All);
         counting.create(&key).await.expect("create");
+        (counting, cache, key, secret.hash())
+    }
+
+    #[tokio::test]
+    async fn concurrent_lookups_of_an_uncached_key_read_the_store_once() {
+        let (counting, cache, key, hash) = cache_over_one_key(Duration::from_secs(60)).await;
         let lookups: Vec<_> = (0..16)
             .map(|_| {
                 let cache = Arc::clone(&cache);
-                let hash = secret.hash();
                 tokio::spawn(async move { cache.find_by_hash(&hash).await })
             })
             .collect();
@@ -283,17 +287,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_key_in_steady_use_is_refreshed_before_it_expires_so_no_lookup_waits() {
-        let counting = Arc::new(Counting::default());
-        let cache =
-            CachedRepository::new(Arc::clone(&counting), CacheConfig { capacity: 10, ttl: Duration::from_millis(100) });
-        let (key, secret) = sample_key("k", &[Scope::Admin], ProjectAccess::All);
-        counting.create(&key).await.expect("create");
-        cache.find_by_hash(&secret.hash()).await.expect("first lookup reads");
+        let (counting, cache, _, hash) = cache_over_one_key(Duration::from_millis(100)).await;
+        cache.find_by_hash(&hash).await.expect("first lookup reads");
         let mut waited = Vec::new();
         for n in 0..60 {
             tokio::time::sleep(Duration::from_millis(10)).await;
             let started = Instant::now();
-            assert!(cache.find_by_hash(&secret.hash()).await.expect("lookup").is_some());
+            assert!(cache.find_by_hash(&hash).await.expect("lookup").is_some());
             if started.elapsed() >= Duration::from_millis(15) {
                 waited.push(n);
             }
@@ -305,14 +305,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_read_overtaken_by_a_revocation_is_not_kept() {
-        let counting = Arc::new(Counting::default());
-        let cache = Arc::new(CachedRepository::new(
-            Arc::clone(&counting),
-            CacheConfig { capacity: 10, ttl: Duration::from_millis(100) },
-        ));
-        let (key, secret) = sample_key("k", &[Scope::Admin], ProjectAccess::All);
-        counting.create(&key).await.expect("create");
-        let hash = secret.hash();
+        let (counting, cache, key, hash) = cache_over_one_key(Duration::from_millis(100)).await;
         // A lookup whose read lands after the revocation: it answers with what it read…
         let lookup = tokio::spawn({
             let cache = Arc::clone(&cache);
@@ -339,14 +332,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_lookup_after_a_revocation_never_joins_a_read_that_began_before_it() {
-        let counting = Arc::new(Counting::default());
-        let cache = Arc::new(CachedRepository::new(
-            Arc::clone(&counting),
-            CacheConfig { capacity: 10, ttl: Duration::from_secs(60) },
-        ));
-        let (key, secret) = sample_key("k", &[Scope::Admin], ProjectAccess::All);
-        counting.create(&key).await.expect("create");
-        let hash = secret.hash();
+        let (_, cache, key, hash) = cache_over_one_key(Duration::from_secs(60)).await;
         // A lookup whose store read (20 ms) is still running when the key is revoked…
         let earlier = tokio::spawn({
             let cache = Arc::clone(&cache);
